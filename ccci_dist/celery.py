@@ -1,0 +1,75 @@
+"""The Celery app (``celery -A ccci_dist``): JSON only, late acks, one message per slot.
+
+Settings come from ``ccci_dist.config`` when the app is first configured, so importing
+this module does no I/O; a worker without a configured broker starts the embedded one.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+from celery import Celery
+
+from .config import Settings, load_config
+
+CONTROL_QUEUE = "ccci.control"
+TASK_MODULES = ["ccci_dist.iteration", "ccci_dist.watchdog", "ccci_dist.notify"]
+
+app = Celery("ccci_dist", include=TASK_MODULES)
+
+
+@lru_cache(maxsize=1)
+def settings() -> Settings:
+    """This process's settings (config file, env), loaded once."""
+    return load_config()
+
+
+def celery_config(s: Settings, broker: str) -> dict:
+    """The Celery configuration for settings ``s``; pure, so it can be unit-tested."""
+    tick = s.watchdog_interval
+    return {
+        "broker_url": broker,
+        "broker_connection_retry_on_startup": True,
+        "broker_transport_options": {
+            # Above the iteration limit, so a running iteration is never redelivered while
+            # it still holds its lease; recovery comes from the lease and the watchdog.
+            "visibility_timeout": int(s.iteration_time_limit + 600),
+        },
+        "task_serializer": "json",
+        "result_serializer": "json",
+        "event_serializer": "json",
+        "accept_content": ["json"],
+        "result_accept_content": ["json"],
+        "task_ignore_result": True,
+        "result_backend": None,
+        "task_acks_late": True,
+        "worker_prefetch_multiplier": 1,
+        "worker_cancel_long_running_tasks_on_connection_loss": True,
+        "task_default_queue": CONTROL_QUEUE,
+        "task_time_limit": int(s.iteration_time_limit + 300),
+        "task_soft_time_limit": int(s.iteration_time_limit + 120),
+        "worker_send_task_events": True,
+        "task_send_sent_event": True,
+        "worker_hijack_root_logger": False,
+        "beat_scheduler": "redbeat.RedBeatScheduler",
+        "redbeat_redis_url": broker,
+        "redbeat_key_prefix": "ccci:redbeat",
+        # RedBeat's default lock (1500 s) would leave a standby idle for 25 min.
+        "redbeat_lock_timeout": max(int(tick * 3), 5),
+        "beat_max_loop_interval": max(min(tick, 5), 1),
+        "beat_schedule": {
+            "ccci-watchdog": {
+                "task": "ccci.watchdog",
+                "schedule": tick,
+                "options": {"queue": CONTROL_QUEUE, "expires": max(tick * 2, 2)},
+            },
+        },
+    }
+
+
+@app.on_configure.connect
+def _configure(sender: Celery, **_: object) -> None:
+    from .broker import broker_url
+
+    s = settings()
+    sender.conf.update(celery_config(s, broker_url(s, start=True)))

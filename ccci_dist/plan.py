@@ -1,0 +1,202 @@
+"""Plan packages: a folder with plan.md (Definition of Done), phase files, role prompts.
+
+Layout::
+
+    package.toml            name, phase order, roles, optional [prompts] role -> path
+    plan.md                 mission; a "## 2" / "Definition of Done" section with D1..Dn
+    plan-phase<ID>-<slug>.md  one per phase; its own items "<ID>.<n>"
+    prompts/<role>.md       role prompts (paths may point outside the package)
+    IDEAS.md brief.md kickoff.md   optional
+
+``load_package`` returns the model plus a list of defects, each one line naming the
+problem and the fix; callers treat any defect as fatal (exit 2).
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from pathlib import Path
+
+from pydantic import BaseModel, Field
+
+DEFAULT_PHASES = ["1c", "1b", "1d", "1e", "2", "2b", "3", "4"]
+DEFAULT_ROLES = ["builder", "reviewer"]
+PHASE_ID_RE = re.compile(r"^[0-9A-Za-z]+$")
+PHASE_FILE_RE = re.compile(r"^plan-phase(?P<id>[0-9A-Za-z]+)-(?P<slug>[^/]+)\.md$")
+DOD_HEADING_RE = re.compile(r"^##\s+(?:2\b|.*definition of done)", re.IGNORECASE)
+DOD_ITEM_RE = re.compile(r"^\s*(?:[-*+]\s+|\d+[.)]\s+)?(?:\*\*|__)?(D\d+)(?:\*\*|__)?\s*[:.)\-–—]\s*(.+)$")
+
+
+class Item(BaseModel):
+    """A checkable item: a DoD item (D3) or a phase item (1c.2)."""
+
+    id: str
+    text: str
+
+
+class Phase(BaseModel):
+    id: str
+    file: Path
+    title: str = ""
+    items: list[Item] = Field(default_factory=list)
+
+
+class PlanPackage(BaseModel):
+    """A validated plan package."""
+
+    root: Path
+    name: str
+    phases: list[Phase]
+    roles: list[str]
+    prompts: dict[str, Path]
+    dod: list[Item]
+
+    def phase(self, phase_id: str) -> Phase:
+        for p in self.phases:
+            if p.id == phase_id:
+                return p
+        raise KeyError(phase_id)
+
+    @property
+    def phase_order(self) -> list[str]:
+        return [p.id for p in self.phases]
+
+    def read(self, path: Path) -> str:
+        return path.read_text(encoding="utf-8")
+
+
+class PackageError(Exception):
+    """The package has defects; ``defects`` holds one line per defect."""
+
+    def __init__(self, defects: list[str]):
+        super().__init__("; ".join(defects))
+        self.defects = defects
+
+
+def parse_dod(text: str) -> list[Item]:
+    """DoD items D1..Dn from the Definition of Done section of plan.md."""
+    items: list[Item] = []
+    in_section = False
+    for line in text.splitlines():
+        if line.startswith("## "):
+            in_section = bool(DOD_HEADING_RE.match(line))
+            continue
+        if in_section and (m := DOD_ITEM_RE.match(line)):
+            items.append(Item(id=m.group(1), text=m.group(2).strip()))
+    return items
+
+
+def parse_phase_items(phase_id: str, text: str) -> list[Item]:
+    """Items ``<phase>.<n>`` listed in a phase file."""
+    pat = re.compile(
+        rf"^\s*(?:[-*+]\s+)?(?:\*\*|__)?({re.escape(phase_id)}\.\d+)(?:\*\*|__)?\s*[:.)\-–—]\s*(.+)$"
+    )
+    return [Item(id=m.group(1), text=m.group(2).strip()) for m in map(pat.match, text.splitlines()) if m]
+
+
+def _title(text: str) -> str:
+    for line in text.splitlines():
+        if line.startswith("# "):
+            return line[2:].strip()
+    return ""
+
+
+def _read_text(path: Path, defects: list[str], root: Path) -> str | None:
+    rel = _rel(path, root)
+    if not path.is_file():
+        defects.append(f"missing file: {rel}; create it")
+        return None
+    try:
+        return path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError:
+        defects.append(f"not UTF-8: {rel}; re-save it as UTF-8")
+        return None
+
+
+def _rel(path: Path, root: Path) -> str:
+    try:
+        return str(path.relative_to(root))
+    except ValueError:
+        return str(path)
+
+
+def load_package(root: str | Path) -> PlanPackage:
+    """Load and validate a plan package; raise ``PackageError`` listing every defect."""
+    root = Path(root).expanduser().resolve()
+    defects: list[str] = []
+    if not root.is_dir():
+        raise PackageError([f"plan package {root} is not a folder; pass the package directory"])
+
+    meta: dict = {}
+    meta_file = root / "package.toml"
+    if meta_file.exists():
+        raw = _read_text(meta_file, defects, root)
+        if raw is not None:
+            try:
+                meta = tomllib.loads(raw)
+            except tomllib.TOMLDecodeError as exc:
+                defects.append(f"package.toml is not valid TOML ({exc}); fix the syntax")
+    name = str(meta.get("name") or root.name)
+    order = [str(p) for p in meta.get("phases", DEFAULT_PHASES)]
+    roles = [str(r) for r in meta.get("roles", DEFAULT_ROLES)]
+    prompt_paths = {str(k): str(v) for k, v in meta.get("prompts", {}).items()}
+
+    seen: set[str] = set()
+    for pid in order:
+        if not PHASE_ID_RE.match(pid):
+            defects.append(f"bad phase id {pid!r} in package.toml; use letters and digits only")
+        if pid in seen:
+            defects.append(f"duplicate phase id {pid} in package.toml phases; list each phase once")
+        seen.add(pid)
+    if not order:
+        defects.append("no phases in package.toml; list at least one phase id in phases = [...]")
+
+    files_by_id: dict[str, list[Path]] = {}
+    for f in sorted(root.glob("plan-phase*.md")):
+        if m := PHASE_FILE_RE.match(f.name):
+            files_by_id.setdefault(m.group("id"), []).append(f)
+    phases: list[Phase] = []
+    for pid in dict.fromkeys(order):
+        files = files_by_id.get(pid, [])
+        if not files:
+            defects.append(f"phase {pid} is named in the order but plan-phase{pid}-<slug>.md is absent; add the file")
+            continue
+        if len(files) > 1:
+            names = ", ".join(f.name for f in files)
+            defects.append(f"duplicate phase id {pid}: {names}; keep one file per phase")
+        text = _read_text(files[0], defects, root)
+        if text is None:
+            continue
+        if not text.strip():
+            defects.append(f"empty phase file: {files[0].name}; write the phase plan")
+        phases.append(Phase(id=pid, file=files[0], title=_title(text), items=parse_phase_items(pid, text)))
+
+    dod: list[Item] = []
+    plan_text = _read_text(root / "plan.md", defects, root)
+    if plan_text is not None:
+        dod = parse_dod(plan_text)
+        if not dod:
+            defects.append(
+                "no DoD items in plan.md; add a '## 2. Definition of Done' section with lines '- **D1**: ...'"
+            )
+        ids = [i.id for i in dod]
+        for dup in sorted({i for i in ids if ids.count(i) > 1}):
+            defects.append(f"duplicate DoD item {dup} in plan.md; number each item once")
+
+    prompts: dict[str, Path] = {}
+    if not roles:
+        defects.append("no roles in package.toml; set roles = [\"builder\", \"reviewer\"]")
+    for role in roles:
+        path = (root / prompt_paths.get(role, f"prompts/{role}.md")).resolve()
+        text = _read_text(path, defects, root)
+        if text is not None and not text.strip():
+            defects.append(f"empty prompt for role {role}: {_rel(path, root)}; write the role prompt")
+        prompts[role] = path
+    for optional in ("IDEAS.md", "brief.md", "kickoff.md"):
+        if (root / optional).exists():
+            _read_text(root / optional, defects, root)
+
+    if defects:
+        raise PackageError(defects)
+    return PlanPackage(root=root, name=name, phases=phases, roles=roles, prompts=prompts, dod=dod)

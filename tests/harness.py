@@ -1,0 +1,178 @@
+"""Real-service test harness: private redis-server, Celery worker/beat subprocesses, git repos.
+
+Nothing here is a mock: each helper starts the real program on a free loopback port
+(or in a temp dir) and stops it at the end.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import redis
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(predicate, timeout: float = 10.0, interval: float = 0.05, what: str = "condition"):
+    """Poll ``predicate`` until it returns truthy; raise AssertionError after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
+class RedisServer:
+    """A private redis-server on a free port with AOF; can be stopped, killed and restarted."""
+
+    def __init__(self, workdir: Path, password: str | None = "test-redis-pw", port: int | None = None,
+                 bind: str = "127.0.0.1", netns: str | None = None):
+        self.dir = workdir
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.password = password
+        self.port = port or free_port()
+        self.bind = bind
+        self.netns = netns
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        auth = f":{self.password}@" if self.password else ""
+        return f"redis://{auth}{self.bind}:{self.port}/0"
+
+    def client(self, **kw) -> redis.Redis:
+        return redis.Redis.from_url(self.url, decode_responses=True, **kw)
+
+    def start(self) -> RedisServer:
+        conf = self.dir / "redis.conf"
+        lines = [f"port {self.port}", f"bind {self.bind}", f"dir {self.dir}", "appendonly yes",
+                 "appendfsync always", 'save ""', f"logfile {self.dir / 'redis.log'}"]
+        if self.password:
+            lines.append(f"requirepass {self.password}")
+        conf.write_text("\n".join(lines) + "\n")
+        cmd = ["redis-server", str(conf)]
+        if self.netns:
+            cmd = ["ip", "netns", "exec", self.netns, *cmd]
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_for(self._ping, 10, what=f"redis on port {self.port}")
+        return self
+
+    def _ping(self) -> bool:
+        try:
+            return bool(self.client(socket_connect_timeout=0.2).ping())
+        except redis.RedisError:
+            return False
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            self.proc.wait(10)
+
+    def stop(self) -> None:
+        self.kill(signal.SIGTERM)
+
+    def restart(self) -> None:
+        self.kill()
+        self.start()
+
+
+class Proc:
+    """A background subprocess with its output in a file; killed (whole group) at the end."""
+
+    def __init__(self, cmd: list[str], log: Path, env: dict[str, str] | None = None,
+                 cwd: Path | None = None):
+        self.cmd = cmd
+        self.log = log
+        self.env = {**os.environ, **(env or {})}
+        self.cwd = cwd
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> Proc:
+        self.log.parent.mkdir(parents=True, exist_ok=True)
+        out = open(self.log, "ab")
+        self.proc = subprocess.Popen(self.cmd, stdout=out, stderr=subprocess.STDOUT, env=self.env,
+                                     cwd=self.cwd, start_new_session=True)
+        out.close()
+        return self
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        if self.proc is None:
+            return
+        try:
+            os.killpg(self.proc.pid, sig)
+        except ProcessLookupError:
+            pass
+        try:
+            self.proc.wait(15)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(5)
+
+    def stop(self) -> None:
+        self.kill(signal.SIGTERM)
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+
+def celery_worker(env: dict[str, str], log: Path, queues: str = "ccci.control,ccci.builder,ccci.reviewer",
+                  hostname: str = "w1@%h", concurrency: int = 4, beat: bool = False) -> Proc:
+    """A real ``celery -A ccci_dist worker`` subprocess (threads pool)."""
+    cmd = [sys.executable, "-m", "celery", "-A", "ccci_dist", "worker", "-P", "threads",
+           "-c", str(concurrency), "-Q", queues, "-n", hostname, "--loglevel", "INFO",
+           "--without-mingle", "--without-gossip"]
+    if beat:
+        cmd += ["-B", "-S", "redbeat.RedBeatScheduler"]
+    return Proc(cmd, log, env=env, cwd=ROOT)
+
+
+def celery_beat(env: dict[str, str], log: Path) -> Proc:
+    """A real ``celery -A ccci_dist beat`` subprocess with RedBeat."""
+    cmd = [sys.executable, "-m", "celery", "-A", "ccci_dist", "beat", "-S", "redbeat.RedBeatScheduler",
+           "--loglevel", "INFO"]
+    return Proc(cmd, log, env=env, cwd=ROOT)
+
+
+def git(*args: str, cwd: Path) -> str:
+    return subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True, text=True).stdout
+
+
+@contextmanager
+def project_repo(tmp: Path, files: dict[str, str] | None = None) -> Iterator[Path]:
+    """A bare 'remote' repo seeded with one commit on main; yields its path."""
+    bare = tmp / "remote.git"
+    subprocess.run(["git", "init", "-q", "--bare", "-b", "main", str(bare)], check=True)
+    seed = tmp / "seed"
+    subprocess.run(["git", "init", "-q", "-b", "main", str(seed)], check=True)
+    for rel, text in (files or {"README.md": "# project\n"}).items():
+        (seed / rel).parent.mkdir(parents=True, exist_ok=True)
+        (seed / rel).write_text(text)
+    git("add", "-A", cwd=seed)
+    git("-c", "user.name=seed", "-c", "user.email=seed@example.org", "commit", "-q", "-m", "seed", cwd=seed)
+    git("push", "-q", str(bare), "main", cwd=seed)
+    yield bare
