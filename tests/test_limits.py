@@ -1,0 +1,175 @@
+"""Usage-limit parsing and retry timing: table-driven, pure."""
+
+from __future__ import annotations
+
+import random
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from ccci_dist.limits import (
+    LimitInfo,
+    backoff_seconds,
+    from_rate_limit_event,
+    parse_limit_text,
+    schedule_after_limit,
+)
+
+NOW = datetime(2026, 2, 3, 12, 0, tzinfo=UTC)  # 07:00 Bogota, 17:30 Calcutta, 01:00+1d Auckland
+CODEX_PLUS = (
+    "You've hit your usage limit. Upgrade to Pro (https://openai.com/chatgpt/pricing), visit "
+    "https://chatgpt.com/codex/settings/usage to purchase more credits or try again in {}."
+)
+
+
+def utc(text: str) -> datetime:
+    return datetime.fromisoformat(text).replace(tzinfo=UTC)
+
+
+# One row per known message shape: (id, text, now, expected UTC reset or None, zone, kind).
+# Add new CLI wordings here.
+LIMIT_TEXTS = [
+    ("pipe-epoch", "Claude AI usage limit reached|1749924000", NOW, "2025-06-14T18:00", None, "unknown"),
+    ("reset-at-zone", "Claude usage limit reached. Your limit will reset at 3pm (America/Bogota).", NOW,
+     "2026-02-03T20:00", "America/Bogota", "unknown"),
+    ("five-hour-dot", "5-hour limit reached · resets 2pm (Pacific/Auckland) · /upgrade to Max or turn on "
+     "/extra-usage", NOW, "2026-02-04T01:00", "Pacific/Auckland", "five_hour"),
+    ("hit-limit-past-clock", "You've hit your limit · resets 3:30am (Asia/Calcutta)", NOW,
+     "2026-02-03T22:00", "Asia/Calcutta", "unknown"),
+    ("hit-limit-curly-pipe", "You\u2019ve hit your limit | resets 3:30am (Asia/Calcutta)", NOW,
+     "2026-02-03T22:00", "Asia/Calcutta", "unknown"),
+    ("weekly-date", "You've hit your limit - resets Feb 7, 11am (Asia/Seoul)", NOW,
+     "2026-02-07T02:00", "Asia/Seoul", "weekly"),
+    ("weekly-word", "You've hit your weekly limit · resets Feb 7 at 11am (Asia/Seoul)", NOW,
+     "2026-02-07T02:00", "Asia/Seoul", "weekly"),
+    ("date-past-next-year", "You've hit your limit · resets Jan 5, 9am (Europe/London)", NOW,
+     "2027-01-05T09:00", "Europe/London", "weekly"),
+    ("session", "You've hit your session limit · resets 7:10pm (America/Sao_Paulo)", NOW,
+     "2026-02-03T22:10", "America/Sao_Paulo", "session"),
+    ("extra-usage", "You're out of extra usage · resets 11:30am (Asia/Colombo)", NOW,
+     "2026-02-04T06:00", "Asia/Colombo", "extra_usage"),
+    ("24h-clock", "Usage limit reached — resets 15:00 (Europe/Berlin)", NOW, "2026-02-03T14:00",
+     "Europe/Berlin", "unknown"),
+    ("unknown-zone-as-utc", "You've hit your limit · resets 3pm (Mars/Olympus)", NOW, "2026-02-03T15:00",
+     "Mars/Olympus", "unknown"),
+    ("just-reset-grace", "You've hit your limit · resets 11:58am (UTC)", NOW, "2026-02-03T11:58", "UTC",
+     "unknown"),
+    ("dst-tomorrow-keeps-wall-time", "You've hit your limit · resets 9pm (America/New_York)",
+     datetime(2026, 3, 8, 3, 0, tzinfo=UTC), "2026-03-09T01:00", "America/New_York", "unknown"),
+    ("codex-days-hours", CODEX_PLUS.format("5 days 22 hours"), NOW, "2026-02-09T10:00", None, "unknown"),
+    ("codex-hours-minutes", "You've hit your usage limit. Try again in 3 hours 12 minutes.", NOW,
+     "2026-02-03T15:12", None, "unknown"),
+    ("codex-short", "You've hit your usage limit. Try again in 2h.", NOW, "2026-02-03T14:00", None, "unknown"),
+    ("codex-under-minute", "You've hit your usage limit. Try again in less than a minute.", NOW,
+     "2026-02-03T12:01", None, "unknown"),
+    ("codex-clock-local", "You've hit your usage limit. Try again at 4:05 PM.", NOW, "2026-02-03T16:05", None,
+     "unknown"),
+    ("codex-clock-past", "You've hit your usage limit. Try again at 9:05 AM.", NOW, "2026-02-04T09:05", None,
+     "unknown"),
+    ("codex-dated", "You've hit your usage limit. Upgrade to Plus to continue using Codex "
+     "(https://openai.com/chatgpt/pricing), or try again at Oct 3rd, 2026 4:05 PM.", NOW, "2026-10-03T16:05",
+     None, "weekly"),
+    # Mentions of limits without a limit message's shape are not limits.
+    ("mention-code", "I fixed the rate limit handling in limits.py; the 5-hour limit resets at 3pm.", NOW,
+     None, None, None),
+    ("no-time", "Claude usage limit reached.", NOW, None, None, None),
+    ("no-head", "resets 3pm (America/Bogota)", NOW, None, None, None),
+    ("vague-time", "You've hit your limit · resets soon", NOW, None, None, None),
+    ("try-later", "You've hit your usage limit. Try again later.", NOW, None, None, None),
+    ("api-429", "API Error: Request rejected (429) · Rate limited", NOW, None, None, None),
+    ("empty", "", NOW, None, None, None),
+]
+
+
+@pytest.mark.parametrize("text,now,expected,zone,kind", [r[1:] for r in LIMIT_TEXTS],
+                         ids=[r[0] for r in LIMIT_TEXTS])
+def test_parse_limit_text(text, now, expected, zone, kind):
+    info = parse_limit_text(text, now, local_tz=UTC)
+    if expected is None:
+        assert info is None
+        return
+    assert info is not None
+    assert info.resets_at == utc(expected)
+    assert info.resets_at.tzinfo is not None and info.resets_at.utcoffset() == timedelta(0)
+    assert (info.zone, info.kind) == (zone, kind)
+
+
+def test_codex_clock_uses_local_zone():
+    from zoneinfo import ZoneInfo
+
+    info = parse_limit_text("You've hit your usage limit. Try again at 4:05 PM.", NOW,
+                            local_tz=ZoneInfo("America/Bogota"))
+    assert info is not None and info.resets_at == utc("2026-02-03T21:05")
+
+
+EVENTS = [
+    ("rejected", {"type": "rate_limit_event", "rate_limit_info": {
+        "status": "rejected", "resetsAt": 1770130800, "rateLimitType": "five_hour"}},
+     "2026-02-03T15:00", "five_hour"),
+    ("blocked-weekly", {"type": "rate_limit_event", "rate_limit_info": {
+        "status": "blocked", "resetsAt": 1770130800, "rateLimitType": "seven_day"}}, "2026-02-03T15:00", "weekly"),
+    ("millis", {"type": "rate_limit_event", "rate_limit_info": {
+        "status": "rejected", "resetsAt": 1770130800000}}, "2026-02-03T15:00", "unknown"),
+    ("allowed", {"type": "rate_limit_event", "rate_limit_info": {
+        "status": "allowed", "resetsAt": 1770130800, "rateLimitType": "five_hour"}}, None, None),
+    ("allowed-warning", {"type": "rate_limit_event", "rate_limit_info": {
+        "status": "allowed_warning", "resetsAt": 1770130800, "rateLimitType": "five_hour"}}, None, None),
+    ("no-reset", {"type": "rate_limit_event", "rate_limit_info": {"status": "rejected"}}, None, None),
+    ("garbage", {"type": "rate_limit_event", "rate_limit_info": "x"}, None, None),
+]
+
+
+@pytest.mark.parametrize("event,expected,kind", [r[1:] for r in EVENTS], ids=[r[0] for r in EVENTS])
+def test_from_rate_limit_event(event, expected, kind):
+    info = from_rate_limit_event(event)
+    if expected is None:
+        assert info is None
+    else:
+        assert info is not None and info.resets_at == utc(expected) and info.kind == kind
+
+
+DISPLAY = [
+    ("2026-02-03T20:00", "America/Bogota", "15:00 (America/Bogota)"),
+    ("2026-02-03T20:00", None, "20:00 (UTC)"),
+    ("2026-02-03T20:00", "Mars/Olympus", "20:00 (UTC)"),
+    ("2026-02-03T22:00", "Asia/Calcutta", "03:30 (Asia/Calcutta)"),
+]
+
+
+@pytest.mark.parametrize("at,zone,shown", DISPLAY)
+def test_display(at, zone, shown):
+    assert LimitInfo(resets_at=utc(at), zone=zone).display() == shown
+
+
+def test_naive_reset_is_utc():
+    assert LimitInfo(resets_at=datetime(2026, 1, 1, 5)).resets_at == datetime(2026, 1, 1, 5, tzinfo=UTC)
+
+
+BACKOFF = [
+    (0, 30, 3600, 0), (1, 30, 3600, 30), (2, 30, 3600, 60), (3, 30, 3600, 120), (7, 30, 3600, 1920),
+    (8, 30, 3600, 3600), (50, 30, 3600, 3600), (10_000, 30, 3600, 3600), (1, 5, 10, 5), (3, 5, 10, 10),
+]
+
+
+@pytest.mark.parametrize("failures,base,cap,expected", BACKOFF)
+def test_backoff_seconds(failures, base, cap, expected):
+    assert backoff_seconds(failures, base=base, cap=cap) == expected
+
+
+def test_backoff_matches_tenacity():
+    from tenacity import RetryCallState, wait_exponential
+
+    wait = wait_exponential(multiplier=30, max=3600)
+    for n in range(1, 12):
+        state = RetryCallState(None, None, (), {})
+        state.attempt_number = n
+        assert backoff_seconds(n) == wait(state)
+
+
+@pytest.mark.parametrize("margin_max", [90, 5, 0, 30])
+def test_schedule_after_limit_margin(margin_max):
+    info = LimitInfo(resets_at=utc("2026-02-03T20:00"))
+    rng = random.Random(7)
+    for _ in range(200):
+        margin = (schedule_after_limit(info, margin_max=margin_max, rng=rng) - info.resets_at).total_seconds()
+        assert 5 <= margin <= max(5, margin_max)
