@@ -1,0 +1,134 @@
+"""Iteration outcome classification: one table row per kind and rule."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pytest
+
+from ccci_dist.outcome import DETAIL_MAX, Outcome, classify, short_detail
+
+NOW = datetime(2026, 2, 3, 12, 0, tzinfo=UTC)
+RESET_EPOCH = 1770130800  # 2026-02-03T15:00Z
+
+
+def res(**kw):
+    """A stream-json ``result`` object; defaults are a clean success."""
+    base = {"type": "result", "subtype": "success", "is_error": False, "api_error_status": None, "num_turns": 3,
+            "result": "All done.", "session_id": "sess-1", "total_cost_usd": 0.12, "usage": {}, "duration_ms": 900}
+    return {**base, **kw}
+
+
+def err(text, status=None, subtype="success"):
+    return res(is_error=True, result=text, api_error_status=status, subtype=subtype)
+
+
+def event(status, resets=RESET_EPOCH, kind="five_hour"):
+    return {"type": "rate_limit_event", "rate_limit_info": {"status": status, "resetsAt": resets,
+                                                             "rateLimitType": kind}}
+
+
+REJECTED = [event("rejected")]
+
+# (id, result, rate_limit_events, exit_code, killed, stderr_tail, kind, action, reset (UTC) or None, fresh)
+CASES = [
+    ("success", res(), [], 0, None, "", "success", "continue", None, False),
+    ("success-nonzero-exit", res(), [], 1, None, "", "success", "continue", None, False),
+    ("success-allowed-warning", res(), [event("allowed_warning")], 0, None, "", "success", "continue", None, False),
+    ("success-despite-rejected-event", res(), REJECTED, 0, None, "", "success", "continue", "15:00", False),
+    ("killed-stall-wins", err("You've hit your limit · resets 3pm (UTC)"), REJECTED, None, "stall", "",
+     "stalled", "resume", None, False),
+    ("killed-time-limit", None, [], None, "time_limit", "", "timed_out", "resume", None, False),
+    ("killed-stopped", res(), [], -15, "stopped", "", "stopped", "stop", None, False),
+    ("killed-lease-lost", None, [], None, "lease_lost", "", "lease_lost", "stop", None, False),
+    ("killed-unknown-reason", None, [], None, "oom", "", "crash", "backoff", None, False),
+    ("event-rejected-error-result", err("API Error: Request rejected (429) · Rate limited", 429), REJECTED, 1,
+     None, "", "usage_limit", "stall", "15:00", False),
+    ("event-rejected-no-result", None, [event("allowed"), *REJECTED], 1, None, "", "usage_limit", "stall", "15:00",
+     False),
+    ("event-latest-reset-wins", None, [event("rejected", RESET_EPOCH + 3600, "seven_day"), *REJECTED], 1, None, "",
+     "usage_limit", "stall", "16:00", False),
+    ("result-limit-text", err("You've hit your limit · resets 3pm (America/Bogota)"), [], 1, None, "",
+     "usage_limit", "stall", "20:00", False),
+    ("result-limit-pipe-epoch", err(f"Claude AI usage limit reached|{RESET_EPOCH}"), [], 1, None, "",
+     "usage_limit", "stall", "15:00", False),
+    ("rate-limited-429", err("API Error: Request rejected (429) · Rate limited", 429), [], 1, None, "",
+     "rate_limited", "backoff", None, False),
+    ("rate-limited-429-with-reset", err("API Error: Request rejected (429) · resets 3pm (UTC)", 429), [], 1, None,
+     "", "rate_limited", "stall", "15:00", False),
+    ("overloaded-529", err('API Error: 529 {"type":"error","error":{"type":"overloaded_error","message":'
+                           '"Overloaded"}}', 529), [], 1, None, "", "overloaded", "backoff", None, False),
+    ("overloaded-text", err("API Error: Overloaded"), [], 1, None, "", "overloaded", "backoff", None, False),
+    ("auth-not-logged-in", err("Not logged in · Please run /login"), [], 1, None, "", "auth", "stop", None, False),
+    ("auth-401-invalid-key", err("Invalid API key · Please run /login", 401), [], 1, None, "", "auth", "stop",
+     None, False),
+    ("auth-403", err("API Error: 403 Forbidden", 403), [], 1, None, "", "auth", "stop", None, False),
+    ("auth-oauth-expired", err('API Error: 401 {"type":"error","error":{"type":"authentication_error",'
+                               '"message":"OAuth token has expired."}}'), [], 1, None, "", "auth", "stop", None,
+     False),
+    ("turn-limit", res(subtype="error_max_turns", is_error=True, result=None, num_turns=50), [], 0, None, "",
+     "turn_limit", "continue", None, False),
+    ("context-prompt-too-long", err("Prompt is too long"), [], 1, None, "", "context_limit", "continue", None,
+     True),
+    ("context-400", err("API Error: 400 input length and `max_tokens` exceed context limit: 190000 + 32000 > "
+                        "200000", 400), [], 1, None, "", "context_limit", "continue", None, True),
+    ("api-error-500", err('API Error: 500 {"type":"error","error":{"type":"api_error","message":"Internal '
+                          'server error"}}', 500), [], 1, None, "", "api_error", "backoff", None, False),
+    ("api-error-connection", err("API Error: Connection error."), [], 1, None, "", "api_error", "backoff", None,
+     False),
+    ("crash-error-during-execution", res(subtype="error_during_execution", is_error=True, result=None), [], 1,
+     None, "", "crash", "backoff", None, False),
+    ("no-result-exit-0", None, [], 0, None, "", "no_result", "backoff", None, False),
+    ("crash-exit-1", None, [], 1, None, "Error: unexpected end of stream", "crash", "backoff", None, False),
+    ("crash-signal", None, [], -9, None, "", "crash", "backoff", None, False),
+    ("crash-exit-none", None, [], None, None, "", "crash", "backoff", None, False),
+    ("stderr-limit", None, [], 1, None, "warn: x\nYou've hit your limit · resets 3pm (UTC)\n", "usage_limit",
+     "stall", "15:00", False),
+    ("stderr-auth", None, [], 1, None, "Invalid API key · Please run /login", "auth", "stop", None, False),
+    ("stderr-auth-exit-0", None, [], 0, None, "Not logged in · Please run /login", "auth", "stop", None, False),
+    ("stderr-old-limit-ignored", None, [], 1, None,
+     "You've hit your limit · resets 3pm (UTC)\n" + "noise\n" * 30, "crash", "backoff", None, False),
+]
+
+
+@pytest.mark.parametrize("result,events,exit_code,killed,stderr,kind,action,reset,fresh",
+                         [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+def test_classify(result, events, exit_code, killed, stderr, kind, action, reset, fresh):
+    out = classify(result, events, exit_code, killed, stderr, NOW)
+    assert isinstance(out, Outcome)
+    assert (out.kind, out.action, out.fresh_session) == (kind, action, fresh)
+    if reset is None:
+        assert out.limit is None
+    else:
+        assert out.limit is not None and f"{out.limit.resets_at:%H:%M}" == reset
+    assert out.detail and "\n" not in out.detail and len(out.detail) <= DETAIL_MAX
+
+
+def test_every_kind_is_covered():
+    kinds = {c[6] for c in CASES}
+    assert kinds == set(Outcome.model_fields["kind"].annotation.__args__)
+
+
+def test_detail_is_scrubbed_and_short():
+    text = ("API Error: 500 upstream https://bob:sk-ant-api03-SECRETSECRET@proxy.example/v1 failed; "
+            "Authorization: Bearer abcdefghijklmnop; api_key=XYZSECRET123 " + "x" * 500)
+    out = classify(err(text, 500), [], 1, None, "", NOW)
+    assert out.kind == "api_error"
+    for secret in ("SECRETSECRET", "abcdefghijklmnop", "XYZSECRET123", "bob:"):
+        assert secret not in out.detail
+    assert len(out.detail) <= DETAIL_MAX
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("a\nb   c", "a b c"),
+    ("redis://:pw123@127.0.0.1:6379/0", "redis://***@127.0.0.1:6379/0"),
+    ("", ""),
+])
+def test_short_detail(text, expected):
+    assert short_detail(text) == expected
+
+
+def test_outcome_round_trips_as_json():
+    out = classify(err("You've hit your limit · resets 3pm (America/Bogota)"), [], 1, None, "", NOW)
+    again = Outcome.model_validate_json(out.model_dump_json())
+    assert again == out and again.limit is not None and again.limit.display() == "15:00 (America/Bogota)"
