@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import shutil
+import tempfile
 from pathlib import Path
 
 import click
@@ -121,13 +123,20 @@ def init_cmd(directory: Path, name: str | None, phases: str) -> None:
         files[f"plan-phase{pid}-todo.md"] = (
             f"# Phase {pid}\n\nGoal of this phase.\n\n## Items\n\n- **{pid}.1**: A checkable item.\n"
         )
-    staging = directory.with_name(f".{directory.name}.tmp.init")
-    staging.mkdir(parents=True, exist_ok=False)
-    for rel, text in files.items():
-        (staging / rel).parent.mkdir(parents=True, exist_ok=True)
-        (staging / rel).write_text(text, encoding="utf-8")
-    if directory.exists():
-        directory.rmdir()
-    staging.rename(directory)  # all or nothing: no half-written package
+    # a fresh staging dir per call: a crashed earlier init cannot block this one
+    staging: Path | None = None
+    try:
+        directory.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", suffix=".tmp.init", dir=directory.parent))
+        for rel, text in files.items():
+            (staging / rel).parent.mkdir(parents=True, exist_ok=True)
+            (staging / rel).write_text(text, encoding="utf-8")
+        if directory.exists():
+            directory.rmdir()
+        staging.rename(directory)  # all or nothing: no half-written package
+    except OSError as exc:
+        if staging is not None:
+            shutil.rmtree(staging, ignore_errors=True)
+        fail(f"cannot create {directory}: {exc.strerror or exc}; check the path and its permissions")
     click.echo(f"created plan package {directory} ({len(ids)} phases); "
                f"edit it, then `ccci-dist plan check {directory}`")

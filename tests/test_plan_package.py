@@ -1,0 +1,417 @@
+"""The shipped plan packages, `plan check` / `init` through the real CLI, and the plan/phase logic."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from ccci_dist.phases import (
+    is_done,
+    missing_for_done,
+    parse_docs,
+    parse_review,
+    parse_status,
+    phase_complete,
+    resolve_phase,
+)
+from ccci_dist.plan import PackageError, load_package, parse_dod, parse_phase_items
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLES = ROOT / "examples"
+CCCI = str(Path(sys.executable).with_name("ccci-dist"))
+CC_CI_PHASES = ["1c", "1b", "1d", "1e", "2", "2b", "3", "4"]
+
+
+def ccci(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """Run the installed ccci-dist CLI (wide terminal so tables are not truncated)."""
+    env = {**os.environ, "COLUMNS": "250"}
+    env.pop("CCCI_CONFIG", None)
+    return subprocess.run([CCCI, *args], capture_output=True, text=True, env=env, cwd=cwd, timeout=60)
+
+
+def copy_pkg(tmp_path: Path, name: str) -> Path:
+    """Copy examples/<name> (and the shared prompts/ it may point at) keeping the repo layout."""
+    dst = tmp_path / "examples" / name
+    shutil.copytree(EXAMPLES / name, dst)
+    shutil.copytree(ROOT / "prompts", tmp_path / "prompts")
+    return dst
+
+
+def assert_single_error(res: subprocess.CompletedProcess, expected: str) -> None:
+    assert res.returncode == 2, res
+    assert res.stderr.splitlines() == [f"error: {expected}"], res.stderr
+    assert "ok:" not in res.stdout
+
+
+# --- the shipped packages ---------------------------------------------------------------------
+
+
+def test_cc_ci_plan_checks_ok():
+    res = ccci("plan", "check", str(EXAMPLES / "cc-ci-plan"))
+    assert res.returncode == 0, res.stderr
+    assert res.stderr == ""
+    assert "ok: 8 phases, 10 DoD items, 2 roles" in res.stdout
+    for n in range(1, 11):
+        assert f"D{n} " in res.stdout
+    assert "D11" not in res.stdout
+    for pid in CC_CI_PHASES:
+        assert f"plan-phase{pid}-" in res.stdout
+    assert str(ROOT / "prompts" / "builder.md") in res.stdout
+    assert str(ROOT / "prompts" / "adversary.md") in res.stdout
+
+
+def test_cc_ci_plan_structure():
+    pkg = load_package(EXAMPLES / "cc-ci-plan")
+    assert pkg.name == "cc-ci"
+    assert pkg.phase_order == CC_CI_PHASES
+    assert pkg.roles == ["builder", "reviewer"]
+    assert pkg.prompts == {"builder": ROOT / "prompts" / "builder.md", "reviewer": ROOT / "prompts" / "adversary.md"}
+    assert [i.id for i in pkg.dod] == [f"D{n}" for n in range(1, 11)]
+    for ph in pkg.phases:
+        ids = [i.id for i in ph.items]
+        assert 3 <= len(ids) <= 6, (ph.id, ids)
+        assert ids == [f"{ph.id}.{n}" for n in range(1, len(ids) + 1)], ids
+        assert ph.title.startswith(f"Phase {ph.id}:"), ph.title
+        assert "## Items" in pkg.read(ph.file)
+    hc = [i.text for i in pkg.phase("1e").items]
+    assert [t.split(":")[0] for t in hc] == ["HC1", "HC2", "HC3"]
+    for extra in ("kickoff.md", "brief.md", "IDEAS.md"):
+        assert (pkg.root / extra).read_text(encoding="utf-8").strip()
+
+
+def test_role_prompts_cover_the_protocol():
+    builder = (ROOT / "prompts" / "builder.md").read_text(encoding="utf-8")
+    reviewer = (ROOT / "prompts" / "adversary.md").read_text(encoding="utf-8")
+    for text in (builder, reviewer):
+        for needle in ("## Operator messages (INBOX)", "ccci-dist vm run --detach", "--interval 300",
+                       "DEFERRED.md", "REVIEW.md", "review/", "reboot", "do not push"):
+            assert needle.lower() in text.lower(), needle
+    assert "## DONE <phase>" in builder
+    assert "VERIFIED <item> <UTC time> <commit sha> <short note>" in reviewer
+    assert "FAILED <item> <UTC time> <commit sha>" in reviewer
+    assert "24 hours" in reviewer
+    # the reviewer prompt's sample lines must be lines the runner actually parses
+    sample = [ln.strip() for ln in reviewer.splitlines() if ln.strip().startswith(("VERIFIED 1c", "FAILED 2."))]
+    reviews = parse_review("\n".join(sample))
+    assert reviews["1c.4"].verdict == "VERIFIED" and reviews["1c.4"].commit == "3f9c2ab"
+    assert reviews["2.3"].verdict == "FAILED"
+
+
+def test_tiny_plan_checks_ok():
+    res = ccci("plan", "check", str(EXAMPLES / "tiny-plan"))
+    assert res.returncode == 0, res.stderr
+    assert "ok: 2 phases, 3 DoD items, 2 roles" in res.stdout
+    assert "1.1, 1.2" in res.stdout
+    pkg = load_package(EXAMPLES / "tiny-plan")
+    assert pkg.name == "tiny"
+    assert pkg.phase_order == ["1", "2"]
+    assert [[i.id for i in p.items] for p in pkg.phases] == [["1.1", "1.2"], ["2.1"]]
+    assert [i.id for i in pkg.dod] == ["D1", "D2", "D3"]
+    assert pkg.prompts["reviewer"] == EXAMPLES / "tiny-plan" / "prompts" / "reviewer.md"
+
+
+# --- broken copies ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["tiny-plan", "cc-ci-plan"])
+def test_missing_plan_md(tmp_path, name):
+    pkg = copy_pkg(tmp_path, name)
+    (pkg / "plan.md").unlink()
+    assert_single_error(ccci("plan", "check", str(pkg)), "missing file: plan.md; create it")
+
+
+def test_prompt_outside_package_missing(tmp_path):
+    pkg = copy_pkg(tmp_path, "cc-ci-plan")
+    (tmp_path / "prompts" / "adversary.md").unlink()
+    assert_single_error(ccci("plan", "check", str(pkg)),
+                        f"missing file: {tmp_path / 'prompts' / 'adversary.md'}; create it")
+
+
+def test_phase_in_order_but_absent(tmp_path):
+    pkg = copy_pkg(tmp_path, "tiny-plan")
+    (pkg / "plan-phase2-finish.md").unlink()
+    assert_single_error(ccci("plan", "check", str(pkg)),
+                        "phase 2 is named in the order but plan-phase2-<slug>.md is absent; add the file")
+
+
+def test_duplicate_phase_files(tmp_path):
+    pkg = copy_pkg(tmp_path, "tiny-plan")
+    shutil.copy(pkg / "plan-phase1-setup.md", pkg / "plan-phase1-again.md")
+    assert_single_error(ccci("plan", "check", str(pkg)),
+                        "duplicate phase id 1: plan-phase1-again.md, plan-phase1-setup.md; keep one file per phase")
+
+
+def test_duplicate_phase_in_package_toml(tmp_path):
+    pkg = copy_pkg(tmp_path, "tiny-plan")
+    toml = pkg / "package.toml"
+    toml.write_text(toml.read_text().replace('phases = ["1", "2"]', 'phases = ["1", "2", "1"]'))
+    assert_single_error(ccci("plan", "check", str(pkg)),
+                        "duplicate phase id 1 in package.toml phases; list each phase once")
+
+
+def test_empty_prompt(tmp_path):
+    pkg = copy_pkg(tmp_path, "tiny-plan")
+    (pkg / "prompts" / "reviewer.md").write_text("  \n\n")
+    assert_single_error(ccci("plan", "check", str(pkg)),
+                        "empty prompt for role reviewer: prompts/reviewer.md; write the role prompt")
+
+
+def test_no_dod_items(tmp_path):
+    pkg = copy_pkg(tmp_path, "tiny-plan")
+    plan = pkg / "plan.md"
+    # the D-lines survive, but outside a Definition of Done section they do not count
+    plan.write_text(plan.read_text().replace("## 2. Definition of Done", "## 2b. Wishes"))
+    assert_single_error(
+        ccci("plan", "check", str(pkg)),
+        "no DoD items in plan.md; add a '## 2. Definition of Done' section with lines '- **D1**: ...'",
+    )
+
+
+def test_non_utf8_file(tmp_path):
+    pkg = copy_pkg(tmp_path, "tiny-plan")
+    (pkg / "plan-phase1-setup.md").write_bytes("# Phase 1: caf\u00e9\n\n- **1.1**: x\n".encode("latin-1"))
+    assert_single_error(ccci("plan", "check", str(pkg)),
+                        "not UTF-8: plan-phase1-setup.md; re-save it as UTF-8")
+
+
+def test_several_defects_listed_together(tmp_path):
+    pkg = copy_pkg(tmp_path, "tiny-plan")
+    (pkg / "plan.md").unlink()
+    (pkg / "prompts" / "builder.md").write_text("")
+    res = ccci("plan", "check", str(pkg))
+    assert res.returncode == 2
+    assert res.stderr.splitlines() == [
+        "error: missing file: plan.md; create it",
+        "error: empty prompt for role builder: prompts/builder.md; write the role prompt",
+    ]
+
+
+def test_check_not_a_folder(tmp_path):
+    res = ccci("plan", "check", str(tmp_path / "nope"))
+    assert res.returncode == 2
+    assert res.stderr.splitlines() == [
+        f"error: plan package {tmp_path / 'nope'} is not a folder; pass the package directory"
+    ]
+
+
+# --- init -------------------------------------------------------------------------------------
+
+
+def test_init_creates_a_valid_package(tmp_path):
+    target = tmp_path / "newplan"
+    res = ccci("init", str(target), "--phases", "1,2,2b")
+    assert res.returncode == 0, res.stderr
+    check = ccci("plan", "check", str(target))
+    assert check.returncode == 0, check.stderr
+    assert "ok: 3 phases, 2 DoD items, 2 roles" in check.stdout
+    ignore = (target / ".gitignore").read_text().splitlines()
+    for pattern in (".sops/", "*-secrets/", ".claude/", "*.tmp.*"):
+        assert pattern in ignore
+    assert load_package(target).name == "newplan"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["newplan"]  # no staging dir left behind
+
+
+def test_init_into_empty_existing_dir(tmp_path):
+    target = tmp_path / "empty"
+    target.mkdir()
+    assert ccci("init", str(target)).returncode == 0
+    assert load_package(target).phase_order == ["1", "2"]
+
+
+def test_init_refuses_non_empty_dir(tmp_path):
+    target = tmp_path / "busy"
+    target.mkdir()
+    (target / "keep.txt").write_text("mine\n")
+    res = ccci("init", str(target))
+    assert res.returncode == 2
+    assert res.stderr.splitlines() == [f"error: {target} exists and is not an empty folder; choose a new path"]
+    assert [p.name for p in target.iterdir()] == ["keep.txt"]
+    assert (target / "keep.txt").read_text() == "mine\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["busy"]
+
+
+def test_init_bad_phases_creates_nothing(tmp_path):
+    res = ccci("init", str(tmp_path / "x"), "--phases", "1,1")
+    assert res.returncode == 2
+    assert res.stderr.startswith("error: duplicate phase id in --phases")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_init_survives_leftover_staging_dir(tmp_path):
+    """A crashed earlier init must not make the next one fail with a traceback."""
+    (tmp_path / ".again.tmp.init").mkdir()
+    res = ccci("init", str(tmp_path / "again"))
+    assert res.returncode == 0, res.stderr
+    assert load_package(tmp_path / "again").name == "again"
+
+
+def test_init_under_a_file_fails_cleanly(tmp_path):
+    (tmp_path / "afile").write_text("x")
+    res = ccci("init", str(tmp_path / "afile" / "pkg"))
+    assert res.returncode == 2
+    lines = res.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: cannot create {tmp_path / 'afile' / 'pkg'}: "), res.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"]
+
+
+# --- parsers ----------------------------------------------------------------------------------
+
+PLAN_MD = """\
+# x
+
+## 1. Mission
+
+- **D9**: not a DoD item, wrong section
+
+## 2. Definition of Done
+
+- **D1**: first
+- D2: second, plain
+1. __D3__ - third, numbered
+* **D4**.  fourth
+
+### 2.1 Notes inside the section
+
+- **D5**: still in the section
+
+## 3. Architecture
+
+- **D6**: after the section
+"""
+
+
+def test_parse_dod():
+    assert [(i.id, i.text) for i in parse_dod(PLAN_MD)] == [
+        ("D1", "first"), ("D2", "second, plain"), ("D3", "third, numbered"), ("D4", "fourth"),
+        ("D5", "still in the section"),
+    ]
+    assert [i.id for i in parse_dod("## Definition of Done\n\n- **D1**: a\n")] == ["D1"]
+    assert parse_dod("## 20. Appendix\n\n- **D1**: a\n") == []
+    assert parse_dod("# no sections\n- **D1**: a\n") == []
+
+
+def test_parse_phase_items():
+    text = """\
+# Phase 1c: x
+
+- **1c.1**: one
+- 1c.2: two
+  * __1c.3__ - three
+- **1c**: not an item
+- **1b.1**: another phase
+See 1c.1 above for details.
+"""
+    assert [(i.id, i.text) for i in parse_phase_items("1c", text)] == [
+        ("1c.1", "one"), ("1c.2", "two"), ("1c.3", "three"),
+    ]
+    both = "- **2.1**: two\n- **2b.1**: two-b\n"
+    assert [i.id for i in parse_phase_items("2", both)] == ["2.1"]
+    assert [i.id for i in parse_phase_items("2b", both)] == ["2b.1"]
+    assert parse_phase_items("1", "- **1c.1**: x\n- **11.1**: y\n") == []
+
+
+# --- phases.py over the tiny plan -------------------------------------------------------------
+
+NOW = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
+DAY = timedelta(hours=24)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return load_package(EXAMPLES / "tiny-plan")
+
+
+def ts(hours_ago: float) -> str:
+    return (NOW - timedelta(hours=hours_ago)).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def test_parse_review_newest_wins():
+    text = "\n".join([
+        "# Review log",
+        "FAILED 1.1 2026-11-26T01:00:00Z abc1234 script not executable",
+        "VERIFIED 1.1 2026-11-26T02:00:00Z def5678 chmod fixed",
+        "VERIFIED 1.2 2026-11-26T09:00:00Z def5678 ok",
+        "FAILED 1.2 2026-11-26T08:00:00Z abc1234 older line listed later",
+        "- VERIFIED 2.1 2026-11-26T05:00:00+01:00 aaaa111 offset time",
+        "FAILED 2.1 2026-11-26T04:00:00Z bbbb222 same instant, later in file",
+        "VERIFIED D1 2026-13-40T00:00:00Z cccc333 impossible date is ignored",
+        "VERIFIED D2 yesterday cccc333 no timestamp is ignored",
+        "verified D3 2026-11-26T00:00:00Z cccc333 lower case is not a verdict",
+    ])
+    reviews = parse_review(text)
+    assert set(reviews) == {"1.1", "1.2", "2.1"}
+    newest = reviews["1.1"]
+    assert (newest.verdict, newest.commit, newest.note) == ("VERIFIED", "def5678", "chmod fixed")
+    assert reviews["1.2"].verdict == "VERIFIED" and reviews["1.2"].at == datetime(2026, 11, 26, 9, tzinfo=UTC)
+    assert reviews["2.1"].verdict == "FAILED" and reviews["2.1"].commit == "bbbb222"
+
+
+def test_parse_status():
+    text = "# Status\n## DONE 1\nnotes\n## DONE 2 maybe\n##DONE 3\n## DONE 1\n ## DONE 4\n"
+    assert parse_status(text) == ["1"]
+
+
+def test_phase_complete_needs_marker_and_every_item(tiny):
+    both = f"VERIFIED 1.1 {ts(3)} abc1234 ok\nVERIFIED 1.2 {ts(3)} abc1234 ok\n"
+    assert phase_complete(tiny, parse_docs("## DONE 1\n", both), "1")
+    assert not phase_complete(tiny, parse_docs("", both), "1")  # no DONE marker
+    assert not phase_complete(tiny, parse_docs("## DONE 1\n", both.splitlines()[0]), "1")  # 1.2 unverified
+    failed = both + f"FAILED 1.2 {ts(1)} abc9999 regression\n"
+    assert not phase_complete(tiny, parse_docs("## DONE 1\n", failed), "1")
+    assert not phase_complete(tiny, parse_docs("## DONE 2\n", both), "1")
+
+
+def test_resolve_phase(tiny):
+    p1 = f"VERIFIED 1.1 {ts(3)} a1b2c3d ok\nVERIFIED 1.2 {ts(3)} a1b2c3d ok\n"
+    p2 = f"VERIFIED 2.1 {ts(2)} a1b2c3d ok\n"
+    assert resolve_phase(tiny, parse_docs("", "")) == "1"
+    assert resolve_phase(tiny, parse_docs("## DONE 1\n", p1)) == "2"
+    assert resolve_phase(tiny, parse_docs("## DONE 1\n## DONE 2\n", p1 + p2)) is None
+    # phase 2 finished but phase 1 lost a verification: go back to 1
+    regress = p1 + p2 + f"FAILED 1.1 {ts(1)} a1b2c3d broke\n"
+    assert resolve_phase(tiny, parse_docs("## DONE 1\n## DONE 2\n", regress)) == "1"
+
+
+def test_missing_for_done(tiny):
+    status = "## DONE 1\n## DONE 2\n"
+    phases = "\n".join(f"VERIFIED {i} {ts(30)} a1b2c3d ok" for i in ("1.1", "1.2", "2.1"))
+    review = phases + "\n" + "\n".join([
+        f"VERIFIED D1 {ts(1)} a1b2c3d fresh",
+        f"VERIFIED D2 {ts(25)} a1b2c3d stale",
+        f"VERIFIED D3 {ts(2)} a1b2c3d was fine",
+        f"FAILED D3 {ts(1)} a1b2c3d now broken",
+    ])
+    docs = parse_docs(status, review)
+    assert missing_for_done(tiny, docs, NOW, DAY) == ["D2 stale", "D3 failed"]
+    assert not is_done(tiny, docs, NOW, DAY)
+
+    # phase items are not subject to freshness; only D-items are
+    fresh = phases + "\n" + "\n".join(f"VERIFIED D{n} {ts(23.9)} a1b2c3d ok" for n in (1, 2, 3))
+    assert missing_for_done(tiny, parse_docs(status, fresh), NOW, DAY) == []
+    assert is_done(tiny, parse_docs(status, fresh), NOW, DAY)
+    # exactly 24 h old still counts; a second more does not
+    edge = phases + "\n" + "\n".join(f"VERIFIED D{n} {ts(24)} a1b2c3d ok" for n in (1, 2, 3))
+    assert is_done(tiny, parse_docs(status, edge), NOW, DAY)
+    assert missing_for_done(tiny, parse_docs(status, edge), NOW + timedelta(seconds=1), DAY) == [
+        "D1 stale", "D2 stale", "D3 stale"]
+
+    assert missing_for_done(tiny, parse_docs("## DONE 1\n", phases), NOW, DAY) == [
+        "phase 2", "D1 unverified", "D2 unverified", "D3 unverified"]
+
+
+def test_load_package_reports_every_defect(tmp_path):
+    pkg = copy_pkg(tmp_path, "tiny-plan")
+    (pkg / "plan-phase2-finish.md").unlink()
+    (pkg / "package.toml").write_text('phases = ["1", "2", "2"]\n')
+    with pytest.raises(PackageError) as exc:
+        load_package(pkg)
+    assert exc.value.defects == [
+        "duplicate phase id 2 in package.toml phases; list each phase once",
+        "phase 2 is named in the order but plan-phase2-<slug>.md is absent; add the file",
+    ]
