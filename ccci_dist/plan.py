@@ -168,9 +168,16 @@ def load_package(root: str | Path) -> PlanPackage:
         text = _read_text(files[0], defects, root)
         if text is None:
             continue
+        items = parse_phase_items(pid, text)
         if not text.strip():
             defects.append(f"empty phase file: {files[0].name}; write the phase plan")
-        phases.append(Phase(id=pid, file=files[0], title=_title(text), items=parse_phase_items(pid, text)))
+        elif not items:
+            # without items the reviewer has nothing to verify and DONE alone would complete the phase
+            defects.append(f"no items in {files[0].name}; list them as '- **{pid}.1**: ...' under '## Items'")
+        item_ids = [i.id for i in items]
+        for dup in sorted({i for i in item_ids if item_ids.count(i) > 1}):
+            defects.append(f"duplicate item {dup} in {files[0].name}; number each item once")
+        phases.append(Phase(id=pid, file=files[0], title=_title(text), items=items))
 
     dod: list[Item] = []
     plan_text = _read_text(root / "plan.md", defects, root)

@@ -180,6 +180,24 @@ def test_non_utf8_file(tmp_path):
                         "not UTF-8: plan-phase1-setup.md; re-save it as UTF-8")
 
 
+def test_phase_without_items(tmp_path):
+    """A phase with no items would complete on its DONE marker alone, unreviewed."""
+    pkg = copy_pkg(tmp_path, "tiny-plan")
+    (pkg / "plan-phase2-finish.md").write_text("# Phase 2: finish\n\n## Items\n\n- 2-1: wrong numbering\n")
+    assert_single_error(
+        ccci("plan", "check", str(pkg)),
+        "no items in plan-phase2-finish.md; list them as '- **2.1**: ...' under '## Items'",
+    )
+
+
+def test_duplicate_phase_item(tmp_path):
+    pkg = copy_pkg(tmp_path, "tiny-plan")
+    f = pkg / "plan-phase1-setup.md"
+    f.write_text(f.read_text() + "- **1.2**: a second 1.2\n")
+    assert_single_error(ccci("plan", "check", str(pkg)),
+                        "duplicate item 1.2 in plan-phase1-setup.md; number each item once")
+
+
 def test_several_defects_listed_together(tmp_path):
     pkg = copy_pkg(tmp_path, "tiny-plan")
     (pkg / "plan.md").unlink()
