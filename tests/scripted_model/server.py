@@ -1,0 +1,487 @@
+"""A scripted Anthropic Messages API server on loopback, for driving the real Claude Code CLI in tests.
+
+(Observed CLI behaviour is documented at the end of this docstring; it is filled in from real runs.)
+
+Usage in-process::
+
+    from scripted_model.server import ScriptedModel, bash, text
+    with ScriptedModel([bash("echo hi > f && git add f && git commit -qm x"), text("done")]) as model:
+        env = {"ANTHROPIC_BASE_URL": model.url, ...}
+        ...
+        model.main_requests()   # the recorded conversation requests
+
+Usage from another process::
+
+    python -m tests.scripted_model.server --script script.json --port 0 --port-file p.txt --log requests.jsonl
+
+``script.json`` is a JSON list of turns (the dicts built by the helpers below).
+
+Script semantics
+----------------
+* Requests are classified as *main* (a conversation turn of the agent: the body has ``tools``) or *side*
+  (everything else the CLI sends on the side, e.g. a ``max_tokens: 1`` quota probe or a title/summary
+  request on the small/fast model; bodies without ``tools``). Side requests get a short text reply and never
+  consume the script (see ``side_reply``). Pass ``classify=`` to override.
+* Main requests consume the script globally, in order. A turn with ``times=N`` is served N times
+  (``times=None``: forever, e.g. an error the CLI keeps retrying). When the script is exhausted the
+  ``default`` turn is served (a text reply ``"(script exhausted)"`` unless given).
+* ``rule``: a callable ``rule(body: dict) -> turn | None``; consulted before the script for main requests,
+  a ``None`` answer falls through to the script. Useful to script long loops by content (see
+  ``last_user_text`` / ``last_tool_results``).
+
+Turn kinds (all plain dicts, JSON-serialisable)
+-----------------------------------------------
+``text(t)``, ``bash(cmd)``, ``write(path, content)``, ``edit(path, old, new)``, ``tool_use(name, input)``:
+streamed SSE replies (stop_reason ``end_turn`` for text, ``tool_use`` otherwise). Every streamed turn takes
+``delay=`` seconds between events (a slow stream), ``cut_after=N`` (close the socket after N events, a
+stream cut mid-way) and ``hang_after=N`` (send N events then hold the stream open sending nothing until the
+client goes away or the server stops). ``hang()`` is ``text("", hang_after=0)``, i.e. headers only.
+``error(status, ...)``: an HTTP error with Anthropic's JSON error shape
+``{"type": "error", "error": {"type": ..., "message": ...}, "request_id": ...}`` plus headers
+(429: ``retry-after`` and ``anthropic-ratelimit-*``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import socket
+import struct
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+Turn = dict[str, Any]
+Rule = Callable[[dict[str, Any]], Turn | None]
+
+ERROR_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+    500: "api_error",
+    529: "overloaded_error",
+}
+ERROR_MESSAGES = {
+    401: "invalid x-api-key",
+    429: "Number of request tokens has exceeded your per-minute rate limit",
+    500: "Internal server error",
+    529: "Overloaded",
+}
+
+
+# ---------------------------------------------------------------- turn builders
+
+def text(t: str, **kw: Any) -> Turn:
+    """A plain text reply (stop_reason end_turn)."""
+    return {"kind": "text", "text": t, **kw}
+
+
+def tool_use(name: str, input: dict[str, Any], preface: str = "", **kw: Any) -> Turn:  # noqa: A002
+    """A tool_use block for ``name`` (stop_reason tool_use), optionally preceded by a text block."""
+    return {"kind": "tool_use", "name": name, "input": input, "text": preface, **kw}
+
+
+def bash(command: str, description: str = "run a command", **kw: Any) -> Turn:
+    return tool_use("Bash", {"command": command, "description": description}, **kw)
+
+
+def write(file_path: str, content: str, **kw: Any) -> Turn:
+    return tool_use("Write", {"file_path": file_path, "content": content}, **kw)
+
+
+def edit(file_path: str, old: str, new: str, **kw: Any) -> Turn:
+    return tool_use("Edit", {"file_path": file_path, "old_string": old, "new_string": new}, **kw)
+
+
+def error(status: int, message: str | None = None, error_type: str | None = None,
+          headers: dict[str, str] | None = None, **kw: Any) -> Turn:
+    """An HTTP error response in Anthropic's JSON error shape."""
+    hdrs: dict[str, str] = {}
+    if status == 429:
+        reset = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + 60))
+        hdrs = {"retry-after": "1", "anthropic-ratelimit-requests-limit": "50",
+                "anthropic-ratelimit-requests-remaining": "0", "anthropic-ratelimit-requests-reset": reset,
+                "anthropic-ratelimit-tokens-limit": "40000", "anthropic-ratelimit-tokens-remaining": "0",
+                "anthropic-ratelimit-tokens-reset": reset}
+    hdrs.update(headers or {})
+    return {"kind": "error", "status": status, "error_type": error_type or ERROR_TYPES.get(status, "api_error"),
+            "message": message or ERROR_MESSAGES.get(status, f"HTTP {status}"), "headers": hdrs, **kw}
+
+
+def hang(**kw: Any) -> Turn:
+    """Send the response headers, then nothing at all until the client or the server goes away."""
+    return text("", hang_after=0, **kw)
+
+
+def cut(after: int = 3, t: str = "this reply is cut off in the middle of a sentence", **kw: Any) -> Turn:
+    """A streamed text reply whose connection is closed after ``after`` SSE events."""
+    return text(t, cut_after=after, **kw)
+
+
+# ---------------------------------------------------------------- request helpers for rules
+
+def last_user_text(body: dict[str, Any]) -> str:
+    """The text of the last user message (string content or its text blocks)."""
+    for msg in reversed(body.get("messages", [])):
+        if msg.get("role") != "user":
+            continue
+        content = msg.get("content")
+        if isinstance(content, str):
+            return content
+        texts = [b.get("text", "") for b in content or [] if b.get("type") == "text"]
+        if texts:
+            return "\n".join(texts)
+    return ""
+
+
+def last_tool_results(body: dict[str, Any]) -> list[dict[str, Any]]:
+    """The tool_result blocks of the last message, if it is a user message carrying them."""
+    msgs = body.get("messages", [])
+    if not msgs or msgs[-1].get("role") != "user" or isinstance(msgs[-1].get("content"), str):
+        return []
+    return [b for b in msgs[-1]["content"] if b.get("type") == "tool_result"]
+
+
+def tool_result_text(block: dict[str, Any]) -> str:
+    content = block.get("content")
+    if isinstance(content, str):
+        return content
+    return "\n".join(c.get("text", "") for c in content or [] if c.get("type") == "text")
+
+
+def is_main_request(path: str, body: dict[str, Any]) -> bool:
+    """A conversation turn of the agent: POST /v1/messages whose body offers tools."""
+    return path.split("?")[0] == "/v1/messages" and bool(body.get("tools"))
+
+
+# ---------------------------------------------------------------- the server
+
+class ScriptedModel:
+    """The scripted Messages API server; ``start()``/``stop()`` or use as a context manager."""
+
+    def __init__(self, script: list[Turn] | None = None, rule: Rule | None = None, default: Turn | None = None,
+                 side_reply: str = "ok", log_path: str | Path | None = None, port: int = 0,
+                 classify: Callable[[str, dict[str, Any]], bool] = is_main_request):
+        self.script: list[Turn] = [dict(t) for t in (script or [])]
+        self.rule = rule
+        self.default = default or text("(script exhausted)")
+        self.side_reply = side_reply
+        self.log_path = Path(log_path) if log_path else None
+        self.classify = classify
+        self.requests: list[dict[str, Any]] = []
+        self.served: list[Turn] = []          # the turns served to main requests, in order
+        self._lock = threading.Lock()
+        self._stopping = threading.Event()
+        self._httpd: ThreadingHTTPServer | None = None
+        self._thread: threading.Thread | None = None
+        self._port = port
+
+    # -- lifecycle
+    def start(self) -> ScriptedModel:
+        handler = type("Handler", (_Handler,), {"model": self})
+        self._httpd = ThreadingHTTPServer(("127.0.0.1", self._port), handler)
+        self._httpd.daemon_threads = True
+        self._thread = threading.Thread(target=self._httpd.serve_forever, name="scripted-model", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stopping.set()
+        if self._httpd is not None:
+            self._httpd.shutdown()
+            self._httpd.server_close()
+            self._httpd = None
+
+    def __enter__(self) -> ScriptedModel:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    @property
+    def port(self) -> int:
+        assert self._httpd is not None, "server not started"
+        return self._httpd.server_address[1]
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    # -- script
+    def add(self, *turns: Turn) -> None:
+        with self._lock:
+            self.script.extend(dict(t) for t in turns)
+
+    def remaining(self) -> int:
+        with self._lock:
+            return len(self.script)
+
+    def next_turn(self, body: dict[str, Any]) -> Turn:
+        if self.rule is not None:
+            picked = self.rule(body)
+            if picked is not None:
+                with self._lock:
+                    self.served.append(picked)
+                return picked
+        with self._lock:
+            if not self.script:
+                turn = self.default
+            else:
+                turn = self.script[0]
+                times = turn.get("times", 1)
+                if times is not None:
+                    if times <= 1:
+                        self.script.pop(0)
+                    else:
+                        turn["times"] = times - 1
+            self.served.append(turn)
+            return turn
+
+    # -- records
+    def record(self, entry: dict[str, Any]) -> None:
+        with self._lock:
+            self.requests.append(entry)
+            if self.log_path is not None:
+                with open(self.log_path, "a") as f:
+                    f.write(json.dumps(entry) + "\n")
+
+    def main_requests(self) -> list[dict[str, Any]]:
+        return [r for r in list(self.requests) if r["main"]]
+
+    def side_requests(self) -> list[dict[str, Any]]:
+        return [r for r in list(self.requests) if not r["main"]]
+
+    def wait_for_requests(self, n: int, timeout: float = 10.0, main: bool = True) -> list[dict[str, Any]]:
+        deadline = time.monotonic() + timeout
+        while True:
+            got = self.main_requests() if main else list(self.requests)
+            if len(got) >= n:
+                return got
+            if time.monotonic() > deadline:
+                raise AssertionError(f"scripted model got {len(got)} requests, wanted {n}")
+            time.sleep(0.05)
+
+
+_HIDDEN_HEADERS = {"x-api-key", "authorization", "proxy-authorization", "cookie"}
+
+
+class _Handler(BaseHTTPRequestHandler):
+    model: ScriptedModel
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - quiet
+        pass
+
+    # -- plumbing
+    def _body(self) -> dict[str, Any]:
+        n = int(self.headers.get("content-length") or 0)
+        raw = self.rfile.read(n) if n else b""
+        if not raw:
+            return {}
+        try:
+            return json.loads(raw)
+        except ValueError:
+            return {"_raw": raw.decode(errors="replace")}
+
+    def _record(self, body: dict[str, Any], main: bool) -> None:
+        headers = {k.lower(): v for k, v in self.headers.items() if k.lower() not in _HIDDEN_HEADERS}
+        self.model.record({"time": time.time(), "method": self.command, "path": self.path, "main": main,
+                           "headers": headers, "body": body,
+                           "has_api_key": bool(self.headers.get("x-api-key") or self.headers.get("authorization"))})
+
+    def _json(self, status: int, obj: Any, headers: dict[str, str] | None = None) -> None:
+        data = json.dumps(obj).encode()
+        self.send_response(status)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(data)))
+        self.send_header("request-id", "req_" + uuid.uuid4().hex[:24])
+        for k, v in (headers or {}).items():
+            self.send_header(k, v)
+        self.end_headers()
+        self.wfile.write(data)
+
+    # -- verbs
+    def do_HEAD(self) -> None:
+        self.send_response(200)
+        self.send_header("content-length", "0")
+        self.end_headers()
+
+    def do_GET(self) -> None:
+        self._record({}, False)
+        path = self.path.split("?")[0]
+        if path == "/v1/models":
+            self._json(200, {"data": [{"type": "model", "id": m, "display_name": m, "created_at": "2025-01-01T00:00:00Z"}
+                                      for m in ("claude-sonnet-4-5", "claude-haiku-4-5", "claude-opus-4-1")],
+                             "has_more": False, "first_id": None, "last_id": None})
+        else:
+            self._json(404, {"type": "error", "error": {"type": "not_found_error", "message": f"no {path}"}})
+
+    def do_POST(self) -> None:
+        body = self._body()
+        path = self.path.split("?")[0]
+        if path == "/v1/messages/count_tokens":
+            self._record(body, False)
+            self._json(200, {"input_tokens": max(1, len(json.dumps(body)) // 4)})
+            return
+        if path != "/v1/messages":
+            self._record(body, False)
+            self._json(404, {"type": "error", "error": {"type": "not_found_error", "message": f"no {path}"}})
+            return
+        main = self.model.classify(self.path, body)
+        self._record(body, main)
+        turn = self.model.next_turn(body) if main else text(self.model.side_reply)
+        if turn["kind"] == "error":
+            err = {"type": "error", "error": {"type": turn["error_type"], "message": turn["message"]},
+                   "request_id": "req_" + uuid.uuid4().hex[:24]}
+            self._json(turn["status"], err, turn.get("headers"))
+            return
+        if not body.get("stream"):
+            self._json(200, _message(body, turn))
+            return
+        self._stream(body, turn)
+
+    def _stream(self, body: dict[str, Any], turn: Turn) -> None:
+        events = _events(body, turn)
+        self.send_response(200)
+        self.send_header("content-type", "text/event-stream")
+        self.send_header("cache-control", "no-cache")
+        self.send_header("connection", "close")
+        self.send_header("request-id", "req_" + uuid.uuid4().hex[:24])
+        self.end_headers()
+        self.close_connection = True
+        delay = float(turn.get("delay", 0))
+        cut_after = turn.get("cut_after")
+        hang_after = turn.get("hang_after")
+        try:
+            for i, (name, data) in enumerate(events):
+                if cut_after is not None and i >= cut_after:
+                    self._cut(bool(turn.get("cut_rst")))
+                    return
+                if hang_after is not None and i >= hang_after:
+                    break
+                if delay and i:
+                    time.sleep(delay)
+                self.wfile.write(f"event: {name}\ndata: {json.dumps(data)}\n\n".encode())
+                self.wfile.flush()
+            if hang_after is not None:
+                self._hang()
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+
+    def _cut(self, rst: bool = False) -> None:
+        """End the connection mid-stream: FIN (orderly close, the default) or RST (``cut_rst=True``)."""
+        try:
+            self.wfile.flush()
+            if rst:
+                time.sleep(0.2)  # let the client read what was sent; an RST discards unread data
+                self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            else:
+                self.connection.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
+        self.connection.close()
+
+    def _hang(self) -> None:
+        """Hold the stream open, sending nothing, until the client hangs up or the server stops."""
+        self.connection.settimeout(0.2)
+        while not self.model._stopping.is_set():
+            try:
+                if self.connection.recv(1, socket.MSG_PEEK) == b"":
+                    return  # client closed
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+
+
+def _usage(body: dict[str, Any], output_tokens: int = 0) -> dict[str, Any]:
+    return {"input_tokens": max(1, len(json.dumps(body.get("messages", []))) // 4),
+            "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0, "output_tokens": output_tokens}
+
+
+def _blocks(turn: Turn) -> list[dict[str, Any]]:
+    blocks: list[dict[str, Any]] = []
+    if turn.get("text") or turn["kind"] == "text":
+        blocks.append({"type": "text", "text": turn.get("text", "")})
+    if turn["kind"] == "tool_use":
+        blocks.append({"type": "tool_use", "id": "toolu_" + uuid.uuid4().hex[:24], "name": turn["name"],
+                       "input": turn["input"]})
+    return blocks
+
+
+def _message(body: dict[str, Any], turn: Turn) -> dict[str, Any]:
+    blocks = _blocks(turn)
+    stop = "tool_use" if turn["kind"] == "tool_use" else "end_turn"
+    return {"id": "msg_" + uuid.uuid4().hex[:24], "type": "message", "role": "assistant",
+            "model": body.get("model", "claude-sonnet-4-5"), "content": blocks, "stop_reason": stop,
+            "stop_sequence": None, "usage": _usage(body, 10)}
+
+
+def _events(body: dict[str, Any], turn: Turn) -> list[tuple[str, dict[str, Any]]]:
+    msg = _message(body, turn)
+    out_tokens = msg["usage"]["output_tokens"]
+    start = {**msg, "content": [], "stop_reason": None, "usage": _usage(body, 1)}
+    events: list[tuple[str, dict[str, Any]]] = [("message_start", {"type": "message_start", "message": start})]
+    for i, block in enumerate(msg["content"]):
+        if block["type"] == "text":
+            events.append(("content_block_start", {"type": "content_block_start", "index": i,
+                                                   "content_block": {"type": "text", "text": ""}}))
+            chunks = _chunks(block["text"], 3)
+            for c in chunks:
+                events.append(("content_block_delta", {"type": "content_block_delta", "index": i,
+                                                       "delta": {"type": "text_delta", "text": c}}))
+        else:
+            events.append(("content_block_start", {"type": "content_block_start", "index": i,
+                                                   "content_block": {**block, "input": {}}}))
+            for c in _chunks(json.dumps(block["input"]), 2):
+                events.append(("content_block_delta", {"type": "content_block_delta", "index": i,
+                                                       "delta": {"type": "input_json_delta", "partial_json": c}}))
+        events.append(("content_block_stop", {"type": "content_block_stop", "index": i}))
+    events.append(("message_delta", {"type": "message_delta",
+                                     "delta": {"stop_reason": msg["stop_reason"], "stop_sequence": None},
+                                     "usage": {"output_tokens": out_tokens}}))
+    events.append(("message_stop", {"type": "message_stop"}))
+    return events
+
+
+def _chunks(s: str, n: int) -> list[str]:
+    """Split ``s`` into (at most) ``n`` pieces, at least one."""
+    if not s:
+        return [""]
+    size = max(1, -(-len(s) // n))
+    return [s[i:i + size] for i in range(0, len(s), size)]
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description="Scripted Anthropic Messages API server (for tests).")
+    p.add_argument("--script", help="JSON file: a list of turns")
+    p.add_argument("--port", type=int, default=0, help="0 picks a free port")
+    p.add_argument("--port-file", help="write the chosen port here once listening")
+    p.add_argument("--log", help="append every request as a JSON line here")
+    args = p.parse_args(argv)
+    script = json.loads(Path(args.script).read_text()) if args.script else []
+    model = ScriptedModel(script, log_path=args.log, port=args.port).start()
+    if args.port_file:
+        tmp = Path(args.port_file + ".tmp")
+        tmp.write_text(str(model.port))
+        tmp.rename(args.port_file)
+    print(f"scripted model listening on {model.url}", flush=True)
+    try:
+        threading.Event().wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        model.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
