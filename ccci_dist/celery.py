@@ -13,15 +13,28 @@ from celery import Celery
 from .config import Settings, load_config
 
 CONTROL_QUEUE = "ccci.control"
-TASK_MODULES = ["ccci_dist.iteration", "ccci_dist.watchdog", "ccci_dist.notify"]
+TASK_MODULES = ["ccci_dist.iteration", "ccci_dist.watchdog", "ccci_dist.notify", "ccci_dist.registry"]
 
 app = Celery("ccci_dist", include=TASK_MODULES)
 
 
-@lru_cache(maxsize=1)
+_override: list[Settings] = []
+
+
 def settings() -> Settings:
-    """This process's settings (config file, env), loaded once."""
+    """This process's settings: the CLI's (flags included) if it set them, else file + env."""
+    return _override[0] if _override else _load()
+
+
+@lru_cache(maxsize=1)
+def _load() -> Settings:
     return load_config()
+
+
+def use_settings(s: Settings) -> Celery:
+    """Make ``s`` this process's settings (the CLI calls this before touching the app)."""
+    _override[:] = [s]
+    return app
 
 
 def celery_config(s: Settings, broker: str) -> dict:

@@ -114,6 +114,3 @@ def main(ctx: click.Context, config_file: str | None, **overrides: Any) -> None:
     """
     ctx.obj = Ctx(config_file, overrides)
 
-
-if __name__ == "__main__":  # pragma: no cover
-    main()

@@ -207,3 +207,30 @@ def load_package(root: str | Path) -> PlanPackage:
     if defects:
         raise PackageError(defects)
     return PlanPackage(root=root, name=name, phases=phases, roles=roles, prompts=prompts, dod=dod)
+
+
+def snapshot(pkg: PlanPackage) -> dict:
+    """The package as plain JSON data, stored with the run so workers on any host can use it."""
+    return {
+        "name": pkg.name,
+        "order": pkg.phase_order,
+        "roles": pkg.roles,
+        "phases": {
+            p.id: {"title": p.title, "text": pkg.read(p.file), "items": [i.model_dump() for i in p.items]}
+            for p in pkg.phases
+        },
+        "dod": [i.model_dump() for i in pkg.dod],
+        "prompts": {role: pkg.read(path) for role, path in pkg.prompts.items()},
+    }
+
+
+def from_snapshot(data: dict) -> PlanPackage:
+    """Rebuild a ``PlanPackage`` (for the pure phase/DONE logic) from a snapshot."""
+    phases = [
+        Phase(id=pid, file=Path(f"plan-phase{pid}.md"), title=data["phases"][pid]["title"],
+              items=[Item(**i) for i in data["phases"][pid]["items"]])
+        for pid in data["order"]
+    ]
+    return PlanPackage(root=Path("."), name=data["name"], phases=phases, roles=data["roles"],
+                       prompts={r: Path(f"{r}.md") for r in data["roles"]},
+                       dod=[Item(**i) for i in data["dod"]])

@@ -1,0 +1,223 @@
+"""The agent adapter: run the agent CLI once, in its own process group, and read its result.
+
+Contract (Claude Code's ``-p --output-format stream-json --verbose``; the bundled demo agent
+follows it too): the prompt arrives on stdin; stdout is one JSON event per line; the last
+``{"type": "result", ...}`` event carries session_id, subtype, is_error, api_error_status,
+num_turns, total_cost_usd, usage and duration_ms. ``rate_limit_event`` lines carry resetsAt.
+
+Runner-side caps, because the CLI's own ``--max-turns`` can fail open: a wall-clock limit
+and a stall limit (no new event for N seconds). Either, or an external ``kill()`` (stop,
+lost lease), ends the whole process group: SIGTERM, then SIGKILL after a grace period.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: SIGKILL the agent if the worker that spawned it dies, so a
+    crashed worker never leaves an agent running beside its successor."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
+class IterationResult(BaseModel):
+    """What one agent run produced, parsed from its stream."""
+
+    exit_code: int | None = None
+    killed: str | None = None  # "stall" | "time_limit" | "stopped" | "lease_lost"
+    result: dict[str, Any] | None = None
+    rate_limit_events: list[dict[str, Any]] = Field(default_factory=list)
+    session_id: str = ""
+    subtype: str = ""
+    is_error: bool = False
+    api_error_status: int | None = None
+    num_turns: int = 0
+    total_cost_usd: float = 0.0
+    usage: dict[str, Any] = Field(default_factory=dict)
+    duration_ms: int = 0
+    non_json_lines: int = 0
+    events: int = 0
+    stderr_tail: str = ""
+    result_text: str = ""
+
+
+def build_command(agent_command: str, agent_flags: str = "", session_id: str | None = None) -> list[str]:
+    """argv for one iteration: the configured command, extra flags, and ``--resume`` if any."""
+    argv = shlex.split(agent_command) + shlex.split(agent_flags)
+    if session_id:
+        argv += ["--resume", session_id]
+    return argv
+
+
+def parse_stream(lines: list[str]) -> IterationResult:
+    """Fold stream-json lines into an ``IterationResult`` (non-JSON lines are counted, not fatal)."""
+    res = IterationResult()
+    for line in lines:
+        line = line.strip()
+        if not line:
+            continue
+        try:
+            ev = json.loads(line)
+        except ValueError:
+            res.non_json_lines += 1
+            continue
+        if not isinstance(ev, dict):
+            res.non_json_lines += 1
+            continue
+        res.events += 1
+        kind = ev.get("type")
+        if kind == "rate_limit_event":
+            res.rate_limit_events.append(ev)
+        elif kind == "system" and ev.get("session_id"):
+            res.session_id = res.session_id or str(ev["session_id"])
+        elif kind == "result":
+            res.result = ev
+    if res.result is not None:
+        r = res.result
+        res.session_id = str(r.get("session_id") or res.session_id)
+        res.subtype = str(r.get("subtype") or "")
+        res.is_error = bool(r.get("is_error"))
+        status = r.get("api_error_status")
+        res.api_error_status = int(status) if isinstance(status, int | str) and str(status).isdigit() else None
+        res.num_turns = int(r.get("num_turns") or 0)
+        res.total_cost_usd = float(r.get("total_cost_usd") or 0.0)
+        res.usage = r.get("usage") if isinstance(r.get("usage"), dict) else {}
+        res.duration_ms = int(r.get("duration_ms") or 0)
+        res.result_text = str(r.get("result") or "")
+    return res
+
+
+class AgentProcess:
+    """One running agent: spawn, stream to a log, enforce limits, kill the whole group."""
+
+    def __init__(self, argv: list[str], prompt: str, cwd: Path, log_path: Path,
+                 env: dict[str, str] | None = None, on_line: Callable[[str], None] | None = None,
+                 kill_grace: float = 1.0):
+        self.argv, self.prompt, self.cwd, self.log_path = argv, prompt, cwd, log_path
+        self.env = env
+        self.on_line = on_line
+        self.kill_grace = kill_grace
+        self.proc: subprocess.Popen | None = None
+        self.lines: list[str] = []
+        self.last_event = time.monotonic()
+        self.killed: str | None = None
+        self._kill_lock = threading.Lock()
+        self._stderr: list[str] = []
+
+    def start(self) -> None:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        self.proc = subprocess.Popen(
+            self.argv, cwd=self.cwd, env=self.env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE, start_new_session=True, preexec_fn=_die_with_parent, text=True,
+            encoding="utf-8", errors="replace",
+        )
+        self.last_event = time.monotonic()
+        threading.Thread(target=self._feed, daemon=True).start()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+        self._err_reader = threading.Thread(target=self._read_err, daemon=True)
+        self._err_reader.start()
+
+    @property
+    def pgid(self) -> int | None:
+        return self.proc.pid if self.proc else None
+
+    def _feed(self) -> None:
+        assert self.proc and self.proc.stdin
+        try:
+            self.proc.stdin.write(self.prompt)
+            self.proc.stdin.close()
+        except (BrokenPipeError, OSError, ValueError):
+            pass  # the agent exited before reading its prompt; its exit tells the story
+
+    def _read(self) -> None:
+        assert self.proc and self.proc.stdout
+        with open(self.log_path, "a", encoding="utf-8") as log:
+            for line in self.proc.stdout:
+                self.last_event = time.monotonic()
+                self.lines.append(line)
+                log.write(line)
+                log.flush()
+                if self.on_line:
+                    try:
+                        self.on_line(line)
+                    except Exception:  # a log mirror must never break the iteration
+                        pass
+
+    def _read_err(self) -> None:
+        assert self.proc and self.proc.stderr
+        for line in self.proc.stderr:
+            self._stderr.append(line)
+            del self._stderr[:-50]
+
+    def kill(self, reason: str) -> None:
+        """End the whole process group: SIGTERM, then SIGKILL after the grace period."""
+        with self._kill_lock:
+            if self.killed is None:
+                self.killed = reason
+        if self.proc is None or self.proc.poll() is not None:
+            self._reap_group()
+            return
+        self._signal(signal.SIGTERM)
+        deadline = time.monotonic() + self.kill_grace
+        while time.monotonic() < deadline and self.proc.poll() is None:
+            time.sleep(0.02)
+        self._signal(signal.SIGKILL)
+        self._reap_group()
+
+    def _signal(self, sig: int) -> None:
+        try:
+            os.killpg(self.proc.pid, sig)  # type: ignore[union-attr]
+        except (ProcessLookupError, PermissionError):
+            pass
+
+    def _reap_group(self) -> None:
+        # The leader may be gone while its children (node, bash tool calls) live on.
+        if self.proc is not None:
+            self._signal(signal.SIGKILL)
+
+    def wait(self, time_limit: float, stall_limit: float) -> IterationResult:
+        """Wait for exit, enforcing the wall-clock and stall limits; return the parsed result."""
+        assert self.proc is not None
+        started = time.monotonic()
+        while self.proc.poll() is None:
+            now = time.monotonic()
+            if now - started > time_limit:
+                self.kill("time_limit")
+            elif now - self.last_event > stall_limit:
+                self.kill("stall")
+            time.sleep(0.05)
+        self._reader.join(timeout=5)
+        self._err_reader.join(timeout=1)
+        if self.killed is None:
+            self._reap_group()  # leave no orphaned tool processes behind
+        res = parse_stream(self.lines)
+        res.exit_code = self.proc.returncode if self.killed is None else None
+        res.killed = self.killed
+        res.stderr_tail = "".join(self._stderr)[-2000:]
+        return res
+
+
+def run_agent(argv: list[str], prompt: str, cwd: Path, log_path: Path, *, time_limit: float,
+              stall_limit: float, env: dict[str, str] | None = None, kill_grace: float = 1.0) -> IterationResult:
+    """Run the agent once to completion (convenience for callers without a heartbeat)."""
+    p = AgentProcess(argv, prompt, cwd, log_path, env=env, kill_grace=kill_grace)
+    p.start()
+    return p.wait(time_limit, stall_limit)

@@ -1,0 +1,291 @@
+"""One iteration of a loop: a Celery task that claims the loop, runs the agent once, pushes
+(fenced), records the result and enqueues its successor.
+
+A multi-day loop is a chain of these, never one long task: a redelivered or duplicate
+message finds the loop already claimed or its task id superseded and exits without running,
+and a dead worker's loop is restarted by the watchdog once the lease lapses.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+import uuid
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from .agent import AgentProcess, IterationResult, build_command
+from .broker import client
+from .celery import app, settings
+from .config import Settings, hostname
+from .limits import backoff_seconds, schedule_after_limit
+from .logsetup import log_context
+from .notify import notify
+from .outcome import Outcome, classify
+from .prompt import assemble
+from .schedule import next_midnight, next_start
+from .store import ACTIVE, PAUSED, STOPPED, Store, k_inbox, k_log, k_run
+from .workspace import GitError, PushRefused, Workspace, isolation_violations
+
+log = logging.getLogger(__name__)
+
+LOG_STREAM_MAXLEN = 5000
+# Agent env vars that would hand an agent the keys to the broker or the notifiers.
+SECRET_ENV = ("CCCI_BROKER_URL", "CCCI_NOTIFY_URLS", "CCCI_REDIS_PASSWORD")
+
+_stores: dict[str, Store] = {}
+
+
+def get_store(s: Settings | None = None) -> Store:
+    """A process-wide Store on the broker's Redis."""
+    s = s or settings()
+    if "main" not in _stores:
+        _stores["main"] = Store(client(s))
+    return _stores["main"]
+
+
+def iteration_queue(s: Settings, run_hash: dict[str, str], role: str) -> str:
+    queues = json.loads(run_hash.get("queues") or "{}")
+    return queues.get(role) or s.queue_for(role)
+
+
+def send_iteration(run: str, role: str, task_id: str, queue: str) -> None:
+    """Publish the iteration message (JSON: run and role only, never a secret)."""
+    run_iteration.apply_async(args=[run, role], task_id=task_id, queue=queue)
+
+
+def agent_env(s: Settings, run: str, role: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in SECRET_ENV}
+    env.update({"CCCI_RUN": run, "CCCI_ROLE": role, "CCCI_HOSTNAME": hostname()})
+    return env
+
+
+@app.task(bind=True, name="ccci.iteration", acks_late=True, ignore_result=True)
+def run_iteration(self, run: str, role: str) -> str:
+    """Claim the loop (run, role) and run one iteration; returns a short outcome word."""
+    s = settings()
+    store = get_store(s)
+    task_id = self.request.id or str(uuid.uuid4())
+    owner = f"{hostname()}/{os.getpid()}/{task_id}"
+    claim = store.claim(run, role, task_id, owner, s.lease_ttl, hostname())
+    if not claim[0]:
+        log.info("iteration %s for %s/%s not run: %s", task_id, run, role, claim[1])
+        return f"skipped:{claim[1]}"
+    token, number, attempt = int(claim[1]), int(claim[2]), int(claim[3])
+    with log_context(run=run, role=role, iteration=number):
+        return Iteration(s, store, run, role, token, owner, number, attempt, task_id).execute()
+
+
+class Iteration:
+    """The body of one claimed iteration."""
+
+    def __init__(self, s: Settings, store: Store, run: str, role: str, token: int, owner: str,
+                 number: int, attempt: int, task_id: str):
+        self.s, self.store, self.run, self.role = s, store, run, role
+        self.token, self.owner, self.number, self.attempt, self.task_id = token, owner, number, attempt, task_id
+        self.agent: AgentProcess | None = None
+        self.started = datetime.now(UTC)
+        self.lost: str | None = None
+
+    # The heartbeat calls this from its thread the moment the lease is lost or stop is set.
+    def _on_lost(self, why: str) -> None:
+        self.lost = why
+        if self.agent is not None:
+            self.agent.kill(why)
+
+    def execute(self) -> str:
+        from .lease import Heartbeat
+
+        hb = Heartbeat(self.store, self.run, self.role, self.owner, self.s.lease_ttl, self._on_lost)
+        hb.start()
+        try:
+            return self._execute()
+        except Exception as exc:  # record, back off, never spin; the lease tells the watchdog
+            log.exception("iteration crashed in the runner")
+            self._finish(IterationResult(), Outcome(kind="crash", action="backoff",
+                                                    detail=f"runner: {exc.__class__.__name__}: {exc}"[:300]),
+                         base="", pushed="", violations=[], inbox_last="")
+            return "crash"
+        finally:
+            hb.close()
+
+    def _execute(self) -> str:
+        run_hash = self.store.run(self.run)
+        loop = self.store.loop(self.run, self.role)
+        plan = json.loads(run_hash["plan"])
+        ws = Workspace(self.s.workspace_dir / self.run / self.role, run_hash["repo"], run_hash.get("branch", "main"))
+        base = ws.sync(f"{self.role}-{self.number}")
+        inbox = self._pending_inbox(loop)
+        nudges = json.loads(loop.get("nudges") or "[]")
+        prompt = assemble(role=self.role, run=self.run, iteration=self.number, phase=run_hash.get("phase", ""),
+                          plan=plan, inbox=inbox, nudges=nudges)
+        session = loop.get("session_id") if self.s.agent_resume and loop.get("fresh_session") != "1" else None
+        argv = build_command(self.s.agent_command, self.s.agent_flags, session or None)
+        log_path = self.s.state_dir / "logs" / self.run / self.role / f"{self.number:06d}-{self.attempt}.jsonl"
+        stream = k_log(self.run, self.role)
+        self.agent = AgentProcess(argv, prompt, ws.path, log_path, env=agent_env(self.s, self.run, self.role),
+                                  on_line=lambda line: self.store.r.xadd(
+                                      stream, {"n": self.number, "line": line[:4000]},
+                                      maxlen=LOG_STREAM_MAXLEN, approximate=True),
+                                  kill_grace=self.s.kill_grace)
+        self.store.r.hset(self.store_loop_key, mapping={"agent_pid": 0, "log": str(log_path)})
+        if self.lost:
+            return self._finish(IterationResult(killed=self.lost), self._classify(IterationResult(killed=self.lost)),
+                                base=base, pushed="", violations=[], inbox_last="")
+        self.agent.start()
+        if self.lost:  # lost between the check and the spawn
+            self.agent.kill(self.lost)
+        res = self.agent.wait(self.s.iteration_time_limit, self.s.stall_limit)
+        if self.lost and not res.killed:
+            res.killed = self.lost
+        outcome = self._classify(res)
+        pushed, violations = "", []
+        if not res.killed and ws.commits_since(base):
+            violations = isolation_violations(self.role, ws.changed_files(base), self.s.reviewer_paths)
+            if not violations:
+                try:
+                    pushed = ws.push(lambda: self.store.fence_ok(self.run, self.role, self.token, self.owner))
+                except PushRefused:
+                    self.store.event(self.run, "stale_write_refused", role=self.role, iteration=self.number,
+                                     detail="push refused: fencing token no longer current")
+                    notify("stale_write_refused", f"{self.run}/{self.role}: stale push refused",
+                           f"iteration {self.number} lost its lease; its work was not pushed")
+                    return "refused"
+                except GitError as exc:
+                    outcome = Outcome(kind="api_error", action="backoff", detail=str(exc)[:300])
+        inbox_last = inbox[-1][0] if inbox and outcome.kind == "success" else ""
+        return self._finish(res, outcome, base=base, pushed=pushed, violations=violations, inbox_last=inbox_last,
+                            ws=ws)
+
+    @property
+    def store_loop_key(self) -> str:
+        from .store import k_loop
+
+        return k_loop(self.run, self.role)
+
+    def _pending_inbox(self, loop: dict[str, str]) -> list[tuple[str, str]]:
+        acked = loop.get("inbox_acked") or "0-0"
+        entries = self.store.r.xrange(k_inbox(self.run, self.role), min=f"({acked}", max="+")
+        return [(mid, f.get("text", "")) for mid, f in entries]
+
+    def _classify(self, res: IterationResult) -> Outcome:
+        return classify(res.result, res.rate_limit_events, res.exit_code, res.killed, res.stderr_tail,
+                        datetime.now(UTC))
+
+    def _finish(self, res: IterationResult, outcome: Outcome, *, base: str, pushed: str,
+                violations: list[str], inbox_last: str, ws: Workspace | None = None) -> str:
+        now = datetime.now(UTC)
+        loop = self.store.loop(self.run, self.role)
+        streak = 0 if outcome.action in ("continue", "resume") else int(loop.get("fail_streak") or 0) + 1
+        fields: dict[str, Any] = {
+            "iteration": self.number, "last_outcome": outcome.kind, "last_detail": outcome.detail,
+            "last_exit": "" if res.exit_code is None else res.exit_code, "ended_at": f"{now.timestamp():.3f}",
+            "fail_streak": streak, "stalled_until": "", "not_before": "",
+            "cost_total": f"{float(loop.get('cost_total') or 0) + res.total_cost_usd:.6f}",
+            "violation": ",".join(violations),
+        }
+        if outcome.kind == "lease_lost":
+            # Not this loop's fault: the successor re-runs this number.
+            fields["iteration"] = self.number - 1
+        if res.session_id and not getattr(outcome, "fresh_session", False):
+            fields["session_id"] = res.session_id
+        fields["fresh_session"] = "1" if getattr(outcome, "fresh_session", False) else ""
+        nudges: list[str] = []
+        if violations:
+            nudges.append(f"Your last commits were NOT pushed: they change files your role may not touch "
+                          f"({', '.join(violations[:10])}). Redo the work without touching them.")
+        not_before: datetime | None = None
+        if outcome.action == "stall" and outcome.limit is not None:
+            not_before = schedule_after_limit(outcome.limit, margin_max=self.s.limit_margin_max)
+            fields["stalled_until"] = f"{not_before.timestamp():.3f}"
+            fields["stalled_display"] = outcome.limit.display()
+            nudges.append("limit")
+        elif outcome.action in ("backoff", "stall"):
+            wait = backoff_seconds(streak, base=self.s.backoff_base, cap=self.s.backoff_max)
+            not_before = now + timedelta(seconds=wait)
+        if outcome.action == "stop" and outcome.kind not in ("stopped", "lease_lost"):
+            fields["state"] = STOPPED
+            fields["stop_reason"] = outcome.kind
+        if outcome.kind not in ("success",) and not nudges and outcome.action != "stop":
+            nudges = json.loads(loop.get("nudges") or "[]")  # keep them for the re-run
+        fields["nudges"] = json.dumps(nudges)
+        at = next_start(now=now, started=self.started, min_interval=self.s.min_interval.get(self.role, 0.0),
+                        quiet=self.s.quiet_hours, not_before=not_before)
+        if at is not None:
+            fields["not_before"] = f"{at.timestamp():.3f}"
+        immediate = at is None and outcome.action in ("continue", "resume") and outcome.kind != "lease_lost"
+        next_task = str(uuid.uuid4()) if immediate else ""
+        history = {
+            "role": self.role, "iteration": self.number, "attempt": self.attempt, "host": self.owner.split("/")[0],
+            "start": f"{self.started.timestamp():.3f}", "end": f"{now.timestamp():.3f}",
+            "exit": "" if res.exit_code is None else res.exit_code, "outcome": outcome.kind,
+            "detail": outcome.detail[:300], "cost": f"{res.total_cost_usd:.6f}", "turns": res.num_turns,
+            "tokens_in": int(res.usage.get("input_tokens") or 0),
+            "tokens_out": int(res.usage.get("output_tokens") or 0),
+            "session": res.session_id, "base": base, "commit": pushed, "violations": ",".join(violations),
+            "inbox_acked": inbox_last, "token": self.token,
+        }
+        run_fields: dict[str, str] = {}
+        if ws is not None and outcome.kind != "lease_lost":
+            try:
+                run_fields["docs"] = ws.docs().model_dump_json()
+            except (GitError, OSError):
+                pass
+        ok = self.store.finish(self.run, self.role, self.token, self.owner,
+                               {k: str(v) for k, v in fields.items()}, {k: str(v) for k, v in history.items()},
+                               next_task=next_task, run_fields=run_fields, inbox_ack=inbox_last)
+        if not ok:
+            log.warning("iteration %s is stale; its result was refused", self.number)
+            return "refused"
+        self._after(outcome, res, violations, streak, fields, now)
+        if next_task:
+            try:
+                send_iteration(self.run, self.role, next_task,
+                               iteration_queue(self.s, self.store.run(self.run), self.role))
+            except Exception:  # broker hiccup: the watchdog re-sends a never-claimed iteration
+                log.exception("could not enqueue the next iteration; the watchdog will")
+        return outcome.kind
+
+    def _after(self, outcome: Outcome, res: IterationResult, violations: list[str], streak: int,
+               fields: dict[str, Any], now: datetime) -> None:
+        who = f"{self.run}/{self.role}"
+        if violations:
+            notify("isolation_violation", f"{who}: commits refused",
+                   f"iteration {self.number} touched {', '.join(violations[:10])}")
+        if outcome.action == "stall" and "stalled_display" in fields:
+            notify("limit_stall", f"{who}: usage limit", f"stalled until {fields['stalled_display']}")
+        if outcome.kind == "auth":
+            notify("auth_failure", f"{who}: agent cannot authenticate; loop stopped", outcome.detail)
+        if streak and streak % self.s.failure_notify_after == 0:
+            notify("repeated_failures", f"{who}: {streak} failures in a row", outcome.detail)
+        if res.total_cost_usd:
+            self._charge(res.total_cost_usd, now)
+
+    def _charge(self, cost: float, now: datetime) -> None:
+        day = now.strftime("%Y-%m-%d")
+        key = f"ccci:cost:{self.run}:{day}"
+        pipe = self.store.r.pipeline()
+        pipe.hincrbyfloat(key, self.role, cost)
+        pipe.expire(key, 40 * 86400)
+        pipe.hvals(key)
+        total = sum(float(v) for v in pipe.execute()[2])
+        budget = self.s.daily_budget_usd
+        if budget and total >= budget:
+            until = next_midnight(now)
+            changed = self.store.r.hget(k_run(self.run), "status") == ACTIVE
+            self.store.r.hset(k_run(self.run), mapping={"status": PAUSED, "paused_until": f"{until.timestamp():.3f}",
+                                                         "pause_reason": f"daily budget ${budget:.2f} reached"})
+            if changed:
+                self.store.event(self.run, "budget_reached", total=f"{total:.4f}")
+                notify("budget_reached", f"{self.run}: daily budget reached",
+                       f"${total:.2f} of ${budget:.2f} today; loops resume at {until:%Y-%m-%d %H:%M} UTC")
+
+
+def wait_seconds(ts: str | None) -> float:
+    """Seconds until an epoch timestamp string (0 if empty or past)."""
+    try:
+        return max(0.0, float(ts) - time.time()) if ts else 0.0
+    except ValueError:
+        return 0.0

@@ -1,0 +1,148 @@
+"""The watchdog: a periodic task (celery beat + RedBeat) that keeps every active loop alive.
+
+Per tick, for every active run: evaluate DONE (then tear the loops down), advance the phase
+when the current one is complete, and for each loop with no live lease and no queued
+iteration whose start time has come, enqueue one. Everything it does is idempotent: a tick
+lock keeps two beats from ticking together, and ``Store.try_enqueue`` sets the loop's one
+"next" key with NX, so no two ticks ever enqueue twice.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+import uuid
+from datetime import UTC, datetime, timedelta
+
+from .celery import app, settings
+from .config import Settings, hostname
+from .iteration import get_store, iteration_queue, send_iteration
+from .notify import notify
+from .phases import MachineDocs, is_done, phase_complete
+from .plan import from_snapshot
+from .store import ACTIVE, DONE, PAUSED, Store, k_loop, k_next, k_run
+
+log = logging.getLogger(__name__)
+
+TICK_LOCK = "ccci:watchdog:lock"
+TICK_STATS = "ccci:watchdog:ticks"
+
+# Advance the phase only if nobody changed it since we read it (two watchdogs, or an operator).
+SET_PHASE = """
+if redis.call('HGET', KEYS[1], 'phase') ~= ARGV[1] then return 0 end
+redis.call('HSET', KEYS[1], 'phase', ARGV[2])
+return 1
+"""
+
+
+@app.task(name="ccci.watchdog", ignore_result=True)
+def watchdog_task() -> str:
+    """One watchdog tick (scheduled by beat)."""
+    s = settings()
+    return tick(get_store(s), s)
+
+
+def tick(store: Store, s: Settings, now: datetime | None = None) -> str:
+    """Run one tick unless another watchdog holds the tick lock."""
+    me = f"{hostname()}/{os.getpid()}"
+    if not store.r.set(TICK_LOCK, me, nx=True, px=max(int(s.watchdog_interval * 800), 100)):
+        return "skipped"
+    t0 = time.perf_counter()
+    now = now or datetime.now(UTC)
+    for run in store.runs():
+        try:
+            tick_run(store, s, run, now)
+        except Exception:  # one broken run must not stop the others' watchdog
+            log.exception("watchdog failed on run %s", run)
+    ms = (time.perf_counter() - t0) * 1000
+    pipe = store.r.pipeline()
+    pipe.lpush(TICK_STATS, f"{ms:.3f}")
+    pipe.ltrim(TICK_STATS, 0, 9999)
+    pipe.set("ccci:watchdog:last", f"{time.time():.3f}")
+    pipe.execute()
+    return "ticked"
+
+
+def tick_run(store: Store, s: Settings, run: str, now: datetime) -> None:
+    rh = store.run(run)
+    status = rh.get("status")
+    if status == PAUSED and now.timestamp() >= float(rh.get("paused_until") or 0):
+        store.r.hset(k_run(run), mapping={"status": ACTIVE, "paused_until": "", "pause_reason": ""})
+        store.event(run, "resumed", reason="pause ended")
+        status = ACTIVE
+    if status != ACTIVE or not rh.get("plan"):
+        return
+    plan = from_snapshot(json.loads(rh["plan"]))
+    docs = MachineDocs.model_validate_json(rh["docs"]) if rh.get("docs") else MachineDocs()
+    if is_done(plan, docs, now, timedelta(hours=s.done_freshness_hours)):
+        finish_run(store, run, plan.roles)
+        return
+    phase = rh.get("phase") or plan.phase_order[0]
+    if phase in plan.phase_order and phase_complete(plan, docs, phase):
+        later = plan.phase_order[plan.phase_order.index(phase) + 1:]
+        nxt = next((p for p in later if not phase_complete(plan, docs, p)), None)
+        if nxt and store.r.eval(SET_PHASE, 1, k_run(run), phase, nxt):
+            store.event(run, "phase_advanced", phase=nxt, previous=phase)
+            notify("phase_advanced", f"{run}: phase {nxt}", f"phase {phase} is complete; now on phase {nxt}")
+    for role in plan.roles:
+        tick_loop(store, s, run, role, rh, now)
+
+
+def tick_loop(store: Store, s: Settings, run: str, role: str, rh: dict[str, str], now: datetime) -> None:
+    loop = store.loop(run, role)
+    if loop.get("state") != ACTIVE or store.lease_owner(run, role):
+        return
+    queue = iteration_queue(s, rh, role)
+    queued = store.queued_task(run, role)
+    if queued:
+        age = now.timestamp() - float(loop.get("next_at") or now.timestamp())
+        if age > s.pickup_timeout and not store.task_in_queue(queue, queued):
+            # Sent but never claimed (message lost, or taken by a worker that died before
+            # claiming): send a new one; the old id is superseded if it ever arrives.
+            new = str(uuid.uuid4())
+            if store.requeue(run, role, queued, new, queue):
+                store.event(run, "requeued", role=role, old=queued, new=new)
+                send_iteration(run, role, new, queue)
+        return
+    if now.timestamp() < float(loop.get("not_before") or 0):
+        return
+    if role != "builder" and s.reviewer_every and not _reviewer_due(store, run, loop, s.reviewer_every):
+        return
+    task_id = str(uuid.uuid4())
+    if not store.try_enqueue(run, role, task_id, queue):
+        return
+    if loop.get("running"):
+        # The previous iteration never finished: its worker died or was cut off.
+        restarts = store.r.hincrby(k_loop(run, role), "restarts", 1)
+        nudges = json.loads(loop.get("nudges") or "[]")
+        if "restart" not in nudges:
+            store.r.hset(k_loop(run, role), "nudges", json.dumps([*nudges, "restart"]))
+        store.event(run, "restart", role=role, iteration=loop.get("running"), host=loop.get("host", ""),
+                    restarts=restarts)
+        notify("loop_restarted", f"{run}/{role} restarted",
+               f"iteration {loop.get('running')} on {loop.get('host', '?')} was interrupted; re-running it")
+    send_iteration(run, role, task_id, queue)
+
+
+def _reviewer_due(store: Store, run: str, loop: dict[str, str], every: int) -> bool:
+    """With reviewer_every=K the reviewer runs once per K builder iterations."""
+    builder_done = int(store.r.hget(k_loop(run, "builder"), "iteration") or 0)
+    seen = int(loop.get("builder_seen") or 0)
+    if builder_done - seen < every:
+        return False
+    store.r.hset(k_loop(run, loop.get("role", "reviewer")), "builder_seen", builder_done)
+    return True
+
+
+def finish_run(store: Store, run: str, roles: list[str]) -> None:
+    """DONE holds: stop every loop for good (running agents see the state change and end)."""
+    pipe = store.r.pipeline()
+    pipe.hset(k_run(run), mapping={"status": DONE, "done_at": f"{time.time():.3f}"})
+    for role in roles:
+        pipe.hset(k_loop(run, role), "state", DONE)
+        pipe.delete(k_next(run, role))
+    pipe.execute()
+    store.event(run, "done")
+    notify("done", f"{run}: DONE", "every phase is complete and every DoD item was re-verified recently")

@@ -1,0 +1,121 @@
+"""A role's own clone of the project repo: sync before an iteration, check and push after.
+
+Agents commit but never push: the clone's push URL is disabled, and the runner pushes
+to the fetch URL after its fencing check, so a stale iteration cannot publish work.
+Local work that is discarded at sync (from an interrupted or refused iteration) is kept
+under ``refs/ccci/abandoned/`` rather than lost.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+import subprocess
+import time
+from pathlib import Path
+
+from .phases import REVIEW_FILE, STATUS_FILE, MachineDocs, parse_docs
+
+GIT_ENV = {
+    "GIT_TERMINAL_PROMPT": "0",
+    "GIT_AUTHOR_NAME": "ccci-dist",
+    "GIT_AUTHOR_EMAIL": "ccci-dist@localhost",
+    "GIT_COMMITTER_NAME": "ccci-dist",
+    "GIT_COMMITTER_EMAIL": "ccci-dist@localhost",
+}
+NO_PUSH = "no_push://agents-commit-the-runner-pushes"
+
+
+class GitError(Exception):
+    """A git command failed; the message is its one-line stderr summary."""
+
+
+def git(cwd: Path, *args: str, check: bool = True, timeout: float = 300) -> str:
+    env = {**os.environ, **{k: v for k, v in GIT_ENV.items() if k not in os.environ}}
+    p = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, env=env, timeout=timeout)
+    if check and p.returncode != 0:
+        msg = (p.stderr.strip().splitlines() or [f"exit {p.returncode}"])[-1]
+        raise GitError(f"git {args[0]} failed: {msg}")
+    return p.stdout.strip()
+
+
+class Workspace:
+    """The clone at ``path`` tracking ``branch`` of ``repo``."""
+
+    def __init__(self, path: Path, repo: str, branch: str = "main"):
+        self.path, self.repo, self.branch = path, repo, branch
+
+    def sync(self, label: str) -> str:
+        """Clone or fetch, then hard-reset to the remote branch; return the base commit."""
+        if not (self.path / ".git").exists():
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            git(self.path.parent, "clone", "-q", "-b", self.branch, self.repo, str(self.path))
+        git(self.path, "remote", "set-url", "origin", self.repo)
+        git(self.path, "remote", "set-url", "--push", "origin", NO_PUSH)
+        git(self.path, "fetch", "-q", "origin", self.branch)
+        remote = f"origin/{self.branch}"
+        if git(self.path, "rev-parse", "--verify", "-q", "HEAD", check=False):
+            ahead = git(self.path, "rev-list", "--count", f"{remote}..HEAD", check=False)
+            if ahead and ahead != "0":
+                git(self.path, "update-ref", f"refs/ccci/abandoned/{label}-{int(time.time())}", "HEAD")
+        git(self.path, "checkout", "-q", "-B", self.branch, remote)
+        git(self.path, "reset", "-q", "--hard", remote)
+        git(self.path, "clean", "-q", "-fd")
+        return self.head()
+
+    def head(self) -> str:
+        return git(self.path, "rev-parse", "HEAD")
+
+    def changed_files(self, base: str) -> list[str]:
+        """Files touched by commits since ``base`` (committed work only)."""
+        out = git(self.path, "diff", "--name-only", f"{base}..HEAD")
+        return [line for line in out.splitlines() if line]
+
+    def commits_since(self, base: str) -> int:
+        return int(git(self.path, "rev-list", "--count", f"{base}..HEAD") or 0)
+
+    def push(self, before_push: callable, attempts: int = 4) -> str:
+        """Rebase onto the remote and push; ``before_push()`` must return True each time.
+
+        Returns the pushed commit. Raises ``PushRefused`` when the fence check fails.
+        """
+        for n in range(attempts):
+            git(self.path, "fetch", "-q", "origin", self.branch)
+            try:
+                git(self.path, "rebase", "-q", f"origin/{self.branch}")
+            except GitError:
+                git(self.path, "rebase", "--abort", check=False)
+                raise
+            if not before_push():
+                raise PushRefused("fencing token is no longer current")
+            p = subprocess.run(["git", "push", "-q", self.repo, f"HEAD:refs/heads/{self.branch}"],
+                               cwd=self.path, capture_output=True, text=True, env={**os.environ, **GIT_ENV})
+            if p.returncode == 0:
+                git(self.path, "update-ref", f"refs/remotes/origin/{self.branch}", "HEAD")
+                return self.head()
+            if "non-fast-forward" not in p.stderr and "fetch first" not in p.stderr and n == attempts - 1:
+                raise GitError(f"git push failed: {p.stderr.strip().splitlines()[-1:]}")
+            time.sleep(0.2 * (n + 1))
+        raise GitError("git push kept losing the race with the other role; will retry next iteration")
+
+    def docs(self) -> MachineDocs:
+        """Machine docs at the current HEAD."""
+        def read(name: str) -> str:
+            f = self.path / name
+            return f.read_text(encoding="utf-8", errors="replace") if f.is_file() else ""
+
+        return parse_docs(read(STATUS_FILE), read(REVIEW_FILE), read("DEFERRED.md"), commit=self.head())
+
+
+class PushRefused(Exception):
+    """The iteration is stale: its fencing token is no longer current."""
+
+
+def isolation_violations(role: str, files: list[str], reviewer_paths: list[str]) -> list[str]:
+    """Files this role may not change: the reviewer only its own paths; the builder none of them."""
+    def reviewer_owned(path: str) -> bool:
+        return any(fnmatch.fnmatch(path, pat) or path == pat.rstrip("/*") for pat in reviewer_paths)
+
+    if role == "reviewer":
+        return [f for f in files if not reviewer_owned(f)]
+    return [f for f in files if reviewer_owned(f)]

@@ -1,0 +1,97 @@
+"""Fixtures for end-to-end loop tests: env for a run, workers and beat as real processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from harness import ROOT, Proc, celery_beat, celery_worker, git, wait_for
+
+TINY = ROOT / "examples" / "tiny-plan"
+DEMO_AGENT = f"{sys.executable} -m ccci_dist.demo_agent"
+
+
+class Bed:
+    """One run's environment: config through CCCI_* env, processes, and a CLI runner."""
+
+    def __init__(self, tmp: Path, broker: str, repo: Path, **overrides: str):
+        self.tmp, self.repo = tmp, repo
+        self.agent_log = tmp / "agent-events.jsonl"
+        self.control = tmp / "agent-control.json"
+        self.env = {
+            "CCCI_BROKER_URL": broker, "CCCI_PROJECT_REPO": str(repo), "CCCI_PLAN_DIR": str(TINY),
+            "CCCI_STATE_DIR": str(tmp / "state"), "CCCI_WORKSPACE_DIR": str(tmp / "ws"),
+            "CCCI_AGENT_COMMAND": DEMO_AGENT, "CCCI_LEASE_TTL": "3", "CCCI_WATCHDOG_INTERVAL": "1",
+            "CCCI_BACKOFF_BASE": "1", "CCCI_DEMO_LOG": str(self.agent_log), "CCCI_DEMO_CONTROL": str(self.control),
+            "CCCI_KILL_GRACE": "0.5", "PYTHONUNBUFFERED": "1",
+        }
+        self.env.update(overrides)
+        self.procs: list[Proc] = []
+
+    def worker(self, name: str = "w1", queues: str = "ccci.control,ccci.builder,ccci.reviewer",
+               beat: bool = False, extra_env: dict[str, str] | None = None) -> Proc:
+        env = {**self.env, "CCCI_HOSTNAME": name, **(extra_env or {})}
+        p = celery_worker(env, self.tmp / f"{name}.log", queues=queues, hostname=f"{name}@%h", beat=beat).start()
+        self.procs.append(p)
+        return p
+
+    def beat(self, name: str = "beat") -> Proc:
+        p = celery_beat(self.env, self.tmp / f"{name}.log").start()
+        self.procs.append(p)
+        return p
+
+    def cli(self, *args: str, check: bool = True, input: str | None = None,
+            env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+        p = subprocess.run([sys.executable, "-m", "ccci_dist", *args], capture_output=True, text=True,
+                           env={**os.environ, **self.env, **(env or {})}, cwd=self.tmp, input=input, timeout=60)
+        if check and p.returncode != 0:
+            raise AssertionError(f"ccci-dist {' '.join(args)} failed ({p.returncode}): {p.stderr}")
+        return p
+
+    def status(self) -> dict:
+        return json.loads(self.cli("status", "--json").stdout)[0]
+
+    def faults(self, **per_role: list[str]) -> None:
+        self.control.write_text(json.dumps(per_role))
+
+    def agent_events(self) -> list[dict]:
+        if not self.agent_log.exists():
+            return []
+        return [json.loads(line) for line in self.agent_log.read_text().splitlines() if line.strip()]
+
+    def wait_status(self, pred, timeout: float = 60, what: str = "status") -> dict:
+        return wait_for(lambda: (st := self.status()) and pred(st) and st, timeout, 0.3, what)
+
+    def clone(self) -> Path:
+        dest = self.tmp / f"check-{len(list(self.tmp.glob('check-*')))}"
+        subprocess.run(["git", "clone", "-q", str(self.repo), str(dest)], check=True)
+        return dest
+
+    def close(self) -> None:
+        for p in reversed(self.procs):
+            p.kill()
+
+
+def overlap(events: list[dict], role: str) -> list[tuple]:
+    """Pairs of agent runs of one role that were alive at the same time (from the agent's own log)."""
+    spans: dict[int, list[float]] = {}
+    for e in events:
+        if e["role"] != role:
+            continue
+        spans.setdefault(e["pid"], []).append(e["t"])
+    ivs = sorted((v[0], v[1] if len(v) > 1 else float("inf"), pid) for pid, v in spans.items())
+    return [(a, b) for a, b in zip(ivs, ivs[1:], strict=False) if b[0] < a[1]]
+
+
+@pytest.fixture
+def bed(tmp_path, redis_url, remote_repo):
+    b = Bed(tmp_path, redis_url, remote_repo)
+    yield b
+    b.close()
+
+
+__all__ = ["Bed", "bed", "overlap", "git", "wait_for", "TINY"]
