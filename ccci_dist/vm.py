@@ -29,6 +29,7 @@ import paramiko
 from fabric import Config, Connection
 from invoke.exceptions import AuthFailure, CommandTimedOut, UnexpectedExit
 from invoke.runners import Result
+from pydantic import SecretStr
 
 from .config import ConfigError, Settings, VMConfig
 
@@ -65,24 +66,29 @@ def _known_hosts(vm: VMConfig) -> Path:
     return path
 
 
-def connect(vm: VMConfig | Settings) -> Connection:
-    """An opened Connection to the VM; raises VMError (never prompts, never trusts a new host key)."""
-    if isinstance(vm, Settings):
-        vm = vm.vm
+def _preflight(vm: VMConfig) -> tuple[SecretStr | None, Path]:
+    """Validate the local side of the VM config: host set, password file and known_hosts readable."""
     if not vm.host:
         raise VMError("not_configured", NOT_CONFIGURED)
     try:
         password = vm.sudo_password()
     except ConfigError as exc:
         raise VMError("config", str(exc)) from None
-    known_hosts = _known_hosts(vm)
+    if vm.key_file is not None and not vm.key_file.expanduser().is_file():
+        raise VMError("config", f"vm.key_file {vm.key_file} not found; point it at the private key authorised "
+                                "on the VM")
+    return password, _known_hosts(vm)
+
+
+def connect(vm: VMConfig | Settings) -> Connection:
+    """An opened Connection to the VM; raises VMError (never prompts, never trusts a new host key)."""
+    if isinstance(vm, Settings):
+        vm = vm.vm
+    password, known_hosts = _preflight(vm)
     kwargs: dict[str, Any] = {"timeout": vm.connect_timeout, "banner_timeout": vm.connect_timeout,
                               "auth_timeout": vm.connect_timeout, "allow_agent": False, "look_for_keys": False}
     if vm.key_file is not None:
-        key = vm.key_file.expanduser()
-        if not key.is_file():
-            raise VMError("config", f"vm.key_file {key} not found; point it at the private key authorised on the VM")
-        kwargs["key_filename"] = str(key)
+        kwargs["key_filename"] = str(vm.key_file.expanduser())
     else:
         kwargs.update(allow_agent=True, look_for_keys=True)
     overrides: dict[str, Any] = {"sudo": {"prompt": SUDO_PROMPT}, "run": {"in_stream": False}}
@@ -287,6 +293,7 @@ def check(settings: Settings) -> list[CheckRow]:
     vm = settings.vm
     if not vm.host:
         raise VMError("not_configured", NOT_CONFIGURED)
+    _preflight(vm)  # config mistakes raise (exit 2) rather than showing as VM failures
     rows: list[CheckRow] = []
     names = ["ssh login", "sudo", "disk", "load", "docker"]
     try:
@@ -409,6 +416,11 @@ def _vm(conn: Connection) -> VMConfig:
     return vm if isinstance(vm, VMConfig) else VMConfig()
 
 
+def _sh(script: str) -> str:
+    """Run a POSIX sh script whatever the VM user's login shell is."""
+    return f"sh -c {shlex.quote(script)}"
+
+
 def new_job_id() -> str:
     """A sortable, unique job id."""
     return time.strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(3)
@@ -440,14 +452,14 @@ def run_detached(conn: Connection, cmd: str, *, sudo: bool = False, vm: VMConfig
         + ("touch sudo\n" if sudo else "")
         + "printf '%s\\n' \"$J\"\n"
     )
-    res = run(conn, setup, timeout=60)
+    res = run(conn, _sh(setup), timeout=60)
     if res.exited != 0:
         raise VMError("job_start", f"cannot create job dir under {vm.jobs_dir} on the VM: "
                                    f"{res.stderr.strip()[:200]}; check vm.jobs_dir")
     abs_dir = res.stdout.strip().splitlines()[-1]
     launch = (f"J={shlex.quote(abs_dir)}; {start} i=0; "
               'while [ ! -s "$J/pgid" ] && [ $i -lt 50 ]; do sleep 0.1; i=$((i+1)); done')
-    res = run(conn, launch, sudo=sudo, timeout=60)
+    res = run(conn, launch if sudo else _sh(launch), sudo=sudo, timeout=60)
     if res.exited != 0:
         raise VMError("job_start", f"cannot start job {job_id} on the VM: {res.stderr.strip()[:200]}")
     return job_id
@@ -466,7 +478,7 @@ st() {
     echo "status=$(cat "$J/status")"; echo "ended=$(stat -c %Y "$J/status")"
   fi
   A=0
-  if [ -n "$P" ] && ps -eo pgid= | awk -v p="$P" '$1==p{f=1} END{exit !f}'; then A=1; fi
+  if [ -n "$P" ] && ps -eo pgid=,stat= | awk -v p="$P" '$1==p && $2 !~ /^Z/{f=1} END{exit !f}'; then A=1; fi
   echo "alive=$A"
   [ -e "$J/cancelled" ] && echo "cancelled=1"
   echo "cmd=$(head -c 200 "$J/cmd" 2>/dev/null | head -n 1)"
@@ -522,7 +534,7 @@ def poll(conn: Connection, job: str, *, tail: int = 20, vm: VMConfig | None = No
     """The job's state, exit code (when ended), elapsed seconds and last ``tail`` log lines."""
     vm = vm or _vm(conn)
     script = f"{_STATUS_FN}\nst {_job_dir(vm, job)} {int(tail)}\n"
-    res = run(conn, script, timeout=60)
+    res = run(conn, _sh(script), timeout=60)
     states = _parse_states(res.stdout)
     if res.exited != 0 or not states:
         raise VMError("job_status", f"cannot read job {job} on the VM: {res.stderr.strip()[:200]}")
@@ -534,7 +546,7 @@ def jobs(conn: Connection, *, vm: VMConfig | None = None) -> list[JobState]:
     vm = vm or _vm(conn)
     script = (f"{_STATUS_FN}\nB={_jobs_base(vm)}\n[ -d \"$B\" ] || exit 0\n"
               'for d in "$B"/*/; do [ -f "$d/run.sh" ] && st "${d%/}" 1; done; exit 0\n')
-    res = run(conn, script, timeout=60)
+    res = run(conn, _sh(script), timeout=60)
     return _parse_states(res.stdout)
 
 
@@ -550,13 +562,14 @@ def cancel(conn: Connection, job: str, *, grace: float = 5.0, vm: VMConfig | Non
     steps = int(max(grace, 0) * 10)
     script = (
         f"J={jd}; P=$(cat \"$J/pgid\"); touch \"$J/cancelled\"\n"
-        "gone() { ! ps -eo pgid= | awk -v p=\"$P\" '$1==p{f=1} END{exit !f}'; }\n"
-        "kill -TERM -- -\"$P\" 2>/dev/null; i=0\n"
+        "gone() { ! ps -eo pgid=,stat= | awk -v p=\"$P\" '$1==p && $2 !~ /^Z/{f=1} END{exit !f}'; }\n"
+        "kill -TERM -\"$P\" 2>/dev/null; i=0\n"
         f"while ! gone && [ $i -lt {steps} ]; do sleep 0.1; i=$((i+1)); done\n"
-        "gone || kill -KILL -- -\"$P\" 2>/dev/null; sleep 0.2; gone\n"
+        "gone || kill -KILL -\"$P\" 2>/dev/null; i=0\n"
+        "while ! gone && [ $i -lt 50 ]; do sleep 0.1; i=$((i+1)); done; gone\n"
     )
     sudo = run(conn, f"test -e {jd}/sudo", timeout=30).exited == 0
-    res = run(conn, script, sudo=sudo, timeout=grace + 60)
+    res = run(conn, script if sudo else _sh(script), sudo=sudo, timeout=grace + 60)
     if res.exited != 0:
         raise VMError("job_cancel", f"cannot stop job {job} (pgid {state.pgid}): {res.stderr.strip()[:200]}")
     return poll(conn, job, vm=vm)
