@@ -7,6 +7,8 @@ import shutil
 import pytest
 from harness import RedisServer, project_repo
 
+pytest_plugins = ["engine_fixtures"]
+
 
 @pytest.fixture(scope="session")
 def redis_server(tmp_path_factory):

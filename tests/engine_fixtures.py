@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from harness import ROOT, Proc, celery_beat, celery_worker, git, wait_for
+from harness import ROOT, Proc, celery_beat, celery_worker, wait_for
 
 TINY = ROOT / "examples" / "tiny-plan"
 DEMO_AGENT = f"{sys.executable} -m ccci_dist.demo_agent"
@@ -52,6 +52,14 @@ class Bed:
             raise AssertionError(f"ccci-dist {' '.join(args)} failed ({p.returncode}): {p.stderr}")
         return p
 
+    def python(self, code: str) -> str:
+        """Run Python code in a fresh process configured like the CLI (this run's env)."""
+        p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                           env={**os.environ, **self.env}, cwd=ROOT)
+        if p.returncode != 0:
+            raise AssertionError(f"python snippet failed: {p.stderr}")
+        return p.stdout
+
     def status(self) -> dict:
         return json.loads(self.cli("status", "--json").stdout)[0]
 
@@ -76,22 +84,25 @@ class Bed:
             p.kill()
 
 
-def overlap(events: list[dict], role: str) -> list[tuple]:
-    """Pairs of agent runs of one role that were alive at the same time (from the agent's own log)."""
+def overlap(events: list[dict], role: str, ends: dict[int, float] | None = None) -> list[tuple]:
+    """Pairs of agent runs of one role alive at the same time (from the agent's own start/stop log).
+
+    ``ends`` gives the death time of agents killed without a stop record (host killed).
+    """
     spans: dict[int, list[float]] = {}
     for e in events:
         if e["role"] != role:
             continue
         spans.setdefault(e["pid"], []).append(e["t"])
-    ivs = sorted((v[0], v[1] if len(v) > 1 else float("inf"), pid) for pid, v in spans.items())
+    ends = ends or {}
+    ivs = sorted((v[0], v[1] if len(v) > 1 else ends.get(pid, float("inf")), pid) for pid, v in spans.items())
     return [(a, b) for a, b in zip(ivs, ivs[1:], strict=False) if b[0] < a[1]]
 
 
 @pytest.fixture
 def bed(tmp_path, redis_url, remote_repo):
+    """A run bed on the session's redis-server (flushed) and a fresh bare remote."""
     b = Bed(tmp_path, redis_url, remote_repo)
     yield b
     b.close()
 
-
-__all__ = ["Bed", "bed", "overlap", "git", "wait_for", "TINY"]
