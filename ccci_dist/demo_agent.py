@@ -98,9 +98,10 @@ def _append(name: str, text: str) -> None:
 
 
 def _inbox_ids(prompt: str) -> list[str]:
-    if "## Operator messages (INBOX)" not in prompt:
+    head = "\n## Operator messages (INBOX)\n"
+    if head not in prompt:
         return []
-    section = prompt.split("## Operator messages (INBOX)", 1)[1].split("\n## ", 1)[0]
+    section = prompt.split(head, 1)[1].split("\n## ", 1)[0]
     return [line[1:].split("]", 1)[0] for line in section.splitlines() if line.startswith("[")]
 
 

@@ -1,0 +1,45 @@
+"""Pacing: min interval, quiet hours, outcome not-before."""
+
+from datetime import UTC, datetime, timedelta
+
+from ccci_dist.config import QuietHours
+from ccci_dist.schedule import next_midnight, next_start, quiet_until
+from ccci_dist.workspace import isolation_violations
+
+NOW = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
+
+
+def test_right_away_by_default():
+    assert next_start(now=NOW, started=NOW - timedelta(seconds=5)) is None
+
+
+def test_min_interval_counts_from_iteration_start():
+    assert next_start(now=NOW, started=NOW - timedelta(seconds=5), min_interval=60) == NOW + timedelta(seconds=55)
+    assert next_start(now=NOW, started=NOW - timedelta(seconds=90), min_interval=60) is None
+
+
+def test_not_before_and_pacing_take_the_later():
+    nb = NOW + timedelta(minutes=30)
+    assert next_start(now=NOW, started=NOW, min_interval=60, not_before=nb) == nb
+
+
+def test_quiet_hours_same_day_and_over_midnight():
+    q = QuietHours(start="11:00", end="13:30")
+    assert quiet_until(NOW, q) == NOW.replace(hour=13, minute=30)
+    night = QuietHours(start="22:00", end="06:00")
+    late = NOW.replace(hour=23)
+    assert quiet_until(late, night) == (late + timedelta(days=1)).replace(hour=6, minute=0)
+    assert quiet_until(NOW, night) is None
+    assert next_start(now=NOW, started=NOW, quiet=q) == NOW.replace(hour=13, minute=30)
+
+
+def test_next_midnight():
+    assert next_midnight(NOW) == datetime(2026, 11, 27, tzinfo=UTC)
+
+
+def test_isolation_rules():
+    paths = ["REVIEW.md", "review/**"]
+    assert isolation_violations("reviewer", ["REVIEW.md", "review/a/b.md"], paths) == []
+    assert isolation_violations("reviewer", ["REVIEW.md", "STATUS.md"], paths) == ["STATUS.md"]
+    assert isolation_violations("builder", ["src/x.py", "REVIEW.md", "review/n.md"], paths) == [
+        "REVIEW.md", "review/n.md"]

@@ -1,0 +1,71 @@
+"""The loop's atomic transitions, on a real redis-server: claim, fencing, finish, enqueue."""
+
+import json
+
+import pytest
+
+from ccci_dist.store import Store, k_loop, k_next
+
+
+@pytest.fixture
+def store(redis_server, redis_url):
+    s = Store(redis_server.client())
+    s.r.hset(k_loop("r", "builder"), mapping={"state": "active", "iteration": 0})
+    return s
+
+
+def test_claim_needs_the_queued_task_and_a_free_lease(store):
+    assert store.try_enqueue("r", "builder", "t1", "q")
+    assert not store.try_enqueue("r", "builder", "t2", "q"), "second enqueue must be refused"
+    assert store.claim("r", "builder", "t-other", "o", 5, "h")[1] == "superseded"
+    ok, token, n, attempt = store.claim("r", "builder", "t1", "o1", 5, "h1")
+    assert (ok, n, attempt) == (1, 1, 1)
+    assert store.claim("r", "builder", "t1", "o1", 5, "h1")[1] == "superseded", "redelivery must not run"
+    assert store.r.get(k_next("r", "builder")) is None
+    assert not store.try_enqueue("r", "builder", "t3", "q"), "no enqueue while the lease is held"
+
+
+def test_reclaim_after_lost_lease_reruns_same_number_with_new_token(store):
+    store.try_enqueue("r", "builder", "t1", "q")
+    _, tok1, n1, _ = store.claim("r", "builder", "t1", "o1", 5, "h1")
+    store.r.delete("ccci:lease:r:builder")  # lease lapsed
+    store.try_enqueue("r", "builder", "t2", "q")
+    _, tok2, n2, attempt = store.claim("r", "builder", "t2", "o2", 5, "h2")
+    assert n2 == n1 and attempt == 2 and int(tok2) > int(tok1)
+    assert not store.fence_ok("r", "builder", tok1, "o1")
+    assert store.fence_ok("r", "builder", tok2, "o2")
+    assert not store.renew("r", "builder", "o1", 5)
+    # the stale iteration's finish is refused and recorded
+    assert not store.finish("r", "builder", tok1, "o1", {"last_outcome": "success"}, {"role": "builder"})
+    assert store.events("r", "stale_write_refused")
+    assert store.history("r") == []
+    assert store.finish("r", "builder", tok2, "o2", {"last_outcome": "success", "iteration": "1"},
+                        {"role": "builder", "iteration": "1"}, next_task="t3", run_fields={"docs": "{}"})
+    loop = store.loop("r", "builder")
+    assert loop["running"] == "" and loop["iteration"] == "1" and store.queued_task("r", "builder") == "t3"
+    assert store.lease_owner("r", "builder") is None
+    assert store.run("r") == {"docs": "{}"}
+    assert [h["iteration"] for h in store.history("r")] == ["1"]
+
+
+def test_inactive_loop_claims_nothing_and_finish_does_not_requeue(store):
+    store.try_enqueue("r", "builder", "t1", "q")
+    _, tok, _, _ = store.claim("r", "builder", "t1", "o", 5, "h")
+    store.r.hset(k_loop("r", "builder"), "state", "stopped")
+    assert store.finish("r", "builder", tok, "o", {}, {"x": "1"}, next_task="t2")
+    assert store.queued_task("r", "builder") is None
+    assert not store.try_enqueue("r", "builder", "t9", "q")
+
+
+def test_requeue_supersedes_a_lost_message(store):
+    store.try_enqueue("r", "builder", "old", "q")
+    assert not store.requeue("r", "builder", "wrong", "new", "q")
+    assert store.requeue("r", "builder", "old", "new", "q")
+    assert store.claim("r", "builder", "old", "o", 5, "h")[1] == "superseded"
+    assert store.claim("r", "builder", "new", "o", 5, "h")[0] == 1
+
+
+def test_task_in_queue_reads_the_broker_list(store):
+    store.r.rpush("ccci.builder", json.dumps({"headers": {"id": "abc"}}))
+    assert store.task_in_queue("ccci.builder", "abc")
+    assert not store.task_in_queue("ccci.builder", "zzz")
