@@ -2,7 +2,7 @@
 
 Use from a test module with::
 
-    from claude_fixtures import claude_bin, nonroot_user, scripted_model  # noqa: F401  (pytest fixtures)
+    pytest_plugins = ["claude_fixtures"]           # the fixtures below
     from claude_fixtures import claude_env, run_claude
 
 * ``claude_bin`` (session): path of ``tests/scripted_model/node_modules/.bin/claude`` (pinned in
@@ -137,10 +137,11 @@ def run_claude(prompt: str, cwd: str | Path, env: dict[str, str], extra_args: li
     proc = start_claude(cwd, env, extra_args, user, claude)
     try:
         out, err = proc.communicate(prompt.encode(), timeout=timeout)
-    except subprocess.TimeoutExpired:
+    except subprocess.TimeoutExpired as exc:
         kill_group(proc)
         out, err = proc.communicate()
-        raise AssertionError(f"claude timed out after {timeout}s; stdout={out[-2000:]!r} stderr={err[-2000:]!r}")
+        raise AssertionError(f"claude timed out after {timeout}s; stdout={out[-2000:]!r} "
+                             f"stderr={err[-2000:]!r}") from exc
     finally:
         kill_group(proc)  # leftover children (e.g. a Bash tool's background job) go too
     return ClaudeRun(proc.returncode, parse_events(out), err.decode(errors="replace"))

@@ -178,6 +178,7 @@ class ScriptedModel:
         self.classify = classify
         self.requests: list[dict[str, Any]] = []
         self.served: list[Turn] = []          # the turns served to main requests, in order
+        self.hanging = 0                      # connections currently held open by a hang turn
         self._lock = threading.Lock()
         self._stopping = threading.Event()
         self._httpd: ThreadingHTTPServer | None = None
@@ -318,9 +319,9 @@ class _Handler(BaseHTTPRequestHandler):
         self._record({}, False)
         path = self.path.split("?")[0]
         if path == "/v1/models":
-            self._json(200, {"data": [{"type": "model", "id": m, "display_name": m, "created_at": "2025-01-01T00:00:00Z"}
-                                      for m in ("claude-sonnet-4-5", "claude-haiku-4-5", "claude-opus-4-1")],
-                             "has_more": False, "first_id": None, "last_id": None})
+            models = [{"type": "model", "id": m, "display_name": m, "created_at": "2025-01-01T00:00:00Z"}
+                      for m in ("claude-sonnet-4-5", "claude-haiku-4-5", "claude-opus-4-1")]
+            self._json(200, {"data": models, "has_more": False, "first_id": None, "last_id": None})
         else:
             self._json(404, {"type": "error", "error": {"type": "not_found_error", "message": f"no {path}"}})
 
@@ -344,7 +345,16 @@ class _Handler(BaseHTTPRequestHandler):
             self._json(turn["status"], err, turn.get("headers"))
             return
         if not body.get("stream"):
-            self._json(200, _message(body, turn))
+            # the CLI's non-streaming fallback: a cut/hang turn fails it the same way (no response at all)
+            self.close_connection = True
+            if turn.get("cut_after") is not None:
+                self._cut(bool(turn.get("cut_rst")))
+            elif turn.get("hang_after") is not None:
+                self._hang()
+            else:
+                if turn.get("delay"):
+                    time.sleep(float(turn["delay"]))
+                self._json(200, _message(body, turn))
             return
         self._stream(body, turn)
 
@@ -391,15 +401,22 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _hang(self) -> None:
         """Hold the stream open, sending nothing, until the client hangs up or the server stops."""
-        self.connection.settimeout(0.2)
-        while not self.model._stopping.is_set():
-            try:
-                if self.connection.recv(1, socket.MSG_PEEK) == b"":
-                    return  # client closed
-            except TimeoutError:
-                continue
-            except OSError:
-                return
+        with self.model._lock:
+            self.model.hanging += 1
+        try:
+            self.connection.settimeout(0.2)
+            while not self.model._stopping.is_set():
+                try:
+                    if self.connection.recv(1, socket.MSG_PEEK) == b"":
+                        return  # client closed
+                    time.sleep(0.2)  # the client sent something more; keep ignoring it
+                except TimeoutError:
+                    continue
+                except OSError:
+                    return
+        finally:
+            with self.model._lock:
+                self.model.hanging -= 1
 
 
 def _usage(body: dict[str, Any], output_tokens: int = 0) -> dict[str, Any]:
