@@ -14,7 +14,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, ConfigDict, field_validator
 
-LIMIT_KINDS = ("five_hour", "weekly", "session", "extra_usage", "unknown")
+LIMIT_KINDS = ("five_hour", "weekly", "extra_usage", "unknown")
 
 # A printed reset time this little in the past means "just reset", not "same time tomorrow":
 # the message is printed a moment before we parse it, and Claude prints whole minutes.
@@ -24,8 +24,10 @@ _MONTHS = {m: i for i, m in enumerate(
     ("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec"), start=1)}
 
 # What says "this is a usage limit"; the reset time must follow it closely.
+# "Fast limit" and "context limit" messages also say "resets"/"reached" but stop nothing we wait for.
 _HEAD = (
-    r"(?:usage\s+limit\s+reached|limit\s+reached|hit\s+your\s+(?:\w+\s+){0,2}limit"
+    r"(?:usage\s+limit\s+reached|(?<!fast\s)(?<!context\s)limit\s+reached"
+    r"|hit\s+your\s+(?!fast\b)(?:\w+\s+){0,2}limit"
     r"|out\s+of\s+extra\s+usage|(?:usage|rate)\s+limit\s+(?:exceeded|hit))"
 )
 _CLOCK = r"(?P<h>\d{1,2})(?::(?P<min>\d{2}))?\s*(?P<ampm>[ap]\.?\s?m\.?)?"
@@ -116,10 +118,11 @@ def _kind_from_text(text: str, has_date: bool) -> str:
     t = text.lower()
     if "5-hour" in t or "five-hour" in t or "5 hour" in t:
         return "five_hour"
-    if "weekly" in t or has_date:
-        return "weekly"
+    # Claude Code (2.1.x) names five_hour "session limit" and seven_day* "weekly/Opus/Sonnet limit".
     if "session limit" in t:
-        return "session"
+        return "five_hour"
+    if any(w in t for w in ("weekly", "opus limit", "sonnet limit")) or has_date:
+        return "weekly"
     if "out of extra usage" in t:
         return "extra_usage"
     return "unknown"

@@ -31,13 +31,18 @@ _KILLED: dict[str, tuple[OutcomeKind, Action, str]] = {
     "lease_lost": ("lease_lost", "stop", "killed: loop lease lost to another worker"),
 }
 
+# Needs a human: credentials, a disabled org, or no credit (billing is grouped here because, like
+# auth, retrying cannot help).
 _AUTH = re.compile(
     r"not\s+logged\s+in|please\s+run\s+/login|invalid\s+(?:x-)?api[\s_-]?key|authenticat"
+    r"|disabled\s+organization|organization\s+has\s+been\s+disabled|credit\s+balance\s+is\s+too\s+low"
     r"|oauth\s+token\s+(?:has\s+)?(?:expired|revoked)|\b(?:401|403)\b.{0,20}(?:unauthori[sz]ed|forbidden)"
     r"|api\s+error:?\s*(?:401|403)\b",
     re.IGNORECASE,
 )
-_OVERLOADED = re.compile(r"overloaded|\b529\b", re.IGNORECASE)
+_OVERLOADED = re.compile(r"overloaded|\b529\b|high\s+load", re.IGNORECASE)
+# Worded like auth or crashes but transient: the CLI itself says "try again".
+_TRANSIENT = re.compile(r"temporary\s+network\s+issue|request\s+timed\s+out|connection\s+error", re.IGNORECASE)
 _CONTEXT = re.compile(
     r"prompt\s+is\s+too\s+long|context\s+(?:length|window|limit)|too\s+many\s+tokens|request_too_large",
     re.IGNORECASE,
@@ -130,6 +135,8 @@ def _classify_error(result: dict[str, Any], now: datetime) -> Outcome:
         return Outcome(kind="rate_limited", action="backoff", detail=snippet)
     if status == 529 or _OVERLOADED.search(text):
         return Outcome(kind="overloaded", action="backoff", detail=snippet)
+    if _TRANSIENT.search(text):
+        return Outcome(kind="api_error", action="backoff", detail=snippet)
     if status in (401, 403) or _AUTH.search(text):
         return Outcome(kind="auth", action="stop", detail=snippet)
     if subtype == "error_max_turns":

@@ -27,6 +27,7 @@ def utc(text: str) -> datetime:
 
 
 # One row per known message shape: (id, text, now, expected UTC reset or None, zone, kind).
+# Claude Code 2.1.112 words them from rateLimitType: five_hour -> "session limit", seven_day -> "weekly limit"
 # Add new CLI wordings here.
 LIMIT_TEXTS = [
     ("pipe-epoch", "Claude AI usage limit reached|1749924000", NOW, "2025-06-14T18:00", None, "unknown"),
@@ -45,7 +46,13 @@ LIMIT_TEXTS = [
     ("date-past-next-year", "You've hit your limit · resets Jan 5, 9am (Europe/London)", NOW,
      "2027-01-05T09:00", "Europe/London", "weekly"),
     ("session", "You've hit your session limit · resets 7:10pm (America/Sao_Paulo)", NOW,
-     "2026-02-03T22:10", "America/Sao_Paulo", "session"),
+     "2026-02-03T22:10", "America/Sao_Paulo", "five_hour"),
+    ("generic-usage-limit", "You've hit your usage limit · resets 4pm (UTC)", NOW, "2026-02-03T16:00", "UTC",
+     "unknown"),
+    ("opus-date-with-year", "You've hit your Opus limit · resets Jan 5, 2027, 9am (Etc/UTC)", NOW,
+     "2027-01-05T09:00", "Etc/UTC", "weekly"),
+    ("narrow-nbsp-uppercase", "You've hit your session limit · resets 3:30\u202fPM (America/Bogota)", NOW,
+     "2026-02-03T20:30", "America/Bogota", "five_hour"),
     ("extra-usage", "You're out of extra usage · resets 11:30am (Asia/Colombo)", NOW,
      "2026-02-04T06:00", "Asia/Colombo", "extra_usage"),
     ("24h-clock", "Usage limit reached — resets 15:00 (Europe/Berlin)", NOW, "2026-02-03T14:00",
@@ -73,6 +80,12 @@ LIMIT_TEXTS = [
     ("mention-code", "I fixed the rate limit handling in limits.py; the 5-hour limit resets at 3pm.", NOW,
      None, None, None),
     ("no-time", "Claude usage limit reached.", NOW, None, None, None),
+    ("fast-mode-only", "You've hit your fast limit · resets in 5m", NOW, None, None, None),
+    ("fast-mode-reached", "Fast limit reached and temporarily disabled · resets in 12m", NOW, None, None, None),
+    ("usage-warning", "You've used 91% of your weekly limit · resets Feb 7, 11am (Asia/Seoul)", NOW, None, None,
+     None),
+    ("overage-in-use", "You're now using extra usage · Your session limit resets 3pm (UTC)", NOW, None, None,
+     None),
     ("no-head", "resets 3pm (America/Bogota)", NOW, None, None, None),
     ("vague-time", "You've hit your limit · resets soon", NOW, None, None, None),
     ("try-later", "You've hit your usage limit. Try again later.", NOW, None, None, None),

@@ -66,6 +66,20 @@ CASES = [
     ("auth-oauth-expired", err('API Error: 401 {"type":"error","error":{"type":"authentication_error",'
                                '"message":"OAuth token has expired."}}'), [], 1, None, "", "auth", "stop", None,
      False),
+    ("auth-disabled-org", err("Your ANTHROPIC_API_KEY belongs to a disabled organization · Unset the "
+                              "environment variable"), [], 1, None, "", "auth", "stop", None, False),
+    ("auth-billing", err("Credit balance is too low"), [], 1, None, "", "auth", "stop", None, False),
+    ("auth-wording-but-transient", err("Authentication error · This may be a temporary network issue, please "
+                                       "try again", 401), [], 1, None, "", "api_error", "backoff", None, False),
+    ("overloaded-high-load", err("Opus is experiencing high load, please use /model to switch to Sonnet"), [], 1,
+     None, "", "overloaded", "backoff", None, False),
+    ("overloaded-repeated-529", err("Repeated 529 Overloaded errors"), [], 1, None, "", "overloaded", "backoff",
+     None, False),
+    ("rate-limited-server-side", err("API Error: Server is temporarily limiting requests (not your usage limit)",
+                                     429), [], 1, None, "", "rate_limited", "backoff", None, False),
+    ("result-session-limit", err("You've hit your session limit · resets 3pm (UTC)"), [], 1, None, "",
+     "usage_limit", "stall", "15:00", False),
+    ("timeout-transient", err("Request timed out"), [], 1, None, "", "api_error", "backoff", None, False),
     ("turn-limit", res(subtype="error_max_turns", is_error=True, result=None, num_turns=50), [], 0, None, "",
      "turn_limit", "continue", None, False),
     ("context-prompt-too-long", err("Prompt is too long"), [], 1, None, "", "context_limit", "continue", None,
