@@ -235,6 +235,7 @@ def run(conn: Connection, cmd: str, *, sudo: bool = False, timeout: float | None
                                                       "(or allow NOPASSWD for this user)")
             else:
                 result = conn.sudo(f"sh -c {shlex.quote(cmd)}", **kw)
+                result.stderr = result.stderr.replace(SUDO_PROMPT, "")
             if result.exited == 1 and any(s in result.stderr for s in _SUDO_DENIED):
                 raise VMError("sudo_denied", f"user {conn.user} may not use sudo on the VM; add a sudoers rule for "
                                              "it (e.g. /etc/sudoers.d/ccci)")

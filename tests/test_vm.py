@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 from harness import free_port, wait_for
-from sshd import SSHServer, keygen, known_hosts_line, skip_reason
+from sshd import SUDOERS, SSHServer, keygen, known_hosts_line, skip_reason
 
 pytestmark = pytest.mark.skipif(skip_reason() is not None, reason=skip_reason() or "")
 
@@ -296,3 +296,40 @@ def test_sudo_password_never_printed_or_logged(sshd, tmp_path):
         for f in state.rglob("*"):
             if f.is_file():
                 assert sshd.sudo_password.encode() not in f.read_bytes()
+
+
+def test_sudo_without_password_file_and_not_allowed(sshd, tmp_path):
+    toml = tmp_path / "nopw.toml"
+    toml.write_text(
+        f'[vm]\nhost = "{sshd.host}"\nport = {sshd.port}\nuser = "{sshd.user}"\n'
+        f'key_file = "{sshd.client_key}"\nknown_hosts = "{sshd.known_hosts}"\n'
+    )
+    p = cli(None, "--config", str(toml), "vm", "check", cwd=tmp_path)
+    assert p.returncode == 1
+    assert "sudo on the VM needs a password; set vm.sudo_password_file" in p.stderr
+    rule = SUDOERS.read_text()
+    SUDOERS.unlink()
+    try:
+        p = cli(sshd, "vm", "run", "--sudo", "true", cwd=tmp_path)
+        assert p.returncode == 255
+        assert "may not use sudo on the VM" in p.stderr
+    finally:
+        SUDOERS.write_text(rule)
+        os.chmod(SUDOERS, 0o440)
+
+
+def test_put_with_sudo(sshd, tmp_path, monkeypatch):
+    """``put(sudo=True)`` lands a root-owned file where the VM user cannot write."""
+    from ccci_dist import vm
+    from ccci_dist.config import load_config
+
+    for k, v in sshd.env().items():
+        monkeypatch.setenv(k, v)
+    target = tmp_path / "root-only" / "conf.txt"
+    target.parent.mkdir(mode=0o700)
+    with vm.session(load_config(None)) as conn:
+        vm.put(conn, b"hello\n", str(target), sudo=True, mode=0o640)
+        assert vm.run(conn, f"cat {target}").exited != 0  # really not readable by the user
+    assert target.read_text() == "hello\n"
+    st = target.stat()
+    assert (st.st_uid, st.st_mode & 0o777) == (0, 0o640)
