@@ -16,7 +16,7 @@ from harness import ROOT, Proc, wait_for
 
 from ccci_dist.workers import load_profile
 
-CLI = [sys.executable, "-m", "ccci_dist.cli"]
+CLI = [sys.executable, "-m", "ccci_dist"]
 PROFILES = sorted((ROOT / "workers").glob("*.toml"))
 
 
