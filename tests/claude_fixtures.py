@@ -16,6 +16,9 @@ Use from a test module with::
   no telemetry/autoupdate/nonessential traffic, retries capped by ``CLAUDE_CODE_MAX_RETRIES``).
 * ``run_claude(prompt, cwd, env, extra_args, user=None, timeout=60)`` -> :class:`ClaudeRun`
   ``(returncode, events, stderr)``; ``start_claude(...)`` -> ``Popen`` in its own process group.
+* ``kill_tree(proc)``: kill the CLI's process group and those of its descendants. The CLI runs each Bash
+  tool command with ``setsid`` (own session and group), so ``os.killpg(cli_pid, ...)`` alone does NOT stop
+  a running tool command; it survives, re-parented to init.
 """
 
 from __future__ import annotations
@@ -138,28 +141,63 @@ def run_claude(prompt: str, cwd: str | Path, env: dict[str, str], extra_args: li
     try:
         out, err = proc.communicate(prompt.encode(), timeout=timeout)
     except subprocess.TimeoutExpired as exc:
-        kill_group(proc)
+        kill_tree(proc)
         out, err = proc.communicate()
         raise AssertionError(f"claude timed out after {timeout}s; stdout={out[-2000:]!r} "
                              f"stderr={err[-2000:]!r}") from exc
     finally:
-        kill_group(proc)  # leftover children (e.g. a Bash tool's background job) go too
+        kill_tree(proc)  # leftovers (e.g. a Bash tool's background job, in a session of its own) go too
     return ClaudeRun(proc.returncode, parse_events(out), err.decode(errors="replace"))
+
+
+def _proc_stat(pid: int | str) -> tuple[str, int, int, int] | None:
+    """(state, ppid, pgrp, session) of a process from /proc, or None if it is gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat[stat.rindex(")") + 2:].split()
+    return fields[0], int(fields[1]), int(fields[2]), int(fields[3])
+
+
+def descendants(pid: int) -> list[int]:
+    """All live descendants of ``pid`` (by parent pid), from /proc."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit() and (st := _proc_stat(entry)) and st[0] not in ("Z", "X"):
+            children.setdefault(st[1], []).append(int(entry))
+    out, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            out.append(child)
+            todo.append(child)
+    return out
+
+
+def kill_tree(proc: subprocess.Popen, sig: int = signal.SIGKILL) -> list[int]:
+    """Kill the CLI's process group *and* the groups of all its descendants.
+
+    Needed because the CLI starts every Bash tool command in a session of its own (``setsid``): killing
+    only the CLI's process group leaves a running tool command alive, re-parented to init.
+    Returns the process groups signalled.
+    """
+    groups = {proc.pid}
+    for pid in descendants(proc.pid):
+        if (st := _proc_stat(pid)) is not None:
+            groups.add(st[2])
+    for pgid in groups:
+        try:
+            os.killpg(pgid, sig)
+        except ProcessLookupError:
+            pass
+    return sorted(groups)
 
 
 def group_pids(pgid: int) -> list[int]:
     """Live (non-zombie) processes whose process group is ``pgid``, from /proc."""
     pids = []
     for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{entry}/stat").read_text()
-        except OSError:
-            continue
-        fields = stat[stat.rindex(")") + 2:].split()
-        state, pgrp = fields[0], int(fields[2])
-        if pgrp == pgid and state not in ("Z", "X"):
+        if entry.isdigit() and (st := _proc_stat(entry)) and st[2] == pgid and st[0] not in ("Z", "X"):
             pids.append(int(entry))
     return pids
 

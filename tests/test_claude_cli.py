@@ -10,6 +10,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import time
 import uuid
 from pathlib import Path
@@ -21,13 +22,15 @@ pytest.register_assert_rewrite("claude_fixtures")  # imported here and loaded as
 from claude_fixtures import (  # noqa: E402
     TOOL_ARGS,
     claude_env,
+    descendants,
     group_pids,
     kill_group,
+    kill_tree,
     parse_events,
     run_claude,
     start_claude,
 )
-from harness import wait_for  # noqa: E402
+from harness import ROOT, wait_for  # noqa: E402
 from scripted_model.server import (  # noqa: E402
     bash,
     cut,
@@ -35,6 +38,7 @@ from scripted_model.server import (  # noqa: E402
     error,
     hang,
     last_tool_results,
+    last_user_text,
     text,
     tool_result_text,
     write,
@@ -371,3 +375,86 @@ def test_hang_with_stream_watchdog(claude_bin, scripted_model, tmp_path):
     assert run.result["result"] == "Request timed out"
     first, second = model.main_requests()  # streaming (idle-aborted), then the non-streaming fallback (timed out)
     assert first["body"]["stream"] is True and "stream" not in second["body"]
+
+
+@pytest.mark.parametrize("how", ["killpg", "kill_tree"])
+def test_kill_during_bash_tool(claude_bin, scripted_model, tmp_path, how):
+    """A Bash tool command runs in a session of its own: killpg(cli) leaves it running, kill_tree does not."""
+    pid_file = tmp_path / "tool.pid"
+    model = scripted_model([bash(f"echo $$ > {pid_file}; sleep 300"), text("never")])
+    proc = start_claude(tmp_path, claude_env(model.url, tmp_path / "home"), TOOL_ARGS, claude=claude_bin)
+    tool_pid = None
+    try:
+        proc.stdin.write(b"run it")
+        proc.stdin.close()
+        wait_for(lambda: pid_file.exists() and pid_file.read_text().strip(), 60, what="the Bash tool to start")
+        tool_pid = int(pid_file.read_text())
+        assert tool_pid in descendants(proc.pid)
+        assert os.getsid(tool_pid) == tool_pid != os.getsid(proc.pid)  # setsid: own session and group
+        if how == "killpg":
+            os.killpg(proc.pid, signal.SIGKILL)
+        else:
+            assert tool_pid in kill_tree(proc)
+        proc.wait(15)
+        wait_for(lambda: not group_pids(proc.pid), 10, what="the CLI's process group to be empty")
+        time.sleep(0.5)
+        if how == "killpg":
+            assert group_pids(tool_pid), "expected the tool command to survive killpg of the CLI's group"
+        else:
+            wait_for(lambda: not group_pids(tool_pid), 10, what="the tool's process group to be empty")
+    finally:
+        kill_group(proc)
+        if tool_pid is not None:
+            try:
+                os.killpg(tool_pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        proc.wait(5)
+    assert len(model.main_requests()) == 1
+
+
+# ---------------------------------------------------------------- rule mode and the out-of-process server
+
+def test_rule_mode_scripts_a_loop_by_content(claude_bin, scripted_model, tmp_path):
+    """A rule picks each reply from the request: count to 3 through Bash tool_results, then stop."""
+
+    def rule(body):
+        results = last_tool_results(body)
+        if not results:
+            assert "count to three" in last_user_text(body)
+            return bash("echo 1 > counter && cat counter")
+        n = int(tool_result_text(results[0]).strip())
+        return bash(f"echo {n + 1} > counter && cat counter") if n < 3 else text(f"counted to {n}")
+
+    model = scripted_model(rule=rule)
+    run = run_claude("count to three", tmp_path, claude_env(model.url, tmp_path / "home"), TOOL_ARGS,
+                     claude=claude_bin)
+    assert run.returncode == 0, run
+    assert run.result["result"] == "counted to 3" and run.result["num_turns"] == 4
+    assert (tmp_path / "counter").read_text() == "3\n"
+    assert [t["kind"] for t in model.served] == ["tool_use", "tool_use", "tool_use", "text"]
+
+
+def test_server_as_separate_process(claude_bin, tmp_path):
+    script = tmp_path / "script.json"
+    script.write_text(json.dumps([bash("echo from-subprocess-server > out.txt"), text("all done")]))
+    port_file, log = tmp_path / "port", tmp_path / "requests.jsonl"
+    server = subprocess.Popen([sys.executable, "-m", "tests.scripted_model.server", "--script", str(script),
+                               "--port-file", str(port_file), "--log", str(log)], cwd=ROOT,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        wait_for(port_file.exists, 15, what="the server's port file")
+        url = f"http://127.0.0.1:{int(port_file.read_text())}"
+        run = run_claude("go", tmp_path, claude_env(url, tmp_path / "home"), TOOL_ARGS, claude=claude_bin)
+    finally:
+        server.terminate()
+        server.wait(10)
+    assert run.returncode == 0, run
+    assert run.result["result"] == "all done"
+    assert (tmp_path / "out.txt").read_text() == "from-subprocess-server\n"
+    entries = [json.loads(line) for line in log.read_text().splitlines()]
+    assert [e["main"] for e in entries] == [True, True]
+    assert "x-api-key" not in entries[0]["headers"] and entries[0]["has_api_key"]
+    assert last_user_text(entries[0]["body"]).endswith("go")
+    assert "from-subprocess-server" not in json.dumps(entries[0]["body"]["messages"])
+    assert last_tool_results(entries[1]["body"])[0]["is_error"] is False
