@@ -154,6 +154,7 @@ class SSHServer:
         return env
 
     def stop(self) -> None:
+        kids = self.children() if self.proc and self.proc.poll() is None else []
         if self.proc and self.proc.poll() is None:
             self.proc.terminate()
             try:
@@ -161,7 +162,7 @@ class SSHServer:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(5)
-        for kid in self.children() if self.proc else []:
+        for kid in kids:
             try:
                 os.kill(kid, 15)
             except ProcessLookupError:

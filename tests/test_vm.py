@@ -285,8 +285,30 @@ def _group_gone(pgid: int) -> bool:
 # ------------------------------------------------------------------------------------------ secrets
 
 
+def _cmdlines() -> list[bytes]:
+    lines = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                lines.append((d / "cmdline").read_bytes())
+            except OSError:
+                pass
+    return lines
+
+
 def test_sudo_password_never_printed_or_logged(sshd, tmp_path):
-    cli(sshd, "vm", "run", "--sudo", "true", cwd=tmp_path)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CCCI_")}
+    env.update(sshd.env(), CCCI_STATE_DIR=str(tmp_path / "state"))
+    running = subprocess.Popen([*CLI, "vm", "run", "--sudo", "sleep 3; echo done"], env=env, cwd=tmp_path,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(lambda: any(b"sleep 3; echo done" in c for c in _cmdlines()), 10, what="remote sudo command")
+        secret = sshd.sudo_password.encode()
+        assert not [c for c in _cmdlines() if secret in c]  # not in any argv, local or on the VM
+    finally:
+        out, err = running.communicate(timeout=30)
+    OUTPUTS.append(out + err)
+    assert running.returncode == 0 and out == "done\n"
     assert OUTPUTS, "no CLI output collected"
     for out in OUTPUTS:
         assert sshd.sudo_password not in out
