@@ -102,6 +102,7 @@ class Settings(BaseSettings):
     backoff_max: float = Field(3600.0, gt=0)
     limit_margin_max: float = Field(90.0, ge=5, description="random wait after a limit reset, seconds")
     queues: dict[str, str] = Field(default_factory=dict, description="role -> queue")
+    inbox_poll_interval: float = Field(30.0, ge=0, description="seconds between INBOX.md checks; 0 = off")
     log_max_age_days: float = Field(14.0, gt=0)
     log_max_bytes: int = Field(50 * 1024 * 1024, gt=0)
     boot_id_path: Path = Path("/proc/sys/kernel/random/boot_id")

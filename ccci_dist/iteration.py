@@ -186,6 +186,8 @@ class Iteration:
             "cost_total": f"{float(loop.get('cost_total') or 0) + res.total_cost_usd:.6f}",
             "violation": ",".join(violations),
         }
+        if inbox_last:
+            fields["inbox_acked_at"] = f"{now.timestamp():.3f}"
         if outcome.kind == "lease_lost":
             # Not this loop's fault: the successor re-runs this number.
             fields["iteration"] = self.number - 1

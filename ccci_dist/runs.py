@@ -73,6 +73,9 @@ def start_run(store: Store, s: Settings, *, resume: bool = False, phase: str | N
             pipe.hset(key, "nudges", json.dumps([nudge]))
     pipe.execute()
     store.event(run, "started", phase=phase, resume=int(resume))
+    from .notify import notify
+
+    notify("run_started", f"{run}: started at phase {phase}", f"roles {', '.join(pkg.roles)}; repo {s.project_repo}")
     kick(store, s, run)
     return {"run": run, "phase": phase, "roles": pkg.roles}
 

@@ -16,8 +16,9 @@ import time
 import uuid
 from datetime import UTC, datetime, timedelta
 
-from .celery import app, settings
+from .celery import CONTROL_QUEUE, app, settings
 from .config import Settings, hostname
+from .inbox import INBOX_FILE, ingest_inbox_file, read_remote_file
 from .iteration import get_store, iteration_queue, send_iteration
 from .notify import notify
 from .phases import MachineDocs, is_done, phase_complete
@@ -56,6 +57,9 @@ def tick(store: Store, s: Settings, now: datetime | None = None) -> str:
             tick_run(store, s, run, now)
         except Exception:  # one broken run must not stop the others' watchdog
             log.exception("watchdog failed on run %s", run)
+    if s.vm.host and s.vm.health_interval and store.r.set("ccci:vm:due", "1", nx=True,
+                                                            px=int(s.vm.health_interval * 1000)):
+        vm_health_task.apply_async(queue=CONTROL_QUEUE, expires=s.vm.health_interval)
     ms = (time.perf_counter() - t0) * 1000
     pipe = store.r.pipeline()
     pipe.lpush(TICK_STATS, f"{ms:.3f}")
@@ -75,6 +79,9 @@ def tick_run(store: Store, s: Settings, run: str, now: datetime) -> None:
     if status != ACTIVE or not rh.get("plan"):
         return
     plan = from_snapshot(json.loads(rh["plan"]))
+    if s.inbox_poll_interval and store.r.set(f"ccci:inbox_poll:{run}", "1", nx=True,
+                                             px=int(s.inbox_poll_interval * 1000)):
+        poll_inbox_file(store, s, run, rh, plan.roles)
     docs = MachineDocs.model_validate_json(rh["docs"]) if rh.get("docs") else MachineDocs()
     if is_done(plan, docs, now, timedelta(hours=s.done_freshness_hours)):
         finish_run(store, run, plan.roles)
@@ -124,6 +131,34 @@ def tick_loop(store: Store, s: Settings, run: str, role: str, rh: dict[str, str]
         notify("loop_restarted", f"{run}/{role} restarted",
                f"iteration {loop.get('running')} on {loop.get('host', '?')} was interrupted; re-running it")
     send_iteration(run, role, task_id, queue)
+
+
+def poll_inbox_file(store: Store, s: Settings, run: str, rh: dict[str, str], roles: list[str]) -> int:
+    """Turn new INBOX.md entries in the repo into messages (each entry once, by content hash)."""
+    try:
+        text = read_remote_file(rh["repo"], rh.get("branch", "main"), INBOX_FILE, s.state_dir / "inbox-mirror" / run)
+    except Exception as exc:  # the repo host is down: try again next poll
+        log.warning("cannot read %s of run %s: %s", INBOX_FILE, run, exc.__class__.__name__)
+        return 0
+    added = ingest_inbox_file(store, run, roles, text) if text else 0
+    if added:
+        store.event(run, "inbox_file", added=added)
+    return added
+
+
+@app.task(name="ccci.vm_health", ignore_result=True)
+def vm_health_task() -> bool:
+    """Check the VM and notify when it goes down or comes back."""
+    from .vm import health
+
+    s = settings()
+    store = get_store(s)
+    ok, detail = health(s)
+    before = store.r.getset("ccci:vm:health", "up" if ok else "down")
+    store.r.set("ccci:vm:health_detail", detail[:300])
+    if before is not None and before != ("up" if ok else "down"):
+        notify("vm_up" if ok else "vm_down", f"VM {s.vm.host} is {'back' if ok else 'unreachable'}", detail)
+    return ok
 
 
 def _reviewer_due(store: Store, run: str, loop: dict[str, str], every: int) -> bool:
