@@ -1,6 +1,6 @@
 """A scripted Anthropic Messages API server on loopback, for driving the real Claude Code CLI in tests.
 
-(Observed CLI behaviour is documented at the end of this docstring; it is filled in from real runs.)
+Observed behaviour of the real CLI is written down at the end of this docstring ("Observed").
 
 Usage in-process::
 
@@ -39,6 +39,82 @@ client goes away or the server stops). ``hang()`` is ``text("", hang_after=0)``,
 ``error(status, ...)``: an HTTP error with Anthropic's JSON error shape
 ``{"type": "error", "error": {"type": ..., "message": ...}, "request_id": ...}`` plus headers
 (429: ``retry-after`` and ``anthropic-ratelimit-*``).
+
+Observed (``@anthropic-ai/claude-code`` 2.1.112, node 20; pinned by ./package.json; asserted by
+tests/test_claude_cli.py)
+-------------------------------------------------------------------------------------------------
+Command: ``claude -p --output-format stream-json --verbose --allowedTools Bash Edit Write``, prompt on stdin,
+env: ``ANTHROPIC_BASE_URL=http://127.0.0.1:PORT ANTHROPIC_API_KEY=dummy-test-key HOME=<tmp>
+CLAUDE_CONFIG_DIR=<tmp>/.claude CLAUDE_CODE_MAX_RETRIES=0 DISABLE_AUTOUPDATER=1 DISABLE_TELEMETRY=1
+DISABLE_ERROR_REPORTING=1 CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC=1`` (see tests/claude_fixtures.claude_env).
+As non-root: the same under ``setpriv --reuid=ccci-agent --regid=ccci-agent --init-groups --`` (HOME and cwd
+owned by that user). ``--dangerously-skip-permissions`` and ``--permission-mode bypassPermissions`` exit 1 as
+root with stderr "--dangerously-skip-permissions cannot be used with root/sudo privileges for security
+reasons" and no stdout, no request; as non-root ``--permission-mode bypassPermissions`` works.
+
+Traffic: with the env above the CLI sends only ``POST /v1/messages?beta=true`` (streaming, ``tools`` = 23
+tools, model ``claude-sonnet-4-6``, max_tokens 32000, ``metadata.user_id`` is a JSON string holding the
+session_id) and nothing else: no count_tokens, no /v1/models, no small/fast-model side requests in ``-p``
+mode. Without ``CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC`` it also tries https://api.anthropic.com
+(``/api/claude_cli/bootstrap``, ``/api/claude_code/organizations/metrics_enabled``) and a run takes seconds
+longer offline. The first user message carries ``<system-reminder>`` text blocks before the prompt text.
+Headers: ``x-api-key``, ``anthropic-version: 2023-06-01``, ``anthropic-beta: claude-code-20250219,...``,
+``user-agent: claude-cli/2.1.112 (external, sdk-cli)``, ``x-app: cli``.
+
+stdout is one JSON object per line:
+``{"type":"system","subtype":"init","session_id","cwd","tools":[...],"model","permissionMode",
+"apiKeySource":"ANTHROPIC_API_KEY","claude_code_version":"2.1.112",...}``, then one ``"assistant"`` event per
+content block (a text block and a tool_use block of one API message are two events with the same message id),
+a ``"user"`` event per tool result (``message.content[0]`` = ``{"type":"tool_result","tool_use_id",
+"content","is_error"}``, plus ``"tool_use_result": {"stdout","stderr","interrupted",...}`` for Bash), and last
+the result event. ``api_retry`` events appear before a retried request (see below).
+
+* success, exit 0: ``{"type":"result","subtype":"success","is_error":false,"api_error_status":null,
+  "duration_ms","duration_api_ms","num_turns":<API requests of this run>,"result":"<last text>",
+  "stop_reason":"end_turn","session_id","total_cost_usd":>0,"usage":{"input_tokens","output_tokens",
+  "cache_creation_input_tokens","cache_read_input_tokens","server_tool_use",...},"modelUsage":{model:
+  {"costUSD",...}},"permission_denials":[],"terminal_reason":"completed","uuid"}``.
+* HTTP errors (retries exhausted, or ``CLAUDE_CODE_MAX_RETRIES=0``), exit 1, stderr empty: a synthetic
+  ``"assistant"`` event (``message.model == "<synthetic>"``, ``"error": <kind>``, text = result) then
+  ``{"type":"result","subtype":"success","is_error":true,"api_error_status":<status>,"num_turns":1,
+  "total_cost_usd":0,"stop_reason":"stop_sequence","result":<text>}`` with
+
+  - 429: error ``rate_limit``, result ``"API Error: Request rejected (429) · <error.message>"``
+  - 529: error ``server_error``, result ``"API Error: 529 <the JSON error body> · check status.claude.com"``
+  - 500: error ``server_error``, result ``"API Error: 500 <the JSON error body> · check status.claude.com"``
+  - 401: error ``authentication_failed``, result ``"Invalid API key · Fix external API key"``
+
+  Note ``subtype`` stays "success": classify by ``is_error`` + ``api_error_status``.
+* Retries: ``CLAUDE_CODE_MAX_RETRIES`` (default 10) caps them; 429, 529, 500 *and 401* are all retried.
+  Before each retry: ``{"type":"system","subtype":"api_retry","attempt":n,"max_retries":N,"retry_delay_ms",
+  "error_status":<status>,"error":"rate_limit"|"server_error"|"authentication_failed"}`` (a retried 529 says
+  "rate_limit"). ``retry-after: 1`` gives retry_delay_ms 1000 on the first retry; otherwise exponential
+  back-off from ~500 ms. A response header ``x-should-retry: false`` stops retrying.
+* Stream cut mid-way (connection closed after message_start, before a content block completed): the CLI
+  re-sends the same request *without* ``stream`` (non-streaming fallback) and, if that answers, succeeds
+  normally (exit 0, the fallback's reply). With ``CLAUDE_CODE_DISABLE_NONSTREAMING_FALLBACK=1``: exit 1,
+  ``is_error: true, api_error_status: null, result: "API Error: Stream ended without receiving any events"``.
+  If the fallback request is cut too: exit 1, ``api_error_status: null``,
+  ``result: "API Error: Unable to connect to API (UND_ERR_SOCKET)"``.
+* Hang (headers sent, then nothing): the CLI waits (default ``API_TIMEOUT_MS`` 600000; the byte-idle
+  watchdog is at least 300 s) printing nothing after the init event. With ``CLAUDE_ENABLE_STREAM_WATCHDOG=1
+  CLAUDE_STREAM_IDLE_TIMEOUT_MS=2000 API_TIMEOUT_MS=3000`` it aborts the stream, falls back to non-streaming,
+  times out: exit 1, ``api_error_status: null, result: "Request timed out"``. SIGTERM to the CLI: exit 143,
+  no result event; SIGKILL: -9. Either way the CLI's process group empties.
+* Bash tool commands run in a session of their own (``setsid``: own pgid/sid): killing the CLI's process
+  group (SIGTERM or SIGKILL) leaves a running tool command alive, re-parented to init. Kill the groups of the
+  CLI's descendants too (tests/claude_fixtures.kill_tree), or contain the CLI in a cgroup/systemd scope.
+* ``--resume <session_id>``: the first request carries the whole earlier conversation (user prompt,
+  assistant tool_use, user tool_result, assistant text) followed by the new prompt; the result keeps the same
+  session_id (unless ``--fork-session``); ``num_turns`` counts only the new run. Sessions are stored in
+  ``$CLAUDE_CONFIG_DIR/projects/<cwd, non-alphanumerics -> '-'>/<session_id>.jsonl``, so resume needs the
+  same config dir and cwd. Unknown UUID: exit 1, no request, stdout only
+  ``{"type":"result","subtype":"error_during_execution","is_error":true,"num_turns":0,
+  "session_id":<a new random id>,"errors":["No conversation found with session ID: <id>"]}``
+  (no "result" key), the same message on stderr. A non-UUID that matches no session title:
+  the same shape with ``errors: ["Error: --resume requires a valid session ID or session title when used with
+  --print. Usage: claude -p --resume <session-id|title>. Provided value \"x\" is not a UUID and does not
+  match any session title."]``.
 """
 
 from __future__ import annotations
