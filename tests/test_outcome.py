@@ -8,6 +8,8 @@ import pytest
 
 from ccci_dist.outcome import DETAIL_MAX, Outcome, classify, short_detail
 
+pytest_plugins = ["claude_fixtures"]  # fixtures: claude_bin, scripted_model
+
 NOW = datetime(2026, 2, 3, 12, 0, tzinfo=UTC)
 RESET_EPOCH = 1770130800  # 2026-02-03T15:00Z
 
@@ -146,3 +148,33 @@ def test_outcome_round_trips_as_json():
     out = classify(err("You've hit your limit · resets 3pm (America/Bogota)"), [], 1, None, "", NOW)
     again = Outcome.model_validate_json(out.model_dump_json())
     assert again == out and again.limit is not None and again.limit.display() == "15:00 (America/Bogota)"
+
+
+# The real Claude Code CLI against a scripted Messages API: its actual result objects classify as expected.
+REAL_CLI = [
+    ("success", "text", None, "success", "continue"),
+    ("401", "error", (401, None), "auth", "stop"),
+    ("429", "error", (429, None), "rate_limited", "backoff"),
+    ("529", "error", (529, None), "overloaded", "backoff"),
+    ("500", "error", (500, None), "api_error", "backoff"),
+    ("prompt-too-long", "error", (400, "prompt is too long: 250000 tokens > 200000 maximum"), "context_limit",
+     "continue"),
+]
+
+
+@pytest.mark.slow
+@pytest.mark.claude
+@pytest.mark.parametrize("turn,arg,kind,action", [c[1:] for c in REAL_CLI], ids=[c[0] for c in REAL_CLI])
+def test_classify_real_cli_results(claude_bin, scripted_model, tmp_path, turn, arg, kind, action):
+    from claude_fixtures import claude_env, run_claude
+    from scripted_model.server import error, text
+
+    reply = text("done") if turn == "text" else error(arg[0], arg[1])
+    model = scripted_model([reply], default=reply)
+    (tmp_path / "home").mkdir()
+    (tmp_path / "work").mkdir()
+    run = run_claude("hi", tmp_path / "work", claude_env(model.url, tmp_path / "home", max_retries=0),
+                     claude=claude_bin, timeout=120)
+    events = run.of_type("rate_limit_event")
+    out = classify(run.result, events, run.returncode, None, run.stderr, datetime.now(UTC))
+    assert (out.kind, out.action) == (kind, action), (run.result, run.stderr[-500:])
