@@ -81,3 +81,31 @@ def test_unit_contents(tmp_path):
     boot = unit(out / "ccci-dist-boot.service")["Service"]
     assert boot["Type"] == "oneshot" and boot["RemainAfterExit"] == "yes" and "Restart" not in boot
     assert "\nEnvironment=CCCI_FLOWER_ADDRESS=127.0.0.1\n" in (out / "ccci-dist-flower.service").read_text()
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--user", "no-such-user-ccci"], "does not exist"),
+    (["--user", USER, "--prefix", "/nonexistent"], "is not an executable"),
+    (["--user", USER, "--state-dir", "relative/dir"], "must be an absolute path"),
+    (["--user", USER, "--state-dir", "/a b"], "must be an absolute path"),
+])
+def test_bad_input_one_line_exit_2_nothing_written(tmp_path, args, needle):
+    out = tmp_path / "units"
+    if "--prefix" not in args:
+        args = [*args, "--prefix", str(PREFIX)]
+    r = cli("systemd", "render", *args, "--out", str(out))
+    assert r.returncode == 2
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and needle in lines[0], r.stderr
+    assert not out.exists()
+
+
+def test_install_without_running_systemd_says_so(tmp_path):
+    if Path("/run/systemd/system").is_dir():
+        pytest.skip("systemd is running here; install would really reload it")
+    units = tmp_path / "etc-systemd"
+    r = cli("systemd", "render", "--user", USER, "--prefix", str(PREFIX), "--out", str(tmp_path / "u"),
+            "--install", "--unit-dir", str(units))
+    assert r.returncode == 1
+    assert "systemd is not running" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert (units / "ccci-dist-worker@.service").is_file()
