@@ -46,7 +46,7 @@ class WorkerProfile(BaseModel):
     queues: list[str] = Field(description="Celery queues, e.g. ccci.builder, ccci.reviewer, ccci.control")
     concurrency: int = Field(3, description="threads; >= loop queues + 1 (the watchdog)")
     pool: Literal["threads", "prefork"] = "threads"
-    beat: bool = Field(False, description="embed beat (-B -S redbeat.RedBeatScheduler); single-host setups only")
+    beat: bool = Field(False, description="embed RedBeat beat (-B --scheduler ...); single-host setups only")
     agent_command: str | None = None
     agent_flags: str | None = None
     env: dict[str, str] = Field(default_factory=dict, description="extra env for the worker and its agents")
@@ -156,7 +156,8 @@ def worker_argv(profile: WorkerProfile, extra: tuple[str, ...] = ()) -> list[str
     argv = [*celery_argv(), "-A", "ccci_dist", "worker", "-P", profile.pool, "-c", str(profile.concurrency),
             "-Q", ",".join(profile.queues), "-n", profile.nodename]
     if profile.beat:
-        argv += ["-B", "-S", REDBEAT]
+        # `worker -S` is --statedb, not the scheduler (that is `beat -S`): spell it out.
+        argv += ["-B", "--scheduler", REDBEAT]
     return [*argv, "--loglevel", profile.loglevel, *extra]
 
 

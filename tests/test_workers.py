@@ -73,9 +73,10 @@ def test_dry_run_each_shipped_profile(path):
     expect = (f"-A ccci_dist worker -P {prof.pool} -c {prof.concurrency} -Q {','.join(prof.queues)} "
               f"-n {prof.name}@%h")
     assert expect in cmd and cmd.endswith("--loglevel INFO")
-    assert ("-B -S redbeat.RedBeatScheduler" in cmd) == prof.beat
-    assert envline.startswith("env (values hidden): ") and "PATH" in envline
-    assert "/usr/bin" not in r.stdout  # values are never printed
+    assert ("-B --scheduler redbeat.RedBeatScheduler" in cmd) == prof.beat
+    assert " -S " not in cmd  # worker -S is --statedb
+    assert envline.startswith("env (values hidden): ") and all(k in envline.split() for k in prof.env)
+    assert "/usr/bin" not in r.stdout and "/var/lib" not in r.stdout  # values are never printed
 
 
 def test_dry_run_env_keys_and_flags(tmp_path):
@@ -207,3 +208,19 @@ def test_sd_notify_ready_watchdog_stopping(tmp_path, redis_url):
     finally:
         proc.kill()
         sock.close()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_real_beat_takes_the_redbeat_lock(tmp_path, redis_url):
+    env = {"CCCI_BROKER_URL": redis_url, "CCCI_STATE_DIR": str(tmp_path / "state"), "CCCI_CONFIG": ""}
+    assert cli("beat", "--check", env=env).returncode == 1  # no beat yet: unhealthy
+    proc = Proc([*CLI, "beat"], tmp_path / "beat.log", env=env, cwd=tmp_path).start()
+    try:
+        wait_for(lambda: proc.alive() and cli("beat", "--check", env=env).returncode == 0, 60, 1.0,
+                 f"beat lock; log: {proc.output()[-1500:]}")
+        cmdline = Path(f"/proc/{proc.pid}/cmdline").read_bytes().split(b"\0")
+        assert b"beat" in cmdline and b"redbeat.RedBeatScheduler" in cmdline  # exec'd celery, same pid
+        assert not any(b"test-redis-pw" in a for a in cmdline)
+    finally:
+        proc.stop()
