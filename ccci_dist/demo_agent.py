@@ -11,7 +11,8 @@ Test switches:
   CCCI_DEMO_SLEEP=SECS    work this long (an event every 0.2 s, so no stall)
   CCCI_DEMO_FAULT=F       a fault on every run
   CCCI_DEMO_CONTROL=FILE  JSON {role: [fault, ...]}: each run pops its role's first fault
-Faults: crash | hang | nonjson | exit1 | auth | violate | limit:SECS | limit_text:TEXT | slow:SECS
+Faults: crash | hang | nonjson | exit1 | auth | violate | limit:SECS | limit_text:TEXT | slow:SECS |
+        echo:FILE (print FILE's text as a tool result, then work normally)
 """
 
 from __future__ import annotations
@@ -35,12 +36,20 @@ def _emit(ev: dict) -> None:
     sys.stdout.flush()
 
 
-def _record(event: str, ctx: dict) -> None:
+def _section(prompt: str, heading: str) -> str:
+    head = f"\n## {heading}\n"
+    return prompt.split(head, 1)[1].split("\n## ", 1)[0].strip() if head in prompt else ""
+
+
+def _record(event: str, ctx: dict, prompt: str = "") -> None:
     path = os.environ.get("CCCI_DEMO_LOG")
     if not path:
         return
     rec = {"event": event, "role": ctx.get("role"), "run": ctx.get("run"), "iteration": ctx.get("iteration"),
            "pid": os.getpid(), "host": os.environ.get("CCCI_HOSTNAME") or socket.gethostname(), "t": time.time()}
+    if event == "start":
+        rec["note"] = _section(prompt, "Note from the runner")
+        rec["inbox"] = _section(prompt, "Operator messages (INBOX)")
     with open(path, "a") as f:
         fcntl.flock(f, fcntl.LOCK_EX)
         f.write(json.dumps(rec) + "\n")
@@ -98,10 +107,7 @@ def _append(name: str, text: str) -> None:
 
 
 def _inbox_ids(prompt: str) -> list[str]:
-    head = "\n## Operator messages (INBOX)\n"
-    if head not in prompt:
-        return []
-    section = prompt.split(head, 1)[1].split("\n## ", 1)[0]
+    section = _section(prompt, "Operator messages (INBOX)")
     return [line[1:].split("]", 1)[0] for line in section.splitlines() if line.startswith("[")]
 
 
@@ -171,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     ctx = parse_context(prompt)
     role = ctx.get("role", "builder")
     fault = _pop_fault(role)
-    _record("start", ctx)
+    _record("start", ctx, prompt)
     started = time.monotonic()
     _emit({"type": "system", "subtype": "init", "session_id": session, "cwd": os.getcwd()})
     try:
@@ -214,6 +220,8 @@ def _act(ctx: dict, prompt: str, role: str, fault: str, session: str, started: f
     if name == "limit_text":
         _emit(_result(session, started, arg, prompt, error=True))
         return 1
+    if name == "echo":  # a tool result that quotes a file: must never be read as a limit
+        _emit({"type": "user", "message": {"content": [{"type": "tool_result", "content": _read(arg)}]}})
     _work(float(arg) if name == "slow" else float(os.environ.get("CCCI_DEMO_SLEEP", "0")))
     text = builder(ctx, prompt, name) if role == "builder" else reviewer(ctx, prompt, name)
     _emit({"type": "assistant", "message": {"content": [{"type": "text", "text": text}]}})

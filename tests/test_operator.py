@@ -1,0 +1,206 @@
+"""Operator channels and self-healing, end to end: INBOX, usage-limit stalls, isolation.
+
+Real redis-server, real Celery worker + beat processes, real git, the demo agent's faults.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import time
+from datetime import UTC, datetime, timedelta
+from zoneinfo import ZoneInfo
+
+import pytest
+import redis
+from harness import git, wait_for
+
+pytestmark = pytest.mark.slow
+
+
+def _r(bed) -> redis.Redis:
+    return redis.Redis.from_url(bed.env["CCCI_BROKER_URL"], decode_responses=True)
+
+
+def _starts(bed, role: str) -> list[dict]:
+    return [e for e in bed.agent_events() if e["event"] == "start" and e["role"] == role]
+
+
+def _history(bed) -> list[dict]:
+    return [json.loads(line) for line in bed.cli("history", "--json", "--limit", "1000").stdout.splitlines()]
+
+
+def _push_file(bed, name: str, text: str) -> None:
+    work = bed.tmp / f"op-{time.monotonic_ns()}"
+    subprocess.run(["git", "clone", "-q", str(bed.repo), str(work)], check=True)
+    (work / name).write_text(text)
+    git("add", name, cwd=work)
+    git("-c", "user.name=op", "-c", "user.email=op@x", "commit", "-q", "-m", f"operator: {name}", cwd=work)
+    git("push", "-q", "origin", "main", cwd=work)
+
+
+def test_inbox_message_survives_a_killed_iteration_and_is_acked_once(bed):
+    bed.faults(builder=["slow:3", "slow:6"], reviewer=["slow:60"])
+    bed.beat()
+    w1 = bed.worker("w1", queues="ccci.control,ccci.builder")
+    bed.worker("wr", queues="ccci.reviewer")
+    bed.cli("start")
+    wait_for(lambda: len(_starts(bed, "builder")) == 1, 30, 0.1, "first builder iteration")
+    out = bed.cli("inbox", "send", "--to", "builder", "please add a CHANGELOG").stdout
+    mid = out.strip().rsplit(" ", 1)[1]
+    # The next iteration carries it in its prompt...
+    second = wait_for(lambda: next((e for e in _starts(bed, "builder") if mid in e["inbox"]), None), 30, 0.1,
+                      "an iteration whose prompt has the message")
+    assert second["iteration"] == "2"
+    listed = bed.cli("inbox", "list").stdout
+    assert mid in listed and "pending" in listed
+    # ...and is killed with its host: the message stays pending and goes to the re-run.
+    bed.worker("w2", queues="ccci.control,ccci.builder")
+    w1.kill(signal.SIGKILL)
+    wait_for(lambda: sum(mid in e["inbox"] for e in _starts(bed, "builder")) >= 2, 30, 0.1, "re-delivery")
+    wait_for(lambda: any(h["inbox_acked"] == mid for h in _history(bed)), 30, 0.2, "ack")
+    time.sleep(2)
+    acks = [h for h in _history(bed) if h["inbox_acked"] == mid]
+    assert len(acks) == 1 and acks[0]["role"] == "builder" and acks[0]["outcome"] == "success"
+    later = [e for e in _starts(bed, "builder") if int(e["iteration"]) > int(acks[0]["iteration"])]
+    assert all(mid not in e["inbox"] for e in later), "an acknowledged message was delivered again"
+    seen = (bed.clone() / "work" / "inbox-seen.md").read_text()
+    assert seen.count(mid) == 1
+    assert "delivered" in bed.cli("inbox", "list", "--role", "builder").stdout
+
+
+def test_inbox_md_entries_are_picked_up_once(bed):
+    bed.env["CCCI_INBOX_POLL_INTERVAL"] = "1"
+    bed.faults(builder=["slow:60"], reviewer=["slow:60"])  # keep loops busy: nothing is acked
+    bed.worker("w1", beat=True)
+    bed.cli("start")
+    _push_file(bed, "INBOX.md", "# Inbox\n\n- @builder: rename the service\n- both roles: read the new brief\n")
+    r = _r(bed)
+    wait_for(lambda: r.xlen("ccci:inbox:default:builder") == 2, 20, 0.2, "INBOX.md entries for builder")
+    assert r.xlen("ccci:inbox:default:reviewer") == 1
+    texts = [f["text"] for _, f in r.xrange("ccci:inbox:default:builder")]
+    assert texts == ["rename the service", "both roles: read the new brief"]
+    _push_file(bed, "INBOX.md", "# Inbox\n\n- @builder: rename the service\n- both roles: read the new brief\n"
+               "- @reviewer: re-check D2\n")
+    wait_for(lambda: r.xlen("ccci:inbox:default:reviewer") == 2, 20, 0.2, "the new entry")
+    time.sleep(3)  # several more polls of an unchanged file
+    assert r.xlen("ccci:inbox:default:builder") == 2 and r.xlen("ccci:inbox:default:reviewer") == 2
+
+
+@pytest.mark.parametrize("args,stdin,error", [
+    (["inbox", "send", ""], None, "message is empty"),
+    (["inbox", "send", "   \n"], None, "message is empty"),
+    (["inbox", "send", "-"], b"x" * (64 * 1024 + 1), "over the 64 KiB limit"),
+    (["inbox", "send", "-"], b"caf\xe9 latin-1", "not valid UTF-8"),
+    (["inbox", "send", "--to", "tester", "hi"], None, "unknown role 'tester'"),
+    (["inbox", "list", "--role", "tester"], None, "unknown role 'tester'"),
+])
+def test_inbox_bad_input(bed, args, stdin, error):
+    bed.cli("start")  # no worker: nothing runs, the run exists
+    r = _r(bed)
+    before = {k: r.xlen(k) for k in ("ccci:inbox:default:builder", "ccci:inbox:default:reviewer")}
+    p = subprocess.run([*bed_cmd(), *args], input=stdin, capture_output=True, env=bed_env(bed), timeout=30)
+    assert p.returncode == 2, p
+    err = p.stderr.decode()
+    assert err.startswith("error: ") and error in err and err.count("\n") == 1, err
+    assert {k: r.xlen(k) for k in before} == before
+
+
+def bed_cmd() -> list[str]:
+    import sys
+
+    return [sys.executable, "-m", "ccci_dist"]
+
+
+def bed_env(bed) -> dict[str, str]:
+    import os
+
+    return {**os.environ, **bed.env}
+
+
+def test_usage_limit_event_stalls_until_reset_then_resumes_with_nudge(bed):
+    bed.env["CCCI_LIMIT_MARGIN_MAX"] = "5"
+    bed.faults(builder=["limit:20"])
+    bed.worker("w1", beat=True)
+    t0 = time.time()
+    bed.cli("start")
+    st = bed.wait_status(lambda st: st["loops"]["builder"]["state"].startswith("stalled until"), 30, "stalled")
+    assert "(UTC)" in st["loops"]["builder"]["state"] or "(" in st["loops"]["builder"]["state"]
+    reset = float(_r(bed).hget("ccci:loop:default:builder", "stalled_until"))
+    assert t0 + 20 <= reset <= t0 + 20 + 5 + 10
+    nxt = wait_for(lambda: next((e for e in _starts(bed, "builder")[1:]), None), 60, 0.2, "resume after reset")
+    assert nxt["t"] >= reset - 0.01, "resumed before the reset time"
+    assert "usage limit" in nxt["note"]
+    h = [x for x in _history(bed) if x["role"] == "builder"]
+    assert h[0]["outcome"] == "usage_limit"
+    assert len(_starts(bed, "builder")) >= 2 and all(x["t"] >= reset - 0.01 for x in _starts(bed, "builder")[1:])
+
+
+def _expected_reset(text_time: str, zone: str, now: datetime) -> datetime:
+    hh, mm = text_time.split(":")
+    local = now.astimezone(ZoneInfo(zone))
+    at = local.replace(hour=int(hh), minute=int(mm), second=0, microsecond=0)
+    if at <= local:
+        at += timedelta(days=1)
+    return at
+
+
+def test_each_limit_text_form_stalls_the_loop(bed):
+    """Every known result-text form stalls the loop until its parsed reset (no agent runs before it)."""
+    now = datetime.now(UTC)
+    epoch = int(time.time()) + 3600
+    zone = "Asia/Calcutta"
+    local = (now + timedelta(hours=2)).astimezone(ZoneInfo(zone))
+    hm12 = local.strftime("%I:%M%p").lstrip("0").lower()
+    hm24 = local.strftime("%H:%M")
+    forms = [
+        (f"Claude AI usage limit reached|{epoch}", datetime.fromtimestamp(epoch, UTC)),
+        (f"Claude usage limit reached. Your limit will reset at {hm12} ({zone}).", None),
+        (f"5-hour limit reached · resets {hm12} ({zone}) · /upgrade to Max", None),
+        (f"You've hit your limit · resets {hm12} ({zone})", None),
+        (f"You've hit your session limit · resets {hm12} ({zone})", None),
+        (f"You're out of extra usage · resets {hm12} ({zone})", None),
+    ]
+    bed.faults(builder=[f"limit_text:{text}" for text, _ in forms])
+    bed.worker("w1", beat=True)
+    r = _r(bed)
+    for n, (text, expected) in enumerate(forms, 1):
+        if n == 1:
+            bed.cli("start")
+        else:
+            bed.cli("start")  # the operator restart clears the stall; the next fault is the next form
+        wait_for(lambda n=n: len([h for h in _history(bed) if h["role"] == "builder"]) >= n, 30, 0.2, f"form {n}")
+        until = datetime.fromtimestamp(float(r.hget("ccci:loop:default:builder", "stalled_until")), UTC)
+        want = expected or _expected_reset(hm24, zone, datetime.now(UTC))
+        assert want <= until <= want + timedelta(seconds=95), (text, until, want)
+        assert [h for h in _history(bed) if h["role"] == "builder"][-1]["outcome"] == "usage_limit", text
+        starts = len(_starts(bed, "builder"))
+        time.sleep(1.5)
+        assert len(_starts(bed, "builder")) == starts, f"agent ran during the stall ({text})"
+
+
+def test_limit_text_inside_a_tool_result_does_not_stall(bed):
+    _push_file(bed, "NOTES.md", "Someone wrote: You've hit your limit · resets 3:30am (Asia/Calcutta)\n")
+    bed.faults(builder=["echo:NOTES.md"])
+    bed.worker("w1", beat=True)
+    bed.cli("start")
+    wait_for(lambda: any(h["role"] == "builder" for h in _history(bed)), 30, 0.2, "first builder iteration")
+    first = [h for h in _history(bed) if h["role"] == "builder"][0]
+    assert first["outcome"] == "success"
+    assert not _r(bed).hget("ccci:loop:default:builder", "stalled_until")
+
+
+@pytest.mark.parametrize("role,other", [("reviewer", "STATUS.md"), ("builder", "REVIEW.md")])
+def test_isolation_violation_is_refused_and_reported(bed, role, other):
+    bed.faults(**{role: ["violate"]})
+    bed.worker("w1", beat=True)
+    bed.cli("start")
+    h = wait_for(lambda: next((h for h in _history(bed) if h["role"] == role and h["violations"]), None), 30, 0.2,
+                 "the refused iteration")
+    assert other in h["violations"] and not h["commit"]
+    log = git("log", "--format=%s", "main", cwd=bed.repo)
+    assert "forge a review line" not in log and "edit a builder file" not in log
+    nxt = wait_for(lambda: next((e for e in _starts(bed, role) if int(e["iteration"]) > int(h["iteration"])), None),
+                   30, 0.2, "the next iteration")
+    assert "NOT pushed" in nxt["note"] and other in nxt["note"]
