@@ -217,3 +217,25 @@ def test_flower_help_is_fast():
     t = time.monotonic()
     assert cli("flower", "--help").returncode == 0
     assert time.monotonic() - t < 20
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_tasks_visible_in_flower_api(flower, redis_server, tmp_path):
+    """A real worker runs a real ccci task; Flower's authenticated API shows it (helper: wait_task)."""
+    from celery import Celery
+    from harness import celery_worker
+
+    env = {"CCCI_BROKER_URL": redis_server.url, "CCCI_STATE_DIR": str(tmp_path / "state"), "CCCI_CONFIG": ""}
+    worker = celery_worker(env, tmp_path / "worker.log", queues="ccci.control", hostname="fl@%h",
+                           concurrency=2).start()
+    app = Celery("probe", broker=redis_server.url, set_as_current=False)
+    app.conf.update(accept_content=["json"], task_serializer="json")
+    try:
+        wait_for(lambda: any(k.startswith("fl@") for k in flower.client.workers()), 60, 1.0, "worker in Flower")
+        app.send_task("ccci.watchdog", queue="ccci.control")
+        task = flower.client.wait_task("ccci.watchdog", "SUCCESS", timeout=60)
+        assert task["worker"].startswith("fl@")
+    finally:
+        worker.stop()
+        app.close()
