@@ -8,6 +8,11 @@ num_turns, total_cost_usd, usage and duration_ms. ``rate_limit_event`` lines car
 Runner-side caps, because the CLI's own ``--max-turns`` can fail open: a wall-clock limit
 and a stall limit (no new event for N seconds). Either, or an external ``kill()`` (stop,
 lost lease), ends the whole process group: SIGTERM, then SIGKILL after a grace period.
+
+Claude Code starts each Bash tool command in a session of its own, so killing the CLI's
+group is not enough: every process of an iteration carries a marker in its environment
+(``CCCI_AGENT_MARK``), and the runner kills whatever still carries it — during the run
+and after it ends, orphans included.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import signal
 import subprocess
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -58,12 +64,39 @@ class IterationResult(BaseModel):
     result_text: str = ""
 
 
-def build_command(agent_command: str, agent_flags: str = "", session_id: str | None = None) -> list[str]:
-    """argv for one iteration: the configured command, extra flags, and ``--resume`` if any."""
+MARK_VAR = "CCCI_AGENT_MARK"
+
+
+def build_command(agent_command: str, agent_flags: str = "", session_id: str | None = None,
+                  user: str = "") -> list[str]:
+    """argv for one iteration: the configured command, extra flags, ``--resume`` if any.
+
+    With ``user`` the agent runs as that (non-root) user through ``setpriv``, keeping the
+    environment (``runuser`` would reset HOME).
+    """
     argv = shlex.split(agent_command) + shlex.split(agent_flags)
     if session_id:
         argv += ["--resume", session_id]
+    if user:
+        argv = ["setpriv", f"--reuid={user}", f"--regid={user}", "--init-groups", "--", *argv]
     return argv
+
+
+def marked_pids(mark: str) -> list[int]:
+    """Processes whose environment carries ``CCCI_AGENT_MARK=mark`` (this iteration's)."""
+    needle = f"{MARK_VAR}={mark}".encode() + b"\0"
+    me = os.getpid()
+    found = []
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit() or int(entry.name) == me:
+            continue
+        try:
+            with open(f"/proc/{entry.name}/environ", "rb") as f:
+                if needle in f.read() + b"\0":
+                    found.append(int(entry.name))
+        except OSError:
+            continue
+    return found
 
 
 def parse_stream(lines: list[str]) -> IterationResult:
@@ -111,7 +144,8 @@ class AgentProcess:
                  env: dict[str, str] | None = None, on_line: Callable[[str], None] | None = None,
                  kill_grace: float = 1.0):
         self.argv, self.prompt, self.cwd, self.log_path = argv, prompt, cwd, log_path
-        self.env = env
+        self.mark = uuid.uuid4().hex
+        self.env = {**(os.environ if env is None else env), MARK_VAR: self.mark}
         self.on_line = on_line
         self.kill_grace = kill_grace
         self.proc: subprocess.Popen | None = None
@@ -176,6 +210,11 @@ class AgentProcess:
             self._reap_group()
             return
         self._signal(signal.SIGTERM)
+        for pid in marked_pids(self.mark):
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except (ProcessLookupError, PermissionError):
+                pass
         deadline = time.monotonic() + self.kill_grace
         while time.monotonic() < deadline and self.proc.poll() is None:
             time.sleep(0.02)
@@ -189,9 +228,20 @@ class AgentProcess:
             pass
 
     def _reap_group(self) -> None:
-        # The leader may be gone while its children (node, bash tool calls) live on.
+        # The leader may be gone while its children (node, bash tool calls in sessions of
+        # their own, orphans) live on: end everything that carries this iteration's mark.
         if self.proc is not None:
             self._signal(signal.SIGKILL)
+        for _ in range(3):
+            pids = marked_pids(self.mark)
+            if not pids:
+                return
+            for pid in pids:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except (ProcessLookupError, PermissionError):
+                    pass
+            time.sleep(0.05)
 
     def wait(self, time_limit: float, stall_limit: float) -> IterationResult:
         """Wait for exit, enforcing the wall-clock and stall limits; return the parsed result."""

@@ -83,6 +83,7 @@ class Settings(BaseSettings):
     state_dir: Path = Field(Path("~/.local/state/ccci-dist"))
     agent_command: str = DEFAULT_AGENT_COMMAND
     agent_flags: str = Field("", description="extra agent flags, e.g. permission flags")
+    agent_user: str = Field("", description="run the agent as this user (setpriv); needed for some flags as root")
     agent_resume: bool = Field(True, description="continue each role's agent session")
     lease_ttl: float = Field(10.0, gt=0.5, description="seconds")
     watchdog_interval: float = Field(5.0, gt=0.1, description="seconds")

@@ -122,7 +122,7 @@ class Iteration:
         prompt = assemble(role=self.role, run=self.run, iteration=self.number, phase=run_hash.get("phase", ""),
                           plan=plan, inbox=inbox, nudges=nudges)
         session = loop.get("session_id") if self.s.agent_resume and loop.get("fresh_session") != "1" else None
-        argv = build_command(self.s.agent_command, self.s.agent_flags, session or None)
+        argv = build_command(self.s.agent_command, self.s.agent_flags, session or None, self.s.agent_user)
         log_path = self.s.state_dir / "logs" / self.run / self.role / f"{self.number:06d}-{self.attempt}.jsonl"
         stream = k_log(self.run, self.role)
         self.agent = AgentProcess(argv, prompt, ws.path, log_path, env=agent_env(self.s, self.run, self.role),
@@ -194,7 +194,7 @@ class Iteration:
         if res.session_id and not getattr(outcome, "fresh_session", False):
             fields["session_id"] = res.session_id
         fields["fresh_session"] = "1" if getattr(outcome, "fresh_session", False) else ""
-        nudges: list[str] = []
+        nudges: list[str] = ["fresh_session"] if getattr(outcome, "fresh_session", False) else []
         if violations:
             nudges.append(f"Your last commits were NOT pushed: they change files your role may not touch "
                           f"({', '.join(violations[:10])}). Redo the work without touching them.")

@@ -94,7 +94,8 @@ def send_now(urls: Sequence[str], kind: str, title: str, body: str, timeout: flo
             plugin.socket_read_timeout = timeout
             sender = apprise.Apprise()
             sender.add(plugin)
-            sent = sender.notify(body=body or title, title=title,
+            # The kind leads the title so receivers can filter on it.
+            sent = sender.notify(body=body or title, title=f"[{kind}] {title}",
                                  notify_type=_TYPES.get(kind, apprise.NotifyType.INFO))
         except Exception as exc:  # a notifier bug must not reach the loop
             log.warning("%s: %s while sending %s", label, type(exc).__name__, kind)

@@ -17,7 +17,7 @@ from .limits import LimitInfo, from_rate_limit_event, parse_limit_text
 
 OutcomeKind = Literal[
     "success", "usage_limit", "rate_limited", "overloaded", "auth", "context_limit", "turn_limit",
-    "api_error", "crash", "no_result", "stalled", "timed_out", "stopped", "lease_lost",
+    "api_error", "crash", "no_result", "stalled", "timed_out", "stopped", "lease_lost", "session_missing",
 ]
 Action = Literal["continue", "stall", "backoff", "stop", "resume"]
 KILL_REASONS = ("stall", "time_limit", "stopped", "lease_lost")
@@ -119,8 +119,17 @@ def classify(
     return _classify_no_result(exit_code, stderr_tail or "", now)
 
 
+_NO_SESSION = re.compile(r"No conversation found with session ID", re.IGNORECASE)
+
+
 def _classify_error(result: dict[str, Any], now: datetime) -> Outcome:
     text = str(result.get("result") or "")
+    errors = " ".join(str(e) for e in result.get("errors") or [] if e)
+    if _NO_SESSION.search(errors) or _NO_SESSION.search(text):
+        # --resume of a session this host no longer has: start a fresh one right away.
+        return Outcome(kind="session_missing", action="continue", fresh_session=True,
+                       detail=short_detail(errors or text))
+    text = text or errors
     status = _status(result)
     subtype = str(result.get("subtype") or "")
     snippet = short_detail(text) or subtype or "error result"

@@ -96,3 +96,27 @@ def _alive(pid: int) -> bool:
             return f.read().split()[2] != "Z"
     except FileNotFoundError:
         return False
+
+
+def test_tool_processes_in_their_own_session_die_with_the_iteration(tmp_path):
+    """Like Claude Code's Bash tool: a grandchild in a new session outlives a plain group kill."""
+    argv = _script(tmp_path, "import subprocess, sys, time\n"
+                   "c = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)'], "
+                   "start_new_session=True)\n"
+                   "open(sys.argv[1], 'w').write(str(c.pid))\n"
+                   "print('{\"type\": \"result\", \"subtype\": \"success\"}', flush=True)\n")
+    pidfile = tmp_path / "orphan.pid"
+    p = AgentProcess([*argv, str(pidfile)], "", tmp_path, tmp_path / "log.jsonl", kill_grace=0.3)
+    p.start()
+    r = p.wait(time_limit=30, stall_limit=30)
+    assert r.exit_code == 0
+    orphan = int(pidfile.read_text())
+    deadline = time.monotonic() + 3
+    while _alive(orphan) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _alive(orphan), "a tool process of a finished iteration was left running"
+
+
+def test_build_command_as_other_user():
+    assert build_command("claude -p", "", None, "ccci-agent")[:5] == [
+        "setpriv", "--reuid=ccci-agent", "--regid=ccci-agent", "--init-groups", "--"]

@@ -67,7 +67,7 @@ def test_each_kind_arrives(receiver, kind):
     assert send_now([receiver.url()], kind, f"title of {kind}", f"body of {kind}") is True
     [msg] = receiver.messages
     assert msg["path"] == "/hook"
-    assert (msg["json"]["title"], msg["json"]["message"]) == (f"title of {kind}", f"body of {kind}")
+    assert (msg["json"]["title"], msg["json"]["message"]) == (f"[{kind}] title of {kind}", f"body of {kind}")
 
 
 def test_credentials_reach_the_notifier(receiver):
