@@ -136,7 +136,7 @@ def test_notify_sync_uses_settings(receiver):
 
     s = Settings(notify_urls=[receiver.url(auth=f"{TOKEN}@")])
     assert notify_sync(s, "budget_reached", "budget", "spent 10 USD") is True
-    assert receiver.messages[0]["json"]["title"] == "budget"
+    assert receiver.messages[0]["json"]["title"] == "[budget_reached] budget"
 
 
 def _clear_settings_cache(cc) -> None:
@@ -219,7 +219,7 @@ def test_notify_through_real_worker(redis_url, receiver, tmp_path, app_env):
         before_task_publish.disconnect(capture)
         worker.stop()
     msg = receiver.messages[0]
-    assert msg["json"]["title"] == "run1/builder: usage limit"
+    assert msg["json"]["title"] == "[limit_stall] run1/builder: usage limit"
     assert msg["json"]["message"] == "stalled until 15:00 (America/Bogota)"
     assert msg["auth"] == "Basic " + base64.b64encode(f"user:{TOKEN}".encode()).decode()
     [sent] = published
