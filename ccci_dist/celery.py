@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 
-from celery import Celery
+from celery import Celery, signals
 
 from .config import Settings, load_config
 
@@ -83,6 +83,33 @@ def celery_config(s: Settings, broker: str) -> dict:
 @app.on_configure.connect
 def _configure(sender: Celery, **_: object) -> None:
     from .broker import broker_url
+    from .logsetup import register_secret
 
     s = settings()
-    sender.conf.update(celery_config(s, broker_url(s, start=True)))
+    url = broker_url(s, start=True)
+    register_secret(_password(url))
+    for secret in s.notify_urls:
+        register_secret(secret.get_secret_value())
+    sender.conf.update(celery_config(s, url))
+
+
+def _password(url: str) -> str | None:
+    from urllib.parse import urlsplit
+
+    return urlsplit(url).password
+
+
+@signals.setup_logging.connect
+def _logging(loglevel: str | None = None, **_: object) -> None:
+    from .logsetup import configure_logging
+
+    configure_logging(loglevel or "INFO")
+
+
+def _install_sd_notify() -> None:
+    from .workers import install_sd_notify
+
+    install_sd_notify(app)
+
+
+_install_sd_notify()

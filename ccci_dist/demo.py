@@ -100,7 +100,7 @@ def demo_cmd(obj: Ctx, plan_dir: Path | None, timeout: float) -> None:
     with open(worker_log, "ab") as out:
         worker = subprocess.Popen(
             [sys.executable, "-m", "celery", "-A", "ccci_dist", "worker", "-P", "threads", "-c", "4", "-B",
-             "-S", "redbeat.RedBeatScheduler", "-Q", "ccci.control,ccci.builder,ccci.reviewer",
+             "--scheduler", "redbeat.RedBeatScheduler", "-Q", "ccci.control,ccci.builder,ccci.reviewer",
              "-n", "demo@%h", "--loglevel", "INFO", "--without-mingle", "--without-gossip"],
             env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     try:
