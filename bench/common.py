@@ -228,6 +228,17 @@ def rss_kb(pid: int) -> int:
     return 0
 
 
+def pss_kb(pid: int) -> int:
+    """Proportional set size: shared (copy-on-write) pages divided among the processes sharing them."""
+    try:
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            if line.startswith("Pss:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
 def children(pid: int) -> list[int]:
     out: list[int] = []
     try:
@@ -246,9 +257,9 @@ def cmdline(pid: int) -> str:
         return ""
 
 
-def tree_rss(roots: list[int], exclude: str) -> tuple[int, list[tuple[int, int, str]]]:
-    """Summed VmRSS (kB) of ``roots`` and their descendants, skipping (with their descendants)
-    any process whose command line contains ``exclude`` (the agents)."""
+def tree_rss(roots: list[int], exclude: str, pss: bool = False) -> tuple[int, list[tuple[int, int, str]]]:
+    """Summed VmRSS (or PSS) in kB of ``roots`` and their descendants, skipping (with their
+    descendants) any process whose command line contains ``exclude`` (the agents)."""
     total, rows, stack, seen = 0, [], list(roots), set()
     while stack:
         pid = stack.pop()
@@ -258,7 +269,7 @@ def tree_rss(roots: list[int], exclude: str) -> tuple[int, list[tuple[int, int, 
         cmd = cmdline(pid)
         if exclude and exclude in cmd:
             continue
-        kb = rss_kb(pid)
+        kb = pss_kb(pid) if pss else rss_kb(pid)
         total += kb
         rows.append((pid, kb, cmd[:90]))
         stack += children(pid)
