@@ -35,6 +35,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -85,6 +86,7 @@ class Host:
         self.dir = bed.base / name
         self.dir.mkdir(parents=True, exist_ok=True)
         self.procs: list[Proc] = []
+        self.supervisors: list[Supervisor] = []
         self.boot_id_file = self.dir / "boot_id"
         self.boot_id_file.write_text(str(uuid.uuid4()) + "\n")
 
@@ -106,13 +108,20 @@ class Host:
         return subprocess.run(self.wrap(cmd), env=self.env(env), capture_output=True, text=text, timeout=timeout,
                               input=input, cwd=cwd or self.dir)
 
-    def spawn(self, cmd: list[str], log: Path | str, env: dict[str, str] | None = None) -> Proc:
-        """Start a background process inside this namespace; output goes to ``log`` (under the host dir)."""
+    def spawn(self, cmd: list[str], log: Path | str, env: dict[str, str] | None = None,
+              restart: float | None = None) -> Proc:
+        """Start a background process inside this namespace; output goes to ``log`` (under the host dir).
+
+        ``restart`` = seconds: supervise it like systemd's ``Restart=always`` + ``RestartSec`` (the
+        shipped units do), until the host is killed (``kill_all``: a dead host's init is dead too).
+        """
         log = Path(log)
         if not log.is_absolute():
             log = self.dir / log
         p = Proc(self.wrap(cmd), log, env=self.env(env), cwd=ROOT).start()
         self.procs.append(p)
+        if restart is not None:
+            self.supervisors.append(Supervisor(self, p, restart))
         return p
 
     def pids(self) -> list[int]:
@@ -121,6 +130,9 @@ class Host:
 
     def kill_all(self, timeout: float = 15) -> float:
         """kill -9 every process in this namespace (``ip netns pids``); return the time all were dead."""
+        for sup in self.supervisors:
+            sup.halt.set()
+        self.supervisors = []
         deadline = time.monotonic() + timeout
         while True:
             pids = self.pids()
@@ -149,8 +161,31 @@ class Host:
         return bid
 
 
+class Supervisor(threading.Thread):
+    """Restart a process whenever it exits (systemd ``Restart=always``), counting restarts."""
+
+    def __init__(self, host: Host, proc: Proc, delay: float):
+        super().__init__(name=f"supervise-{host.name}", daemon=True)
+        self.host, self.proc, self.delay = host, proc, delay
+        self.halt = threading.Event()
+        self.restarts = 0
+        self.start()
+
+    def run(self) -> None:
+        while not self.halt.is_set():
+            if self.proc.proc is not None and self.proc.proc.poll() is None:
+                self.halt.wait(0.2)
+                continue
+            if self.halt.wait(self.delay):
+                return
+            self.restarts += 1
+            self.proc.start()
+
+
 class Testbed:
     """The namespaces, bridge, Redis and ccci-dist processes of one multi-host test; ``close()`` removes all."""
+
+    __test__ = False  # not a pytest test class
 
     def __init__(self, base: Path, hosts: tuple[str, ...] = ("sched", "w1", "w2"), **env: str):
         self.base = base
@@ -266,17 +301,18 @@ class Testbed:
                            decode_responses=True, **kw)
 
     def worker(self, host: Host, queues: str = ALL_QUEUES, concurrency: int = 4, beat: bool = False,
-               env: dict[str, str] | None = None, log: str = "worker.log") -> Proc:
+               env: dict[str, str] | None = None, log: str = "worker.log", restart: float | None = None) -> Proc:
         cmd = [sys.executable, "-m", "celery", "-A", "ccci_dist", "worker", "-P", "threads", "-c", str(concurrency),
                "-Q", queues, "-n", f"{host.name}@%h", "--loglevel", "INFO", "--without-mingle", "--without-gossip"]
         if beat:
             cmd += ["-B", "-S", "redbeat.RedBeatScheduler"]
-        return host.spawn(cmd, log, env)
+        return host.spawn(cmd, log, env, restart)
 
-    def beat(self, host: Host, env: dict[str, str] | None = None, log: str = "beat.log") -> Proc:
+    def beat(self, host: Host, env: dict[str, str] | None = None, log: str = "beat.log",
+             restart: float | None = None) -> Proc:
         cmd = [sys.executable, "-m", "celery", "-A", "ccci_dist", "beat", "-S", "redbeat.RedBeatScheduler",
                "--loglevel", "INFO", "--schedule", str(host.dir / "beat-schedule")]
-        return host.spawn(cmd, log, env)
+        return host.spawn(cmd, log, env, restart)
 
     def worker_ready(self, host: Host, timeout: float = 30) -> None:
         """Wait until ``host``'s worker announced itself in Redis (registry heartbeat)."""
