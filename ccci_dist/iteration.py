@@ -235,6 +235,8 @@ class Iteration:
                 run_fields["docs"] = ws.docs().model_dump_json()
             except (GitError, OSError):
                 pass
+        if res.total_cost_usd and self.store.fence_ok(self.run, self.role, self.token, self.owner):
+            self._charge(res.total_cost_usd, now)  # before finish: a reached budget holds the successor
         ok = self.store.finish(self.run, self.role, self.token, self.owner,
                                {k: str(v) for k, v in fields.items()}, {k: str(v) for k, v in history.items()},
                                next_task=next_task, run_fields=run_fields, inbox_ack=inbox_last)
@@ -262,8 +264,6 @@ class Iteration:
             notify("auth_failure", f"{who}: agent cannot authenticate; loop stopped", outcome.detail)
         if streak and streak % self.s.failure_notify_after == 0:
             notify("repeated_failures", f"{who}: {streak} failures in a row", outcome.detail)
-        if res.total_cost_usd:
-            self._charge(res.total_cost_usd, now)
 
     def _charge(self, cost: float, now: datetime) -> None:
         day = now.strftime("%Y-%m-%d")

@@ -79,7 +79,12 @@ def k_worker(node: str) -> str:
 # and the lease free. Returns {ok, token|reason, iteration, attempt}.
 CLAIM = """
 local state = redis.call('HGET', KEYS[1], 'state')
-if state ~= 'active' then return {0, 'inactive:' .. tostring(state)} end
+local run_status = redis.call('HGET', KEYS[5], 'status')
+if state ~= 'active' or (run_status and run_status ~= 'active') then
+  -- consumed: a paused or stopped loop gets a fresh message from the watchdog when it resumes
+  if redis.call('GET', KEYS[4]) == ARGV[1] then redis.call('DEL', KEYS[4]) end
+  return {0, 'inactive:' .. tostring(state) .. '/' .. tostring(run_status)}
+end
 if redis.call('GET', KEYS[4]) ~= ARGV[1] then return {0, 'superseded'} end
 if not redis.call('SET', KEYS[2], ARGV[2], 'NX', 'PX', ARGV[3]) then return {0, 'busy'} end
 redis.call('DEL', KEYS[4])
@@ -133,7 +138,9 @@ local rf = cjson.decode(ARGV[7])
 for k, v in pairs(rf) do redis.call('HSET', KEYS[6], k, tostring(v)) end
 if ARGV[8] ~= '' then redis.call('HSET', KEYS[1], 'inbox_acked', ARGV[8]) end
 if redis.call('GET', KEYS[2]) == ARGV[2] then redis.call('DEL', KEYS[2]) end
-if ARGV[5] ~= '' and redis.call('HGET', KEYS[1], 'state') == 'active' then
+local run_status = redis.call('HGET', KEYS[6], 'status')
+if ARGV[5] ~= '' and redis.call('HGET', KEYS[1], 'state') == 'active'
+   and (not run_status or run_status == 'active') then
   redis.call('SET', KEYS[7], ARGV[5])
   redis.call('HSET', KEYS[1], 'next_at', ARGV[6])
 end
@@ -209,7 +216,7 @@ class Store:
 
     # -- leases and fencing ---------------------------------------------------------------
     def claim(self, run: str, role: str, task_id: str, owner: str, ttl: float, host: str) -> list:
-        keys = [k_loop(run, role), k_lease(run, role), k_fence(run, role), k_next(run, role)]
+        keys = [k_loop(run, role), k_lease(run, role), k_fence(run, role), k_next(run, role), k_run(run)]
         return self._claim(keys=keys, args=[task_id, owner, int(ttl * 1000), host, f"{time.time():.3f}"])
 
     def renew(self, run: str, role: str, owner: str, ttl: float) -> bool:

@@ -6,14 +6,17 @@ Nothing here is a mock: each helper starts the real program on a free loopback p
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import redis
@@ -176,3 +179,30 @@ def project_repo(tmp: Path, files: dict[str, str] | None = None) -> Iterator[Pat
     git("-c", "user.name=seed", "-c", "user.email=seed@example.org", "commit", "-q", "-m", "seed", cwd=seed)
     git("push", "-q", str(bare), "main", cwd=seed)
     yield bare
+
+
+class HttpReceiver:
+    """A stdlib HTTP server on a free loopback port that records every POST."""
+
+    def __init__(self) -> None:
+        self.messages: list[dict] = []
+        received = self.messages
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+                raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                received.append({"path": self.path, "auth": self.headers.get("Authorization"),
+                                 "json": json.loads(raw or b"{}")})
+                self.send_response(200)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def url(self, path: str = "/hook", auth: str = "") -> str:
+        return f"json://{auth}127.0.0.1:{self.port}{path}"

@@ -8,44 +8,16 @@ import json
 import logging
 import socket
 import sys
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 from celery.signals import before_task_publish
+from harness import HttpReceiver as Receiver
 from harness import Proc, celery_worker, free_port, wait_for
 
 from ccci_dist.notify import KINDS, TASK_NAME, describe_url, notify, notify_sync, send_now
 
 TOKEN = "SECRETTOKEN"
-
-
-class Receiver:
-    """A stdlib HTTP server on a free loopback port that records every POST."""
-
-    def __init__(self) -> None:
-        self.messages: list[dict] = []
-        received = self.messages
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 - http.server's naming
-                raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                received.append({"path": self.path, "auth": self.headers.get("Authorization"),
-                                 "json": json.loads(raw or b"{}")})
-                self.send_response(200)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-            def log_message(self, *args) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.port = self.server.server_address[1]
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-
-    def url(self, path: str = "/hook", auth: str = "") -> str:
-        return f"json://{auth}127.0.0.1:{self.port}{path}"
 
 
 @pytest.fixture

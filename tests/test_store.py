@@ -69,3 +69,13 @@ def test_task_in_queue_reads_the_broker_list(store):
     store.r.rpush("ccci.builder", json.dumps({"headers": {"id": "abc"}}))
     assert store.task_in_queue("ccci.builder", "abc")
     assert not store.task_in_queue("ccci.builder", "zzz")
+
+
+def test_paused_run_consumes_its_queued_message_without_running(store):
+    store.r.hset("ccci:run:r", "status", "paused")
+    store.try_enqueue("r", "builder", "t1", "q")
+    ok, reason = store.claim("r", "builder", "t1", "o", 5, "h")
+    assert ok == 0 and reason.startswith("inactive:") and "paused" in reason
+    assert store.queued_task("r", "builder") is None and store.lease_owner("r", "builder") is None
+    store.r.hset("ccci:run:r", "status", "active")
+    assert store.try_enqueue("r", "builder", "t2", "q")
