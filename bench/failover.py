@@ -13,7 +13,7 @@ the kill time. The killed host's worker is then restarted so the next round can 
 Baseline (computed from the config, not measured): plain Celery with ``acks_late`` would
 redeliver the killed task only after the Redis transport's ``visibility_timeout``.
 
-Usage: failover.py [--runs 10] [--settings 10:5,3:1]   (TTL:tick pairs, seconds)
+Usage: failover.py [--runs 10] [--settings 10:5,6:2,3:1]   (TTL:tick pairs, seconds)
 """
 
 from __future__ import annotations
@@ -93,7 +93,7 @@ def measure(base: Path, ttl: float, tick: float, runs: int, rng: random.Random) 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--runs", type=int, default=10)
-    ap.add_argument("--settings", default="10:5,3:1", help="comma-separated TTL:tick pairs (seconds)")
+    ap.add_argument("--settings", default="10:5,6:2,3:1", help="comma-separated TTL:tick pairs (seconds)")
     ap.add_argument("--seed", type=int, default=1)
     a = ap.parse_args()
     reason = netns.unavailable_reason()

@@ -1,0 +1,179 @@
+#!/usr/bin/env python3
+"""Scale: 50 loops (25 runs x builder+reviewer) with a fast no-op agent on 2 worker hosts.
+
+Multi-host bed from ``tests/netns.py`` (addresses moved to 10.232.0.0/24): redis-server and a
+separate celery beat on ``sched``, one ``-P threads -c N`` worker on each of ``w1`` and ``w2``.
+Each run has its own bare project repo and is started with ``CCCI_RUN=run-NN ccci-dist start``;
+the plan's DoD is never completed by the no-op agent, so every loop iterates for the whole window.
+
+Figures over the measurement window (after all runs are started):
+  * watchdog tick time p50/max (ms, from ``ccci:watchdog:ticks``), beside the same with 1 run;
+  * Redis ``INFO memory`` used_memory_human (and peak);
+  * iterations/s, beside a baseline of 50 plain bash ``while`` loops running the same agent on
+    the same machine (no git, no Celery) for ``--baseline`` seconds;
+  * duplicates: two agents of one loop alive at once (agent start/stop log), and an iteration
+    number of one loop recorded twice as success in the history. Both must be zero.
+
+Usage: scale.py [--duration 120] [--runs 25] [--concurrency 25] [--baseline 30]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(HERE.parent / "tests"))
+import netns  # noqa: E402
+from common import NOOP_AGENT, loadavg, make_plan, make_repo, pct, row  # noqa: E402
+
+BENCH_SUBNET = "10.232.0"
+netns.ADDRS.update({"sched": f"{BENCH_SUBNET}.1", "w1": f"{BENCH_SUBNET}.11", "w2": f"{BENCH_SUBNET}.12",
+                    "vm": f"{BENCH_SUBNET}.20"})
+
+BASH_LOOPS = r"""
+agent=$1; prompt=$2; out=$3; secs=$4; loops=$5
+end=$(( EPOCHSECONDS + secs ))
+for ((l=0;l<loops;l++)); do
+  ( n=0
+    while [ "$EPOCHSECONDS" -lt "$end" ]; do "$agent" <"$prompt" >/dev/null; n=$((n+1)); done
+    echo "$n" >>"$out" ) &
+done
+wait
+"""
+
+
+def baseline(tmp: Path, plan: Path, loops: int, secs: int) -> float:
+    from ccci_dist.plan import load_package, snapshot
+    from ccci_dist.prompt import assemble
+
+    prompt = tmp / "prompt.txt"
+    prompt.write_text(assemble(role="builder", run="b", iteration=1, phase="1", plan=snapshot(load_package(plan))))
+    out = tmp / "bash-counts"
+    t0 = time.monotonic()
+    subprocess.run(["bash", "-c", BASH_LOOPS, "bench", NOOP_AGENT, str(prompt), str(out), str(secs), str(loops)],
+                   check=True, timeout=secs + 120, cwd=tmp)
+    took = time.monotonic() - t0
+    return sum(int(x) for x in out.read_text().split()) / took
+
+
+def overlaps(events: list[dict]) -> list[tuple]:
+    spans: dict[tuple[str, str], dict[int, list[float]]] = {}
+    for e in events:
+        spans.setdefault((e["run"], e["role"]), {}).setdefault(e["pid"], []).append(float(e["t"]))
+    bad = []
+    for loop, by_pid in spans.items():
+        ivs = sorted((v[0], v[1] if len(v) > 1 else float("inf"), pid) for pid, v in by_pid.items())
+        for a, b in zip(ivs, ivs[1:], strict=False):
+            if b[0] < a[1] and a[1] != float("inf"):
+                bad.append((loop, a, b))
+    return bad
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--duration", type=float, default=120, help="measurement window, seconds")
+    ap.add_argument("--runs", type=int, default=25)
+    ap.add_argument("--concurrency", type=int, default=25, help="threads per worker")
+    ap.add_argument("--baseline", type=int, default=30, help="seconds of the bash-loops baseline (0 = skip)")
+    ap.add_argument("--ttl", default="10")
+    ap.add_argument("--tick", default="5")
+    a = ap.parse_args()
+    reason = netns.unavailable_reason()
+    if reason:
+        print(f"scale: skipped ({reason})")
+        return 0
+    loops = a.runs * 2
+    print(f"== scale: {loops} loops ({a.runs} runs x 2 roles), no-op agent, 2 worker hosts x {a.concurrency} "
+          f"threads, {a.duration:g} s window, lease_ttl {a.ttl} s, tick {a.tick} s "
+          f"(load avg before: {loadavg()}) ==", flush=True)
+    base = Path(tempfile.mkdtemp(prefix="ccci-bench-scale-"))
+    try:
+        plan = make_plan(base, ["builder", "reviewer"])
+        bl = baseline(base, plan, loops, a.baseline) if a.baseline else float("nan")
+        if a.baseline:
+            print(f"  baseline: {loops} bash loops, {bl:.1f} agent runs/s (load avg {loadavg()})", flush=True)
+        agent_log = base / "agent.jsonl"
+        env = {"CCCI_LEASE_TTL": a.ttl, "CCCI_WATCHDOG_INTERVAL": a.tick, "CCCI_PICKUP_TIMEOUT": "60",
+               "CCCI_BACKOFF_BASE": "30", "CCCI_KILL_GRACE": "1", "CCCI_PLAN_DIR": str(plan),
+               "CCCI_AGENT_COMMAND": NOOP_AGENT, "BENCH_AGENT_LOG": str(agent_log)}
+        with netns.Testbed(base / "bed", **env) as tb:
+            tb.start_redis()
+            tb.beat(tb.sched)
+            for h in (tb.w1, tb.w2):
+                tb.worker(h, concurrency=a.concurrency)
+            for h in (tb.w1, tb.w2):
+                tb.worker_ready(h, timeout=120)
+            r = tb.redis()
+            repos = []
+            for i in range(a.runs):
+                d = base / f"run-{i:02d}"
+                d.mkdir()
+                repos.append(make_repo(d))
+
+            def start(i: int) -> None:
+                tb.cli(tb.sched, "start", env={"CCCI_RUN": f"run-{i:02d}", "CCCI_PROJECT_REPO": str(repos[i])},
+                       timeout=180)
+
+            # 1-run reference for the watchdog tick.
+            start(0)
+            r.delete("ccci:watchdog:ticks")
+            netns.wait_for(lambda: r.llen("ccci:watchdog:ticks") >= 3, 30 * float(a.tick) + 60, 0.2, "3 ticks")
+            ticks1 = [float(x) for x in r.lrange("ccci:watchdog:ticks", 0, -1)]
+            t_start = time.monotonic()
+            with ThreadPoolExecutor(4) as ex:
+                list(ex.map(start, range(1, a.runs)))
+            print(f"  started {a.runs} runs in {time.monotonic() - t_start:.1f} s", flush=True)
+            r.delete("ccci:watchdog:ticks")
+            t0 = time.time()
+            time.sleep(a.duration)
+            t1 = time.time()
+            ticks = [float(x) for x in r.lrange("ccci:watchdog:ticks", 0, -1)]
+            mem = r.info("memory")
+            hist = []
+            for i in range(a.runs):
+                hist += [dict(f, run=f"run-{i:02d}") for _, f in r.xrange(f"ccci:history:run-{i:02d}")]
+            load = loadavg()
+            running_loops = Counter((h["run"], h["role"]) for h in hist if t0 <= float(h["start"]) <= t1)
+            outcomes = Counter(h["outcome"] for h in hist if t0 <= float(h["start"]) <= t1)
+            in_window = sum(1 for h in hist if t0 <= float(h["end"]) <= t1)
+            succ = Counter((h["run"], h["role"], h["iteration"]) for h in hist if h["outcome"] == "success")
+            dup_hist = [k for k, v in succ.items() if v > 1]
+            events = [json.loads(line) for line in agent_log.read_text().splitlines() if line.strip()]
+            dup_live = overlaps(events)
+            restarts = sum(1 for i in range(a.runs) for _ in r.xrange(f"ccci:events:run-{i:02d}")
+                           if _[1].get("kind") == "restart")
+        ips = in_window / (t1 - t0)
+        print(f"load avg at the end of the window: {load}")
+        print(f"outcomes started in the window: {dict(outcomes)}; loops that iterated: {len(running_loops)}/{loops}; "
+              f"restart events: {restarts}")
+        print(row("figure", "ccci-dist", "baseline", width=40) + "   note")
+        print(row("watchdog tick ms p50", f"{pct(ticks, 50):.1f}", f"{pct(ticks1, 50):.1f}", width=40)
+              + f"   baseline = same bed with 1 run; {len(ticks)} vs {len(ticks1)} ticks")
+        print(row("watchdog tick ms max", f"{max(ticks):.1f}", f"{max(ticks1):.1f}", width=40)
+              + f"   tick interval {a.tick} s")
+        print(row("redis used_memory", mem["used_memory_human"], "", width=40)
+              + f"   peak {mem['used_memory_peak_human']}; {len(hist)} history entries")
+        print(row("iterations/s", f"{ips:.2f}", f"{bl:.1f}", width=40)
+              + f"   baseline = {loops} bash loops, same agent, no git/Celery ({a.baseline} s)")
+        print(row("per loop: s per iteration", f"{loops / ips:.1f}" if ips else "inf", f"{loops / bl:.2f}", width=40))
+        print(row("duplicates: agents alive at once", len(dup_live), "0 required", width=40))
+        print(row("duplicates: iteration run twice", len(dup_hist), "0 required", width=40))
+        for d in (dup_live[:5] + dup_hist[:5]):
+            print(f"  duplicate: {d}")
+        return 1 if dup_live or dup_hist else 0
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
