@@ -21,7 +21,7 @@ from .broker import client
 from .celery import app, settings
 from .config import Settings, hostname
 from .limits import backoff_seconds, schedule_after_limit
-from .logsetup import log_context
+from .logsetup import log_context, prune_logs
 from .notify import notify
 from .outcome import Outcome, classify
 from .prompt import assemble
@@ -124,6 +124,8 @@ class Iteration:
         session = loop.get("session_id") if self.s.agent_resume and loop.get("fresh_session") != "1" else None
         argv = build_command(self.s.agent_command, self.s.agent_flags, session or None, self.s.agent_user)
         log_path = self.s.state_dir / "logs" / self.run / self.role / f"{self.number:06d}-{self.attempt}.jsonl"
+        if self.number % 20 == 1:  # cheap enough, and bounded: age and size limits from config
+            prune_logs(log_path.parent, self.s.log_max_age_days, self.s.log_max_bytes)
         stream = k_log(self.run, self.role)
         self.agent = AgentProcess(argv, prompt, ws.path, log_path, env=agent_env(self.s, self.run, self.role),
                                   on_line=lambda line: self.store.r.xadd(
