@@ -14,6 +14,7 @@ import socket
 import subprocess
 import time
 from pathlib import Path
+from urllib.parse import quote, urlsplit, urlunsplit
 
 import click
 import redis
@@ -100,10 +101,29 @@ def stop_embedded(settings: Settings) -> bool:
     return True
 
 
+PASSWORD_FILE_ENV = "CCCI_BROKER_PASSWORD_FILE"
+
+
+def with_password(url: str, password_file: str | os.PathLike[str]) -> str:
+    """``url`` with the Redis password read from ``password_file`` (so it never sits in a config)."""
+    try:
+        password = Path(password_file).read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise ConfigError(f"cannot read broker password file {password_file}: {exc.strerror}; "
+                          "fix broker_password_file (CCCI_BROKER_PASSWORD_FILE) or its permissions") from exc
+    if not password:
+        raise ConfigError(f"broker password file {password_file} is empty; write the Redis password into it")
+    parts = urlsplit(url)
+    host = parts.netloc.rpartition("@")[2]
+    user = parts.username or ""
+    return urlunsplit(parts._replace(netloc=f"{quote(user, safe='')}:{quote(password, safe='')}@{host}"))
+
+
 def broker_url(settings: Settings, start: bool = True) -> str:
-    """The broker URL: configured, else the embedded server (started if ``start``)."""
+    """The broker URL: configured (password from its file if set), else the embedded server."""
     if settings.broker_url is not None and settings.broker_url.get_secret_value():
-        return settings.broker_url.get_secret_value()
+        url = settings.broker_url.get_secret_value()
+        return with_password(url, settings.broker_password_file) if settings.broker_password_file else url
     if start:
         return start_embedded(settings)
     url = _embedded_url(_redis_dir(settings))

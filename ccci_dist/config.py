@@ -75,6 +75,7 @@ class Settings(BaseSettings):
     broker_url: SecretStr | None = Field(
         None, description="redis:// URL of the broker; unset = embedded local redis-server"
     )
+    broker_password_file: Path | None = Field(None, description="file holding the Redis password for broker_url")
     run: str = Field("default", description="run id (one project repo + one plan package)")
     project_repo: str = Field("", description="git URL or path of the project repo")
     branch: str = "main"

@@ -17,17 +17,17 @@ import time
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import quote, urlsplit, urlunsplit
 
 import click
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from .broker import PASSWORD_FILE_ENV, with_password
 from .config import ConfigError
 
 CONTROL_QUEUE = "ccci.control"  # same value as ccci_dist.celery.CONTROL_QUEUE (not imported: no Celery here)
 REDBEAT = "redbeat.RedBeatScheduler"
 REDBEAT_LOCK_KEY = "ccci:redbeat:lock"
-PASSWORD_FILE_ENV = "CCCI_BROKER_PASSWORD_FILE"
+
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _QUEUE_RE = re.compile(r"^[A-Za-z0-9_.:-]+$")
 _ENV_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -166,20 +166,6 @@ def beat_argv(loglevel: str = "INFO", extra: tuple[str, ...] = ()) -> list[str]:
     return [*celery_argv(), "-A", "ccci_dist", "beat", "-S", REDBEAT, "--loglevel", loglevel, *extra]
 
 
-def _with_password(url: str, password_file: str) -> str:
-    try:
-        password = Path(password_file).read_text(encoding="utf-8").strip()
-    except OSError as exc:
-        raise ConfigError(f"cannot read {PASSWORD_FILE_ENV}={password_file}: {exc.strerror}; "
-                          "fix the path or its permissions") from exc
-    if not password:
-        raise ConfigError(f"{PASSWORD_FILE_ENV}={password_file} is empty; write the Redis password into it")
-    parts = urlsplit(url)
-    host = parts.netloc.rpartition("@")[2]
-    user = parts.username or ""
-    return urlunsplit(parts._replace(netloc=f"{quote(user, safe='')}:{quote(password, safe='')}@{host}"))
-
-
 def child_env(obj: Any, profile: WorkerProfile | None = None,
               base: dict[str, str] | None = None) -> tuple[dict[str, str], list[str]]:
     """The environment for a Celery child, and the keys this function set (values are secret-ish).
@@ -216,7 +202,7 @@ def child_env(obj: Any, profile: WorkerProfile | None = None,
         if not url:
             raise ConfigError(f"{PASSWORD_FILE_ENV} is set but CCCI_BROKER_URL is not; "
                               "set CCCI_BROKER_URL=redis://HOST:6379/0 (without the password)")
-        put("CCCI_BROKER_URL", _with_password(url, pw_file))
+        put("CCCI_BROKER_URL", with_password(url, pw_file))
     # Validate the effective config now: a bad value is one error line here, not a crash loop.
     from .config import load_config
 
