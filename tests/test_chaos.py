@@ -289,7 +289,7 @@ def test_redis_crash_restart_mid_run(netbed: Testbed):
 # ---------------------------------------------------------------------------------------------------------
 # 4. the beat holding the RedBeat lock is killed; the standby takes over
 
-LOCK_KEY = "ccci:redbeat::lock"
+LOCK_KEY = "ccci:redbeat:lock"  # as the beat banner prints it (not ::lock)
 
 
 def test_beat_failover(netbed: Testbed):
@@ -355,7 +355,8 @@ def test_scheduler_reboot_records_once_and_resumes(netbed: Testbed):
     tb.worker_ready(tb.w1)
     tb.worker_ready(tb.w2)
     tb.cli(tb.sched, "start")
-    wait_for(lambda: tb.status()["phase"] == "2", 90, 0.3, "phase 1 complete")
+    r = tb.redis()
+    wait_for(lambda: r.hget("ccci:run:default", "phase") == "2", 90, 0.05, "phase 1 complete")
     rows_before = _reboot_rows(tb.remote_file("REBOOTS.md"))
     # power cut: every process on every host dies at once
     dead_at = max(h.kill_all() for h in (tb.w1, tb.w2, tb.sched))
