@@ -66,6 +66,28 @@ def baseline(tmp: Path, plan: Path, loops: int, secs: int) -> float:
     return sum(int(x) for x in out.read_text().split()) / took
 
 
+TICK_PROBE = r"""
+import json, time
+from ccci_dist.celery import settings
+from ccci_dist.iteration import get_store
+from ccci_dist.watchdog import tick
+s0 = settings().model_copy(update={"inbox_poll_interval": 0.0})
+s30 = s0.model_copy(update={"inbox_poll_interval": 30.0})
+st = get_store(s0)
+def one(s):
+    st.r.delete("ccci:watchdog:lock")
+    t = time.perf_counter()
+    tick(st, s)
+    return (time.perf_counter() - t) * 1000
+first = one(s0)          # enqueues every idle loop (one send each, plus the broker connection)
+quiet = [one(s0) for _ in range(5)]   # every loop queued: the steady-state path
+for k in st.r.scan_iter("ccci:inbox_poll:*"):
+    st.r.delete(k)
+poll = one(s30)           # also reads INBOX.md of every run (git) as every 30 s
+print(json.dumps({"first": first, "quiet": quiet, "poll": poll}))
+"""
+
+
 def overlaps(events: list[dict]) -> list[tuple]:
     spans: dict[tuple[str, str], dict[int, list[float]]] = {}
     for e in events:
@@ -108,7 +130,7 @@ def main() -> int:
                "CCCI_AGENT_COMMAND": NOOP_AGENT, "BENCH_AGENT_LOG": str(agent_log)}
         with netns.Testbed(base / "bed", **env) as tb:
             tb.start_redis()
-            tb.beat(tb.sched)
+            beat = tb.beat(tb.sched)
             for h in (tb.w1, tb.w2):
                 tb.worker(h, concurrency=a.concurrency)
             for h in (tb.w1, tb.w2):
@@ -152,6 +174,16 @@ def main() -> int:
             dup_live = overlaps(events)
             restarts = sum(1 for i in range(a.runs) for _ in r.xrange(f"ccci:events:run-{i:02d}")
                            if _[1].get("kind") == "restart")
+            # The same tick on the same 25-run state without the load: workers and beat killed,
+            # leases left to lapse, then ticks run directly (in the sched namespace) and timed.
+            for h in (tb.w1, tb.w2):
+                h.kill_all()
+            beat.kill()
+            time.sleep(float(a.ttl) + 1)
+            p = tb.sched.run([sys.executable, "-c", TICK_PROBE], timeout=300)
+            probe = json.loads(p.stdout.strip().splitlines()[-1]) if p.returncode == 0 else None
+            if probe is None:
+                print(f"  tick probe failed: {p.stderr[-800:]}")
         ips = in_window / (t1 - t0)
         print(f"load avg at the end of the window: {load}")
         print(f"outcomes started in the window: {dict(outcomes)}; loops that iterated: {len(running_loops)}/{loops}; "
@@ -161,6 +193,13 @@ def main() -> int:
               + f"   baseline = same bed with 1 run; {len(ticks)} vs {len(ticks1)} ticks")
         print(row("watchdog tick ms max", f"{max(ticks):.1f}", f"{max(ticks1):.1f}", width=40)
               + f"   tick interval {a.tick} s")
+        if probe:
+            print(row("tick, no load, all loops queued", f"{pct(probe['quiet'], 50):.1f}", "", width=40)
+                  + f"   same {a.runs}-run state, workers stopped; p50 of {len(probe['quiet'])} direct ticks")
+            print(row(f"tick, no load, enqueue {loops} loops", f"{probe['first']:.1f}", "", width=40)
+                  + "   first tick of a fresh process (includes the broker connection)")
+            print(row("tick, no load, + INBOX.md poll", f"{probe['poll']:.1f}", "", width=40)
+                  + f"   git read of INBOX.md for {a.runs} runs (every inbox_poll_interval = 30 s)")
         print(row("redis used_memory", mem["used_memory_human"], "", width=40)
               + f"   peak {mem['used_memory_peak_human']}; {len(hist)} history entries")
         print(row("iterations/s", f"{ips:.2f}", f"{bl:.1f}", width=40)
