@@ -219,7 +219,10 @@ class Iteration:
                         quiet=self.s.quiet_hours, not_before=not_before)
         if at is not None:
             fields["not_before"] = f"{at.timestamp():.3f}"
-        immediate = at is None and outcome.action in ("continue", "resume") and outcome.kind != "lease_lost"
+        # With reviewer_every the watchdog paces the reviewer against the builder's progress.
+        gated = self.role != "builder" and self.s.reviewer_every > 0
+        immediate = (at is None and not gated and outcome.action in ("continue", "resume")
+                     and outcome.kind != "lease_lost")
         next_task = str(uuid.uuid4()) if immediate else ""
         history = {
             "role": self.role, "iteration": self.number, "attempt": self.attempt, "host": self.owner.split("/")[0],

@@ -204,3 +204,19 @@ def test_isolation_violation_is_refused_and_reported(bed, role, other):
     nxt = wait_for(lambda: next((e for e in _starts(bed, role) if int(e["iteration"]) > int(h["iteration"])), None),
                    30, 0.2, "the next iteration")
     assert "NOT pushed" in nxt["note"] and other in nxt["note"]
+
+
+def test_reviewer_every_k_builder_iterations_and_deferred_count(bed):
+    _push_file(bed, "DEFERRED.md", "# Deferred\n\n- dark mode\n- i18n\n- metrics export\n")
+    bed.env.update({"CCCI_REVIEWER_EVERY": "3", "CCCI_DEMO_SLEEP": "0.2"})
+    bed.worker("w1", beat=True)
+    bed.cli("start")
+    wait_for(lambda: len(_starts(bed, "reviewer")) >= 3, 90, 0.3, "three reviewer iterations")
+    bed.cli("stop")
+    hist = _history(bed)
+    builder_ends = sorted(float(h["end"]) for h in hist if h["role"] == "builder")
+    reviewer_starts = sorted(float(h["start"]) for h in hist if h["role"] == "reviewer")
+    for k, t in enumerate(reviewer_starts[1:], 1):  # the first runs at start
+        done_before = sum(1 for e in builder_ends if e <= t)
+        assert done_before >= 3 * k, (k, done_before)
+    assert bed.status()["deferred"] == 3
