@@ -106,12 +106,12 @@ def python_sync(clone_parent: Path, repo: Path, n: int) -> list[float]:
     return out
 
 
-def agent_adapter(tmp: Path, prompt: str, n: int) -> tuple[list[float], list[float]]:
+def agent_adapter(tmp: Path, prompt: str, n: int) -> tuple[list[float], list[float], list[float]]:
     """The same agent run n times through the product's AgentProcess (start + wait) and through
     a bare subprocess.run from the same Python process: isolates the adapter's own cost."""
-    from ccci_dist.agent import AgentProcess
+    from ccci_dist.agent import AgentProcess, _die_with_parent
 
-    adapter, bare = [], []
+    adapter, bare, pre = [], [], []
     cwd = tmp / "bash-clone"
     for i in range(n):
         t0 = time.perf_counter()
@@ -123,7 +123,11 @@ def agent_adapter(tmp: Path, prompt: str, n: int) -> tuple[list[float], list[flo
         t0 = time.perf_counter()
         subprocess.run([NOOP_AGENT], input=prompt, cwd=cwd, capture_output=True, text=True, check=True)
         bare.append((time.perf_counter() - t0) * 1000)
-    return adapter, bare
+        t0 = time.perf_counter()
+        subprocess.run([NOOP_AGENT], input=prompt, cwd=cwd, capture_output=True, text=True, check=True,
+                       start_new_session=True, preexec_fn=_die_with_parent)
+        pre.append((time.perf_counter() - t0) * 1000)
+    return adapter, bare, pre
 
 
 def summary(label: str, ms: list[float]) -> tuple[float, float]:
@@ -167,7 +171,7 @@ def main() -> int:
         # 2. git sync cost, measured directly: bash loop of the same commands, and the product's Workspace.
         sync_bash_ms = bash_loop(SYNC_BASH, str(clone), str(n), str(tmp / "sync-stamps"), str(repo))
         sync_py_ms = python_sync(tmp, repo, n)
-        adapter_ms, bare_ms = agent_adapter(tmp, prompt, min(n, 100))
+        adapter_ms, bare_ms, pre_ms = agent_adapter(tmp, prompt, min(n, 100))
 
         # 3. ccci-dist: one loop, threads worker with embedded beat.
         w = spawn(worker_cmd("threads", 2, "w1", beat=True, schedule=tmp / "beat-schedule"), tmp / "worker.log",
@@ -237,6 +241,7 @@ def main() -> int:
         print(row("AgentProcess start+wait", f"{pct(adapter_ms, 50):.1f}", f"{pct(adapter_ms, 95):.1f}", "",
                   len(adapter_ms)))
         print(row("subprocess.run", f"{pct(bare_ms, 50):.1f}", f"{pct(bare_ms, 95):.1f}", "", len(bare_ms)))
+        print(row("  + new session, preexec_fn", f"{pct(pre_ms, 50):.1f}", f"{pct(pre_ms, 95):.1f}", "", len(pre_ms)))
         print(row("adapter overhead", f"+{pct(adapter_ms, 50) - pct(bare_ms, 50):.1f}", ""))
         print("-- where a ccci-dist iteration's time goes (from history start/end + the agent's own log) --")
         for label, vals in (("claim→agent start", pre), ("agent (in ccci-dist)", agent),
