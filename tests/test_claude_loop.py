@@ -58,10 +58,10 @@ def _texts(content: Any) -> str:
 
 
 def parse_ctx(s: str) -> dict[str, str]:
-    m = CTX_RE.search(s)
-    if not m:
+    found = CTX_RE.findall(s)  # a resumed failed turn and the new prompt may share one user message
+    if not found:
         return {}
-    body = m.group(0).removeprefix("<!-- ccci:").removesuffix("-->").strip()
+    body = found[-1].removeprefix("<!-- ccci:").removesuffix("-->").strip()
     return dict(p.split("=", 1) for p in body.split() if "=" in p)
 
 
@@ -279,6 +279,10 @@ def wait_history(bed, n: int, role: str = "builder", timeout: float = 90) -> lis
                     f"{n} {role} iterations in the history")
 
 
+def brief(hist: list[dict]) -> list[tuple]:
+    return [(h["iteration"], h["outcome"], h["exit"], h["turns"], h["detail"][:100]) for h in hist]
+
+
 def requests_of(model, role: str, iteration: int) -> list[dict[str, Any]]:
     return [r for r in model.main_requests()
             if (c := request_ctx(r)) and c.get("role") == role and int(c.get("iteration") or 0) == iteration]
@@ -400,7 +404,7 @@ def test_api_errors_and_stream_cuts_drive_the_loop(bed, claude_bin, scripted_mod
 
     hist = history(bed, "builder")
     assert [h["outcome"] for h in hist] == ["rate_limited", "success", "overloaded", "success", "api_error",
-                                            "success", "auth"], hist
+                                            "success", "auth"], brief(hist)
     assert len(model.main_requests()) == n_requests
     assert not requests_of(model, "builder", 8)
     assert st["loops"]["builder"]["last_outcome"] == "auth"
