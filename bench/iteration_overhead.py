@@ -109,6 +109,8 @@ def python_sync(clone_parent: Path, repo: Path, n: int) -> list[float]:
 def agent_adapter(tmp: Path, prompt: str, n: int) -> tuple[list[float], list[float], list[float]]:
     """The same agent run n times through the product's AgentProcess (start + wait) and through
     a bare subprocess.run from the same Python process: isolates the adapter's own cost."""
+    import ctypes  # noqa: F401  the worker's import stack has it loaded too, so its preexec_fn does not import it
+
     from ccci_dist.agent import AgentProcess, _die_with_parent
 
     adapter, bare, pre = [], [], []
