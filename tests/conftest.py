@@ -5,7 +5,7 @@ from __future__ import annotations
 import shutil
 
 import pytest
-from harness import RedisServer, project_repo
+from harness import HttpReceiver, RedisServer, project_repo
 
 pytest_plugins = ["engine_fixtures"]
 
@@ -39,3 +39,13 @@ def fresh_redis(tmp_path):
 def remote_repo(tmp_path):
     with project_repo(tmp_path) as bare:
         yield bare
+
+
+@pytest.fixture
+def receiver():
+    """A local HTTP server recording every POST (an apprise ``json://`` notifier target)."""
+    r = HttpReceiver()
+    r.thread.start()
+    yield r
+    r.server.shutdown()
+    r.server.server_close()

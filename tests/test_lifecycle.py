@@ -9,18 +9,9 @@ import time
 
 import pytest
 import redis
-from harness import HttpReceiver, RedisServer, wait_for
+from harness import RedisServer, wait_for
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture
-def receiver():
-    r = HttpReceiver()
-    r.thread.start()
-    yield r
-    r.server.shutdown()
-    r.server.server_close()
 
 
 def _kinds(receiver) -> list[str]:

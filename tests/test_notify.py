@@ -12,21 +12,11 @@ import time
 
 import pytest
 from celery.signals import before_task_publish
-from harness import HttpReceiver as Receiver
 from harness import Proc, celery_worker, free_port, wait_for
 
 from ccci_dist.notify import KINDS, TASK_NAME, describe_url, notify, notify_sync, send_now
 
 TOKEN = "SECRETTOKEN"
-
-
-@pytest.fixture
-def receiver():
-    r = Receiver()
-    r.thread.start()
-    yield r
-    r.server.shutdown()
-    r.server.server_close()
 
 
 def test_kinds_are_unique_and_complete():
