@@ -88,6 +88,7 @@ class Iteration:
         self.agent: AgentProcess | None = None
         self.started = datetime.now(UTC)
         self.lost: str | None = None
+        self.log_path = ""
 
     # The heartbeat calls this from its thread the moment the lease is lost or stop is set.
     def _on_lost(self, why: str) -> None:
@@ -124,6 +125,7 @@ class Iteration:
         session = loop.get("session_id") if self.s.agent_resume and loop.get("fresh_session") != "1" else None
         argv = build_command(self.s.agent_command, self.s.agent_flags, session or None, self.s.agent_user)
         log_path = self.s.state_dir / "logs" / self.run / self.role / f"{self.number:06d}-{self.attempt}.jsonl"
+        self.log_path = str(log_path)
         if self.number % 20 == 1:  # cheap enough, and bounded: age and size limits from config
             prune_logs(log_path.parent, self.s.log_max_age_days, self.s.log_max_bytes)
         stream = k_log(self.run, self.role)
@@ -132,7 +134,6 @@ class Iteration:
                                       stream, {"n": self.number, "line": line[:4000]},
                                       maxlen=LOG_STREAM_MAXLEN, approximate=True),
                                   kill_grace=self.s.kill_grace)
-        self.store.r.hset(self.store_loop_key, mapping={"agent_pid": 0, "log": str(log_path)})
         if self.lost:
             return self._finish(IterationResult(killed=self.lost), self._classify(IterationResult(killed=self.lost)),
                                 base=base, pushed="", violations=[], inbox_last="")
@@ -161,12 +162,6 @@ class Iteration:
         return self._finish(res, outcome, base=base, pushed=pushed, violations=violations, inbox_last=inbox_last,
                             ws=ws)
 
-    @property
-    def store_loop_key(self) -> str:
-        from .store import k_loop
-
-        return k_loop(self.run, self.role)
-
     def _pending_inbox(self, loop: dict[str, str]) -> list[tuple[str, str]]:
         acked = loop.get("inbox_acked") or "0-0"
         entries = self.store.r.xrange(k_inbox(self.run, self.role), min=f"({acked}", max="+")
@@ -186,7 +181,7 @@ class Iteration:
             "last_exit": "" if res.exit_code is None else res.exit_code, "ended_at": f"{now.timestamp():.3f}",
             "fail_streak": streak, "stalled_until": "", "not_before": "",
             "cost_total": f"{float(loop.get('cost_total') or 0) + res.total_cost_usd:.6f}",
-            "violation": ",".join(violations),
+            "violation": ",".join(violations), "log": self.log_path,
         }
         if inbox_last:
             fields["inbox_acked_at"] = f"{now.timestamp():.3f}"
