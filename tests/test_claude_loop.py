@@ -22,7 +22,6 @@ import os
 import re
 import shlex
 import shutil
-import signal
 import stat
 import subprocess
 import time
@@ -288,6 +287,16 @@ def no_cache(obj: Any) -> Any:
     return obj
 
 
+def dump(bed, model) -> None:
+    """What a failed wait needs to be understood (shown with ``-s`` or in the captured output)."""
+    print("HISTORY", brief([dict(h) for h in raw_history(bed)]))
+    print("REQUESTS", [(round(r["time"], 1), request_ctx(r).get("iteration"), bool(r["body"].get("stream")))
+                       for r in model.main_requests()])
+    print("ARGV", argvs(bed))
+    for p in bed.procs:
+        print(p.log, p.output()[-3000:])
+
+
 def brief(hist: list[dict]) -> list[tuple]:
     return [(h["iteration"], h["outcome"], h["exit"], h["turns"], h["detail"][:100]) for h in hist]
 
@@ -380,8 +389,7 @@ def test_tiny_plan_reaches_done_with_the_real_cli(bed, claude_bin, scripted_mode
     # every request the CLI sent was a conversation turn of one of the two roles
     assert model.main_requests() and all(request_ctx(r).get("role") in ("builder", "reviewer")
                                          for r in model.main_requests())
-    print(f"DONE: {len(hist)} iterations, cost ${total:.4f}, sessions "
-          f"{ {r: rows[0]['session'] for r in ('builder', 'reviewer') if (rows := [h for h in hist if h['role'] == r])} }")
+    print("DONE", brief(hist), f"cost ${total:.4f}")
 
 
 # ---------------------------------------------------------------- 2. API errors and a cut stream
@@ -506,17 +514,21 @@ def test_session_resume_and_missing_session(bed, claude_bin, scripted_model):
 @pytest.mark.timeout(180)
 def test_stalled_cli_is_killed_with_its_processes(bed, claude_bin, scripted_model):
     model = scripted_model(rule=Roles({("builder", 1): lambda body, step: hang()}))
-    env = use_claude(bed, claude_bin, model, CCCI_STALL_LIMIT="4", CCCI_ITERATION_TIME_LIMIT="60",
+    env = use_claude(bed, claude_bin, model, CCCI_STALL_LIMIT="10", CCCI_ITERATION_TIME_LIMIT="60",
                      CCCI_MIN_INTERVAL='{"builder": 30}')
     bed.worker("w1", queues="ccci.control,ccci.builder", beat=True, extra_env=env)
     bed.cli("start")
     ws = bed.tmp / "ws"
-    wait_for(lambda: model.hanging, 60, 0.1, "the CLI's request held open")
+    try:
+        wait_for(lambda: model.hanging, 60, 0.1, "the CLI's request held open")
+    except AssertionError:
+        dump(bed, model)
+        raise
     agents = wait_for(lambda: live_procs(ws), 10, 0.1, "the CLI in the workspace")
     assert any("claude" in cmd or "cli.js" in cmd for _, cmd in agents), agents
     h = wait_history(bed, 1, timeout=30)[0]
     assert h["outcome"] == "stalled", h
-    assert 4 <= float(h["end"]) - float(h["start"]) < 15, h
+    assert 10 <= float(h["end"]) - float(h["start"]) < 30, h
     assert h["exit"] == "" and uuid.UUID(h["session"])  # the init event's session was recorded
     assert [pid for pid, _ in agents if pid_alive(pid)] == []
     assert live_procs(ws) == []
@@ -531,12 +543,16 @@ def test_timed_out_cli_is_killed_with_its_tool_processes(bed, claude_bin, script
     # a Bash tool that outlives the time limit and prints nothing; the stall limit is far away
     model = scripted_model(rule=Roles({("builder", 1): lambda body, step: bash(
         f"sleep 600; echo {marker}", "wait") if step == 0 else text("woke up")}))
-    env = use_claude(bed, claude_bin, model, CCCI_STALL_LIMIT="60", CCCI_ITERATION_TIME_LIMIT="8",
+    env = use_claude(bed, claude_bin, model, CCCI_STALL_LIMIT="60", CCCI_ITERATION_TIME_LIMIT="15",
                      CCCI_MIN_INTERVAL='{"builder": 40}')
     bed.worker("w1", queues="ccci.control,ccci.builder", beat=True, extra_env=env)
     bed.cli("start")
     ws = bed.tmp / "ws"
-    tool = wait_for(lambda: [p for p in live_procs(ws, marker) if marker in p[1]], 60, 0.1, "the sleeping tool")
+    try:
+        tool = wait_for(lambda: [p for p in live_procs(ws, marker) if marker in p[1]], 60, 0.1, "the sleeping tool")
+    except AssertionError:
+        dump(bed, model)
+        raise
     sleeps = wait_for(lambda: [p for p in live_procs(ws) if p[1].startswith("sleep 600")], 10, 0.1, "sleep 600")
     agents = live_procs(ws, marker)
     assert any("cli.js" in cmd or "claude" in cmd for _, cmd in agents), agents
@@ -545,11 +561,10 @@ def test_timed_out_cli_is_killed_with_its_tool_processes(bed, claude_bin, script
     assert os.getsid(sleeps[0][0]) != os.getsid(cli_pid)
     h = wait_history(bed, 1, timeout=30)[0]
     assert h["outcome"] == "timed_out", h
-    assert 8 <= float(h["end"]) - float(h["start"]) < 20, h
+    assert 15 <= float(h["end"]) - float(h["start"]) < 30, h
     assert "iteration time limit" in history(bed, "builder")[0]["detail"]
     assert [pid for pid, _ in agents + tool + sleeps if pid_alive(pid)] == []
     assert live_procs(ws, marker) == []
-    assert not any(p[1].startswith("sleep 600") for p in live_procs(Path("/nonexistent"), "sleep 600"))
     bed.cli("stop")
 
 
@@ -570,6 +585,3 @@ def test_builder_iteration_as_nonroot_agent_user(bed, claude_bin, scripted_model
     assert (ws / "work" / "phase-1.md").stat().st_uid == nonroot_user.uid
     assert "## DONE 1" in (bed.clone() / "STATUS.md").read_text()
 
-
-def _unused() -> None:  # keep imports used while sketching
-    _ = (signal,)
