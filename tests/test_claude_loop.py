@@ -461,12 +461,12 @@ def test_api_errors_and_stream_cuts_drive_the_loop(bed, claude_bin, scripted_mod
 @pytest.mark.timeout(300)
 def test_session_resume_and_missing_session(bed, claude_bin, scripted_model):
     model = scripted_model(rule=Roles())
-    env = use_claude(bed, claude_bin, model, CCCI_MIN_INTERVAL='{"builder": 10}')
+    env = use_claude(bed, claude_bin, model, CCCI_MIN_INTERVAL='{"builder": 20}')
     bed.worker("w1", queues="ccci.control,ccci.builder", beat=True, extra_env=env)
     bed.cli("start")
     # iteration 2 resumes iteration 1's session
     h = wait_history(bed, 2, timeout=120)
-    # between iteration 2 and 3 (min interval 10 s): this host loses the CLI's stored sessions
+    # between iteration 2 and 3 (min interval 20 s): this host loses the CLI's stored sessions
     projects = claude_home(bed) / ".claude" / "projects"
     stored = sorted(p.name for p in projects.rglob("*.jsonl"))
     assert f"{h[0]['session']}.jsonl" in stored, stored
@@ -511,61 +511,81 @@ def test_session_resume_and_missing_session(bed, claude_bin, scripted_model):
 
 # ---------------------------------------------------------------- 4. stall and time limit kill everything
 
-@pytest.mark.timeout(180)
+def _every_builder_iteration(fn: Override, n: int = 20) -> dict[tuple[str, int], Override]:
+    return {("builder", i): fn for i in range(1, n + 1)}
+
+
+def _cli_pids(procs: list[tuple[int, str]]) -> list[int]:
+    return [pid for pid, cmd in procs if "cli.js" in cmd or "/claude " in f"{cmd} "]
+
+
+@pytest.mark.timeout(240)
 def test_stalled_cli_is_killed_with_its_processes(bed, claude_bin, scripted_model):
-    model = scripted_model(rule=Roles({("builder", 1): lambda body, step: hang()}))
-    env = use_claude(bed, claude_bin, model, CCCI_STALL_LIMIT="10", CCCI_ITERATION_TIME_LIMIT="60",
-                     CCCI_MIN_INTERVAL='{"builder": 30}')
+    # Every builder request hangs (headers, then nothing). The stall clock also runs while the CLI starts,
+    # which takes seconds on a loaded host, so the test follows the first iteration whose request was held.
+    model = scripted_model(rule=Roles(_every_builder_iteration(lambda body, step: hang())))
+    env = use_claude(bed, claude_bin, model, CCCI_STALL_LIMIT="12", CCCI_ITERATION_TIME_LIMIT="120")
     bed.worker("w1", queues="ccci.control,ccci.builder", beat=True, extra_env=env)
     bed.cli("start")
     ws = bed.tmp / "ws"
     try:
-        wait_for(lambda: model.hanging, 60, 0.1, "the CLI's request held open")
+        wait_for(lambda: model.hanging, 120, 0.1, "the CLI's request held open")
     except AssertionError:
         dump(bed, model)
         raise
-    agents = wait_for(lambda: live_procs(ws), 10, 0.1, "the CLI in the workspace")
-    assert any("claude" in cmd or "cli.js" in cmd for _, cmd in agents), agents
-    h = wait_history(bed, 1, timeout=30)[0]
-    assert h["outcome"] == "stalled", h
-    assert 10 <= float(h["end"]) - float(h["start"]) < 30, h
-    assert h["exit"] == "" and uuid.UUID(h["session"])  # the init event's session was recorded
-    assert [pid for pid, _ in agents if pid_alive(pid)] == []
-    assert live_procs(ws) == []
-    wait_for(lambda: model.hanging == 0, 5, 0.1, "the held connection closed")
-    assert "no agent output within the stall limit" in history(bed, "builder")[0]["detail"]
+    held = int(request_ctx(model.main_requests()[-1])["iteration"])
+    agents = live_procs(ws)
+    assert _cli_pids(agents), agents
+    h = next(h for h in wait_history(bed, held, timeout=60) if int(h["iteration"]) == held)
+    assert h["outcome"] == "stalled", brief([h])
+    assert 12 <= float(h["end"]) - float(h["start"]) < 60, h
+    assert h["exit"] == "" and int(h["turns"]) == 0 and float(h["cost"]) == 0
+    uuid.UUID(h["session"])  # the init event came before the request: its session id was recorded
+    assert [pid for pid, _ in agents if pid_alive(pid)] == []  # the whole iteration is gone
+    assert len(requests_of(model, "builder", held)) == 1
+    assert "no agent output within the stall limit" in h["detail"]
     bed.cli("stop")
+    wait_for(lambda: not live_procs(ws) and model.hanging == 0, 10, 0.1, "no agent process and no held request")
+    hist = history(bed, "builder")
+    assert {x["outcome"] for x in hist} <= {"stalled", "stopped"}, brief(hist)
 
 
-@pytest.mark.timeout(180)
+@pytest.mark.timeout(240)
 def test_timed_out_cli_is_killed_with_its_tool_processes(bed, claude_bin, scripted_model):
     marker = f"ccci-sleep-{uuid.uuid4().hex[:8]}"
-    # a Bash tool that outlives the time limit and prints nothing; the stall limit is far away
-    model = scripted_model(rule=Roles({("builder", 1): lambda body, step: bash(
-        f"sleep 600; echo {marker}", "wait") if step == 0 else text("woke up")}))
-    env = use_claude(bed, claude_bin, model, CCCI_STALL_LIMIT="60", CCCI_ITERATION_TIME_LIMIT="15",
-                     CCCI_MIN_INTERVAL='{"builder": 40}')
+
+    def sleep_tool(body: dict[str, Any], step: int) -> dict[str, Any]:
+        # a Bash tool that outlives the time limit and prints nothing; the stall limit is far away
+        it = conversation(body)[0]["iteration"]
+        return bash(f"sleep 600; echo {marker}-{it}", "wait") if step == 0 else text("woke up")
+
+    model = scripted_model(rule=Roles(_every_builder_iteration(sleep_tool)))
+    env = use_claude(bed, claude_bin, model, CCCI_STALL_LIMIT="120", CCCI_ITERATION_TIME_LIMIT="20")
     bed.worker("w1", queues="ccci.control,ccci.builder", beat=True, extra_env=env)
     bed.cli("start")
     ws = bed.tmp / "ws"
     try:
-        tool = wait_for(lambda: [p for p in live_procs(ws, marker) if marker in p[1]], 60, 0.1, "the sleeping tool")
+        tool = wait_for(lambda: [p for p in live_procs(ws, marker) if marker in p[1]], 120, 0.1, "the sleeping tool")
     except AssertionError:
         dump(bed, model)
         raise
+    it = int(re.search(rf"{marker}-(\d+)", tool[0][1]).group(1))
     sleeps = wait_for(lambda: [p for p in live_procs(ws) if p[1].startswith("sleep 600")], 10, 0.1, "sleep 600")
     agents = live_procs(ws, marker)
-    assert any("cli.js" in cmd or "claude" in cmd for _, cmd in agents), agents
-    # the tool runs in a session of its own, not in the CLI's process group
-    cli_pid = next(pid for pid, cmd in agents if "cli.js" in cmd or "claude" in cmd)
-    assert os.getsid(sleeps[0][0]) != os.getsid(cli_pid)
-    h = wait_history(bed, 1, timeout=30)[0]
-    assert h["outcome"] == "timed_out", h
-    assert 15 <= float(h["end"]) - float(h["start"]) < 30, h
-    assert "iteration time limit" in history(bed, "builder")[0]["detail"]
+    cli = _cli_pids(agents)
+    assert cli, agents
+    # the tool runs in a session of its own, not in the CLI's process group: a killpg of the CLI misses it
+    assert os.getsid(sleeps[0][0]) != os.getsid(cli[0])
+    h = next(h for h in wait_history(bed, it, timeout=60) if int(h["iteration"]) == it)
+    assert h["outcome"] == "timed_out", brief([h])
+    assert 20 <= float(h["end"]) - float(h["start"]) < 60, h
+    assert "iteration time limit" in h["detail"] and h["exit"] == ""
     assert [pid for pid, _ in agents + tool + sleeps if pid_alive(pid)] == []
-    assert live_procs(ws, marker) == []
+    assert not [p for p in live_procs(ws, marker) if f"{marker}-{it}" in p[1]]
     bed.cli("stop")
+    wait_for(lambda: not live_procs(ws, marker), 10, 0.1, "no agent or tool process left")
+    hist = history(bed, "builder")
+    assert {x["outcome"] for x in hist} <= {"timed_out", "stopped"}, brief(hist)
 
 
 # ---------------------------------------------------------------- 5. the agent as a non-root user
