@@ -243,8 +243,10 @@ class AgentProcess:
                     pass
             time.sleep(0.05)
 
-    def wait(self, time_limit: float, stall_limit: float) -> IterationResult:
-        """Wait for exit, enforcing the wall-clock and stall limits; return the parsed result."""
+    def wait(self, time_limit: float, stall_limit: float,
+             guard: Callable[[], str | None] | None = None) -> IterationResult:
+        """Wait for exit, enforcing the wall-clock and stall limits (and ``guard``, which returns
+        a kill reason when the agent must go); return the parsed result."""
         assert self.proc is not None
         started = time.monotonic()
         while self.proc.poll() is None:
@@ -253,6 +255,8 @@ class AgentProcess:
                 self.kill("time_limit")
             elif now - self.last_event > stall_limit:
                 self.kill("stall")
+            elif guard is not None and (why := guard()):
+                self.kill(why)
             time.sleep(0.05)
         self._reader.join(timeout=5)
         self._err_reader.join(timeout=1)

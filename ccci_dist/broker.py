@@ -132,10 +132,15 @@ def broker_url(settings: Settings, start: bool = True) -> str:
     return url
 
 
-def client(settings: Settings, start: bool = True) -> redis.Redis:
-    """A redis client for ccci-dist state (same server as the broker)."""
+def client(settings: Settings, start: bool = True, timeout: float = 10.0) -> redis.Redis:
+    """A redis client for ccci-dist state (same server as the broker).
+
+    Every command is bounded by ``timeout``: over a silently dropped link a read would
+    otherwise block until the link returns.
+    """
     return redis.Redis.from_url(broker_url(settings, start=start), decode_responses=True,
-                                socket_connect_timeout=5, health_check_interval=30)
+                                socket_connect_timeout=min(5.0, timeout), socket_timeout=timeout,
+                                health_check_interval=30)
 
 
 @click.command("up")

@@ -38,12 +38,14 @@ SECRET_ENV = ("CCCI_BROKER_URL", "CCCI_NOTIFY_URLS", "CCCI_REDIS_PASSWORD")
 _stores: dict[str, Store] = {}
 
 
-def get_store(s: Settings | None = None) -> Store:
-    """A process-wide Store on the broker's Redis."""
+def get_store(s: Settings | None = None, purpose: str = "main") -> Store:
+    """A process-wide Store on the broker's Redis; ``heartbeat`` gets timeouts of TTL/4, so a
+    dead link is noticed before the lease would lapse."""
     s = s or settings()
-    if "main" not in _stores:
-        _stores["main"] = Store(client(s))
-    return _stores["main"]
+    if purpose not in _stores:
+        timeout = max(0.25, s.lease_ttl / 4) if purpose == "heartbeat" else 10.0
+        _stores[purpose] = Store(client(s, timeout=timeout))
+    return _stores[purpose]
 
 
 def iteration_queue(s: Settings, run_hash: dict[str, str], role: str) -> str:
@@ -99,7 +101,9 @@ class Iteration:
     def execute(self) -> str:
         from .lease import Heartbeat
 
-        hb = Heartbeat(self.store, self.run, self.role, self.owner, self.s.lease_ttl, self._on_lost)
+        hb = Heartbeat(get_store(self.s, "heartbeat"), self.run, self.role, self.owner, self.s.lease_ttl,
+                       self._on_lost)
+        self.heartbeat = hb
         hb.start()
         try:
             return self._execute()
@@ -140,7 +144,10 @@ class Iteration:
         self.agent.start()
         if self.lost:  # lost between the check and the spawn
             self.agent.kill(self.lost)
-        res = self.agent.wait(self.s.iteration_time_limit, self.s.stall_limit)
+        # Belt and braces: the runner's own clock kills the agent at lease expiry even if the
+        # heartbeat thread is stuck in a call.
+        res = self.agent.wait(self.s.iteration_time_limit, self.s.stall_limit,
+                              guard=lambda: "lease_lost" if time.monotonic() > self.heartbeat.expires else None)
         if self.lost and not res.killed:
             res.killed = self.lost
         outcome = self._classify(res)

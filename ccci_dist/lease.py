@@ -31,14 +31,15 @@ class Heartbeat(threading.Thread):
         self.store, self.run_id, self.role, self.owner, self.ttl = store, run, role, owner, ttl
         self.on_lost = on_lost
         self.lost: str | None = None  # "lease_lost" | "stopped"
+        self.expires = time.monotonic() + ttl  # monotonic time the lease lapses unless renewed
         self._halt = threading.Event()
 
     def run(self) -> None:
         renew_every = self.ttl / 3
         last_renew = time.monotonic()
         # A renewal that cannot reach Redis keeps trying until the lease would have lapsed
-        # anyway; only then is the lease considered lost.
-        expires = last_renew + self.ttl
+        # anyway; only then is the lease considered lost. Count from before the call: the
+        # lease may lapse on the server while a slow call is under way.
         while not self._halt.wait(min(STOP_POLL, renew_every)):
             now = time.monotonic()
             try:
@@ -50,10 +51,10 @@ class Heartbeat(threading.Thread):
                     if not self.store.renew(self.run_id, self.role, self.owner, self.ttl):
                         self._lose("lease_lost")
                         return
-                    last_renew, expires = now, now + self.ttl
+                    last_renew, self.expires = now, now + self.ttl
             except redis.RedisError as exc:
                 log.warning("lease renewal failed: %s", exc.__class__.__name__)
-            if time.monotonic() >= expires:
+            if time.monotonic() >= self.expires:
                 self._lose("lease_lost")
                 return
 
