@@ -48,11 +48,15 @@ def test_tiny_plan_reaches_done(bed):
 
 
 def _pid_alive(pid: int) -> bool:
+    """A live (not zombie) demo agent with this pid; pids are reused quickly on a busy machine."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            if b"ccci_dist.demo_agent" not in f.read():
+                return False
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
         return False
-    return True
 
 
 def _running_agent(bed, role: str) -> dict:
