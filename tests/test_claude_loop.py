@@ -298,7 +298,8 @@ def dump(bed, model) -> None:
 
 
 def brief(hist: list[dict]) -> list[tuple]:
-    return [(h["iteration"], h["outcome"], h["exit"], h["turns"], h["detail"][:100]) for h in hist]
+    return [(h.get("role", "")[:1] + str(h["iteration"]), h["outcome"], h["exit"], h["turns"], h["cost"],
+             h["session"][:8], h["detail"][:80]) for h in hist]
 
 
 def requests_of(model, role: str, iteration: int) -> list[dict[str, Any]]:
@@ -454,6 +455,13 @@ def test_api_errors_and_stream_cuts_drive_the_loop(bed, claude_bin, scripted_mod
     assert len(requests_of(model, "builder", 7)) == 1
     # only the iterations that succeeded pushed (builder phase 1 in iteration 2)
     assert by_it[2]["commit"] and not any(by_it[i]["commit"] for i in (1, 3, 5, 7))
+    # A failed turn stays in the CLI's session: iteration 4 resumed it (--resume), so its first request
+    # carries iteration 3's prompt (never answered) before iteration 4's.
+    a = argvs(bed)
+    assert resume_arg(a[3]) == by_it[3]["session"] == by_it[4]["session"], a
+    sent4 = json.dumps(requests_of(model, "builder", 4)[0]["body"]["messages"])
+    assert "iteration=3 " in sent4 and sent4.index("iteration=3 ") < sent4.index("iteration=4 ")
+    print("ERRORS", brief(hist))
 
 
 # ---------------------------------------------------------------- 3. session resume
@@ -507,6 +515,7 @@ def test_session_resume_and_missing_session(bed, claude_bin, scripted_model):
     assert "this is a fresh session" in _texts(first4["body"]["messages"][0]["content"])
     assert "iteration=1 " not in json.dumps(first4["body"]["messages"])
     assert session_of(first4) == hist[3]["session"]
+    print("RESUME", brief(hist), a[:4])
 
 
 # ---------------------------------------------------------------- 4. stall and time limit kill everything
@@ -548,6 +557,7 @@ def test_stalled_cli_is_killed_with_its_processes(bed, claude_bin, scripted_mode
     wait_for(lambda: not live_procs(ws) and model.hanging == 0, 10, 0.1, "no agent process and no held request")
     hist = history(bed, "builder")
     assert {x["outcome"] for x in hist} <= {"stalled", "stopped"}, brief(hist)
+    print("STALL", held, brief(hist))
 
 
 @pytest.mark.timeout(240)
@@ -586,6 +596,7 @@ def test_timed_out_cli_is_killed_with_its_tool_processes(bed, claude_bin, script
     wait_for(lambda: not live_procs(ws, marker), 10, 0.1, "no agent or tool process left")
     hist = history(bed, "builder")
     assert {x["outcome"] for x in hist} <= {"timed_out", "stopped"}, brief(hist)
+    print("TIMEOUT", it, brief(hist), [cmd[:60] for _, cmd in agents + tool + sleeps])
 
 
 # ---------------------------------------------------------------- 5. the agent as a non-root user
