@@ -115,6 +115,12 @@ the result event. ``api_retry`` events appear before a retried request (see belo
   the same shape with ``errors: ["Error: --resume requires a valid session ID or session title when used with
   --print. Usage: claude -p --resume <session-id|title>. Provided value \"x\" is not a UUID and does not
   match any session title."]``.
+  A run that ended in an API error (429, 529, cut, ...) keeps its prompt in the session: the next
+  ``--resume`` sends that unanswered prompt and the new one merged into one user message (older first).
+  The resumed messages equal the earlier ones except for ``cache_control`` markers (they move to the newest
+  message). (tests/test_claude_loop.py)
+* Silent failures as non-root (``setpriv``): a cwd the user cannot reach (e.g. under a 0700 root dir) or a HOME
+  it cannot write (e.g. HOME=/root): exit 0, no stdout, no stderr, no request.
 """
 
 from __future__ import annotations
