@@ -20,7 +20,9 @@ Usage: scale.py [--duration 120] [--runs 25] [--concurrency 25] [--baseline 30]
 from __future__ import annotations
 
 import argparse
+import calendar
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -86,6 +88,34 @@ for k in st.r.scan_iter("ccci:inbox_poll:*"):
 poll = one(s30)           # also reads INBOX.md of every run (git) as every 30 s
 print(json.dumps({"first": first, "quiet": quiet, "poll": poll}))
 """
+
+
+TICK_RE = re.compile(r"Task ccci\.watchdog\[[^\]]+\] succeeded in ([0-9.]+)s: '(\w+)'")
+
+
+def tick_spans(logs: list[Path], t0: float, t1: float) -> tuple[list[tuple[float, float]], int]:
+    """Watchdog task runs from the workers' logs (Celery's "succeeded in Ns: 'ticked'|'skipped'" lines):
+    the (start, end) of every tick that ran, and how many found the tick lock held ('skipped')."""
+    spans, skipped = [], 0
+    for log in logs:
+        if not log.exists():
+            continue
+        for line in log.read_text(errors="replace").splitlines():
+            m = TICK_RE.search(line)
+            if not m:
+                continue
+            try:
+                ts = json.loads(line)["ts"]
+                end = calendar.timegm(time.strptime(ts[:19], "%Y-%m-%dT%H:%M:%S")) + float("0" + ts[19:-1])
+            except (ValueError, KeyError, TypeError):
+                continue
+            if not t0 <= end <= t1 + 60:
+                continue
+            if m.group(2) == "ticked":
+                spans.append((end - float(m.group(1)), end))
+            else:
+                skipped += 1
+    return sorted(spans), skipped
 
 
 def overlaps(events: list[dict]) -> list[tuple]:
@@ -174,6 +204,8 @@ def main() -> int:
             dup_live = overlaps(events)
             restarts = sum(1 for i in range(a.runs) for _ in r.xrange(f"ccci:events:run-{i:02d}")
                            if _[1].get("kind") == "restart")
+            spans, skipped = tick_spans([h.dir / "worker.log" for h in (tb.w1, tb.w2)], t0, t1)
+            concurrent = sum(1 for a_, b_ in zip(spans, spans[1:], strict=False) if b_[0] < a_[1])
             # The same tick on the same 25-run state without the load: workers and beat killed,
             # leases left to lapse, then ticks run directly (in the sched namespace) and timed.
             for h in (tb.w1, tb.w2):
@@ -193,6 +225,8 @@ def main() -> int:
               + f"   baseline = same bed with 1 run; {len(ticks)} vs {len(ticks1)} ticks")
         print(row("watchdog tick ms max", f"{max(ticks):.1f}", f"{max(ticks1):.1f}", width=40)
               + f"   tick interval {a.tick} s")
+        print(row("ticks overlapping the previous one", f"{concurrent}/{len(spans)}", "0", width=40)
+              + f"   from the workers' logs; {skipped} ticks found the lock held (skipped)")
         if probe:
             print(row("tick, no load, all loops queued", f"{pct(probe['quiet'], 50):.1f}", "", width=40)
                   + f"   same {a.runs}-run state, workers stopped; p50 of {len(probe['quiet'])} direct ticks")
