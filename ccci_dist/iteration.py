@@ -20,6 +20,7 @@ from .agent import AgentProcess, IterationResult, build_command
 from .broker import client
 from .celery import app, settings
 from .config import Settings, hostname
+from .lease import Heartbeat
 from .limits import backoff_seconds, schedule_after_limit
 from .logsetup import log_context, prune_logs
 from .notify import notify
@@ -33,7 +34,7 @@ log = logging.getLogger(__name__)
 
 LOG_STREAM_MAXLEN = 5000
 # Agent env vars that would hand an agent the keys to the broker or the notifiers.
-SECRET_ENV = ("CCCI_BROKER_URL", "CCCI_NOTIFY_URLS", "CCCI_REDIS_PASSWORD")
+SECRET_ENV = ("CCCI_BROKER_URL", "CCCI_BROKER_PASSWORD_FILE", "CCCI_NOTIFY_URLS")
 
 _stores: dict[str, Store] = {}
 
@@ -91,6 +92,7 @@ class Iteration:
         self.started = datetime.now(UTC)
         self.lost: str | None = None
         self.log_path = ""
+        self.heartbeat: Heartbeat | None = None
 
     # The heartbeat calls this from its thread the moment the lease is lost or stop is set.
     def _on_lost(self, why: str) -> None:
@@ -99,8 +101,6 @@ class Iteration:
             self.agent.kill(why)
 
     def execute(self) -> str:
-        from .lease import Heartbeat
-
         hb = Heartbeat(get_store(self.s, "heartbeat"), self.run, self.role, self.owner, self.s.lease_ttl,
                        self._on_lost)
         self.heartbeat = hb
@@ -117,6 +117,8 @@ class Iteration:
             hb.close()
 
     def _execute(self) -> str:
+        hb = self.heartbeat
+        assert hb is not None
         run_hash = self.store.run(self.run)
         loop = self.store.loop(self.run, self.role)
         plan = json.loads(run_hash["plan"])
@@ -147,7 +149,7 @@ class Iteration:
         # Belt and braces: the runner's own clock kills the agent at lease expiry even if the
         # heartbeat thread is stuck in a call.
         res = self.agent.wait(self.s.iteration_time_limit, self.s.stall_limit,
-                              guard=lambda: "lease_lost" if time.monotonic() > self.heartbeat.expires else None)
+                              guard=lambda: "lease_lost" if time.monotonic() > hb.expires else None)
         if self.lost and not res.killed:
             res.killed = self.lost
         outcome = self._classify(res)
@@ -290,11 +292,3 @@ class Iteration:
                 self.store.event(self.run, "budget_reached", total=f"{total:.4f}")
                 notify("budget_reached", f"{self.run}: daily budget reached",
                        f"${total:.2f} of ${budget:.2f} today; loops resume at {until:%Y-%m-%d %H:%M} UTC")
-
-
-def wait_seconds(ts: str | None) -> float:
-    """Seconds until an epoch timestamp string (0 if empty or past)."""
-    try:
-        return max(0.0, float(ts) - time.time()) if ts else 0.0
-    except ValueError:
-        return 0.0
