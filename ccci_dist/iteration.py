@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import pwd
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -33,6 +34,7 @@ from .workspace import GitError, PushRefused, Workspace, isolation_violations
 log = logging.getLogger(__name__)
 
 LOG_STREAM_MAXLEN = 5000
+FRESH_AFTER_FAILURES = 3
 # Agent env vars that would hand an agent the keys to the broker or the notifiers.
 SECRET_ENV = ("CCCI_BROKER_URL", "CCCI_BROKER_PASSWORD_FILE", "CCCI_NOTIFY_URLS")
 
@@ -60,8 +62,14 @@ def send_iteration(run: str, role: str, task_id: str, queue: str) -> None:
 
 
 def agent_env(s: Settings, run: str, role: str) -> dict[str, str]:
+    """The agent's environment: the worker's, minus broker/notifier secrets; with ``agent_user``,
+    that user's HOME (setpriv keeps root's, where the CLI finds neither its login nor its sessions)."""
     env = {k: v for k, v in os.environ.items() if k not in SECRET_ENV}
     env.update({"CCCI_RUN": run, "CCCI_ROLE": role, "CCCI_HOSTNAME": hostname()})
+    if s.agent_user:
+        env.update({"USER": s.agent_user, "LOGNAME": s.agent_user})
+        if env.get("HOME") in (None, pwd.getpwuid(os.getuid()).pw_dir):  # not chosen by the operator
+            env["HOME"] = pwd.getpwnam(s.agent_user).pw_dir
     return env
 
 
@@ -124,6 +132,8 @@ class Iteration:
         plan = json.loads(run_hash["plan"])
         ws = Workspace(self.s.workspace_dir / self.run / self.role, run_hash["repo"], run_hash.get("branch", "main"))
         base = ws.sync(f"{self.role}-{self.number}")
+        if self.s.agent_user:
+            ws.hand_to(self.s.agent_user)
         inbox = self._pending_inbox(loop)
         nudges = json.loads(loop.get("nudges") or "[]")
         prompt = assemble(role=self.role, run=self.run, iteration=self.number, phase=run_hash.get("phase", ""),
@@ -197,10 +207,13 @@ class Iteration:
         if outcome.kind == "lease_lost":
             # Not this loop's fault: the successor re-runs this number.
             fields["iteration"] = self.number - 1
-        if res.session_id and not getattr(outcome, "fresh_session", False):
+        # A failed run leaves its unanswered prompt in the session, and each resumed retry would
+        # add another: after a few failures in a row, start a fresh session.
+        fresh = outcome.fresh_session or streak >= FRESH_AFTER_FAILURES
+        if res.session_id and not fresh:
             fields["session_id"] = res.session_id
-        fields["fresh_session"] = "1" if getattr(outcome, "fresh_session", False) else ""
-        nudges: list[str] = ["fresh_session"] if getattr(outcome, "fresh_session", False) else []
+        fields["fresh_session"] = "1" if fresh else ""
+        nudges: list[str] = ["fresh_session"] if fresh else []
         if violations:
             nudges.append(f"Your last commits were NOT pushed: they change files your role may not touch "
                           f"({', '.join(violations[:10])}). Redo the work without touching them.")

@@ -30,9 +30,14 @@ class GitError(Exception):
     """A git command failed; the message is its one-line stderr summary."""
 
 
+# The runner works in clones an agent user may own (agent_user); git would refuse them as
+# "dubious ownership" without this.
+SAFE = ("-c", "safe.directory=*")
+
+
 def git(cwd: Path, *args: str, check: bool = True, timeout: float = 300) -> str:
     env = {**os.environ, **{k: v for k, v in GIT_ENV.items() if k not in os.environ}}
-    p = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, env=env, timeout=timeout)
+    p = subprocess.run(["git", *SAFE, *args], cwd=cwd, capture_output=True, text=True, env=env, timeout=timeout)
     if check and p.returncode != 0:
         msg = (p.stderr.strip().splitlines() or [f"exit {p.returncode}"])[-1]
         raise GitError(f"git {args[0]} failed: {msg}")
@@ -63,6 +68,10 @@ class Workspace:
         git(self.path, "clean", "-q", "-fd")
         return self.head()
 
+    def hand_to(self, user: str) -> None:
+        """Give the clone to the agent's user (the runner's fetch and rebase leave root-owned files)."""
+        subprocess.run(["chown", "-R", f"{user}:", str(self.path)], check=True, capture_output=True, timeout=300)
+
     def head(self) -> str:
         return git(self.path, "rev-parse", "HEAD")
 
@@ -88,7 +97,7 @@ class Workspace:
                 raise
             if not before_push():
                 raise PushRefused("fencing token is no longer current")
-            p = subprocess.run(["git", "push", "-q", self.repo, f"HEAD:refs/heads/{self.branch}"],
+            p = subprocess.run(["git", *SAFE, "push", "-q", self.repo, f"HEAD:refs/heads/{self.branch}"],
                                cwd=self.path, capture_output=True, text=True, env={**os.environ, **GIT_ENV})
             if p.returncode == 0:
                 git(self.path, "update-ref", f"refs/remotes/origin/{self.branch}", "HEAD")

@@ -611,15 +611,6 @@ def test_timed_out_cli_is_killed_with_its_tool_processes(bed, claude_bin, script
 
 # ---------------------------------------------------------------- 5. the agent as a non-root user
 
-NONROOT_GAP = (
-    "product gap: with agent_user the runner (root) clones the workspace root-owned, so the agent's git fails "
-    "('detected dubious ownership') and its writes fail ('mkdir: cannot create directory work: Permission "
-    "denied'); the iteration still ends 'success' with nothing to push. Iteration._execute must chown the clone "
-    "to agent_user after Workspace.sync, and workspace.git() must pass -c safe.directory=<clone> for the root "
-    "runner's own git on that agent-owned clone")
-
-
-@pytest.mark.xfail(strict=True, reason=NONROOT_GAP)
 @pytest.mark.timeout(180)
 def test_builder_iteration_as_nonroot_agent_user(bed, claude_bin, scripted_model, nonroot_user):
     model = scripted_model(rule=Roles())
@@ -639,7 +630,7 @@ def test_builder_iteration_as_nonroot_agent_user(bed, claude_bin, scripted_model
     sessions = list((home / ".claude" / "projects").rglob(f"{h['session']}.jsonl"))
     assert sessions and sessions[0].stat().st_uid == nonroot_user.uid, sessions
     assert model.main_requests()
-    # ... and could work in its clone: this is what fails today (see NONROOT_GAP)
+    # ... and could work in its clone: the runner hands the clone to the agent user after each sync
     assert ws.stat().st_uid == nonroot_user.uid
     assert h["outcome"] == "success" and h["commit"], h
     assert (ws / "work" / "phase-1.md").stat().st_uid == nonroot_user.uid
