@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shlex
 import signal
 import subprocess
@@ -67,16 +68,26 @@ class IterationResult(BaseModel):
 MARK_VAR = "CCCI_AGENT_MARK"
 
 
+def agent_kind(agent_command: str) -> str:
+    """Which adapter speaks to this command: ``codex`` for ``codex exec``, else ``claude``."""
+    words = [os.path.basename(w) for w in shlex.split(agent_command)[:3]]
+    return "codex" if "codex" in words and "exec" in words else "claude"
+
+
 def build_command(agent_command: str, agent_flags: str = "", session_id: str | None = None,
                   user: str = "") -> list[str]:
-    """argv for one iteration: the configured command, extra flags, ``--resume`` if any.
+    """argv for one iteration: the configured command, extra flags, and the resume of a session
+    (Claude Code: ``--resume ID``; Codex: ``codex exec ... resume ID -``, prompt on stdin).
 
     With ``user`` the agent runs as that (non-root) user through ``setpriv``, keeping the
     environment (``runuser`` would reset HOME).
     """
     argv = shlex.split(agent_command) + shlex.split(agent_flags)
+    codex = agent_kind(agent_command) == "codex"
     if session_id:
-        argv += ["--resume", session_id]
+        argv += ["resume", session_id] if codex else ["--resume", session_id]
+    if codex:
+        argv.append("-")
     if user:
         argv = ["setpriv", f"--reuid={user}", f"--regid={user}", "--init-groups", "--", *argv]
     return argv
@@ -137,14 +148,65 @@ def parse_stream(lines: list[str]) -> IterationResult:
     return res
 
 
+_STATUS_RE = re.compile(r"\b(?:status:?\s*)?([45]\d\d)\b(?=\s+[A-Z]|\s*$|,)")
+
+
+def parse_codex_stream(lines: list[str]) -> IterationResult:
+    """Fold ``codex exec --json`` events (thread.started, item.completed, turn.completed,
+    turn.failed, error) into the same ``IterationResult`` as Claude Code's stream, with a
+    synthesised ``result`` object so one classifier serves both."""
+    res = IterationResult()
+    session, text, error, turns = "", "", "", 0
+    usage: dict[str, int] = {}
+    failed = False
+    for line in lines:
+        try:
+            ev = json.loads(line)
+        except ValueError:
+            res.non_json_lines += bool(line.strip())
+            continue
+        if not isinstance(ev, dict):
+            res.non_json_lines += 1
+            continue
+        res.events += 1
+        kind = ev.get("type")
+        if kind == "thread.started":
+            session = str(ev.get("thread_id") or "")
+        elif kind == "item.completed" and (ev.get("item") or {}).get("type") == "agent_message":
+            text = str(ev["item"].get("text") or "")
+        elif kind == "turn.completed":
+            turns += 1
+            for k, v in (ev.get("usage") or {}).items():
+                if isinstance(v, int):
+                    usage[k] = usage.get(k, 0) + v
+        elif kind == "turn.failed":
+            failed = True
+            error = str((ev.get("error") or {}).get("message") or error)
+        elif kind == "error":
+            error = str(ev.get("message") or error)
+    res.session_id = session
+    if turns or failed or error:
+        status = _STATUS_RE.search(error) if failed else None
+        res.result = {
+            "type": "result", "subtype": "success" if not failed else "error_during_execution",
+            "is_error": failed, "api_error_status": int(status.group(1)) if status else None,
+            "num_turns": turns, "result": error if failed else text, "session_id": session,
+            "total_cost_usd": 0.0, "usage": usage,  # Codex reports tokens, not cost
+        }
+        res.subtype, res.is_error, res.num_turns = res.result["subtype"], failed, turns
+        res.api_error_status, res.usage, res.result_text = res.result["api_error_status"], usage, res.result["result"]
+    return res
+
+
 class AgentProcess:
     """One running agent: spawn, stream to a log, enforce limits, kill the whole group."""
 
     def __init__(self, argv: list[str], prompt: str, cwd: Path, log_path: Path,
                  env: dict[str, str] | None = None, on_line: Callable[[str], None] | None = None,
-                 kill_grace: float = 1.0):
+                 kill_grace: float = 1.0, kind: str = "claude"):
         self.argv, self.prompt, self.cwd, self.log_path = argv, prompt, cwd, log_path
         self.mark = uuid.uuid4().hex
+        self.kind = kind
         self.env = {**(os.environ if env is None else env), MARK_VAR: self.mark}
         self.on_line = on_line
         self.kill_grace = kill_grace
@@ -262,7 +324,7 @@ class AgentProcess:
         self._err_reader.join(timeout=1)
         if self.killed is None:
             self._reap_group()  # leave no orphaned tool processes behind
-        res = parse_stream(self.lines)
+        res = (parse_codex_stream if self.kind == "codex" else parse_stream)(self.lines)
         res.exit_code = self.proc.returncode if self.killed is None else None
         res.killed = self.killed
         res.stderr_tail = "".join(self._stderr)[-2000:]

@@ -17,7 +17,7 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from .agent import AgentProcess, IterationResult, build_command
+from .agent import AgentProcess, IterationResult, agent_kind, build_command
 from .broker import client
 from .celery import app, settings
 from .config import Settings, hostname
@@ -149,7 +149,7 @@ class Iteration:
                                   on_line=lambda line: self.store.r.xadd(
                                       stream, {"n": self.number, "line": line[:4000]},
                                       maxlen=LOG_STREAM_MAXLEN, approximate=True),
-                                  kill_grace=self.s.kill_grace)
+                                  kill_grace=self.s.kill_grace, kind=agent_kind(self.s.agent_command))
         if self.lost:
             return self._finish(IterationResult(killed=self.lost), self._classify(IterationResult(killed=self.lost)),
                                 base=base, pushed="", violations=[], inbox_last="")
