@@ -21,6 +21,7 @@ import json
 import os
 import re
 import shlex
+import shutil
 import signal
 import subprocess
 import threading
@@ -32,16 +33,18 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
+SETPRIV = shutil.which("setpriv")
 
-def _die_with_parent() -> None:
-    """In the child before exec: SIGKILL the agent if the worker that spawned it dies, so a
-    crashed worker never leaves an agent running beside its successor."""
-    try:
-        import ctypes
 
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except OSError:
-        pass
+def with_pdeathsig(argv: list[str]) -> list[str]:
+    """Have the kernel SIGKILL the agent if the worker that spawned it dies, so a crashed worker
+    never leaves an agent running beside its successor. Done by ``setpriv --pdeathsig`` at exec
+    time (a ``preexec_fn`` is unsafe in a threaded worker); merged into an existing setpriv."""
+    if SETPRIV is None:
+        return argv
+    if argv and argv[0] == "setpriv":
+        return [argv[0], "--pdeathsig", "KILL", *argv[1:]]
+    return [SETPRIV, "--pdeathsig", "KILL", "--", *argv]
 
 
 class IterationResult(BaseModel):
@@ -220,9 +223,8 @@ class AgentProcess:
     def start(self) -> None:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self.proc = subprocess.Popen(
-            self.argv, cwd=self.cwd, env=self.env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE, start_new_session=True, preexec_fn=_die_with_parent, text=True,
-            encoding="utf-8", errors="replace",
+            with_pdeathsig(self.argv), cwd=self.cwd, env=self.env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE, start_new_session=True, text=True, encoding="utf-8", errors="replace",
         )
         self.last_event = time.monotonic()
         threading.Thread(target=self._feed, daemon=True).start()
@@ -319,7 +321,10 @@ class AgentProcess:
                 self.kill("stall")
             elif guard is not None and (why := guard()):
                 self.kill(why)
-            time.sleep(0.05)
+            try:  # returns the moment the agent exits, unlike a plain sleep
+                self.proc.wait(timeout=0.05)
+            except subprocess.TimeoutExpired:
+                pass
         self._reader.join(timeout=5)
         self._err_reader.join(timeout=1)
         if self.killed is None:

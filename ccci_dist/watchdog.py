@@ -15,6 +15,7 @@ import os
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
+from functools import lru_cache
 
 from .celery import CONTROL_QUEUE, app, settings
 from .config import Settings, hostname
@@ -22,7 +23,7 @@ from .inbox import INBOX_FILE, ingest_inbox_file, read_remote_file
 from .iteration import get_store, iteration_queue, send_iteration
 from .notify import notify
 from .phases import MachineDocs, is_done, phase_complete
-from .plan import from_snapshot
+from .plan import PlanPackage, from_snapshot
 from .store import ACTIVE, DONE, PAUSED, Store, k_loop, k_next, k_run
 
 log = logging.getLogger(__name__)
@@ -31,6 +32,10 @@ TICK_LOCK = "ccci:watchdog:lock"
 TICK_STATS = "ccci:watchdog:ticks"
 
 # Advance the phase only if nobody changed it since we read it (two watchdogs, or an operator).
+RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
 SET_PHASE = """
 if redis.call('HGET', KEYS[1], 'phase') ~= ARGV[1] then return 0 end
 redis.call('HSET', KEYS[1], 'phase', ARGV[2])
@@ -47,9 +52,18 @@ def watchdog_task() -> str:
 
 def tick(store: Store, s: Settings, now: datetime | None = None) -> str:
     """Run one tick unless another watchdog holds the tick lock."""
-    me = f"{hostname()}/{os.getpid()}"
-    if not store.r.set(TICK_LOCK, me, nx=True, px=max(int(s.watchdog_interval * 800), 100)):
+    me = f"{hostname()}/{os.getpid()}/{uuid.uuid4().hex[:8]}"
+    # Held for the whole tick (released at its end), so a slow tick under load never overlaps
+    # the next; the expiry only matters if this worker dies mid-tick.
+    if not store.r.set(TICK_LOCK, me, nx=True, px=max(int(s.watchdog_interval * 3000), 1000)):
         return "skipped"
+    try:
+        return _tick(store, s, now)
+    finally:
+        store.r.eval(RELEASE, 1, TICK_LOCK, me)
+
+
+def _tick(store: Store, s: Settings, now: datetime | None) -> str:
     t0 = time.perf_counter()
     now = now or datetime.now(UTC)
     for run in store.runs():
@@ -78,10 +92,11 @@ def tick_run(store: Store, s: Settings, run: str, now: datetime) -> None:
         status = ACTIVE
     if status != ACTIVE or not rh.get("plan"):
         return
-    plan = from_snapshot(json.loads(rh["plan"]))
+    plan = _plan(rh["plan"])
     if s.inbox_poll_interval and store.r.set(f"ccci:inbox_poll:{run}", "1", nx=True,
                                              px=int(s.inbox_poll_interval * 1000)):
-        poll_inbox_file(store, s, run, rh, plan.roles)
+        # a git fetch per run: off the tick, in a task of its own
+        inbox_poll_task.apply_async(args=[run], queue=CONTROL_QUEUE, expires=max(s.inbox_poll_interval, 5))
     docs = MachineDocs.model_validate_json(rh["docs"]) if rh.get("docs") else MachineDocs()
     if is_done(plan, docs, now, timedelta(hours=s.done_freshness_hours)):
         finish_run(store, run, plan.roles)
@@ -131,6 +146,23 @@ def tick_loop(store: Store, s: Settings, run: str, role: str, rh: dict[str, str]
         notify("loop_restarted", f"{run}/{role} restarted",
                f"iteration {loop.get('running')} on {loop.get('host', '?')} was interrupted; re-running it")
     send_iteration(run, role, task_id, queue)
+
+
+@lru_cache(maxsize=256)
+def _plan(snapshot_json: str) -> PlanPackage:
+    """The plan of a run, parsed once per distinct snapshot rather than on every tick."""
+    return from_snapshot(json.loads(snapshot_json))
+
+
+@app.task(name="ccci.inbox_poll", ignore_result=True)
+def inbox_poll_task(run: str) -> int:
+    """Check a run's INBOX.md for new entries (scheduled by the watchdog every inbox_poll_interval)."""
+    s = settings()
+    store = get_store(s)
+    rh = store.run(run)
+    if rh.get("status") not in (ACTIVE, PAUSED):
+        return 0
+    return poll_inbox_file(store, s, run, rh, store.roles(run))
 
 
 def poll_inbox_file(store: Store, s: Settings, run: str, rh: dict[str, str], roles: list[str]) -> int:

@@ -55,16 +55,18 @@ class Workspace:
         if not (self.path / ".git").exists():
             self.path.parent.mkdir(parents=True, exist_ok=True)
             git(self.path.parent, "clone", "-q", "-b", self.branch, self.repo, str(self.path))
-        git(self.path, "remote", "set-url", "origin", self.repo)
-        git(self.path, "remote", "set-url", "--push", "origin", NO_PUSH)
+        marker = self.path / ".git" / "ccci-remote"
+        if not marker.exists() or marker.read_text() != self.repo:
+            git(self.path, "remote", "set-url", "origin", self.repo)
+            git(self.path, "remote", "set-url", "--push", "origin", NO_PUSH)
+            marker.write_text(self.repo)
         git(self.path, "fetch", "-q", "origin", self.branch)
         remote = f"origin/{self.branch}"
-        if git(self.path, "rev-parse", "--verify", "-q", "HEAD", check=False):
-            ahead = git(self.path, "rev-list", "--count", f"{remote}..HEAD", check=False)
-            if ahead and ahead != "0":
-                git(self.path, "update-ref", f"refs/ccci/abandoned/{label}-{int(time.time())}", "HEAD")
-        git(self.path, "checkout", "-q", "-B", self.branch, remote)
-        git(self.path, "reset", "-q", "--hard", remote)
+        ahead = git(self.path, "rev-list", "--count", f"{remote}..HEAD", check=False)
+        if ahead and ahead != "0":
+            git(self.path, "update-ref", f"refs/ccci/abandoned/{label}-{int(time.time())}", "HEAD")
+        # -f resets index and work tree to the remote tip, like reset --hard, in one process
+        git(self.path, "checkout", "-q", "-f", "-B", self.branch, remote)
         git(self.path, "clean", "-q", "-fd")
         return self.head()
 

@@ -37,7 +37,8 @@ def test_precedence_file_env_flag(toml):
     b = shown(run("--config", str(toml), "config", "show", "--json",
                   env={"CCCI_RUN": "from-env", "CCCI_VM__PORT": "2200"}))
     assert (b["run"], b["lease_ttl"], b["vm"]["port"]) == ("from-env", 20.0, 2200)
-    c = shown(run("--config", str(toml), "--run", "from-flag", "config", "show", "--json", env={"CCCI_RUN": "from-env"}))
+    c = shown(run("--config", str(toml), "--run", "from-flag", "config", "show", "--json",
+                  env={"CCCI_RUN": "from-env"}))
     assert c["run"] == "from-flag"
     d = shown(run("config", "show", "--json", env={"CCCI_CONFIG": str(toml)}))
     assert d["run"] == "from-file"
