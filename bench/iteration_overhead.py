@@ -109,9 +109,7 @@ def python_sync(clone_parent: Path, repo: Path, n: int) -> list[float]:
 def agent_adapter(tmp: Path, prompt: str, n: int) -> tuple[list[float], list[float], list[float]]:
     """The same agent run n times through the product's AgentProcess (start + wait) and through
     a bare subprocess.run from the same Python process: isolates the adapter's own cost."""
-    import ctypes  # noqa: F401  the worker's import stack has it loaded too, so its preexec_fn does not import it
-
-    from ccci_dist.agent import AgentProcess, _die_with_parent
+    from ccci_dist.agent import AgentProcess, with_pdeathsig
 
     adapter, bare, pre = [], [], []
     cwd = tmp / "bash-clone"
@@ -126,8 +124,8 @@ def agent_adapter(tmp: Path, prompt: str, n: int) -> tuple[list[float], list[flo
         subprocess.run([NOOP_AGENT], input=prompt, cwd=cwd, capture_output=True, text=True, check=True)
         bare.append((time.perf_counter() - t0) * 1000)
         t0 = time.perf_counter()
-        subprocess.run([NOOP_AGENT], input=prompt, cwd=cwd, capture_output=True, text=True, check=True,
-                       start_new_session=True, preexec_fn=_die_with_parent)
+        subprocess.run(with_pdeathsig([NOOP_AGENT]), input=prompt, cwd=cwd, capture_output=True, text=True,
+                       check=True, start_new_session=True)
         pre.append((time.perf_counter() - t0) * 1000)
     return adapter, bare, pre
 
