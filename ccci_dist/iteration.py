@@ -101,6 +101,7 @@ class Iteration:
         self.lost: str | None = None
         self.log_path = ""
         self.heartbeat: Heartbeat | None = None
+        self.run_hash: dict[str, str] = {}
 
     # The heartbeat calls this from its thread the moment the lease is lost or stop is set.
     def _on_lost(self, why: str) -> None:
@@ -127,7 +128,7 @@ class Iteration:
     def _execute(self) -> str:
         hb = self.heartbeat
         assert hb is not None
-        run_hash = self.store.run(self.run)
+        run_hash = self.run_hash = self.store.run(self.run)
         loop = self.store.loop(self.run, self.role)
         plan = json.loads(run_hash["plan"])
         ws = Workspace(self.s.workspace_dir / self.run / self.role, run_hash["repo"], run_hash.get("branch", "main"))
@@ -268,8 +269,7 @@ class Iteration:
         self._after(outcome, res, violations, streak, fields, now)
         if next_task:
             try:
-                send_iteration(self.run, self.role, next_task,
-                               iteration_queue(self.s, self.store.run(self.run), self.role))
+                send_iteration(self.run, self.role, next_task, iteration_queue(self.s, self.run_hash, self.role))
             except Exception:  # broker hiccup: the watchdog re-sends a never-claimed iteration
                 log.exception("could not enqueue the next iteration; the watchdog will")
         return outcome.kind
