@@ -106,10 +106,12 @@ def _logging(loglevel: str | None = None, **_: object) -> None:
     configure_logging(loglevel or "INFO")
 
 
-def _install_sd_notify() -> None:
+def _install_worker_extras() -> None:
+    from .beat_thread import install
     from .workers import install_sd_notify
 
+    install(app)
     install_sd_notify(app)
 
 
-_install_sd_notify()
+_install_worker_extras()

@@ -99,8 +99,8 @@ def demo_cmd(obj: Ctx, plan_dir: Path | None, timeout: float) -> None:
     console.print(f"[bold]ccci-dist demo[/]: plan {plan_dir}, project {repo}, worker log {worker_log}")
     with open(worker_log, "ab") as out:
         worker = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "ccci_dist", "worker", "-P", "threads", "-c", "4", "-B",
-             "--scheduler", "redbeat.RedBeatScheduler", "-Q", "ccci.control,ccci.builder,ccci.reviewer",
+            [sys.executable, "-m", "celery", "-A", "ccci_dist", "worker", "-P", "threads", "-c", "4", "--beat-thread",
+             "-Q", "ccci.control,ccci.builder,ccci.reviewer",
              "-n", "demo@%h", "--loglevel", "INFO", "--without-mingle", "--without-gossip"],
             env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     try:

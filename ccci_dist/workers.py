@@ -156,8 +156,8 @@ def worker_argv(profile: WorkerProfile, extra: tuple[str, ...] = ()) -> list[str
     argv = [*celery_argv(), "-A", "ccci_dist", "worker", "-P", profile.pool, "-c", str(profile.concurrency),
             "-Q", ",".join(profile.queues), "-n", profile.nodename]
     if profile.beat:
-        # `worker -S` is --statedb, not the scheduler (that is `beat -S`): spell it out.
-        argv += ["-B", "--scheduler", REDBEAT]
+        # RedBeat in a thread of the worker: one Python process instead of -B's two.
+        argv += ["--beat-thread"]
     return [*argv, "--loglevel", profile.loglevel, *extra]
 
 

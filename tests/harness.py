@@ -150,7 +150,7 @@ def celery_worker(env: dict[str, str], log: Path, queues: str = "ccci.control,cc
            "-c", str(concurrency), "-Q", queues, "-n", hostname, "--loglevel", "INFO",
            "--without-mingle", "--without-gossip"]
     if beat:
-        cmd += ["-B", "--scheduler", "redbeat.RedBeatScheduler"]
+        cmd += ["--beat-thread"]
     return Proc(cmd, log, env=env, cwd=ROOT)
 
 

@@ -305,7 +305,7 @@ class Testbed:
         cmd = [sys.executable, "-m", "celery", "-A", "ccci_dist", "worker", "-P", "threads", "-c", str(concurrency),
                "-Q", queues, "-n", f"{host.name}@%h", "--loglevel", "INFO", "--without-mingle", "--without-gossip"]
         if beat:
-            cmd += ["-B", "-S", "redbeat.RedBeatScheduler"]
+            cmd += ["-B", "--scheduler", "redbeat.RedBeatScheduler"]
         return host.spawn(cmd, log, env, restart)
 
     def beat(self, host: Host, env: dict[str, str] | None = None, log: str = "beat.log",

@@ -73,7 +73,7 @@ def test_dry_run_each_shipped_profile(path):
     expect = (f"-A ccci_dist worker -P {prof.pool} -c {prof.concurrency} -Q {','.join(prof.queues)} "
               f"-n {prof.name}@%h")
     assert expect in cmd and cmd.endswith("--loglevel INFO")
-    assert ("-B --scheduler redbeat.RedBeatScheduler" in cmd) == prof.beat
+    assert ("--beat-thread" in cmd) == prof.beat
     assert " -S " not in cmd  # worker -S is --statedb
     assert envline.startswith("env (values hidden): ") and all(k in envline.split() for k in prof.env)
     assert "/usr/bin" not in r.stdout and "/var/lib" not in r.stdout  # values are never printed
@@ -224,3 +224,22 @@ def test_real_beat_takes_the_redbeat_lock(tmp_path, redis_url):
         assert not any(b"test-redis-pw" in a for a in cmdline)
     finally:
         proc.stop()
+
+
+def test_beat_thread_runs_redbeat_inside_the_worker(redis_server, redis_url, tmp_path):
+    """--beat-thread: the watchdog ticks with no second (forked) Python process."""
+    from harness import celery_worker, wait_for
+
+    env = {"CCCI_BROKER_URL": redis_url, "CCCI_STATE_DIR": str(tmp_path / "state"),
+           "CCCI_WATCHDOG_INTERVAL": "1"}
+    worker = celery_worker(env, tmp_path / "w.log", queues="ccci.control", beat=True).start()
+    try:
+        r = redis_server.client()
+        wait_for(lambda: r.get("ccci:watchdog:last"), 30, 0.2, "a watchdog tick")
+        first = float(r.get("ccci:watchdog:last"))
+        wait_for(lambda: float(r.get("ccci:watchdog:last")) > first, 10, 0.2, "the next tick")
+        assert r.get("ccci:redbeat:lock"), "RedBeat holds its lock"
+        children = open(f"/proc/{worker.pid}/task/{worker.pid}/children").read().split()
+        assert children == [], f"beat must be a thread, not a child process: {children}"
+    finally:
+        worker.stop()
