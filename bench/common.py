@@ -168,13 +168,16 @@ def base_env(broker: str, repo: Path, plan: Path, tmp: Path, **over: str) -> dic
 
 
 def worker_cmd(pool: str = "threads", concurrency: int = 2, name: str = "w1", beat: bool = False,
-               queues: str = "ccci.control,ccci.builder,ccci.reviewer", schedule: Path | None = None) -> list[str]:
+               queues: str = "ccci.control,ccci.builder,ccci.reviewer", schedule: Path | None = None,
+               beat_thread: bool = False) -> list[str]:
     cmd = [PY, "-m", "celery", "-A", "ccci_dist", "worker", "-P", pool, "-c", str(concurrency), "-Q", queues,
            "-n", f"{name}@%h", "--loglevel", "WARNING", "--without-mingle", "--without-gossip"]
     if beat:
         cmd += ["-B", "--scheduler", "redbeat.RedBeatScheduler"]
         if schedule is not None:
             cmd += ["-s", str(schedule)]
+    if beat_thread:
+        cmd += ["--beat-thread"]
     return cmd
 
 

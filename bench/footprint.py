@@ -2,11 +2,12 @@
 """Memory footprint of the ccci-dist services serving 2 loops (builder + reviewer of one run).
 
 Summed VmRSS (``/proc/<pid>/status``) of redis-server + celery beat + celery worker, each with
-its descendants, agents (and anything they start) excluded. Three layouts, side by side:
+its descendants, agents (and anything they start) excluded. Four layouts, side by side:
 
   (a) prefork worker ``-c 2`` + separate beat + redis          (Celery's default pool)
-  (b) ``-P threads -c 2`` worker with embedded beat ``-B`` + redis  (ccci-dist's recommended layout)
+  (b) ``-P threads -c 2`` worker with embedded beat ``-B`` (a forked process) + redis
   (c) ``-P threads -c 2`` worker + separate beat + redis
+  (d) ``-P threads -c 2 --beat-thread`` worker + redis  (ccci-dist's recommended layout: beat is a thread)
 
 Each layout gets a fresh redis-server and repo. Samples: idle (services up and warm, no run),
 busy (both loops' agents running a slow no-op iteration; the max over the busy window), and
@@ -48,6 +49,7 @@ LAYOUTS = {
     "a": ("prefork -c2 + beat + redis", "prefork", False),
     "b": ("threads -c2 -B + redis", "threads", True),
     "c": ("threads -c2 + beat + redis", "threads", False),
+    "d": ("threads -c2 --beat-thread + redis", "threads", "thread"),
 }
 
 
@@ -75,8 +77,8 @@ def layout(key: str, busy_s: int) -> dict:
         env = base_env(redis.url, repo, plan, tmp, CCCI_RUN="fp", BENCH_AGENT_LOG=str(log),
                        BENCH_AGENT_SLEEP=str(busy_s), CCCI_MIN_INTERVAL=json.dumps({"builder": 1e6, "reviewer": 1e6}),
                        CCCI_HOSTNAME="w1")
-        w = spawn(worker_cmd(pool, 2, "w1", beat=embedded, schedule=tmp / "beat-schedule"), tmp / "worker.log",
-                  env=env, cwd=tmp)
+        w = spawn(worker_cmd(pool, 2, "w1", beat=embedded is True, schedule=tmp / "beat-schedule",
+                             beat_thread=embedded == "thread"), tmp / "worker.log", env=env, cwd=tmp)
         procs.append(w)
         roots = {"redis": redis.proc.pid, "worker": w.pid}
         if not embedded:
@@ -122,7 +124,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--busy", type=int, default=20, help="seconds each agent iteration stays busy")
     ap.add_argument("--target-mb", type=float, default=120)
-    ap.add_argument("--layouts", default="abc")
+    ap.add_argument("--layouts", default="abcd")
     a = ap.parse_args()
     print(f"== footprint: summed RSS (MB) of redis + beat + worker serving 2 loops, agents excluded "
           f"(load avg before: {loadavg()}) ==", flush=True)
