@@ -23,7 +23,7 @@ FORMAT = "ccci-dist-state"
 VERSION = 1
 PATTERN = "ccci:*"
 EPHEMERAL = ("ccci:lease:", "ccci:next:", "ccci:worker:", "ccci:watchdog:lock", "ccci:redbeat::lock",
-             "ccci:redbeat:lock", "ccci:vm:due", "ccci:inbox_poll:")
+             "ccci:redbeat:lock", "ccci:vm:due", "ccci:inbox_poll:", "ccci:watchdog:follow_up")
 
 
 class StateError(Exception):

@@ -24,7 +24,7 @@ from .iteration import get_store, iteration_queue, send_iteration
 from .notify import notify
 from .phases import MachineDocs, is_done, phase_complete
 from .plan import PlanPackage, from_snapshot
-from .store import ACTIVE, DONE, PAUSED, Store, k_loop, k_next, k_run
+from .store import ACTIVE, DONE, PAUSED, Store, k_lease, k_loop, k_next, k_run
 
 log = logging.getLogger(__name__)
 
@@ -114,7 +114,14 @@ def tick_run(store: Store, s: Settings, run: str, now: datetime) -> None:
 
 def tick_loop(store: Store, s: Settings, run: str, role: str, rh: dict[str, str], now: datetime) -> None:
     loop = store.loop(run, role)
-    if loop.get("state") != ACTIVE or store.lease_owner(run, role):
+    if loop.get("state") != ACTIVE:
+        return
+    pttl = store.r.pttl(k_lease(run, role))
+    if pttl == -1 or pttl > 0:  # leased: an iteration is live (or its host died and the lease runs out)
+        if 0 < pttl < s.watchdog_interval * 1000:
+            # A healthy lease is renewed long before it gets this low: its host is likely gone.
+            # Tick again right after it lapses instead of up to a whole interval later.
+            follow_up(store, s, pttl / 1000)
         return
     queue = iteration_queue(s, rh, role)
     queued = store.queued_task(run, role)
@@ -163,6 +170,12 @@ def inbox_poll_task(run: str) -> int:
     if rh.get("status") not in (ACTIVE, PAUSED):
         return 0
     return poll_inbox_file(store, s, run, rh, store.roles(run))
+
+
+def follow_up(store: Store, s: Settings, after: float) -> None:
+    """Schedule one extra tick ``after`` seconds from now (at most one pending at a time)."""
+    if store.r.set("ccci:watchdog:follow_up", "1", nx=True, px=int(after * 1000) + 200):
+        watchdog_task.apply_async(countdown=after + 0.1, queue=CONTROL_QUEUE, expires=after + s.watchdog_interval)
 
 
 def poll_inbox_file(store: Store, s: Settings, run: str, rh: dict[str, str], roles: list[str]) -> int:
