@@ -27,7 +27,7 @@ import subprocess
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -113,9 +113,8 @@ def marked_pids(mark: str) -> list[int]:
     return found
 
 
-def parse_stream(lines: list[str]) -> IterationResult:
-    """Fold stream-json lines into an ``IterationResult`` (non-JSON lines are counted, not fatal)."""
-    res = IterationResult()
+def _events(lines: list[str], res: IterationResult) -> Iterator[dict[str, Any]]:
+    """The JSON object events among ``lines``; other non-blank lines are counted, not fatal."""
     for line in lines:
         line = line.strip()
         if not line:
@@ -123,12 +122,36 @@ def parse_stream(lines: list[str]) -> IterationResult:
         try:
             ev = json.loads(line)
         except ValueError:
-            res.non_json_lines += 1
-            continue
+            ev = None
         if not isinstance(ev, dict):
             res.non_json_lines += 1
             continue
         res.events += 1
+        yield ev
+
+
+def _fold_result(res: IterationResult) -> IterationResult:
+    """Copy the final ``result`` object's fields onto ``res``."""
+    r = res.result
+    if r is None:
+        return res
+    res.session_id = str(r.get("session_id") or res.session_id)
+    res.subtype = str(r.get("subtype") or "")
+    res.is_error = bool(r.get("is_error"))
+    status = r.get("api_error_status")
+    res.api_error_status = int(status) if isinstance(status, int | str) and str(status).isdigit() else None
+    res.num_turns = int(r.get("num_turns") or 0)
+    res.total_cost_usd = float(r.get("total_cost_usd") or 0.0)
+    res.usage = r.get("usage") if isinstance(r.get("usage"), dict) else {}
+    res.duration_ms = int(r.get("duration_ms") or 0)
+    res.result_text = str(r.get("result") or "")
+    return res
+
+
+def parse_stream(lines: list[str]) -> IterationResult:
+    """Fold Claude Code stream-json lines into an ``IterationResult``."""
+    res = IterationResult()
+    for ev in _events(lines, res):
         kind = ev.get("type")
         if kind == "rate_limit_event":
             res.rate_limit_events.append(ev)
@@ -136,19 +159,7 @@ def parse_stream(lines: list[str]) -> IterationResult:
             res.session_id = res.session_id or str(ev["session_id"])
         elif kind == "result":
             res.result = ev
-    if res.result is not None:
-        r = res.result
-        res.session_id = str(r.get("session_id") or res.session_id)
-        res.subtype = str(r.get("subtype") or "")
-        res.is_error = bool(r.get("is_error"))
-        status = r.get("api_error_status")
-        res.api_error_status = int(status) if isinstance(status, int | str) and str(status).isdigit() else None
-        res.num_turns = int(r.get("num_turns") or 0)
-        res.total_cost_usd = float(r.get("total_cost_usd") or 0.0)
-        res.usage = r.get("usage") if isinstance(r.get("usage"), dict) else {}
-        res.duration_ms = int(r.get("duration_ms") or 0)
-        res.result_text = str(r.get("result") or "")
-    return res
+    return _fold_result(res)
 
 
 _STATUS_RE = re.compile(r"\b(?:status:?\s*)?([45]\d\d)\b(?=\s+[A-Z]|\s*$|,)")
@@ -159,22 +170,12 @@ def parse_codex_stream(lines: list[str]) -> IterationResult:
     turn.failed, error) into the same ``IterationResult`` as Claude Code's stream, with a
     synthesised ``result`` object so one classifier serves both."""
     res = IterationResult()
-    session, text, error, turns = "", "", "", 0
+    text, error, turns, failed = "", "", 0, False
     usage: dict[str, int] = {}
-    failed = False
-    for line in lines:
-        try:
-            ev = json.loads(line)
-        except ValueError:
-            res.non_json_lines += bool(line.strip())
-            continue
-        if not isinstance(ev, dict):
-            res.non_json_lines += 1
-            continue
-        res.events += 1
+    for ev in _events(lines, res):
         kind = ev.get("type")
         if kind == "thread.started":
-            session = str(ev.get("thread_id") or "")
+            res.session_id = str(ev.get("thread_id") or "")
         elif kind == "item.completed" and (ev.get("item") or {}).get("type") == "agent_message":
             text = str(ev["item"].get("text") or "")
         elif kind == "turn.completed":
@@ -187,18 +188,15 @@ def parse_codex_stream(lines: list[str]) -> IterationResult:
             error = str((ev.get("error") or {}).get("message") or error)
         elif kind == "error":
             error = str(ev.get("message") or error)
-    res.session_id = session
     if turns or failed or error:
         status = _STATUS_RE.search(error) if failed else None
         res.result = {
-            "type": "result", "subtype": "success" if not failed else "error_during_execution",
-            "is_error": failed, "api_error_status": int(status.group(1)) if status else None,
-            "num_turns": turns, "result": error if failed else text, "session_id": session,
+            "type": "result", "subtype": "error_during_execution" if failed else "success", "is_error": failed,
+            "api_error_status": int(status.group(1)) if status else None, "num_turns": turns,
+            "result": error if failed else text, "session_id": res.session_id,
             "total_cost_usd": 0.0, "usage": usage,  # Codex reports tokens, not cost
         }
-        res.subtype, res.is_error, res.num_turns = res.result["subtype"], failed, turns
-        res.api_error_status, res.usage, res.result_text = res.result["api_error_status"], usage, res.result["result"]
-    return res
+    return _fold_result(res)
 
 
 class AgentProcess:

@@ -42,6 +42,18 @@ def wait_for(predicate, timeout: float = 10.0, interval: float = 0.05, what: str
         time.sleep(interval)
 
 
+def agent_alive(pid: int) -> bool:
+    """A live (not zombie) demo agent with this pid; pids are reused quickly on a busy machine."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            if b"ccci_dist.demo_agent" not in f.read():
+                return False
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
 class RedisServer:
     """A private redis-server on a free port with AOF; can be stopped, killed and restarted."""
 

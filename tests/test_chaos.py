@@ -15,7 +15,7 @@ import time
 
 import pytest
 from engine_fixtures import overlap
-from harness import wait_for
+from harness import agent_alive, wait_for
 from netns import Host, Testbed, make_testbed
 
 pytestmark = pytest.mark.slow
@@ -36,19 +36,6 @@ def netbed(tmp_path):
         yield tb
 
 
-def _alive(pid: int) -> bool:
-    """Whether a demo agent with this pid is alive (pids are reused quickly on a busy machine)."""
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            if b"ccci_dist.demo_agent" not in f.read():
-                return False
-        # a zombie (killed, not yet reaped by its dead parent's reaper) counts as dead
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
-
-
 def _starts(tb: Testbed, role: str, after: float = 0.0) -> list[dict]:
     return [e for e in tb.agent_events() if e["event"] == "start" and e["role"] == role and e["t"] > after]
 
@@ -61,7 +48,7 @@ def _live_agent(tb: Testbed, role: str) -> dict | None:
     ev = tb.agent_events()
     stopped = {e["pid"] for e in ev if e["event"] == "stop"}
     live = [e for e in ev if e["event"] == "start" and e["role"] == role and e["pid"] not in stopped
-            and _alive(e["pid"])]
+            and agent_alive(e["pid"])]
     return live[-1] if live else None
 
 
@@ -216,7 +203,7 @@ def test_partition_of_builder_host(netbed: Testbed):
 
     def watch() -> None:
         while not watching.is_set() and not gone:
-            if not _alive(first["pid"]):
+            if not agent_alive(first["pid"]):
                 gone.append(time.time())
             time.sleep(0.02)
 

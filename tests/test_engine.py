@@ -11,7 +11,7 @@ import time
 import pytest
 import redis
 from engine_fixtures import overlap
-from harness import git, wait_for
+from harness import agent_alive, git, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -48,25 +48,13 @@ def test_tiny_plan_reaches_done(bed):
     assert "builder: phase 1 work" in git("log", "--oneline", cwd=repo)
 
 
-def _pid_alive(pid: int) -> bool:
-    """A live (not zombie) demo agent with this pid; pids are reused quickly on a busy machine."""
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            if b"ccci_dist.demo_agent" not in f.read():
-                return False
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
-
-
 def _running_agent(bed, role: str) -> dict:
     """The agent of ``role`` that has started and not stopped (from the agent's own log)."""
     def find():
         ev = bed.agent_events()
         stopped = {e["pid"] for e in ev if e["event"] == "stop"}
         live = [e for e in ev if e["event"] == "start" and e["role"] == role and e["pid"] not in stopped
-                and _pid_alive(e["pid"])]
+                and agent_alive(e["pid"])]
         return live[-1] if live else None
     return wait_for(find, 30, 0.1, f"a running {role} agent")
 
@@ -84,7 +72,7 @@ def test_kill_worker_mid_iteration_fails_over(bed):
     old_task = r.hget("ccci:loop:default:builder", "task_id")
     killed_at = time.time()
     w1.kill(signal.SIGKILL)
-    wait_for(lambda: not _pid_alive(first["pid"]), 5, 0.05, "the killed host's agent to die with it")
+    wait_for(lambda: not agent_alive(first["pid"]), 5, 0.05, "the killed host's agent to die with it")
     second = wait_for(lambda: next((e for e in bed.agent_events() if e["event"] == "start" and e["role"] == "builder"
                                     and e["pid"] != first["pid"]), None), 20, 0.1, "builder restart on w2")
     assert second["host"] == "w2"
@@ -117,7 +105,7 @@ def test_stop_kills_agent_group_and_nothing_restarts(bed):
 
     def watch() -> None:  # its own thread: the CLI below may take seconds to start on a busy machine
         while not gone:
-            if not _pid_alive(agent["pid"]):
+            if not agent_alive(agent["pid"]):
                 gone.append(time.time())
             time.sleep(0.02)
 
