@@ -255,7 +255,7 @@ class Iteration:
         run_fields: dict[str, str] = {}
         if ws is not None and outcome.kind != "lease_lost":
             try:
-                run_fields["docs"] = ws.docs().model_dump_json()
+                run_fields["docs"] = ws.docs(pushed or base).model_dump_json()
             except (GitError, OSError):
                 pass
         if res.total_cost_usd and self.store.fence_ok(self.run, self.role, self.token, self.owner):

@@ -22,8 +22,7 @@ class RunError(Exception):
 def docs_from_repo(s: Settings, repo: str, branch: str, run: str) -> MachineDocs:
     """Machine docs at the tip of the project repo (the source of truth)."""
     ws = Workspace(s.state_dir / "resolve" / run, repo, branch)
-    ws.sync("resolve")
-    return ws.docs()
+    return ws.docs(ws.sync("resolve"))
 
 
 def start_run(store: Store, s: Settings, *, resume: bool = False, phase: str | None = None,

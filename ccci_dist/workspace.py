@@ -109,13 +109,22 @@ class Workspace:
             time.sleep(0.2 * (n + 1))
         raise GitError("git push kept losing the race with the other role; will retry next iteration")
 
-    def docs(self) -> MachineDocs:
-        """Machine docs at the current HEAD."""
-        def read(name: str) -> str:
-            f = self.path / name
-            return f.read_text(encoding="utf-8", errors="replace") if f.is_file() else ""
-
-        return parse_docs(read(STATUS_FILE), read(REVIEW_FILE), read("DEFERRED.md"), commit=self.head())
+    def docs(self, rev: str) -> MachineDocs:
+        """Machine docs as committed at ``rev`` (never the work tree: an agent may leave edits
+        it did not commit), read with one ``git cat-file --batch``."""
+        names = (STATUS_FILE, REVIEW_FILE, "DEFERRED.md")
+        p = subprocess.run(["git", *SAFE, "cat-file", "--batch"], cwd=self.path, capture_output=True, timeout=60,
+                           input="".join(f"{rev}:{n}\n" for n in names).encode(), check=True)
+        out, texts = p.stdout, []
+        for _ in names:
+            header, _, out = out.partition(b"\n")
+            if header.endswith(b" missing"):
+                texts.append("")
+                continue
+            size = int(header.split()[2])
+            texts.append(out[:size].decode("utf-8", "replace"))
+            out = out[size + 1:]
+        return parse_docs(*texts, commit=rev)
 
 
 class PushRefused(Exception):
