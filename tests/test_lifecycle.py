@@ -140,3 +140,31 @@ def test_state_moves_to_another_redis_and_loops_continue(bed, tmp_path):
         assert p.returncode == 2 and "version 99 is not supported" in p.stderr
     finally:
         new.stop()
+
+
+def test_watchdog_notices_the_vm_going_down_and_coming_back(bed, receiver, tmp_path):
+    import os
+
+    from sshd import SSHServer, skip_reason
+
+    if (why := skip_reason()) is not None:
+        pytest.skip(why)
+    vm = SSHServer(tmp_path / "vm").start()
+    try:
+        bed.env.update(vm.env(CCCI_VM__HEALTH_INTERVAL="1", CCCI_VM__CONNECT_TIMEOUT="2"))
+        bed.env["CCCI_NOTIFY_URLS"] = json.dumps([receiver.url()])
+        bed.worker("w1", queues="ccci.control", beat=True)
+        r = _r(bed.env["CCCI_BROKER_URL"])
+        wait_for(lambda: r.get("ccci:vm:health") == "up", 60, 0.2, "the VM reported up")
+        os.kill(vm.proc.pid, signal.SIGSTOP)  # the VM stops answering
+        try:
+            wait_for(lambda: r.get("ccci:vm:health") == "down", 60, 0.2, "the VM reported down")
+            wait_for(lambda: "vm_down" in _kinds(receiver), 20, 0.2, "vm_down notification")
+        finally:
+            os.kill(vm.proc.pid, signal.SIGCONT)
+        wait_for(lambda: r.get("ccci:vm:health") == "up", 60, 0.2, "the VM reported back")
+        wait_for(lambda: "vm_up" in _kinds(receiver), 20, 0.2, "vm_up notification")
+        assert _kinds(receiver).count("vm_down") == 1
+        assert vm.sudo_password not in json.dumps(receiver.messages)
+    finally:
+        vm.stop()

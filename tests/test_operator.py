@@ -154,6 +154,8 @@ def test_each_limit_text_form_stalls_the_loop(bed):
     local = (now + timedelta(hours=2)).astimezone(ZoneInfo(zone))
     hm12 = local.strftime("%I:%M%p").lstrip("0").lower()
     hm24 = local.strftime("%H:%M")
+    week = (now + timedelta(days=3)).astimezone(ZoneInfo(zone))  # a weekly limit names a date
+    week_hm = week.strftime("%I:%M%p").lstrip("0").lower()
     forms = [
         (f"Claude AI usage limit reached|{epoch}", datetime.fromtimestamp(epoch, UTC)),
         (f"Claude usage limit reached. Your limit will reset at {hm12} ({zone}).", None),
@@ -161,6 +163,8 @@ def test_each_limit_text_form_stalls_the_loop(bed):
         (f"You've hit your limit · resets {hm12} ({zone})", None),
         (f"You've hit your session limit · resets {hm12} ({zone})", None),
         (f"You're out of extra usage · resets {hm12} ({zone})", None),
+        (f"You've hit your limit - resets {week:%b} {week.day}, {week_hm} ({zone})",
+         week.replace(second=0, microsecond=0).astimezone(UTC)),
     ]
     bed.faults(builder=[f"limit_text:{text}" for text, _ in forms])
     bed.worker("w1", beat=True)
