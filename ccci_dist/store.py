@@ -192,10 +192,6 @@ class Store:
     def run(self, run: str) -> dict[str, str]:
         return self.r.hgetall(k_run(run))
 
-    def run_json(self, run: str, field: str) -> Any:
-        raw = self.r.hget(k_run(run), field)
-        return json.loads(raw) if raw else None
-
     def loop(self, run: str, role: str) -> dict[str, str]:
         return self.r.hgetall(k_loop(run, role))
 
@@ -257,6 +253,3 @@ class Store:
         keys = list(self.r.scan_iter(match=k_worker("*"), count=500))
         vals = self.r.mget(keys) if keys else []
         return [json.loads(v) for v in vals if v]
-
-    def queue_has_worker(self, queue: str) -> bool:
-        return any(queue in w.get("queues", []) for w in self.live_workers())
