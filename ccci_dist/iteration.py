@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import pwd
+import subprocess
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -253,10 +254,11 @@ class Iteration:
             "inbox_acked": inbox_last, "token": self.token,
         }
         run_fields: dict[str, str] = {}
-        if ws is not None and outcome.kind != "lease_lost":
+        mirrored = json.loads(self.run_hash.get("docs") or "{}").get("commit")
+        if ws is not None and outcome.kind != "lease_lost" and (pushed or base) != mirrored:
             try:
                 run_fields["docs"] = ws.docs(pushed or base).model_dump_json()
-            except (GitError, OSError):
+            except (GitError, OSError, subprocess.SubprocessError):
                 pass
         if res.total_cost_usd and self.store.fence_ok(self.run, self.role, self.token, self.owner):
             self._charge(res.total_cost_usd, now)  # before finish: a reached budget holds the successor
