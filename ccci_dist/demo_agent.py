@@ -11,6 +11,7 @@ Test switches:
   CCCI_DEMO_SLEEP=SECS    work this long (an event every 0.2 s, so no stall)
   CCCI_DEMO_FAULT=F       a fault on every run
   CCCI_DEMO_CONTROL=FILE  JSON {role: [fault, ...]}: each run pops its role's first fault
+                          ("@P fault" waits for an iteration of phase P)
 Faults: crash | hang | nonjson | exit1 | auth | violate | limit:SECS | limit_text:TEXT | slow:SECS |
         echo:FILE (print FILE's text as a tool result, then work normally)
 """
@@ -55,7 +56,9 @@ def _record(event: str, ctx: dict, prompt: str = "") -> None:
         f.write(json.dumps(rec) + "\n")
 
 
-def _pop_fault(role: str) -> str:
+def _pop_fault(role: str, phase: str) -> str:
+    """This run's fault: CCCI_DEMO_FAULT, else the first of the role's queued faults that applies
+    (an entry ``@P fault`` waits for an iteration of phase P)."""
     if os.environ.get("CCCI_DEMO_FAULT"):
         return os.environ["CCCI_DEMO_FAULT"]
     path = os.environ.get("CCCI_DEMO_CONTROL")
@@ -65,7 +68,13 @@ def _pop_fault(role: str) -> str:
         fcntl.flock(f, fcntl.LOCK_EX)
         data = json.loads(f.read() or "{}")
         queue = data.get(role) or []
-        fault = queue.pop(0) if queue else ""
+        fault = ""
+        for i, entry in enumerate(queue):
+            scope, _, rest = entry.partition(" ") if entry.startswith("@") else ("", "", entry)
+            if scope in ("", f"@{phase}"):
+                del queue[i]
+                fault = rest
+                break
         data[role] = queue
         f.seek(0)
         f.truncate()
@@ -176,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     prompt = sys.stdin.read()
     ctx = parse_context(prompt)
     role = ctx.get("role", "builder")
-    fault = _pop_fault(role)
+    fault = _pop_fault(role, ctx.get("phase", ""))
     _record("start", ctx, prompt)
     started = time.monotonic()
     _emit({"type": "system", "subtype": "init", "session_id": session, "cwd": os.getcwd()})

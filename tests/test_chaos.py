@@ -349,6 +349,8 @@ def _reboot_rows(text: str) -> list[str]:
 def test_scheduler_reboot_records_once_and_resumes(netbed: Testbed):
     tb = netbed
     tb.env["CCCI_DEMO_SLEEP"] = "1"
+    tb.env["CCCI_DEMO_CONTROL"] = str(tb.base / "control.json")
+    (tb.base / "control.json").write_text('{"builder": ["@2 slow:60"]}')  # phase 2 outlasts the power cut
     probe = tb.cli(tb.sched, "boot", "--help", check=False)
     if probe.returncode != 0 or "not available" in probe.stdout + probe.stderr:
         pytest.skip("`ccci-dist boot` not implemented yet")

@@ -82,6 +82,7 @@ def test_boot_records_each_reboot_once_and_resumes(bed, receiver):
     boot_id = bed.tmp / "boot_id"
     bed.env.update({"CCCI_BOOT_ID_PATH": str(boot_id), "CCCI_NOTIFY_URLS": json.dumps([receiver.url()])})
     boot_id.write_text("11111111-aaaa-4bbb-8ccc-000000000001\n")
+    bed.faults(builder=["@2 slow:60"])  # phase 2 cannot finish before the "power cut"
     w = bed.worker("w1", beat=True)
     bed.cli("start")
     bed.wait_status(lambda st: st["phase"] == "2", 60, "phase 2")
@@ -107,6 +108,7 @@ def test_boot_records_each_reboot_once_and_resumes(bed, receiver):
 def test_state_moves_to_another_redis_and_loops_continue(bed, tmp_path):
     """The README's migration steps: export, new Redis, import, repoint workers."""
     bed.env["CCCI_DEMO_SLEEP"] = "0.5"
+    bed.faults(builder=["@2 slow:8"])  # still running phase 2 when the old host goes
     w = bed.worker("old-host", beat=True)
     bed.cli("start")
     bed.wait_status(lambda st: st["phase"] == "2", 60, "phase 2 on the old host")

@@ -16,6 +16,8 @@ pytestmark = [pytest.mark.slow, pytest.mark.netns]
 def test_orchestrator_moves_from_sched_to_w2(tmp_path):
     with make_testbed(tmp_path / "bed") as tb:
         tb.env["CCCI_DEMO_SLEEP"] = "0.5"
+        tb.env["CCCI_DEMO_CONTROL"] = str(tb.base / "control.json")
+        (tb.base / "control.json").write_text('{"builder": ["@2 slow:8"]}')  # phase 2 outlasts the move
         tb.start_redis()
         tb.beat(tb.sched)
         tb.worker(tb.w1)
@@ -25,8 +27,8 @@ def test_orchestrator_moves_from_sched_to_w2(tmp_path):
 
         # 1. export on the old host while the loops run (the file would be copied with scp)
         dump = tb.base / "ccci-state.json"
+        exported = {e["id"] for e in tb.history()}  # read first: the loops keep adding while it exports
         assert "exported" in tb.cli(tb.sched, "state", "export", str(dump)).stdout
-        exported = {e["id"] for e in tb.history()}
         # 2. the old scheduler host goes away for good (Redis and beat with it)
         tb.sched.kill_all()
 
