@@ -177,7 +177,10 @@ def test_each_limit_text_form_stalls_the_loop(bed):
         wait_for(lambda n=n: len([h for h in _history(bed) if h["role"] == "builder"]) >= n, 30, 0.2, f"form {n}")
         until = datetime.fromtimestamp(float(r.hget("ccci:loop:default:builder", "stalled_until")), UTC)
         want = expected or _expected_reset(hm24, zone, datetime.now(UTC))
-        assert want <= until <= want + timedelta(seconds=95), (text, until, want)
+        assert want <= until <= want + timedelta(seconds=95), (text, until, want, [
+            (h["iteration"], h["attempt"], h["outcome"], h["detail"][:60], h["start"]) for h in _history(bed)
+            if h["role"] == "builder"], [(e["iteration"], e["t"]) for e in _starts(bed, "builder")],
+            [(f.get("kind"), f.get("at")) for _, f in r.xrange("ccci:events:default")])
         assert [h for h in _history(bed) if h["role"] == "builder"][-1]["outcome"] == "usage_limit", text
         starts = len(_starts(bed, "builder"))
         time.sleep(1.5)

@@ -79,3 +79,13 @@ def test_paused_run_consumes_its_queued_message_without_running(store):
     assert store.queued_task("r", "builder") is None and store.lease_owner("r", "builder") is None
     store.r.hset("ccci:run:r", "status", "active")
     assert store.try_enqueue("r", "builder", "t2", "q")
+
+
+def test_enqueue_respects_a_not_before_set_after_the_caller_looked(store):
+    """The watchdog read the loop before an iteration finished with a stall: the enqueue must see it."""
+    import time
+
+    store.r.hset(k_loop("r", "builder"), "not_before", f"{time.time() + 3600:.3f}")
+    assert not store.try_enqueue("r", "builder", "t1", "q")
+    store.r.hset(k_loop("r", "builder"), "not_before", "")
+    assert store.try_enqueue("r", "builder", "t1", "q")
