@@ -299,3 +299,12 @@ def machine() -> dict[str, str]:
 
 def row(label: str, *cols: object, width: int = 26) -> str:
     return f"{label:<{width}}" + "".join(f"{c!s:>16}" for c in cols)
+
+
+BENCH_SUBNET = "10.232.0"
+
+
+def use_bench_subnet(netns_module) -> None:
+    """Move the netns test bed's host addresses to the benchmarks' own private range."""
+    netns_module.ADDRS.update({"sched": f"{BENCH_SUBNET}.1", "w1": f"{BENCH_SUBNET}.11",
+                               "w2": f"{BENCH_SUBNET}.12", "vm": f"{BENCH_SUBNET}.20"})

@@ -30,11 +30,9 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "tests"))
 import netns  # noqa: E402
-from common import loadavg, make_plan, pct, row  # noqa: E402
+from common import loadavg, make_plan, pct, row, use_bench_subnet  # noqa: E402
 
-BENCH_SUBNET = "10.232.0"
-netns.ADDRS.update({"sched": f"{BENCH_SUBNET}.1", "w1": f"{BENCH_SUBNET}.11", "w2": f"{BENCH_SUBNET}.12",
-                    "vm": f"{BENCH_SUBNET}.20"})
+use_bench_subnet(netns)
 
 
 def visibility_timeout_s() -> int:

@@ -36,11 +36,9 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "tests"))
 import netns  # noqa: E402
-from common import NOOP_AGENT, loadavg, make_plan, make_repo, pct, row  # noqa: E402
+from common import NOOP_AGENT, loadavg, make_plan, make_repo, pct, row, use_bench_subnet  # noqa: E402
 
-BENCH_SUBNET = "10.232.0"
-netns.ADDRS.update({"sched": f"{BENCH_SUBNET}.1", "w1": f"{BENCH_SUBNET}.11", "w2": f"{BENCH_SUBNET}.12",
-                    "vm": f"{BENCH_SUBNET}.20"})
+use_bench_subnet(netns)
 
 BASH_LOOPS = r"""
 agent=$1; prompt=$2; out=$3; secs=$4; loops=$5

@@ -36,6 +36,17 @@ def netbed(tmp_path):
         yield tb
 
 
+def _start_run_on_two_workers(tb: Testbed) -> None:
+    """Redis and a supervised beat on sched, supervised workers on w1 and w2, then `start`."""
+    tb.start_redis()
+    tb.beat(tb.sched, restart=RESTART)
+    tb.worker(tb.w1, restart=RESTART)
+    tb.worker(tb.w2, restart=RESTART)
+    tb.worker_ready(tb.w1)
+    tb.worker_ready(tb.w2)
+    tb.cli(tb.sched, "start")
+
+
 def _starts(tb: Testbed, role: str, after: float = 0.0) -> list[dict]:
     return [e for e in tb.agent_events() if e["event"] == "start" and e["role"] == role and e["t"] > after]
 
@@ -253,13 +264,7 @@ def test_partition_of_builder_host(netbed: Testbed):
 def test_redis_crash_restart_mid_run(netbed: Testbed):
     tb = netbed
     tb.env["CCCI_DEMO_SLEEP"] = "1"
-    tb.start_redis()
-    tb.beat(tb.sched, restart=RESTART)
-    tb.worker(tb.w1, restart=RESTART)
-    tb.worker(tb.w2, restart=RESTART)
-    tb.worker_ready(tb.w1)
-    tb.worker_ready(tb.w2)
-    tb.cli(tb.sched, "start")
+    _start_run_on_two_workers(tb)
     wait_for(lambda: len(tb.history()) >= 3, 60, 0.1, "three finished iterations")
     before_hist, before_events = tb.history(), tb.events()
     r = tb.redis()
@@ -354,13 +359,7 @@ def test_scheduler_reboot_records_once_and_resumes(netbed: Testbed):
     probe = tb.cli(tb.sched, "boot", "--help", check=False)
     if probe.returncode != 0 or "not available" in probe.stdout + probe.stderr:
         pytest.skip("`ccci-dist boot` not implemented yet")
-    tb.start_redis()
-    tb.beat(tb.sched, restart=RESTART)
-    tb.worker(tb.w1, restart=RESTART)
-    tb.worker(tb.w2, restart=RESTART)
-    tb.worker_ready(tb.w1)
-    tb.worker_ready(tb.w2)
-    tb.cli(tb.sched, "start")
+    _start_run_on_two_workers(tb)
     r = tb.redis()
     wait_for(lambda: r.hget("ccci:run:default", "phase") == "2", 90, 0.05, "phase 1 complete")
     rows_before = _reboot_rows(tb.remote_file("REBOOTS.md"))
