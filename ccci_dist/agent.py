@@ -332,11 +332,3 @@ class AgentProcess:
         res.killed = self.killed
         res.stderr_tail = "".join(self._stderr)[-2000:]
         return res
-
-
-def run_agent(argv: list[str], prompt: str, cwd: Path, log_path: Path, *, time_limit: float,
-              stall_limit: float, env: dict[str, str] | None = None, kill_grace: float = 1.0) -> IterationResult:
-    """Run the agent once to completion (convenience for callers without a heartbeat)."""
-    p = AgentProcess(argv, prompt, cwd, log_path, env=env, kill_grace=kill_grace)
-    p.start()
-    return p.wait(time_limit, stall_limit)

@@ -52,21 +52,7 @@ class LazyGroup(click.Group):
         if target is None:
             return None
         module, attr = target.split(":")
-        try:
-            return getattr(importlib.import_module(module), attr)
-        except (ImportError, AttributeError):
-            if module in sys.modules or _exists(module):
-                raise
-
-            @click.command(cmd_name, help="(not available in this build)")
-            def _missing() -> None:
-                raise click.ClickException(f"'{cmd_name}' is not available in this build")
-
-            return _missing
-
-
-def _exists(module: str) -> bool:
-    return importlib.util.find_spec(module) is not None
+        return getattr(importlib.import_module(module), attr)
 
 
 class Ctx:
