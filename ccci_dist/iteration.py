@@ -103,6 +103,7 @@ class Iteration:
         self.log_path = ""
         self.heartbeat: Heartbeat | None = None
         self.run_hash: dict[str, str] = {}
+        self.nudges_seen: list[str] = []
 
     # The heartbeat calls this from its thread the moment the lease is lost or stop is set.
     def _on_lost(self, why: str) -> None:
@@ -137,7 +138,7 @@ class Iteration:
         if self.s.agent_user:
             ws.hand_to(self.s.agent_user)
         inbox = self._pending_inbox(loop)
-        nudges = json.loads(loop.get("nudges") or "[]")
+        nudges = self.nudges_seen = json.loads(loop.get("nudges") or "[]")
         prompt = assemble(role=self.role, run=self.run, iteration=self.number, phase=run_hash.get("phase", ""),
                           plan=plan, inbox=inbox, nudges=nudges)
         session = loop.get("session_id") if self.s.agent_resume and loop.get("fresh_session") != "1" else None
@@ -231,8 +232,12 @@ class Iteration:
         if outcome.action == "stop" and outcome.kind not in ("stopped", "lease_lost"):
             fields["state"] = STOPPED
             fields["stop_reason"] = outcome.kind
+        pending = json.loads(loop.get("nudges") or "[]")
         if outcome.kind not in ("success",) and not nudges and outcome.action != "stop":
-            nudges = json.loads(loop.get("nudges") or "[]")  # keep them for the re-run
+            nudges = pending  # keep them for the re-run
+        else:
+            # only what this prompt carried is delivered: a nudge added meanwhile (boot, watchdog) stays
+            nudges += [n for n in pending if n not in self.nudges_seen and n not in nudges]
         fields["nudges"] = json.dumps(nudges)
         at = next_start(now=now, started=self.started, min_interval=self.s.min_interval.get(self.role, 0.0),
                         quiet=self.s.quiet_hours, not_before=not_before)

@@ -69,7 +69,8 @@ def start_run(store: Store, s: Settings, *, resume: bool = False, phase: str | N
                                 "stalled_until": "", "fail_streak": 0})
         pipe.hsetnx(key, "iteration", 0)
         if nudge:
-            pipe.hset(key, "nudges", json.dumps([nudge]))
+            pending = json.loads(store.r.hget(key, "nudges") or "[]")
+            pipe.hset(key, "nudges", json.dumps(pending + [nudge] if nudge not in pending else pending))
     pipe.execute()
     store.event(run, "started", phase=phase, resume=int(resume))
     from .notify import notify
