@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import select
 import shlex
 import shutil
 import signal
@@ -216,32 +217,59 @@ class AgentProcess:
         self.last_event = time.monotonic()
         self.killed: str | None = None
         self._kill_lock = threading.Lock()
-        self._stderr: list[str] = []
+        self.stderr_path = log_path.with_name(log_path.stem + ".stderr.log")
 
     def start(self) -> None:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        self.proc = subprocess.Popen(
-            with_pdeathsig(self.argv), cwd=self.cwd, env=self.env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE, start_new_session=True, text=True, encoding="utf-8", errors="replace",
-        )
+        # stderr goes to a file beside the log (read back for its tail): one thread fewer per run
+        with open(self.stderr_path, "wb") as err:
+            self.proc = subprocess.Popen(
+                with_pdeathsig(self.argv), cwd=self.cwd, env=self.env, stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE, stderr=err, start_new_session=True, text=True, encoding="utf-8",
+                errors="replace",
+            )
         self.last_event = time.monotonic()
-        threading.Thread(target=self._feed, daemon=True).start()
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
-        self._err_reader = threading.Thread(target=self._read_err, daemon=True)
-        self._err_reader.start()
+        self._feed()
 
     @property
     def pgid(self) -> int | None:
         return self.proc.pid if self.proc else None
 
     def _feed(self) -> None:
+        """Write the prompt to the agent's stdin: what fits in the pipe at once, the rest from a
+        thread (a prompt larger than the pipe must never block the runner)."""
         assert self.proc and self.proc.stdin
+        data, fd = self.prompt.encode("utf-8"), self.proc.stdin.fileno()
+        os.set_blocking(fd, False)
         try:
-            self.proc.stdin.write(self.prompt)
-            self.proc.stdin.close()
-        except (BrokenPipeError, OSError, ValueError):
-            pass  # the agent exited before reading its prompt; its exit tells the story
+            sent = os.write(fd, data)
+        except BlockingIOError:
+            sent = 0
+        except OSError:  # the agent exited before reading its prompt; its exit tells the story
+            sent = len(data)
+        if sent == len(data):
+            self._close_stdin()
+            return
+        os.set_blocking(fd, True)
+        threading.Thread(target=self._feed_rest, args=(data[sent:],), daemon=True).start()
+
+    def _feed_rest(self, data: bytes) -> None:
+        assert self.proc and self.proc.stdin
+        view = memoryview(data)
+        try:
+            while view:
+                view = view[os.write(self.proc.stdin.fileno(), view):]
+        except (OSError, ValueError):
+            pass
+        self._close_stdin()
+
+    def _close_stdin(self) -> None:
+        try:
+            self.proc.stdin.close()  # type: ignore[union-attr]
+        except (BrokenPipeError, OSError):
+            pass
 
     def _read(self) -> None:
         assert self.proc and self.proc.stdout
@@ -257,11 +285,15 @@ class AgentProcess:
                     except Exception:  # a log mirror must never break the iteration
                         pass
 
-    def _read_err(self) -> None:
-        assert self.proc and self.proc.stderr
-        for line in self.proc.stderr:
-            self._stderr.append(line)
-            del self._stderr[:-50]
+    def stderr_tail(self, max_chars: int = 2000) -> str:
+        """The last lines the agent wrote to stderr (at most 50, ``max_chars``)."""
+        try:
+            with open(self.stderr_path, "rb") as f:
+                f.seek(max(0, os.fstat(f.fileno()).st_size - 16384))
+                text = f.read().decode("utf-8", "replace")
+        except OSError:
+            return ""
+        return "".join(text.splitlines(keepends=True)[-50:])[-max_chars:]
 
     def kill(self, reason: str) -> None:
         """End the whole process group: SIGTERM, then SIGKILL after the grace period."""
@@ -294,6 +326,9 @@ class AgentProcess:
         # their own, orphans) live on: end everything that carries this iteration's mark.
         if self.proc is not None:
             self._signal(signal.SIGKILL)
+        self._kill_marked()
+
+    def _kill_marked(self) -> None:
         for _ in range(3):
             pids = marked_pids(self.mark)
             if not pids:
@@ -305,30 +340,53 @@ class AgentProcess:
                     pass
             time.sleep(0.05)
 
+    def _sleep(self, pidfd: int | None, timeout: float) -> None:
+        """Sleep up to ``timeout``, waking the moment the agent exits: a pidfd wakes ``select`` at
+        once, where ``Popen.wait(timeout)`` polls with growing sleeps, milliseconds late."""
+        if pidfd is not None:
+            select.select([pidfd], [], [], timeout)
+            return
+        try:
+            self.proc.wait(timeout=timeout)  # type: ignore[union-attr]
+        except subprocess.TimeoutExpired:
+            pass
+
     def wait(self, time_limit: float, stall_limit: float,
              guard: Callable[[], str | None] | None = None) -> IterationResult:
         """Wait for exit, enforcing the wall-clock and stall limits (and ``guard``, which returns
         a kill reason when the agent must go); return the parsed result."""
         assert self.proc is not None
         started = time.monotonic()
-        while self.proc.poll() is None:
-            now = time.monotonic()
-            if now - started > time_limit:
-                self.kill("time_limit")
-            elif now - self.last_event > stall_limit:
-                self.kill("stall")
-            elif guard is not None and (why := guard()):
-                self.kill(why)
-            try:  # returns the moment the agent exits, unlike a plain sleep
-                self.proc.wait(timeout=0.05)
-            except subprocess.TimeoutExpired:
-                pass
-        self._reader.join(timeout=5)
-        self._err_reader.join(timeout=1)
+        try:
+            pidfd: int | None = os.pidfd_open(self.proc.pid)
+        except (AttributeError, OSError):  # not Linux 5.3+: Popen's polling instead
+            pidfd = None
+        try:
+            while self.proc.poll() is None:
+                now = time.monotonic()
+                if now - started > time_limit:
+                    self.kill("time_limit")
+                elif now - self.last_event > stall_limit:
+                    self.kill("stall")
+                elif guard is not None and (why := guard()):
+                    self.kill(why)
+                self._sleep(pidfd, 0.05)
+        finally:
+            if pidfd is not None:
+                os.close(pidfd)
+        self._reader.join(timeout=0.5)
+        if self._reader.is_alive():  # something the agent left running holds its output open
+            self._reap_group()
+            self._reader.join(timeout=5)
         if self.killed is None:
-            self._reap_group()  # leave no orphaned tool processes behind
+            # Leave no orphaned tool processes behind, off the iteration's critical path: a
+            # scan of /proc costs about 1 ms per 100 processes. By the mark only: the group's
+            # id may be reused once the leader is reaped.
+            threading.Thread(target=self._kill_marked, name="agent-reap", daemon=True).start()
         res = (parse_codex_stream if self.kind == "codex" else parse_stream)(self.lines)
         res.exit_code = self.proc.returncode if self.killed is None else None
         res.killed = self.killed
-        res.stderr_tail = "".join(self._stderr)[-2000:]
+        res.stderr_tail = self.stderr_tail()
+        if not res.stderr_tail:
+            self.stderr_path.unlink(missing_ok=True)  # most runs write none: no empty file per iteration
         return res

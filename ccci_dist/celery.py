@@ -61,8 +61,10 @@ def celery_config(s: Settings, broker: str) -> dict:
         "task_default_queue": CONTROL_QUEUE,
         "task_time_limit": int(s.iteration_time_limit + 300),
         "task_soft_time_limit": int(s.iteration_time_limit + 120),
+        # Flower follows tasks from the workers' received/started/succeeded events; a "sent" event
+        # too would add a fan-out publish to every iteration's hand-over, for no view Flower needs.
         "worker_send_task_events": True,
-        "task_send_sent_event": True,
+        "task_send_sent_event": False,
         "worker_hijack_root_logger": False,
         "beat_scheduler": "redbeat.RedBeatScheduler",
         "redbeat_redis_url": broker,

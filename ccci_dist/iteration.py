@@ -81,13 +81,14 @@ def run_iteration(self, run: str, role: str) -> str:
     store = get_store(s)
     task_id = self.request.id or str(uuid.uuid4())
     owner = f"{hostname()}/{os.getpid()}/{task_id}"
-    claim = store.claim(run, role, task_id, owner, s.lease_ttl, hostname())
+    claim, run_hash, loop = store.claim_and_read(run, role, task_id, owner, s.lease_ttl, hostname())
     if not claim[0]:
         log.info("iteration %s for %s/%s not run: %s", task_id, run, role, claim[1])
         return f"skipped:{claim[1]}"
     token, number, attempt = int(claim[1]), int(claim[2]), int(claim[3])
     with log_context(run=run, role=role, iteration=number):
-        return Iteration(s, store, run, role, token, owner, number, attempt, task_id).execute()
+        it = Iteration(s, store, run, role, token, owner, number, attempt, task_id)
+        return it.execute(run_hash, loop)
 
 
 class Iteration:
@@ -104,6 +105,7 @@ class Iteration:
         self.heartbeat: Heartbeat | None = None
         self.run_hash: dict[str, str] = {}
         self.nudges_seen: list[str] = []
+        self.sync_ms = 0.0
 
     # The heartbeat calls this from its thread the moment the lease is lost or stop is set.
     def _on_lost(self, why: str) -> None:
@@ -111,13 +113,14 @@ class Iteration:
         if self.agent is not None:
             self.agent.kill(why)
 
-    def execute(self) -> str:
+    def execute(self, run_hash: dict[str, str], loop: dict[str, str]) -> str:
+        """Run the claimed iteration; ``run_hash`` and ``loop`` as read right after the claim."""
         hb = Heartbeat(get_store(self.s, "heartbeat"), self.run, self.role, self.owner, self.s.lease_ttl,
                        self._on_lost)
         self.heartbeat = hb
         hb.start()
         try:
-            return self._execute()
+            return self._execute(run_hash, loop)
         except Exception as exc:  # record, back off, never spin; the lease tells the watchdog
             log.exception("iteration crashed in the runner")
             self._finish(IterationResult(), Outcome(kind="crash", action="backoff",
@@ -127,14 +130,15 @@ class Iteration:
         finally:
             hb.close()
 
-    def _execute(self) -> str:
+    def _execute(self, run_hash: dict[str, str], loop: dict[str, str]) -> str:
         hb = self.heartbeat
         assert hb is not None
-        run_hash = self.run_hash = self.store.run(self.run)
-        loop = self.store.loop(self.run, self.role)
+        self.run_hash = run_hash
         plan = json.loads(run_hash["plan"])
         ws = Workspace(self.s.workspace_dir / self.run / self.role, run_hash["repo"], run_hash.get("branch", "main"))
+        t0 = time.perf_counter()
         base = ws.sync(f"{self.role}-{self.number}")
+        self.sync_ms = (time.perf_counter() - t0) * 1000
         if self.s.agent_user:
             ws.hand_to(self.s.agent_user)
         inbox = self._pending_inbox(loop)
@@ -250,13 +254,13 @@ class Iteration:
         next_task = str(uuid.uuid4()) if immediate else ""
         history = {
             "role": self.role, "iteration": self.number, "attempt": self.attempt, "host": self.owner.split("/")[0],
-            "start": f"{self.started.timestamp():.3f}", "end": f"{now.timestamp():.3f}",
+            "start": f"{self.started.timestamp():.6f}", "end": f"{now.timestamp():.6f}",
             "exit": "" if res.exit_code is None else res.exit_code, "outcome": outcome.kind,
             "detail": outcome.detail[:300], "cost": f"{res.total_cost_usd:.6f}", "turns": res.num_turns,
             "tokens_in": int(res.usage.get("input_tokens") or 0),
             "tokens_out": int(res.usage.get("output_tokens") or 0),
             "session": res.session_id, "base": base, "commit": pushed, "violations": ",".join(violations),
-            "inbox_acked": inbox_last, "token": self.token,
+            "inbox_acked": inbox_last, "token": self.token, "sync_ms": f"{self.sync_ms:.1f}",
         }
         run_fields: dict[str, str] = {}
         mirrored = json.loads(self.run_hash.get("docs") or "{}").get("commit")

@@ -218,6 +218,17 @@ class Store:
         keys = [k_loop(run, role), k_lease(run, role), k_fence(run, role), k_next(run, role), k_run(run)]
         return self._claim(keys=keys, args=[task_id, owner, int(ttl * 1000), host, f"{time.time():.3f}"])
 
+    def claim_and_read(self, run: str, role: str, task_id: str, owner: str, ttl: float,
+                       host: str) -> tuple[list, dict[str, str], dict[str, str]]:
+        """``claim`` plus the run's and the loop's hashes as they are after it, in one round trip."""
+        keys = [k_loop(run, role), k_lease(run, role), k_fence(run, role), k_next(run, role), k_run(run)]
+        pipe = self.r.pipeline(transaction=False)
+        self._claim(keys=keys, args=[task_id, owner, int(ttl * 1000), host, f"{time.time():.3f}"], client=pipe)
+        pipe.hgetall(k_run(run))
+        pipe.hgetall(k_loop(run, role))
+        claim, run_hash, loop = pipe.execute()
+        return claim, run_hash, loop
+
     def renew(self, run: str, role: str, owner: str, ttl: float) -> bool:
         return bool(self._renew(keys=[k_lease(run, role)], args=[owner, int(ttl * 1000)]))
 

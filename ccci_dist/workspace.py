@@ -35,9 +35,12 @@ class GitError(Exception):
 SAFE = ("-c", "safe.directory=*")
 
 
+def _env() -> dict[str, str]:
+    return {**os.environ, **{k: v for k, v in GIT_ENV.items() if k not in os.environ}}
+
+
 def git(cwd: Path, *args: str, check: bool = True, timeout: float = 300) -> str:
-    env = {**os.environ, **{k: v for k, v in GIT_ENV.items() if k not in os.environ}}
-    p = subprocess.run(["git", *SAFE, *args], cwd=cwd, capture_output=True, text=True, env=env, timeout=timeout)
+    p = subprocess.run(["git", *SAFE, *args], cwd=cwd, capture_output=True, text=True, env=_env(), timeout=timeout)
     if check and p.returncode != 0:
         msg = (p.stderr.strip().splitlines() or [f"exit {p.returncode}"])[-1]
         raise GitError(f"git {args[0]} failed: {msg}")
@@ -60,6 +63,8 @@ class Workspace:
             git(self.path, "remote", "set-url", "origin", self.repo)
             git(self.path, "remote", "set-url", "--push", "origin", NO_PUSH)
             marker.write_text(self.repo)
+        if (tip := self._unchanged_tip()) is not None:
+            return tip
         git(self.path, "fetch", "-q", "origin", self.branch)
         remote = f"origin/{self.branch}"
         ahead = git(self.path, "rev-list", "--count", f"{remote}..HEAD", check=False)
@@ -69,6 +74,34 @@ class Workspace:
         git(self.path, "checkout", "-q", "-f", "-B", self.branch, remote)
         git(self.path, "clean", "-q", "-fd")
         return self.head()
+
+    def _unchanged_tip(self) -> str | None:
+        """The remote tip when the clone already sits on it, clean, on the branch; else None.
+
+        Most iterations change nothing: one ``ls-remote`` and one ``status`` (run side by side)
+        then replace the fetch, checkout and clean of a full sync. Any doubt (a failed command,
+        an unexpected line) means None, and the full sync runs and reports the error.
+        """
+        def start(*args: str) -> subprocess.Popen:
+            return subprocess.Popen(["git", *SAFE, *args], cwd=self.path, env=_env(), text=True,
+                                    stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+
+        procs = (start("ls-remote", "origin", f"refs/heads/{self.branch}"),
+                 start("status", "--porcelain=v2", "--branch", "--untracked-files=all"))
+        try:
+            (remote, _), (status, _) = (p.communicate(timeout=60) for p in procs)
+        except subprocess.TimeoutExpired:
+            for p in procs:
+                p.kill()
+                p.wait()
+            return None
+        if any(p.returncode for p in procs):
+            return None
+        tip = remote.split("\t", 1)[0].strip()
+        expected = {f"# branch.oid {tip}", f"# branch.head {self.branch}", f"# branch.upstream origin/{self.branch}",
+                    "# branch.ab +0 -0"}
+        # v2 status: header lines start with '#', every other line is a change or an untracked file
+        return tip if tip and set(status.splitlines()) == expected else None
 
     def hand_to(self, user: str) -> None:
         """Give the clone to the agent's user (the runner's fetch and rebase leave root-owned files)."""
@@ -83,7 +116,22 @@ class Workspace:
         return [line for line in out.splitlines() if line]
 
     def commits_since(self, base: str) -> int:
+        if self._head_from_files() == base:  # the common case, an agent that committed nothing
+            return 0
         return int(git(self.path, "rev-list", "--count", f"{base}..HEAD") or 0)
+
+    def _head_from_files(self) -> str | None:
+        """HEAD's commit read from the files, without a git process, when it is a loose ref or a
+        detached HEAD (a loose ref overrides packed-refs, so a file found is the truth); None
+        whenever git has to answer (packed refs, reftable, a worktree's ``.git`` file)."""
+        git_dir = self.path / ".git"
+        try:
+            head = (git_dir / "HEAD").read_text().strip()
+            if head.startswith("ref: refs/"):
+                head = (git_dir / head[5:]).read_text().strip()
+        except OSError:
+            return None
+        return head if len(head) in (40, 64) and all(c in "0123456789abcdef" for c in head) else None
 
     def push(self, before_push: callable, attempts: int = 4) -> str:
         """Rebase onto the remote and push; ``before_push()`` must return True each time.

@@ -120,3 +120,21 @@ def test_tool_processes_in_their_own_session_die_with_the_iteration(tmp_path):
 def test_build_command_as_other_user():
     assert build_command("claude -p", "", None, "ccci-agent")[:5] == [
         "setpriv", "--reuid=ccci-agent", "--regid=ccci-agent", "--init-groups", "--"]
+
+
+def test_small_prompt_stderr_tail_and_an_agent_that_never_reads(tmp_path):
+    argv = _script(tmp_path, "import sys, json\np = sys.stdin.read()\n"
+                   "[print('err', i, file=sys.stderr) for i in range(200)]\n"
+                   "print(json.dumps({'type': 'result', 'subtype': 'success', 'result': p}))\n")
+    p = AgentProcess(argv, "héllo ✓", tmp_path, tmp_path / "small.jsonl")
+    p.start()
+    r = p.wait(30, 30)
+    assert r.result_text == "héllo ✓" and r.exit_code == 0
+    tail = r.stderr_tail.splitlines()
+    assert tail[-1] == "err 199" and len(tail) <= 50 and "err 100" not in tail
+    assert p.stderr_path.read_text().count("\n") == 200  # the whole stderr is kept beside the log
+    # an agent that exits without reading a prompt larger than the pipe: no hang, its exit recorded
+    quits = _script(tmp_path, "import sys\nsys.exit(3)\n")
+    q = AgentProcess(quits, "y" * 2_000_000, tmp_path, tmp_path / "quit.jsonl")
+    q.start()
+    assert q.wait(30, 30).exit_code == 3

@@ -89,3 +89,13 @@ def test_enqueue_respects_a_not_before_set_after_the_caller_looked(store):
     assert not store.try_enqueue("r", "builder", "t1", "q")
     store.r.hset(k_loop("r", "builder"), "not_before", "")
     assert store.try_enqueue("r", "builder", "t1", "q")
+
+
+def test_claim_and_read_returns_the_state_after_the_claim(store):
+    store.r.hset("ccci:run:r", mapping={"status": "active", "phase": "2"})
+    store.try_enqueue("r", "builder", "t1", "q")
+    (ok, token, n, attempt), run_hash, loop = store.claim_and_read("r", "builder", "t1", "o1", 5, "h1")
+    assert (ok, n, attempt) == (1, 1, 1) and run_hash["phase"] == "2"
+    assert (loop["running"], loop["owner"], loop["token"]) == ("1", "o1", str(token))
+    (ok, reason), _, loop = store.claim_and_read("r", "builder", "t1", "o1", 5, "h1")
+    assert (ok, reason) == (0, "superseded") and loop["owner"] == "o1"

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import pytest
 from harness import git
 
-from ccci_dist.workspace import Workspace
+from ccci_dist.workspace import GitError, Workspace
 
 
 def test_sync_docs_and_abandoned_work(remote_repo, tmp_path):
@@ -44,3 +45,56 @@ def test_push_rebases_onto_the_other_role(remote_repo, tmp_path):
     pushed = b.push(lambda: True)  # b is behind: it rebases onto a's commit, then pushes
     log = git("log", "--format=%s", "main", cwd=remote_repo).split("\n")
     assert log[:2] == ["b.txt", "a.txt"] and git("rev-parse", "main", cwd=remote_repo).strip() == pushed
+
+
+def test_sync_of_an_unchanged_clone_still_resets_every_kind_of_drift(remote_repo, tmp_path):
+    ws = Workspace(tmp_path / "ws", str(remote_repo))
+    base = ws.sync("t-1")
+    assert ws._unchanged_tip() == base and ws.sync("t-2") == base  # nothing changed: the quick path
+
+    def commit(path, name):
+        (path / name).write_text(name)
+        git("add", name, cwd=path)
+        git("-c", "user.name=a", "-c", "user.email=a@b", "commit", "-q", "-m", name, cwd=path)
+
+    # an uncommitted edit, a staged file and an untracked one: all gone after sync
+    (ws.path / "README.md").write_text("edited by an agent\n")
+    (ws.path / "staged.txt").write_text("x")
+    git("add", "staged.txt", cwd=ws.path)
+    (ws.path / "untracked" / "deep").mkdir(parents=True)
+    (ws.path / "untracked" / "deep" / "f").write_text("x")
+    assert ws._unchanged_tip() is None
+    assert ws.sync("t-3") == base
+    assert git("status", "--porcelain", "--untracked-files=all", cwd=ws.path) == ""
+    # another branch or a detached HEAD: back on the branch
+    git("checkout", "-q", "--detach", cwd=ws.path)
+    assert ws._unchanged_tip() is None and ws.sync("t-4") == base
+    assert git("symbolic-ref", "--short", "HEAD", cwd=ws.path).strip() == "main"
+    # the remote moved on (another role pushed): fetched
+    other = Workspace(tmp_path / "other", str(remote_repo))
+    other.sync("o")
+    commit(other.path, "other.txt")
+    pushed = other.push(lambda: True)
+    assert ws._unchanged_tip() is None and ws.sync("t-5") == pushed and (ws.path / "other.txt").exists()
+    assert ws._unchanged_tip() == pushed
+    # a remote that cannot be reached: the full sync reports it
+    ws.repo = str(tmp_path / "gone.git")
+    with pytest.raises(GitError, match="fetch"):
+        ws.sync("t-6")
+
+
+def test_commits_since_reads_head_from_files_or_asks_git(remote_repo, tmp_path):
+    ws = Workspace(tmp_path / "ws", str(remote_repo))
+    base = ws.sync("t-1")
+    assert ws._head_from_files() == base and ws.commits_since(base) == 0
+    (ws.path / "a.txt").write_text("a")
+    git("add", "a.txt", cwd=ws.path)
+    git("-c", "user.name=a", "-c", "user.email=a@b", "commit", "-q", "-m", "a", cwd=ws.path)
+    assert ws._head_from_files() == ws.head() != base and ws.commits_since(base) == 1
+    # refs packed away (an agent ran gc): no loose ref file, git answers
+    git("pack-refs", "--all", cwd=ws.path)
+    assert not (ws.path / ".git" / "refs" / "heads" / "main").exists()
+    assert ws._head_from_files() is None and ws.commits_since(base) == 1
+    # detached HEAD at the base: read from the file
+    git("checkout", "-q", "--detach", base, cwd=ws.path)
+    assert ws._head_from_files() == base and ws.commits_since(base) == 0
