@@ -51,7 +51,7 @@ cd "$1"; n=$2; out=$3; repo=$4
 for ((i=0;i<n;i++)); do
   echo "$EPOCHREALTIME" >>"$out"
   git ls-remote origin refs/heads/main >/dev/null &
-  git status --porcelain=v2 --branch --untracked-files=all >/dev/null
+  git --no-optional-locks status --porcelain=v2 --branch --untracked-files=all >/dev/null
   wait
   git rev-list --count HEAD..HEAD >/dev/null
 done

@@ -24,17 +24,17 @@ from .celery import app, settings
 from .config import Settings, hostname
 from .lease import Heartbeat
 from .limits import backoff_seconds, schedule_after_limit
+from .live_log import live_log
 from .logsetup import log_context, prune_logs
 from .notify import notify
 from .outcome import Outcome, classify
 from .prompt import assemble
 from .schedule import next_midnight, next_start
-from .store import ACTIVE, PAUSED, STOPPED, Store, k_inbox, k_log, k_run
+from .store import ACTIVE, PAUSED, STOPPED, Claimed, Store, k_log, k_run
 from .workspace import GitError, PushRefused, Workspace, isolation_violations
 
 log = logging.getLogger(__name__)
 
-LOG_STREAM_MAXLEN = 5000
 FRESH_AFTER_FAILURES = 3
 # Agent env vars that would hand an agent the keys to the broker or the notifiers.
 SECRET_ENV = ("CCCI_BROKER_URL", "CCCI_BROKER_PASSWORD_FILE", "CCCI_NOTIFY_URLS")
@@ -81,14 +81,15 @@ def run_iteration(self, run: str, role: str) -> str:
     store = get_store(s)
     task_id = self.request.id or str(uuid.uuid4())
     owner = f"{hostname()}/{os.getpid()}/{task_id}"
-    claim, run_hash, loop = store.claim_and_read(run, role, task_id, owner, s.lease_ttl, hostname())
+    claimed = store.claim_and_read(run, role, task_id, owner, s.lease_ttl, hostname())
+    claim = claimed.result
     if not claim[0]:
         log.info("iteration %s for %s/%s not run: %s", task_id, run, role, claim[1])
         return f"skipped:{claim[1]}"
     token, number, attempt = int(claim[1]), int(claim[2]), int(claim[3])
     with log_context(run=run, role=role, iteration=number):
         it = Iteration(s, store, run, role, token, owner, number, attempt, task_id)
-        return it.execute(run_hash, loop)
+        return it.execute(claimed)
 
 
 class Iteration:
@@ -106,6 +107,7 @@ class Iteration:
         self.run_hash: dict[str, str] = {}
         self.nudges_seen: list[str] = []
         self.sync_ms = 0.0
+        self.loop: dict[str, str] = {}
 
     # The heartbeat calls this from its thread the moment the lease is lost or stop is set.
     def _on_lost(self, why: str) -> None:
@@ -113,14 +115,15 @@ class Iteration:
         if self.agent is not None:
             self.agent.kill(why)
 
-    def execute(self, run_hash: dict[str, str], loop: dict[str, str]) -> str:
-        """Run the claimed iteration; ``run_hash`` and ``loop`` as read right after the claim."""
+    def execute(self, claimed: Claimed) -> str:
+        """Run the claimed iteration, from the state read right after the claim."""
+        self.run_hash, self.loop = claimed.run, claimed.loop
         hb = Heartbeat(get_store(self.s, "heartbeat"), self.run, self.role, self.owner, self.s.lease_ttl,
                        self._on_lost)
         self.heartbeat = hb
         hb.start()
         try:
-            return self._execute(run_hash, loop)
+            return self._execute(claimed.inbox)
         except Exception as exc:  # record, back off, never spin; the lease tells the watchdog
             log.exception("iteration crashed in the runner")
             self._finish(IterationResult(), Outcome(kind="crash", action="backoff",
@@ -130,10 +133,10 @@ class Iteration:
         finally:
             hb.close()
 
-    def _execute(self, run_hash: dict[str, str], loop: dict[str, str]) -> str:
+    def _execute(self, inbox: list[tuple[str, str]]) -> str:
         hb = self.heartbeat
         assert hb is not None
-        self.run_hash = run_hash
+        run_hash, loop = self.run_hash, self.loop
         plan = json.loads(run_hash["plan"])
         ws = Workspace(self.s.workspace_dir / self.run / self.role, run_hash["repo"], run_hash.get("branch", "main"))
         t0 = time.perf_counter()
@@ -141,7 +144,6 @@ class Iteration:
         self.sync_ms = (time.perf_counter() - t0) * 1000
         if self.s.agent_user:
             ws.hand_to(self.s.agent_user)
-        inbox = self._pending_inbox(loop)
         nudges = self.nudges_seen = json.loads(loop.get("nudges") or "[]")
         prompt = assemble(role=self.role, run=self.run, iteration=self.number, phase=run_hash.get("phase", ""),
                           plan=plan, inbox=inbox, nudges=nudges)
@@ -152,10 +154,9 @@ class Iteration:
         if self.number % 20 == 1:  # cheap enough, and bounded: age and size limits from config
             prune_logs(log_path.parent, self.s.log_max_age_days, self.s.log_max_bytes)
         stream = k_log(self.run, self.role)
+        mirror = live_log(self.store.r)
         self.agent = AgentProcess(argv, prompt, ws.path, log_path, env=agent_env(self.s, self.run, self.role),
-                                  on_line=lambda line: self.store.r.xadd(
-                                      stream, {"n": self.number, "line": line[:4000]},
-                                      maxlen=LOG_STREAM_MAXLEN, approximate=True),
+                                  on_line=lambda line: mirror.put(stream, {"n": self.number, "line": line[:4000]}),
                                   kill_grace=self.s.kill_grace, kind=agent_kind(self.s.agent_command))
         if self.lost:
             return self._finish(IterationResult(killed=self.lost), self._classify(IterationResult(killed=self.lost)),
@@ -188,11 +189,6 @@ class Iteration:
         return self._finish(res, outcome, base=base, pushed=pushed, violations=violations, inbox_last=inbox_last,
                             ws=ws)
 
-    def _pending_inbox(self, loop: dict[str, str]) -> list[tuple[str, str]]:
-        acked = loop.get("inbox_acked") or "0-0"
-        entries = self.store.r.xrange(k_inbox(self.run, self.role), min=f"({acked}", max="+")
-        return [(mid, f.get("text", "")) for mid, f in entries]
-
     def _classify(self, res: IterationResult) -> Outcome:
         return classify(res.result, res.rate_limit_events, res.exit_code, res.killed, res.stderr_tail,
                         datetime.now(UTC))
@@ -200,7 +196,7 @@ class Iteration:
     def _finish(self, res: IterationResult, outcome: Outcome, *, base: str, pushed: str,
                 violations: list[str], inbox_last: str, ws: Workspace | None = None) -> str:
         now = datetime.now(UTC)
-        loop = self.store.loop(self.run, self.role)
+        loop = self.loop  # as claimed: streak and cost change only through this loop's fenced finishes
         streak = 0 if outcome.action in ("continue", "resume") else int(loop.get("fail_streak") or 0) + 1
         fields: dict[str, Any] = {
             "iteration": self.number, "last_outcome": outcome.kind, "last_detail": outcome.detail,
@@ -236,13 +232,10 @@ class Iteration:
         if outcome.action == "stop" and outcome.kind not in ("stopped", "lease_lost"):
             fields["state"] = STOPPED
             fields["stop_reason"] = outcome.kind
-        pending = json.loads(loop.get("nudges") or "[]")
-        if outcome.kind not in ("success",) and not nudges and outcome.action != "stop":
-            nudges = pending  # keep them for the re-run
-        else:
-            # only what this prompt carried is delivered: a nudge added meanwhile (boot, watchdog) stays
-            nudges += [n for n in pending if n not in self.nudges_seen and n not in nudges]
-        fields["nudges"] = json.dumps(nudges)
+        # Only what this prompt carried was delivered: a nudge added meanwhile (boot, start) stays.
+        # A failed run with nothing new to say keeps them all for the re-run.
+        keep_all = outcome.kind != "success" and not nudges and outcome.action != "stop"
+        nudge_update = ([], []) if keep_all else (nudges, self.nudges_seen)
         at = next_start(now=now, started=self.started, min_interval=self.s.min_interval.get(self.role, 0.0),
                         quiet=self.s.quiet_hours, not_before=not_before)
         if at is not None:
@@ -273,7 +266,8 @@ class Iteration:
             self._charge(res.total_cost_usd, now)  # before finish: a reached budget holds the successor
         ok = self.store.finish(self.run, self.role, self.token, self.owner,
                                {k: str(v) for k, v in fields.items()}, {k: str(v) for k, v in history.items()},
-                               next_task=next_task, run_fields=run_fields, inbox_ack=inbox_last)
+                               next_task=next_task, run_fields=run_fields, inbox_ack=inbox_last,
+                               nudges=nudge_update)
         if not ok:
             log.warning("iteration %s is stale; its result was refused", self.number)
             return "refused"

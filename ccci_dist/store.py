@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Any
+from typing import Any, NamedTuple
 
 import redis
 
@@ -104,6 +104,13 @@ redis.call('HDEL', KEYS[1], 'next_at', 'next_queue')
 return {1, token, n, attempt}
 """
 
+# The loop's INBOX messages after the last acknowledged one. KEYS: loop, inbox.
+PENDING_INBOX = """
+local acked = redis.call('HGET', KEYS[1], 'inbox_acked')
+if not acked or acked == '' then acked = '0-0' end
+return redis.call('XRANGE', KEYS[2], '(' .. acked, '+')
+"""
+
 # Renew the lease if we still own it.
 RENEW = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then
@@ -137,6 +144,18 @@ redis.call('XADD', KEYS[5], 'MAXLEN', '~', ARGV[9], '*', unpack(flat))
 local rf = cjson.decode(ARGV[7])
 for k, v in pairs(rf) do redis.call('HSET', KEYS[6], k, tostring(v)) end
 if ARGV[8] ~= '' then redis.call('HSET', KEYS[1], 'inbox_acked', ARGV[8]) end
+if ARGV[10] ~= '' then
+  -- nudges: this iteration's own first, then the pending ones its prompt did not carry (a boot
+  -- or start may have added one while it ran); read here, not before, so none is lost
+  local nz = cjson.decode(ARGV[10])
+  local out, drop = {}, {}
+  for _, n in ipairs(nz.add) do if not drop[n] then table.insert(out, n); drop[n] = true end end
+  for _, n in ipairs(nz.seen) do drop[n] = true end
+  for _, n in ipairs(cjson.decode(redis.call('HGET', KEYS[1], 'nudges') or '[]')) do
+    if not drop[n] then table.insert(out, n); drop[n] = true end
+  end
+  redis.call('HSET', KEYS[1], 'nudges', #out == 0 and '[]' or cjson.encode(out))
+end
 if redis.call('GET', KEYS[2]) == ARGV[2] then redis.call('DEL', KEYS[2]) end
 local run_status = redis.call('HGET', KEYS[6], 'status')
 if ARGV[5] ~= '' and redis.call('HGET', KEYS[1], 'state') == 'active'
@@ -174,6 +193,20 @@ return 1
 """
 
 
+class Claimed(NamedTuple):
+    """What an iteration learns when it claims its loop."""
+
+    result: list  # [1, token, iteration, attempt] or [0, reason]
+    run: dict[str, str]
+    loop: dict[str, str]
+    inbox: list[tuple[str, str]]  # pending (id, text)
+
+
+def _pairs(entries: list) -> list[tuple[str, dict[str, str]]]:
+    """Stream entries as returned by a script (field lists) as (id, dict) pairs."""
+    return [(mid, dict(zip(fl[::2], fl[1::2], strict=False))) for mid, fl in entries]
+
+
 class Store:
     """Typed access to ccci-dist state on one Redis connection."""
 
@@ -182,6 +215,7 @@ class Store:
     def __init__(self, r: redis.Redis):
         self.r = r
         self._claim = r.register_script(CLAIM)
+        self._pending_inbox = r.register_script(PENDING_INBOX)
         self._renew = r.register_script(RENEW)
         self._fence_ok = r.register_script(FENCE_OK)
         self._finish = r.register_script(FINISH)
@@ -218,16 +252,30 @@ class Store:
         keys = [k_loop(run, role), k_lease(run, role), k_fence(run, role), k_next(run, role), k_run(run)]
         return self._claim(keys=keys, args=[task_id, owner, int(ttl * 1000), host, f"{time.time():.3f}"])
 
-    def claim_and_read(self, run: str, role: str, task_id: str, owner: str, ttl: float,
-                       host: str) -> tuple[list, dict[str, str], dict[str, str]]:
-        """``claim`` plus the run's and the loop's hashes as they are after it, in one round trip."""
+    def claim_and_read(self, run: str, role: str, task_id: str, owner: str, ttl: float, host: str) -> Claimed:
+        """``claim``, then the run's and the loop's hashes and the loop's pending INBOX messages as
+        they are after it, in one round trip."""
         keys = [k_loop(run, role), k_lease(run, role), k_fence(run, role), k_next(run, role), k_run(run)]
-        pipe = self.r.pipeline(transaction=False)
-        self._claim(keys=keys, args=[task_id, owner, int(ttl * 1000), host, f"{time.time():.3f}"], client=pipe)
-        pipe.hgetall(k_run(run))
-        pipe.hgetall(k_loop(run, role))
-        claim, run_hash, loop = pipe.execute()
-        return claim, run_hash, loop
+        args = [task_id, owner, int(ttl * 1000), host, f"{time.time():.3f}"]
+
+        inbox_keys = [k_loop(run, role), k_inbox(run, role)]
+        for _ in range(2):
+            # EVALSHA by hand: a pipeline would check SCRIPT EXISTS first, one more round trip
+            pipe = self.r.pipeline(transaction=False)
+            pipe.evalsha(self._claim.sha, len(keys), *keys, *args)
+            pipe.hgetall(k_run(run))
+            pipe.hgetall(k_loop(run, role))
+            pipe.evalsha(self._pending_inbox.sha, 2, *inbox_keys)
+            result, run_hash, loop, inbox = pipe.execute(raise_on_error=False)
+            if not isinstance(result, redis.exceptions.NoScriptError):
+                break
+            self.r.script_load(CLAIM)  # a new or restarted Redis: nothing ran; load and claim again
+        if isinstance(inbox, redis.exceptions.NoScriptError):  # the claim ran: only re-read the inbox
+            inbox = self._pending_inbox(keys=inbox_keys)
+        for reply in (result, run_hash, loop, inbox):
+            if isinstance(reply, Exception):
+                raise reply
+        return Claimed(result, run_hash, loop, [(mid, f.get("text", "")) for mid, f in _pairs(inbox)])
 
     def renew(self, run: str, role: str, owner: str, ttl: float) -> bool:
         return bool(self._renew(keys=[k_lease(run, role)], args=[owner, int(ttl * 1000)]))
@@ -239,11 +287,15 @@ class Store:
         return self.r.get(k_lease(run, role))
 
     def finish(self, run: str, role: str, token: int, owner: str, loop_fields: dict, history: dict,
-               next_task: str = "", run_fields: dict | None = None, inbox_ack: str = "") -> bool:
+               next_task: str = "", run_fields: dict | None = None, inbox_ack: str = "",
+               nudges: tuple[list[str], list[str]] | None = None) -> bool:
+        """Record a finished iteration if ``token`` is still current. ``nudges`` = (add, seen): the
+        loop's nudges become ``add`` plus those pending now that are not in ``seen``."""
         keys = [k_loop(run, role), k_lease(run, role), k_fence(run, role), k_events(run),
                 k_history(run), k_run(run), k_next(run, role)]
         args = [token, owner, json.dumps(loop_fields), json.dumps(history), next_task, f"{time.time():.3f}",
-                json.dumps(run_fields or {}), inbox_ack, self.STREAM_MAXLEN]
+                json.dumps(run_fields or {}), inbox_ack, self.STREAM_MAXLEN,
+                json.dumps({"add": nudges[0], "seen": nudges[1]}) if nudges is not None else ""]
         return bool(self._finish(keys=keys, args=args))
 
     def try_enqueue(self, run: str, role: str, task_id: str, queue: str) -> bool:

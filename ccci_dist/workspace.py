@@ -87,7 +87,8 @@ class Workspace:
                                     stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
 
         procs = (start("ls-remote", "origin", f"refs/heads/{self.branch}"),
-                 start("status", "--porcelain=v2", "--branch", "--untracked-files=all"))
+                 # no index refresh: never hold index.lock where an agent may be committing
+                 start("--no-optional-locks", "status", "--porcelain=v2", "--branch", "--untracked-files=all"))
         try:
             (remote, _), (status, _) = (p.communicate(timeout=60) for p in procs)
         except subprocess.TimeoutExpired:

@@ -10,6 +10,7 @@ from ccci_dist.store import Store, k_loop, k_next
 @pytest.fixture
 def store(redis_server, redis_url):
     s = Store(redis_server.client())
+    s.r.flushdb()  # each test starts from an empty loop
     s.r.hset(k_loop("r", "builder"), mapping={"state": "active", "iteration": 0})
     return s
 
@@ -94,8 +95,46 @@ def test_enqueue_respects_a_not_before_set_after_the_caller_looked(store):
 def test_claim_and_read_returns_the_state_after_the_claim(store):
     store.r.hset("ccci:run:r", mapping={"status": "active", "phase": "2"})
     store.try_enqueue("r", "builder", "t1", "q")
-    (ok, token, n, attempt), run_hash, loop = store.claim_and_read("r", "builder", "t1", "o1", 5, "h1")
+    store.r.xadd("ccci:inbox:r:builder", {"text": "old"})
+    acked = store.r.xadd("ccci:inbox:r:builder", {"text": "acked"})
+    store.r.xadd("ccci:inbox:r:builder", {"text": "héllo, new"})
+    store.r.hset(k_loop("r", "builder"), "inbox_acked", acked)
+    c = store.claim_and_read("r", "builder", "t1", "o1", 5, "h1")
+    assert c.result[0] == 1, c
+    (ok, token, n, attempt), run_hash, loop, inbox = c
     assert (ok, n, attempt) == (1, 1, 1) and run_hash["phase"] == "2"
     assert (loop["running"], loop["owner"], loop["token"]) == ("1", "o1", str(token))
-    (ok, reason), _, loop = store.claim_and_read("r", "builder", "t1", "o1", 5, "h1")
+    assert [text for _, text in inbox] == ["héllo, new"]
+    (ok, reason), _, loop, _ = store.claim_and_read("r", "builder", "t1", "o1", 5, "h1")
     assert (ok, reason) == (0, "superseded") and loop["owner"] == "o1"
+    store.r.hdel(k_loop("r", "builder"), "inbox_acked")
+    assert len(store.claim_and_read("r", "builder", "t9", "o", 5, "h").inbox) == 3, "nothing acked: all pending"
+
+
+def test_claim_and_read_after_the_script_cache_was_flushed(store):
+    store.try_enqueue("r", "builder", "t1", "q")
+    store.r.script_flush()  # as after a Redis restart
+    (ok, _token, n, _attempt), _, loop, _ = store.claim_and_read("r", "builder", "t1", "o1", 5, "h1")
+    assert (ok, n, loop["owner"]) == (1, 1, "o1")
+
+
+def test_finish_merges_nudges_with_those_added_meanwhile(store):
+    key = k_loop("r", "builder")
+
+    def finish_with(pending, nudges):
+        store.r.hset(key, "nudges", json.dumps(pending))
+        store.try_enqueue("r", "builder", "t", "q")
+        _, tok, _, _ = store.claim("r", "builder", "t", "o", 5, "h")
+        assert store.finish("r", "builder", tok, "o", {}, {"x": "1"}, nudges=nudges)
+        return json.loads(store.r.hget(key, "nudges"))
+
+    # the prompt carried "restart"; "reboot" arrived meanwhile and stays, after this run's own
+    assert finish_with(["restart", "reboot"], (["limit"], ["restart"])) == ["limit", "reboot"]
+    assert finish_with(["restart"], ([], ["restart"])) == [], "all delivered: an empty list, not {}"
+    assert finish_with(["a", "b"], ([], [])) == ["a", "b"], "a failed run keeps them for the re-run"
+    assert finish_with(["ünï"], (["ünï", "x"], [])) == ["ünï", "x"], "no duplicates"
+    store.r.hset(key, "nudges", json.dumps(["keep"]))
+    store.try_enqueue("r", "builder", "t2", "q")
+    _, tok, _, _ = store.claim("r", "builder", "t2", "o", 5, "h")
+    assert store.finish("r", "builder", tok, "o", {}, {"x": "1"})  # no nudge update: untouched
+    assert json.loads(store.r.hget(key, "nudges")) == ["keep"]
