@@ -9,6 +9,7 @@ immediately, which kills the agent's process group; it never retries its way bac
 from __future__ import annotations
 
 import logging
+import queue
 import threading
 import time
 from collections.abc import Callable
@@ -22,17 +23,43 @@ log = logging.getLogger(__name__)
 STOP_POLL = 0.5  # seconds between stop-flag checks: `stop` must end an agent within 2 s
 
 
-class Heartbeat(threading.Thread):
+_jobs: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
+_idle = threading.Semaphore(0)
+
+
+def _serve() -> None:
+    while True:
+        job = _jobs.get()
+        try:
+            job()
+        except Exception:  # a heartbeat logs its own trouble; the thread must stay
+            log.exception("heartbeat thread")
+        finally:
+            _idle.release()
+
+
+def _submit(job: Callable[[], None]) -> None:
+    """Run ``job`` on an idle heartbeat thread, or a new one. The threads are daemons and kept:
+    an iteration neither creates nor joins one, and a dying worker never waits for them."""
+    if not _idle.acquire(blocking=False):
+        threading.Thread(target=_serve, name="lease", daemon=True).start()
+    _jobs.put(job)
+
+
+class Heartbeat:
     """Renews one lease and watches the loop's stop flag until ``close()``."""
 
     def __init__(self, store: Store, run: str, role: str, owner: str, ttl: float,
                  on_lost: Callable[[str], None]):
-        super().__init__(name=f"lease-{run}-{role}", daemon=True)
         self.store, self.run_id, self.role, self.owner, self.ttl = store, run, role, owner, ttl
         self.on_lost = on_lost
         self.lost: str | None = None  # "lease_lost" | "stopped"
         self.expires = time.monotonic() + ttl  # monotonic time the lease lapses unless renewed
         self._halt = threading.Event()
+        self._gate = threading.Lock()  # close() and a loss never interleave
+
+    def start(self) -> None:
+        _submit(self.run)
 
     def run(self) -> None:
         renew_every = self.ttl / 3
@@ -59,11 +86,14 @@ class Heartbeat(threading.Thread):
                 return
 
     def _lose(self, why: str) -> None:
-        self.lost = why
-        log.warning("iteration lost its lease (%s); killing the agent", why)
-        self.on_lost(why)
+        with self._gate:
+            if self._halt.is_set():  # closed: the iteration is over, there is nothing to kill
+                return
+            self.lost = why
+            log.warning("iteration lost its lease (%s); killing the agent", why)
+            self.on_lost(why)
 
     def close(self) -> None:
-        self._halt.set()
-        if self.is_alive() and threading.current_thread() is not self:
-            self.join(timeout=2)
+        """Stop renewing; once this returns, ``on_lost`` is not called (any call under way has ended)."""
+        with self._gate:
+            self._halt.set()
