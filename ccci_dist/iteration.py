@@ -31,7 +31,7 @@ from .outcome import Outcome, classify
 from .prompt import assemble
 from .schedule import next_midnight, next_start
 from .store import ACTIVE, PAUSED, STOPPED, Claimed, Store, k_log, k_run
-from .workspace import GitError, PushRefused, Workspace, isolation_violations
+from .workspace import GitError, Probe, PushRefused, Workspace, isolation_violations
 
 log = logging.getLogger(__name__)
 
@@ -81,15 +81,21 @@ def run_iteration(self, run: str, role: str) -> str:
     store = get_store(s)
     task_id = self.request.id or str(uuid.uuid4())
     owner = f"{hostname()}/{os.getpid()}/{task_id}"
-    claimed = store.claim_and_read(run, role, task_id, owner, s.lease_ttl, hostname())
-    claim = claimed.result
-    if not claim[0]:
-        log.info("iteration %s for %s/%s not run: %s", task_id, run, role, claim[1])
-        return f"skipped:{claim[1]}"
-    token, number, attempt = int(claim[1]), int(claim[2]), int(claim[3])
-    with log_context(run=run, role=role, iteration=number):
-        it = Iteration(s, store, run, role, token, owner, number, attempt, task_id)
-        return it.execute(claimed)
+    # The workspace's quick check only reads: it runs while the claim is under way.
+    probe = Probe.start(s.workspace_dir / run / role)
+    try:
+        claimed = store.claim_and_read(run, role, task_id, owner, s.lease_ttl, hostname())
+        claim = claimed.result
+        if not claim[0]:
+            log.info("iteration %s for %s/%s not run: %s", task_id, run, role, claim[1])
+            return f"skipped:{claim[1]}"
+        token, number, attempt = int(claim[1]), int(claim[2]), int(claim[3])
+        with log_context(run=run, role=role, iteration=number):
+            it = Iteration(s, store, run, role, token, owner, number, attempt, task_id)
+            return it.execute(claimed, probe)
+    finally:
+        if probe is not None:
+            probe.discard()
 
 
 class Iteration:
@@ -115,15 +121,16 @@ class Iteration:
         if self.agent is not None:
             self.agent.kill(why)
 
-    def execute(self, claimed: Claimed) -> str:
-        """Run the claimed iteration, from the state read right after the claim."""
+    def execute(self, claimed: Claimed, probe: Probe | None = None) -> str:
+        """Run the claimed iteration, from the state read right after the claim (and the
+        workspace's quick check, if one was started)."""
         self.run_hash, self.loop = claimed.run, claimed.loop
         hb = Heartbeat(get_store(self.s, "heartbeat"), self.run, self.role, self.owner, self.s.lease_ttl,
                        self._on_lost)
         self.heartbeat = hb
         hb.start()
         try:
-            return self._execute(claimed.inbox)
+            return self._execute(claimed.inbox, probe)
         except Exception as exc:  # record, back off, never spin; the lease tells the watchdog
             log.exception("iteration crashed in the runner")
             self._finish(IterationResult(), Outcome(kind="crash", action="backoff",
@@ -133,14 +140,14 @@ class Iteration:
         finally:
             hb.close()
 
-    def _execute(self, inbox: list[tuple[str, str]]) -> str:
+    def _execute(self, inbox: list[tuple[str, str]], probe: Probe | None) -> str:
         hb = self.heartbeat
         assert hb is not None
         run_hash, loop = self.run_hash, self.loop
         plan = json.loads(run_hash["plan"])
         ws = Workspace(self.s.workspace_dir / self.run / self.role, run_hash["repo"], run_hash.get("branch", "main"))
         t0 = time.perf_counter()
-        base = ws.sync(f"{self.role}-{self.number}")
+        base = ws.sync(f"{self.role}-{self.number}", probe)
         self.sync_ms = (time.perf_counter() - t0) * 1000
         if self.s.agent_user:
             ws.hand_to(self.s.agent_user)

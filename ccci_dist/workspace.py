@@ -53,17 +53,24 @@ class Workspace:
     def __init__(self, path: Path, repo: str, branch: str = "main"):
         self.path, self.repo, self.branch = path, repo, branch
 
-    def sync(self, label: str) -> str:
-        """Clone or fetch, then hard-reset to the remote branch; return the base commit."""
+    def sync(self, label: str, probe: Probe | None = None) -> str:
+        """Clone or fetch, then hard-reset to the remote branch; return the base commit.
+
+        ``probe`` is this clone's quick check if one was started early (see ``Probe.start``).
+        """
         if not (self.path / ".git").exists():
             self.path.parent.mkdir(parents=True, exist_ok=True)
             git(self.path.parent, "clone", "-q", "-b", self.branch, self.repo, str(self.path))
-        marker = self.path / ".git" / "ccci-remote"
-        if not marker.exists() or marker.read_text() != self.repo:
+        marker = self.path / ".git" / MARKER
+        if not marker.exists() or marker.read_text() != f"{self.repo}\n{self.branch}":
             git(self.path, "remote", "set-url", "origin", self.repo)
             git(self.path, "remote", "set-url", "--push", "origin", NO_PUSH)
-            marker.write_text(self.repo)
-        if (tip := self._unchanged_tip()) is not None:
+            marker.write_text(f"{self.repo}\n{self.branch}")
+        if probe is None or (probe.repo, probe.branch) != (self.repo, self.branch):
+            if probe is not None:
+                probe.discard()
+            probe = Probe(self.path, self.repo, self.branch)
+        if (tip := probe.unchanged_tip()) is not None:
             return tip
         git(self.path, "fetch", "-q", "origin", self.branch)
         remote = f"origin/{self.branch}"
@@ -74,35 +81,6 @@ class Workspace:
         git(self.path, "checkout", "-q", "-f", "-B", self.branch, remote)
         git(self.path, "clean", "-q", "-fd")
         return self.head()
-
-    def _unchanged_tip(self) -> str | None:
-        """The remote tip when the clone already sits on it, clean, on the branch; else None.
-
-        Most iterations change nothing: one ``ls-remote`` and one ``status`` (run side by side)
-        then replace the fetch, checkout and clean of a full sync. Any doubt (a failed command,
-        an unexpected line) means None, and the full sync runs and reports the error.
-        """
-        def start(*args: str) -> subprocess.Popen:
-            return subprocess.Popen(["git", *SAFE, *args], cwd=self.path, env=_env(), text=True,
-                                    stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
-
-        procs = (start("ls-remote", "origin", f"refs/heads/{self.branch}"),
-                 # no index refresh: never hold index.lock where an agent may be committing
-                 start("--no-optional-locks", "status", "--porcelain=v2", "--branch", "--untracked-files=all"))
-        try:
-            (remote, _), (status, _) = (p.communicate(timeout=60) for p in procs)
-        except subprocess.TimeoutExpired:
-            for p in procs:
-                p.kill()
-                p.wait()
-            return None
-        if any(p.returncode for p in procs):
-            return None
-        tip = remote.split("\t", 1)[0].strip()
-        expected = {f"# branch.oid {tip}", f"# branch.head {self.branch}", f"# branch.upstream origin/{self.branch}",
-                    "# branch.ab +0 -0"}
-        # v2 status: header lines start with '#', every other line is a change or an untracked file
-        return tip if tip and set(status.splitlines()) == expected else None
 
     def hand_to(self, user: str) -> None:
         """Give the clone to the agent's user (the runner's fetch and rebase leave root-owned files)."""
@@ -174,6 +152,69 @@ class Workspace:
             texts.append(out[:size].decode("utf-8", "replace"))
             out = out[size + 1:]
         return parse_docs(*texts, commit=rev)
+
+
+MARKER = "ccci-remote"  # in .git: "<repo>\n<branch>" the clone was last set up for
+
+
+class Probe:
+    """The quick check of a clone: is it already on the remote tip, clean, on the branch?
+
+    Most iterations change nothing: one ``ls-remote`` and one ``status``, run side by side,
+    then replace the fetch, checkout and clean of a full sync. Both only read, so an iteration
+    starts them before it has claimed its loop (``Probe.start``) and reads them after.
+    """
+
+    def __init__(self, path: Path, repo: str, branch: str):
+        self.repo, self.branch = repo, branch
+        self.done = False
+
+        def start(*args: str) -> subprocess.Popen:
+            return subprocess.Popen(["git", *SAFE, *args], cwd=path, env=_env(), text=True,
+                                    stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+
+        self.procs = (start("ls-remote", "origin", f"refs/heads/{branch}"),
+                      # no index refresh: never hold index.lock where an agent may be committing
+                      start("--no-optional-locks", "status", "--porcelain=v2", "--branch", "--untracked-files=all"))
+
+    @classmethod
+    def start(cls, path: Path) -> Probe | None:
+        """Probe the clone at ``path`` for the remote and branch it was last set up for, if any."""
+        try:
+            repo, branch = (path / ".git" / MARKER).read_text().split("\n")
+        except (OSError, ValueError):
+            return None
+        return cls(path, repo, branch)
+
+    def unchanged_tip(self) -> str | None:
+        """The remote tip when the clone already sits on it, clean, on the branch; else None.
+        Any doubt (a failed command, an unexpected line) means None: the full sync runs and
+        reports the error."""
+        if self.done:
+            return None
+        try:
+            (remote, _), (status, _) = (p.communicate(timeout=60) for p in self.procs)
+        except subprocess.TimeoutExpired:
+            self.discard()
+            return None
+        self.done = True
+        if any(p.returncode for p in self.procs):
+            return None
+        tip = remote.split("\t", 1)[0].strip()
+        expected = {f"# branch.oid {tip}", f"# branch.head {self.branch}", f"# branch.upstream origin/{self.branch}",
+                    "# branch.ab +0 -0"}
+        # v2 status: header lines start with '#', every other line is a change or an untracked file
+        return tip if tip and set(status.splitlines()) == expected else None
+
+    def discard(self) -> None:
+        """End and reap both commands (a probe whose iteration did not run); idempotent."""
+        if self.done:
+            return
+        self.done = True
+        for p in self.procs:
+            if p.poll() is None:
+                p.kill()
+            p.communicate()
 
 
 class PushRefused(Exception):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from harness import git
 
-from ccci_dist.workspace import GitError, Workspace
+from ccci_dist.workspace import GitError, Probe, Workspace
 
 
 def test_sync_docs_and_abandoned_work(remote_repo, tmp_path):
@@ -47,10 +47,17 @@ def test_push_rebases_onto_the_other_role(remote_repo, tmp_path):
     assert log[:2] == ["b.txt", "a.txt"] and git("rev-parse", "main", cwd=remote_repo).strip() == pushed
 
 
+def quick(ws: Workspace) -> str | None:
+    """The quick check as an iteration starts it: from the clone's own marker, before the claim."""
+    probe = Probe.start(ws.path)
+    assert probe is not None and (probe.repo, probe.branch) == (ws.repo, ws.branch)
+    return probe.unchanged_tip()
+
+
 def test_sync_of_an_unchanged_clone_still_resets_every_kind_of_drift(remote_repo, tmp_path):
     ws = Workspace(tmp_path / "ws", str(remote_repo))
     base = ws.sync("t-1")
-    assert ws._unchanged_tip() == base and ws.sync("t-2") == base  # nothing changed: the quick path
+    assert quick(ws) == base and ws.sync("t-2") == base  # nothing changed: the quick path
 
     def commit(path, name):
         (path / name).write_text(name)
@@ -63,20 +70,20 @@ def test_sync_of_an_unchanged_clone_still_resets_every_kind_of_drift(remote_repo
     git("add", "staged.txt", cwd=ws.path)
     (ws.path / "untracked" / "deep").mkdir(parents=True)
     (ws.path / "untracked" / "deep" / "f").write_text("x")
-    assert ws._unchanged_tip() is None
+    assert quick(ws) is None
     assert ws.sync("t-3") == base
     assert git("status", "--porcelain", "--untracked-files=all", cwd=ws.path) == ""
     # another branch or a detached HEAD: back on the branch
     git("checkout", "-q", "--detach", cwd=ws.path)
-    assert ws._unchanged_tip() is None and ws.sync("t-4") == base
+    assert quick(ws) is None and ws.sync("t-4") == base
     assert git("symbolic-ref", "--short", "HEAD", cwd=ws.path).strip() == "main"
     # the remote moved on (another role pushed): fetched
     other = Workspace(tmp_path / "other", str(remote_repo))
     other.sync("o")
     commit(other.path, "other.txt")
     pushed = other.push(lambda: True)
-    assert ws._unchanged_tip() is None and ws.sync("t-5") == pushed and (ws.path / "other.txt").exists()
-    assert ws._unchanged_tip() == pushed
+    assert quick(ws) is None and ws.sync("t-5") == pushed and (ws.path / "other.txt").exists()
+    assert quick(ws) == pushed
     # a remote that cannot be reached: the full sync reports it
     ws.repo = str(tmp_path / "gone.git")
     with pytest.raises(GitError, match="fetch"):
@@ -98,3 +105,15 @@ def test_commits_since_reads_head_from_files_or_asks_git(remote_repo, tmp_path):
     # detached HEAD at the base: read from the file
     git("checkout", "-q", "--detach", base, cwd=ws.path)
     assert ws._head_from_files() == base and ws.commits_since(base) == 0
+
+
+def test_a_probe_for_another_remote_is_not_trusted(remote_repo, tmp_path):
+    ws = Workspace(tmp_path / "ws", str(remote_repo))
+    base = ws.sync("t-1")
+    assert Probe.start(tmp_path / "no-clone-here") is None
+    stale = Probe(ws.path, "/elsewhere.git", "main")  # started before the run moved to another repo
+    assert ws.sync("t-2", probe=stale) == base
+    assert all(p.poll() is not None for p in stale.procs), "a discarded probe leaves no process behind"
+    probe = Probe.start(ws.path)
+    probe.discard()
+    assert all(p.returncode is not None for p in probe.procs)
