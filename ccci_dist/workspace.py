@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import fnmatch
 import os
+import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -33,6 +34,8 @@ class GitError(Exception):
 # The runner works in clones an agent user may own (agent_user); git would refuse them as
 # "dubious ownership" without this.
 SAFE = ("-c", "safe.directory=*")
+# Resolved once: a PATH search costs every spawn a row of failed execs.
+GIT_ARGV = (shutil.which("git") or "git", *SAFE)
 
 
 def _env() -> dict[str, str]:
@@ -40,7 +43,7 @@ def _env() -> dict[str, str]:
 
 
 def git(cwd: Path, *args: str, check: bool = True, timeout: float = 300) -> str:
-    p = subprocess.run(["git", *SAFE, *args], cwd=cwd, capture_output=True, text=True, env=_env(), timeout=timeout)
+    p = subprocess.run([*GIT_ARGV, *args], cwd=cwd, capture_output=True, text=True, env=_env(), timeout=timeout)
     if check and p.returncode != 0:
         msg = (p.stderr.strip().splitlines() or [f"exit {p.returncode}"])[-1]
         raise GitError(f"git {args[0]} failed: {msg}")
@@ -126,7 +129,7 @@ class Workspace:
                 raise
             if not before_push():
                 raise PushRefused("fencing token is no longer current")
-            p = subprocess.run(["git", *SAFE, "push", "-q", self.repo, f"HEAD:refs/heads/{self.branch}"],
+            p = subprocess.run([*GIT_ARGV, "push", "-q", self.repo, f"HEAD:refs/heads/{self.branch}"],
                                cwd=self.path, capture_output=True, text=True, env={**os.environ, **GIT_ENV})
             if p.returncode == 0:
                 git(self.path, "update-ref", f"refs/remotes/origin/{self.branch}", "HEAD")
@@ -140,7 +143,7 @@ class Workspace:
         """Machine docs as committed at ``rev`` (never the work tree: an agent may leave edits
         it did not commit), read with one ``git cat-file --batch``."""
         names = (STATUS_FILE, REVIEW_FILE, "DEFERRED.md")
-        p = subprocess.run(["git", *SAFE, "cat-file", "--batch"], cwd=self.path, capture_output=True, timeout=60,
+        p = subprocess.run([*GIT_ARGV, "cat-file", "--batch"], cwd=self.path, capture_output=True, timeout=60,
                            input="".join(f"{rev}:{n}\n" for n in names).encode(), check=True)
         out, texts = p.stdout, []
         for _ in names:
@@ -170,7 +173,7 @@ class Probe:
         self.done = False
 
         def start(*args: str) -> subprocess.Popen:
-            return subprocess.Popen(["git", *SAFE, *args], cwd=path, env=_env(), text=True,
+            return subprocess.Popen([*GIT_ARGV, *args], cwd=path, env=_env(), text=True,
                                     stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
 
         self.procs = (start("ls-remote", "origin", f"refs/heads/{branch}"),
