@@ -248,7 +248,7 @@ def main() -> int:
         print(row("AgentProcess start+wait", f"{pct(adapter_ms, 50):.1f}", f"{pct(adapter_ms, 95):.1f}", "",
                   len(adapter_ms)))
         print(row("subprocess.run", f"{pct(bare_ms, 50):.1f}", f"{pct(bare_ms, 95):.1f}", "", len(bare_ms)))
-        print(row("  + new session, preexec_fn", f"{pct(pre_ms, 50):.1f}", f"{pct(pre_ms, 95):.1f}", "", len(pre_ms)))
+        print(row("  + new session, setpriv", f"{pct(pre_ms, 50):.1f}", f"{pct(pre_ms, 95):.1f}", "", len(pre_ms)))
         print(row("adapter overhead", f"+{pct(adapter_ms, 50) - pct(bare_ms, 50):.1f}", ""))
         print("-- where a ccci-dist iteration's time goes (from history start/end + the agent's own log) --")
         for label, vals in (("claim→agent start", pre), ("agent (in ccci-dist)", agent),
