@@ -25,8 +25,11 @@ VENV="${CCCI_VENV:-.venv}"
 [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
 "$VENV/bin/pip" install -q --disable-pip-version-check -e '.[dev]'
 
-# The real Claude Code CLI for tests/test_claude_cli.py (pinned in package-lock.json).
-if [ -f tests/scripted_model/package-lock.json ] && [ ! -x tests/scripted_model/node_modules/.bin/claude ]; then
+# The real Claude Code and Codex CLIs for tests/test_claude_cli.py and tests/test_codex_cli.py
+# (pinned in package-lock.json; codex is a native binary from a platform optional dependency).
+bin=tests/scripted_model/node_modules/.bin
+if [ -f tests/scripted_model/package-lock.json ] \
+   && { [ ! -x "$bin/claude" ] || [ ! -x "$bin/codex" ] || ! "$bin/codex" --version >/dev/null 2>&1; }; then
   (cd tests/scripted_model && npm ci --no-audit --no-fund --loglevel=error) \
     || echo "warning: npm ci failed; the real-CLI tests will skip"
 fi
