@@ -164,12 +164,15 @@ def parse_stream(lines: list[str]) -> IterationResult:
 
 
 _STATUS_RE = re.compile(r"\b(?:status:?\s*)?([45]\d\d)\b(?=\s+[A-Z]|\s*$|,)")
+# ``codex exec ... resume <unknown id>`` prints nothing on stdout and exits 1 with this on stderr.
+_CODEX_NO_THREAD = re.compile(r"no rollout found for thread id (\S+)", re.IGNORECASE)
 
 
-def parse_codex_stream(lines: list[str]) -> IterationResult:
+def parse_codex_stream(lines: list[str], stderr: str = "") -> IterationResult:
     """Fold ``codex exec --json`` events (thread.started, item.completed, turn.completed,
     turn.failed, error) into the same ``IterationResult`` as Claude Code's stream, with a
-    synthesised ``result`` object so one classifier serves both."""
+    synthesised ``result`` object so one classifier serves both. A resume of a thread Codex does
+    not have (told on ``stderr`` only) becomes Claude Code's "No conversation found" result."""
     res = IterationResult()
     text, error, turns, failed = "", "", 0, False
     usage: dict[str, int] = {}
@@ -179,7 +182,7 @@ def parse_codex_stream(lines: list[str]) -> IterationResult:
             res.session_id = str(ev.get("thread_id") or "")
         elif kind == "item.completed" and (ev.get("item") or {}).get("type") == "agent_message":
             text = str(ev["item"].get("text") or "")
-        elif kind == "turn.completed":
+        elif kind == "turn.completed":  # usage: the thread's running total (a resumed thread counts again)
             turns += 1
             for k, v in (ev.get("usage") or {}).items():
                 if isinstance(v, int):
@@ -197,6 +200,9 @@ def parse_codex_stream(lines: list[str]) -> IterationResult:
             "result": error if failed else text, "session_id": res.session_id,
             "total_cost_usd": 0.0, "usage": usage,  # Codex reports tokens, not cost
         }
+    elif not res.events and (missing := _CODEX_NO_THREAD.search(stderr)):
+        res.result = {"type": "result", "subtype": "error_during_execution", "is_error": True, "num_turns": 0,
+                      "errors": [f"No conversation found with session ID: {missing.group(1)}"]}
     return _fold_result(res)
 
 
@@ -383,10 +389,11 @@ class AgentProcess:
             # scan of /proc costs about 1 ms per 100 processes. By the mark only: the group's
             # id may be reused once the leader is reaped.
             threading.Thread(target=self._kill_marked, name="agent-reap", daemon=True).start()
-        res = (parse_codex_stream if self.kind == "codex" else parse_stream)(self.lines)
+        stderr_tail = self.stderr_tail()
+        res = parse_codex_stream(self.lines, stderr_tail) if self.kind == "codex" else parse_stream(self.lines)
         res.exit_code = self.proc.returncode if self.killed is None else None
         res.killed = self.killed
-        res.stderr_tail = self.stderr_tail()
+        res.stderr_tail = stderr_tail
         if not res.stderr_tail:
             self.stderr_path.unlink(missing_ok=True)  # most runs write none: no empty file per iteration
         return res

@@ -65,3 +65,15 @@ def test_command_building_and_detection():
     assert build_command("codex exec --json", "--skip-git-repo-check", TID) == [
         "codex", "exec", "--json", "--skip-git-repo-check", "resume", TID, "-"]
     assert build_command("codex exec --json", "", None) == ["codex", "exec", "--json", "-"]
+
+
+def test_resume_of_an_unknown_thread_starts_fresh():
+    # codex 0.169: no stdout, exit 1, only this on stderr
+    stderr = ("WARNING: proceeding, even though we could not create PATH aliases: ...\n"
+              f"Error: thread/resume: thread/resume failed: no rollout found for thread id {TID} (code -32600)\n")
+    r = parse_codex_stream([], stderr)
+    assert r.is_error and r.session_id == ""
+    out = classify(r.result, r.rate_limit_events, 1, None, stderr, NOW)
+    assert (out.kind, out.action, out.fresh_session) == ("session_missing", "continue", True)
+    assert TID in out.detail
+    assert parse_codex_stream([], "some other failure").result is None
