@@ -242,3 +242,74 @@ def test_unauthorized_stops_the_loop(codex):
     assert res.result_text.startswith("unexpected status 401 Unauthorized: Incorrect API key provided")
     out = outcome(res)
     assert (out.kind, out.action) == ("auth", "stop")
+
+
+# ---------------------------------------------------------------- a full loop to DONE with codex as the agent
+
+def _codex_conversation(body: dict) -> tuple[dict[str, str], int, str]:
+    """Responses-API twin of test_claude_loop.conversation: (this run's context, steps taken, last tool output)."""
+    from test_claude_loop import CTX_RE, parse_ctx
+
+    items = body.get("input") or []
+    start = next((i for i in range(len(items) - 1, -1, -1) if items[i].get("type") == "message"
+                  and items[i].get("role") == "user" and CTX_RE.search(" ".join(input_texts({"input": [items[i]]})))),
+                 None)
+    if start is None:
+        return {}, 0, ""
+    ctx = parse_ctx(" ".join(input_texts({"input": [items[start]]})))
+    after = items[start + 1:]
+    steps = sum(1 for it in after if it.get("type") == "function_call"
+                or (it.get("type") == "message" and it.get("role") == "assistant"))
+    outs = function_outputs({"input": after})
+    return ctx, steps, outs[-1] if outs else ""
+
+
+class CodexRoles:
+    """test_claude_loop.Roles acted out through codex's exec_command tool (its Bash turns -> ``shell``)."""
+
+    def __call__(self, body: dict) -> dict:
+        from test_claude_loop import Roles
+
+        ctx, step, out = _codex_conversation(body)
+        if not ctx:
+            return message("(no ccci context)")
+        turn = (Roles.builder if ctx.get("role") == "builder" else Roles.reviewer)(ctx, step, out)
+        return shell(turn["input"]["command"]) if turn["kind"] == "tool_use" else message(turn["text"])
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(420)
+def test_tiny_plan_reaches_done_with_codex(bed, codex_bin, tmp_path):
+    from test_claude_loop import history
+
+    model = ScriptedResponses(rule=CodexRoles(), log_path=tmp_path / "loop-responses.jsonl").start()
+    try:
+        cx = Codex(codex_bin, model, bed.tmp, bed.tmp)
+        bed.env.update({"CCCI_AGENT_COMMAND": cx.agent_command, "CCCI_AGENT_FLAGS": "",
+                        "CCCI_MIN_INTERVAL": '{"builder": 2, "reviewer": 2}'})
+        bed.worker("w1", beat=True, extra_env={k: v for k, v in cx.env().items() if k != "PATH"})
+        assert "started at phase 1" in bed.cli("start").stdout
+        st = bed.wait_status(lambda st: st["status"] == "done", 300, "run DONE")
+        assert st["phase"] == "2"
+    finally:
+        model.stop()
+
+    repo = bed.clone()
+    assert subprocess.run(["./test.sh"], cwd=repo, capture_output=True, text=True).returncode == 0
+    status_md = (repo / "STATUS.md").read_text()
+    assert "## DONE 1" in status_md and "## DONE 2" in status_md
+    review = (repo / "REVIEW.md").read_text()
+    for item in ("1.1", "1.2", "2.1", "D1", "D2", "D3"):
+        assert f"VERIFIED {item} " in review, (item, review)
+    hist = history(bed)
+    assert len({h["session"] for h in hist}) == 2  # builder and reviewer: a thread each
+    for role in ("builder", "reviewer"):
+        done = [h for h in hist if h["role"] == role and h["outcome"] == "success"]
+        assert done, hist
+        assert len({h["session"] for h in done}) == 1, done  # one codex thread per role, resumed
+        # one codex turn per iteration; tokens_in is the thread's running total, so it grows
+        assert all(int(h["turns"]) == 1 and int(h["tokens_in"]) > 0 for h in done), done
+        assert [int(h["tokens_in"]) for h in done] == sorted(int(h["tokens_in"]) for h in done)
+    assert all(_codex_conversation(b)[0].get("role") in ("builder", "reviewer") for b in model.requests())
+    print("DONE", [(h["role"][:1] + str(h["iteration"]), h["outcome"], h["turns"], h["tokens_in"], h["session"][:8],
+                   h["commit"][:7], h["detail"][:60]) for h in hist], len(model.requests()))
