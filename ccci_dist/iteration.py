@@ -114,6 +114,7 @@ class Iteration:
         self.nudges_seen: list[str] = []
         self.sync_ms = 0.0
         self.loop: dict[str, str] = {}
+        self.resumed = ""  # the session this iteration's agent resumed, if any
 
     # The heartbeat calls this from its thread the moment the lease is lost or stop is set.
     def _on_lost(self, why: str) -> None:
@@ -155,6 +156,7 @@ class Iteration:
         prompt = assemble(role=self.role, run=self.run, iteration=self.number, phase=run_hash.get("phase", ""),
                           plan=plan, inbox=inbox, nudges=nudges)
         session = loop.get("session_id") if self.s.agent_resume and loop.get("fresh_session") != "1" else None
+        self.resumed = session or ""
         argv = build_command(self.s.agent_command, self.s.agent_flags, session or None, self.s.agent_user)
         log_path = self.s.state_dir / "logs" / self.run / self.role / f"{self.number:06d}-{self.attempt}.jsonl"
         self.log_path = str(log_path)
@@ -223,6 +225,7 @@ class Iteration:
         if res.session_id and not fresh:
             fields["session_id"] = res.session_id
         fields["fresh_session"] = "1" if fresh else ""
+        tokens_in, tokens_out = self._tokens(res, loop, fields)
         nudges: list[str] = ["fresh_session"] if fresh else []
         if violations:
             nudges.append(f"Your last commits were NOT pushed: they change files your role may not touch "
@@ -257,8 +260,7 @@ class Iteration:
             "start": f"{self.started.timestamp():.6f}", "end": f"{now.timestamp():.6f}",
             "exit": "" if res.exit_code is None else res.exit_code, "outcome": outcome.kind,
             "detail": outcome.detail[:300], "cost": f"{res.total_cost_usd:.6f}", "turns": res.num_turns,
-            "tokens_in": int(res.usage.get("input_tokens") or 0),
-            "tokens_out": int(res.usage.get("output_tokens") or 0),
+            "tokens_in": tokens_in, "tokens_out": tokens_out,
             "session": res.session_id, "base": base, "commit": pushed, "violations": ",".join(violations),
             "inbox_acked": inbox_last, "token": self.token, "sync_ms": f"{self.sync_ms:.1f}",
         }
@@ -285,6 +287,18 @@ class Iteration:
             except Exception:  # broker hiccup: the watchdog re-sends a never-claimed iteration
                 log.exception("could not enqueue the next iteration; the watchdog will")
         return outcome.kind
+
+    def _tokens(self, res: IterationResult, loop: dict[str, str], fields: dict[str, Any]) -> tuple[int, int]:
+        """This run's input and output tokens. Codex reports its thread's running total: a run
+        that resumed the thread counts what it added to the total the loop saw last."""
+        used_in, used_out = int(res.usage.get("input_tokens") or 0), int(res.usage.get("output_tokens") or 0)
+        if agent_kind(self.s.agent_command) != "codex" or not res.session_id or "input_tokens" not in res.usage:
+            return used_in, used_out
+        fields["thread_tokens"] = f"{res.session_id} {used_in} {used_out}"
+        thread, seen_in, seen_out = ((loop.get("thread_tokens") or "").split() + ["", "0", "0"])[:3]
+        if res.session_id != self.resumed or thread != res.session_id:
+            return used_in, used_out
+        return max(0, used_in - int(seen_in)), max(0, used_out - int(seen_out))
 
     def _after(self, outcome: Outcome, res: IterationResult, violations: list[str], streak: int,
                fields: dict[str, Any], now: datetime) -> None:

@@ -40,7 +40,7 @@ _AUTH = re.compile(
     r"|api\s+error:?\s*(?:401|403)\b",
     re.IGNORECASE,
 )
-_OVERLOADED = re.compile(r"overloaded|\b529\b|high\s+load", re.IGNORECASE)
+_OVERLOADED = re.compile(r"overloaded|\b529\b|high\s+(?:load|demand)", re.IGNORECASE)
 # Worded like auth or crashes but transient: the CLI itself says "try again".
 _TRANSIENT = re.compile(r"temporary\s+network\s+issue|request\s+timed\s+out|connection\s+error", re.IGNORECASE)
 _CONTEXT = re.compile(

@@ -78,6 +78,9 @@ CASES = [
                                        "try again", 401), [], 1, None, "", "api_error", "backoff", None, False),
     ("overloaded-high-load", err("Opus is experiencing high load, please use /model to switch to Sonnet"), [], 1,
      None, "", "overloaded", "backoff", None, False),
+    # codex 0.169's text for a 500 from the Responses API
+    ("overloaded-codex-high-demand", err("We’re currently experiencing high demand, which may cause temporary errors."),
+     [], 1, None, "", "overloaded", "backoff", None, False),
     ("overloaded-repeated-529", err("Repeated 529 Overloaded errors"), [], 1, None, "", "overloaded", "backoff",
      None, False),
     ("rate-limited-server-side", err("API Error: Server is temporarily limiting requests (not your usage limit)",
