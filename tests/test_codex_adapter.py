@@ -42,7 +42,7 @@ def test_success_parses_like_claude_code():
     ("exceeded retry limit, last status: 429 Too Many Requests", "rate_limited", "backoff"),
     ("unexpected status 401 Unauthorized: Incorrect API key provided, url: http://127.0.0.1:1/v1/responses",
      "auth", "stop"),
-    ("We're currently experiencing high demand, which may cause temporary errors.", "crash", "backoff"),
+    ("We're currently experiencing high demand, which may cause temporary errors.", "overloaded", "backoff"),
     ("You've hit your usage limit. Upgrade to Pro or try again in 5 days 22 hours.", "usage_limit", "stall"),
 ])
 def test_failures_classify(message, kind, action):
