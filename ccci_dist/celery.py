@@ -10,7 +10,10 @@ from functools import lru_cache
 
 from celery import Celery, signals
 
+from . import kombu_patch
 from .config import Settings, load_config
+
+kombu_patch.apply()  # a worker survives a Redis restart (see kombu_patch)
 
 CONTROL_QUEUE = "ccci.control"
 TASK_MODULES = ["ccci_dist.iteration", "ccci_dist.watchdog", "ccci_dist.notify", "ccci_dist.registry"]
