@@ -3,16 +3,58 @@
 Celery's ``-B`` forks beat into a second Python process (~60 MB RSS on its own). On a small
 scheduler host (a Raspberry Pi) a thread in the worker does the same job: RedBeat's lock
 still lets standbys on other hosts take over when this worker dies.
+
+Beat stops at the first Redis error (a restarted Redis, a lost lock). A ``celery beat`` process
+then exits and its unit restarts it; a thread would just be gone, leaving a live worker with no
+watchdog. So the thread starts a fresh beat after each stop until the worker shuts down.
 """
 
 from __future__ import annotations
 
+import logging
+import threading
 from typing import Any
 
 import click
 from celery import Celery, bootsteps
+from celery.beat import Service
 
 REDBEAT = "redbeat.RedBeatScheduler"
+RESTART_AFTER = 2.0  # seconds between a beat's stop and the next one
+
+log = logging.getLogger(__name__)
+
+
+class SupervisedBeat(threading.Thread):
+    """RedBeat in a daemon thread that starts a new beat whenever the last one stopped."""
+
+    def __init__(self, app: Celery, restart_after: float = RESTART_AFTER):
+        super().__init__(name="Beat", daemon=True)
+        self.app, self.restart_after = app, restart_after
+        self.service: Service | None = None
+        self.restarts = 0
+        self._stopping = threading.Event()
+
+    def run(self) -> None:
+        self.app.set_current()
+        while not self._stopping.is_set():
+            self.service = Service(self.app, scheduler_cls=REDBEAT)
+            try:
+                self.service.start()
+            except Exception as exc:  # any Redis trouble ends a beat; the next one waits for the lock
+                log.warning("beat stopped (%s: %s); a new one starts in %.0f s", exc.__class__.__name__, exc,
+                            self.restart_after)
+            if self._stopping.wait(self.restart_after):
+                return
+            self.restarts += 1
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop at the next tick; the beat releases its lock on the way out."""
+        self._stopping.set()
+        if self.service is not None:
+            self.service.stop(wait=False)
+        if self.is_alive() and threading.current_thread() is not self:
+            self.join(timeout)
 
 
 class ThreadedBeat(bootsteps.StartStopStep):
@@ -26,9 +68,7 @@ class ThreadedBeat(bootsteps.StartStopStep):
         super().__init__(parent, **kwargs)
 
     def create(self, parent: Any) -> Any:
-        from celery.beat import EmbeddedService
-
-        return EmbeddedService(parent.app, thread=True, scheduler_cls=REDBEAT)
+        return SupervisedBeat(parent.app)
 
 
 def install(app: Celery) -> None:

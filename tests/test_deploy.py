@@ -94,3 +94,30 @@ def test_flower_shows_the_loops_tasks_without_secrets(bed, tmp_path):
         for t in tasks.values():
             if t.get("name") == "ccci.iteration":  # the message carries only [run, role]
                 assert t["args"] in ("['default', 'builder']", "['default', 'reviewer']"), t["args"]
+
+
+def test_single_host_worker_with_beat_thread_rides_out_a_redis_restart(fresh_redis, remote_repo, tmp_path):
+    """The Pi set-up (one worker, beat as its thread): Redis killed and restarted from its AOF. The
+    worker neither exits nor restarts, and its beat thread comes back, so the watchdog ticks again."""
+    from engine_fixtures import Bed
+
+    bed = Bed(tmp_path, fresh_redis.url, remote_repo, CCCI_DEMO_SLEEP="0.5")
+    try:
+        w = bed.worker("w1", beat=True)
+        bed.cli("start")
+        r = fresh_redis.client()
+        wait_for(lambda: r.xlen("ccci:history:default") >= 2, 60, 0.2, "two finished iterations")
+        fresh_redis.kill()
+        time.sleep(6)  # several watchdog ticks (1 s) fail meanwhile
+        fresh_redis.start()
+        t_back = time.time()
+        r = fresh_redis.client()
+        wait_for(lambda: float(r.get("ccci:watchdog:last") or 0) > t_back, 60, 0.2, "a watchdog tick after the restart")
+        wait_for(lambda: any(float(f["start"]) > t_back for _, f in r.xrange("ccci:history:default")), 60, 0.2,
+                 "an iteration after the restart")
+        log = w.log.read_text(errors="replace")
+        assert w.proc.poll() is None, "the worker exited"
+        assert "Unrecoverable error" not in log and log.count(" ready.") == 1, log[-3000:]
+        assert "beat stopped" in log and log.count("beat: Acquired lock") >= 2, log[-3000:]
+    finally:
+        bed.close()
