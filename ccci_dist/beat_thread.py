@@ -38,7 +38,8 @@ class SupervisedBeat(threading.Thread):
     def run(self) -> None:
         self.app.set_current()
         while not self._stopping.is_set():
-            self.service = Service(self.app, scheduler_cls=REDBEAT)
+            # as Celery embeds a threaded beat: stop() seen within a second; the worker answers control
+            self.service = Service(self.app, scheduler_cls=REDBEAT, max_interval=1, remote_control=False)
             try:
                 self.service.start()
             except Exception as exc:  # any Redis trouble ends a beat; the next one waits for the lock
