@@ -68,9 +68,11 @@ import json
 import threading
 import time
 from collections.abc import Callable
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
+
+from scripted_model.server import LoopbackServer
 
 Turn = dict[str, Any]
 Rule = Callable[[dict[str, Any]], Turn | None]
@@ -119,8 +121,10 @@ def usage_limit(resets_in_seconds: int, plan_type: str = "plus", **kw: Any) -> T
 
 # ---------------------------------------------------------------- server
 
-class ScriptedResponses:
+class ScriptedResponses(LoopbackServer):
     """The server; ``start()``/``stop()`` or a context manager. ``url`` is the ``base_url`` (…/v1)."""
+
+    thread_name = "scripted-responses"
 
     def __init__(self, script: list[Turn] | None = None, log_path: str | Path | None = None,
                  default: Turn | None = None, rule: Rule | None = None):
@@ -131,35 +135,7 @@ class ScriptedResponses:
         self._lock = threading.Lock()
         self._logged: list[dict[str, Any]] = []
         self._ids = itertools.count(1)
-        self._server: ThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
-
-    # -- lifecycle
-    def start(self) -> ScriptedResponses:
-        handler = type("Handler", (_Handler,), {"model": self})
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, name="scripted-responses",
-                                        daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
-
-    def __enter__(self) -> ScriptedResponses:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    @property
-    def port(self) -> int:
-        assert self._server is not None
-        return self._server.server_address[1]
+        super().__init__()
 
     @property
     def url(self) -> str:
@@ -296,3 +272,6 @@ class _Handler(BaseHTTPRequestHandler):
         self._event({"type": "response.output_item.done", "output_index": 0, "item": item})
         self._event({"type": "response.completed",
                      "response": {"id": rid, "status": "completed", "usage": turn.get("usage", USAGE)}})
+
+
+ScriptedResponses.handler = _Handler  # the handler is defined after the server it serves

@@ -246,8 +246,50 @@ def is_main_request(path: str, body: dict[str, Any]) -> bool:
 
 # ---------------------------------------------------------------- the server
 
-class ScriptedModel:
+class LoopbackServer:
+    """A ThreadingHTTPServer on 127.0.0.1 in a daemon thread; ``start()``/``stop()`` or a context
+    manager. Subclasses name their ``handler`` (it reaches the server object as ``self.model``)."""
+
+    handler: type[BaseHTTPRequestHandler]
+    thread_name = "loopback-server"
+
+    def __init__(self, port: int = 0):
+        self._stopping = threading.Event()
+        self._httpd: ThreadingHTTPServer | None = None
+        self._thread: threading.Thread | None = None
+        self._port = port
+
+    def start(self):  # -> the subclass
+        handler = type("Handler", (self.handler,), {"model": self})
+        self._httpd = ThreadingHTTPServer(("127.0.0.1", self._port), handler)
+        self._httpd.daemon_threads = True
+        self._thread = threading.Thread(target=self._httpd.serve_forever, name=self.thread_name, daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stopping.set()
+        if self._httpd is not None:
+            self._httpd.shutdown()
+            self._httpd.server_close()
+            self._httpd = None
+
+    def __enter__(self):  # -> the subclass
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    @property
+    def port(self) -> int:
+        assert self._httpd is not None, "server not started"
+        return self._httpd.server_address[1]
+
+
+class ScriptedModel(LoopbackServer):
     """The scripted Messages API server; ``start()``/``stop()`` or use as a context manager."""
+
+    thread_name = "scripted-model"
 
     def __init__(self, script: list[Turn] | None = None, rule: Rule | None = None, default: Turn | None = None,
                  side_reply: str = "ok", log_path: str | Path | None = None, port: int = 0,
@@ -262,37 +304,7 @@ class ScriptedModel:
         self.served: list[Turn] = []          # the turns served to main requests, in order
         self.hanging = 0                      # connections currently held open by a hang turn
         self._lock = threading.Lock()
-        self._stopping = threading.Event()
-        self._httpd: ThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
-        self._port = port
-
-    # -- lifecycle
-    def start(self) -> ScriptedModel:
-        handler = type("Handler", (_Handler,), {"model": self})
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", self._port), handler)
-        self._httpd.daemon_threads = True
-        self._thread = threading.Thread(target=self._httpd.serve_forever, name="scripted-model", daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._stopping.set()
-        if self._httpd is not None:
-            self._httpd.shutdown()
-            self._httpd.server_close()
-            self._httpd = None
-
-    def __enter__(self) -> ScriptedModel:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    @property
-    def port(self) -> int:
-        assert self._httpd is not None, "server not started"
-        return self._httpd.server_address[1]
+        super().__init__(port)
 
     @property
     def url(self) -> str:
@@ -499,6 +511,9 @@ class _Handler(BaseHTTPRequestHandler):
         finally:
             with self.model._lock:
                 self.model.hanging -= 1
+
+
+ScriptedModel.handler = _Handler  # the handler is defined after the model it serves
 
 
 def _usage(body: dict[str, Any], output_tokens: int = 0) -> dict[str, Any]:
