@@ -32,7 +32,6 @@ class SupervisedBeat(threading.Thread):
         super().__init__(name="Beat", daemon=True)
         self.app, self.restart_after = app, restart_after
         self.service: Service | None = None
-        self.restarts = 0
         self._stopping = threading.Event()
 
     def run(self) -> None:
@@ -47,7 +46,6 @@ class SupervisedBeat(threading.Thread):
                             self.restart_after)
             if self._stopping.wait(self.restart_after):
                 return
-            self.restarts += 1
 
     def stop(self, timeout: float = 10.0) -> None:
         """Stop at the next tick; the beat releases its lock on the way out."""

@@ -249,8 +249,8 @@ class Store:
 
     # -- leases and fencing ---------------------------------------------------------------
     def claim(self, run: str, role: str, task_id: str, owner: str, ttl: float, host: str) -> list:
-        keys = [k_loop(run, role), k_lease(run, role), k_fence(run, role), k_next(run, role), k_run(run)]
-        return self._claim(keys=keys, args=[task_id, owner, int(ttl * 1000), host, f"{time.time():.3f}"])
+        """Claim the loop for ``task_id``: [1, token, iteration, attempt] or [0, reason]."""
+        return self.claim_and_read(run, role, task_id, owner, ttl, host).result
 
     def claim_and_read(self, run: str, role: str, task_id: str, owner: str, ttl: float, host: str) -> Claimed:
         """``claim``, then the run's and the loop's hashes and the loop's pending INBOX messages as

@@ -64,11 +64,11 @@ class Workspace:
         if not (self.path / ".git").exists():
             self.path.parent.mkdir(parents=True, exist_ok=True)
             git(self.path.parent, "clone", "-q", "-b", self.branch, self.repo, str(self.path))
-        marker = self.path / ".git" / MARKER
-        if not marker.exists() or marker.read_text() != f"{self.repo}\n{self.branch}":
+        marker, set_up_for = self.path / ".git" / MARKER, f"{self.repo}\n{self.branch}"
+        if not marker.exists() or marker.read_text() != set_up_for:
             git(self.path, "remote", "set-url", "origin", self.repo)
             git(self.path, "remote", "set-url", "--push", "origin", NO_PUSH)
-            marker.write_text(f"{self.repo}\n{self.branch}")
+            marker.write_text(set_up_for)
         if probe is None or (probe.repo, probe.branch) != (self.repo, self.branch):
             if probe is not None:
                 probe.discard()
