@@ -36,8 +36,8 @@ use_bench_subnet(netns)
 
 
 def visibility_timeout_s() -> int:
-    from ccci_dist.celery import celery_config
     from ccci_dist.config import Settings
+    from ccci_dist.engine.app import celery_config
 
     return int(celery_config(Settings(), "redis://unused")["broker_transport_options"]["visibility_timeout"])
 

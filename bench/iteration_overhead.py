@@ -87,7 +87,7 @@ def bash_loop(script: str, *args: str) -> list[float]:
 
 def python_sync(clone_parent: Path, repo: Path, n: int) -> list[float]:
     """The product's own git calls per iteration (Workspace.sync + commits_since), timed."""
-    from ccci_dist.workspace import Workspace
+    from ccci_dist.adapters.workspace import Workspace
 
     ws = Workspace(clone_parent / "py-clone", str(repo), "main")
     ws.sync("warm")
@@ -103,7 +103,7 @@ def python_sync(clone_parent: Path, repo: Path, n: int) -> list[float]:
 def agent_adapter(tmp: Path, prompt: str, n: int) -> tuple[list[float], list[float], list[float]]:
     """The same agent run n times through the product's AgentProcess (start + wait) and through
     a bare subprocess.run from the same Python process: isolates the adapter's own cost."""
-    from ccci_dist.agent import AgentProcess, with_pdeathsig
+    from ccci_dist.adapters.agent import AgentProcess, with_pdeathsig
 
     adapter, bare, pre = [], [], []
     cwd = tmp / "bash-clone"
@@ -145,8 +145,8 @@ def main() -> int:
         env = base_env(redis.url, repo, plan, tmp, CCCI_RUN="bench", BENCH_AGENT_LOG=str(agent_log))
 
         # The same prompt the runner assembles for this plan (context line + role prompt + phase + DoD).
-        from ccci_dist.plan import load_package, snapshot
-        from ccci_dist.prompt import assemble
+        from ccci_dist.core.plan import load_package, snapshot
+        from ccci_dist.core.prompt import assemble
 
         prompt = assemble(role="builder", run="bench", iteration=1, phase="1", plan=snapshot(load_package(plan)))
         (tmp / "prompt.txt").write_text(prompt)

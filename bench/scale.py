@@ -53,8 +53,8 @@ wait
 
 
 def baseline(tmp: Path, plan: Path, loops: int, secs: int) -> float:
-    from ccci_dist.plan import load_package, snapshot
-    from ccci_dist.prompt import assemble
+    from ccci_dist.core.plan import load_package, snapshot
+    from ccci_dist.core.prompt import assemble
 
     prompt = tmp / "prompt.txt"
     prompt.write_text(assemble(role="builder", run="b", iteration=1, phase="1", plan=snapshot(load_package(plan))))
@@ -68,9 +68,9 @@ def baseline(tmp: Path, plan: Path, loops: int, secs: int) -> float:
 
 TICK_PROBE = r"""
 import json, time
-from ccci_dist.celery import settings
-from ccci_dist.iteration import get_store
-from ccci_dist.watchdog import tick
+from ccci_dist.engine.app import settings
+from ccci_dist.engine.iteration import get_store
+from ccci_dist.engine.watchdog import tick
 s0 = settings().model_copy(update={"inbox_poll_interval": 0.0})
 s30 = s0.model_copy(update={"inbox_poll_interval": 30.0})
 st = get_store(s0)

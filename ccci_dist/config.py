@@ -21,6 +21,7 @@ from pydantic_settings import (
 )
 
 DEFAULT_CONFIG_FILE = "ccci-dist.toml"
+CONTROL_QUEUE = "ccci.control"  # watchdog, notifications and VM health checks
 DEFAULT_AGENT_COMMAND = "claude -p --output-format stream-json --verbose"
 
 

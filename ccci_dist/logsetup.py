@@ -31,7 +31,7 @@ _HANDLER_NAME = "ccci-dist"
 
 
 def _default_host() -> str:
-    from .config import hostname
+    from ccci_dist.config import hostname
 
     return hostname()
 

@@ -12,7 +12,7 @@ import pytest
 from harness import ROOT, Proc, celery_beat, celery_worker, wait_for
 
 TINY = ROOT / "examples" / "tiny-plan"
-DEMO_AGENT = f"{sys.executable} -m ccci_dist.demo_agent"
+DEMO_AGENT = f"{sys.executable} -m ccci_dist.adapters.demo_agent"
 
 
 class Bed:

@@ -46,7 +46,7 @@ def agent_alive(pid: int) -> bool:
     """A live (not zombie) demo agent with this pid; pids are reused quickly on a busy machine."""
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as f:
-            if b"ccci_dist.demo_agent" not in f.read():
+            if b"ccci_dist.adapters.demo_agent" not in f.read():
                 return False
         with open(f"/proc/{pid}/stat") as f:
             return f.read().rsplit(")", 1)[1].split()[0] != "Z"

@@ -49,7 +49,7 @@ ADDRS = {"sched": f"{SUBNET}.1", "w1": f"{SUBNET}.11", "w2": f"{SUBNET}.12", "vm
 REDIS_PORT = 6379
 REDIS_PASSWORD = "netbed-redis-pw-5d1e"
 TINY = ROOT / "examples" / "tiny-plan"
-DEMO_AGENT = f"{sys.executable} -m ccci_dist.demo_agent"
+DEMO_AGENT = f"{sys.executable} -m ccci_dist.adapters.demo_agent"
 ALL_QUEUES = "ccci.control,ccci.builder,ccci.reviewer"
 
 

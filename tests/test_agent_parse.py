@@ -4,7 +4,7 @@ import json
 import sys
 import time
 
-from ccci_dist.agent import AgentProcess, build_command, parse_stream
+from ccci_dist.adapters.agent import AgentProcess, build_command, parse_stream
 
 GOOD = [
     json.dumps({"type": "system", "subtype": "init", "session_id": "s-1"}),

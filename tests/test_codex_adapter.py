@@ -6,8 +6,8 @@ from datetime import UTC, datetime
 
 import pytest
 
-from ccci_dist.agent import agent_kind, build_command, parse_codex_stream
-from ccci_dist.outcome import classify
+from ccci_dist.adapters.agent import agent_kind, build_command, parse_codex_stream
+from ccci_dist.core.outcome import classify
 
 NOW = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
 TID = "0199a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b"

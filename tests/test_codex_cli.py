@@ -26,8 +26,8 @@ from scripted_responses import (
     usage_limit,
 )
 
-from ccci_dist.agent import AgentProcess, IterationResult, agent_kind, build_command, marked_pids
-from ccci_dist.outcome import Outcome, classify
+from ccci_dist.adapters.agent import AgentProcess, IterationResult, agent_kind, build_command, marked_pids
+from ccci_dist.core.outcome import Outcome, classify
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -101,7 +101,7 @@ def test_service_commands_run_with_help(where, argv):
 
 
 def test_worker_profile_used_by_compose_is_valid():
-    from ccci_dist.workers import load_profile
+    from ccci_dist.engine.profiles import load_profile
 
     argv = local(SERVICES["worker"]["command"])
     prof = load_profile(argv[argv.index("--profile") + 1])

@@ -85,7 +85,7 @@ def test_kill_worker_mid_iteration_fails_over(bed):
     assert any(f.get("kind") == "restart" and f.get("host") == "w1" for _, f in restarts)
     # A late redelivery of the killed iteration's message must not run an agent.
     starts_before = len([e for e in bed.agent_events() if e["event"] == "start"])
-    bed.python(f"from ccci_dist.iteration import send_iteration; "
+    bed.python(f"from ccci_dist.engine.iteration import send_iteration; "
                f"send_iteration('default', 'builder', {old_task!r}, 'ccci.builder')")
     wait_for(lambda: f"{old_task}] succeeded" in (bed.tmp / "w2.log").read_text(), 15, 0.1, "redelivery handled")
     assert "skipped:" in (bed.tmp / "w2.log").read_text().split(f"{old_task}] succeeded", 1)[1][:200]

@@ -21,8 +21,8 @@ from pathlib import Path
 import pytest
 from harness import ROOT, Proc, free_port, wait_for
 
+from ccci_dist.cli.flower import flower_auth_pattern, is_loopback
 from ccci_dist.config import ConfigError
-from ccci_dist.flower import flower_auth_pattern, is_loopback
 
 CLI = [sys.executable, "-m", "ccci_dist"]
 FLOWER_USER, FLOWER_PASSWORD = "ops", "flower-pw-7f3a9c"

@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from ccci_dist.limits import (
+from ccci_dist.core.limits import (
     LimitInfo,
     backoff_seconds,
     from_rate_limit_event,

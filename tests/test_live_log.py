@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from ccci_dist.live_log import LiveLog
+from ccci_dist.state.live_log import LiveLog
 
 
 def test_lines_reach_the_stream_in_order_and_redis_down_never_blocks(fresh_redis):

@@ -14,7 +14,7 @@ import pytest
 from celery.signals import before_task_publish
 from harness import Proc, celery_worker, free_port, wait_for
 
-from ccci_dist.notify import KINDS, TASK_NAME, describe_url, notify, notify_sync, send_now
+from ccci_dist.engine.notify import KINDS, TASK_NAME, describe_url, notify, notify_sync, send_now
 
 TOKEN = "SECRETTOKEN"
 
@@ -46,7 +46,7 @@ def test_closed_port_returns_false_and_hides_token(caplog):
     url = f"json://user:{TOKEN}@127.0.0.1:{free_port()}/hook"
     assert send_now([url], "vm_down", "VM down", "cc-ci unreachable", timeout=1) is False
     assert TOKEN not in caplog.text
-    ours = [r.getMessage() for r in caplog.records if r.name == "ccci_dist.notify"]
+    ours = [r.getMessage() for r in caplog.records if r.name == "ccci_dist.engine.notify"]
     assert any("json://127.0.0.1" in m and "failed" in m for m in ours), ours
 
 
@@ -61,7 +61,7 @@ def test_one_failing_notifier_does_not_stop_the_others(receiver, caplog):
 def test_unusable_url_returns_false(caplog):
     caplog.set_level(logging.INFO)
     assert send_now([f"nosuchscheme://{TOKEN}@example.org/x"], "done", "t", "b") is False
-    ours = " ".join(r.getMessage() for r in caplog.records if r.name == "ccci_dist.notify")
+    ours = " ".join(r.getMessage() for r in caplog.records if r.name == "ccci_dist.engine.notify")
     assert "not a usable apprise URL" in ours and TOKEN not in ours
 
 
@@ -110,7 +110,7 @@ def _clear_settings_cache(cc) -> None:
 @pytest.fixture
 def app_env(monkeypatch):
     """Point this process's Celery app at ``env`` (the app may already be configured by another test)."""
-    import ccci_dist.celery as cc
+    import ccci_dist.engine.app as cc
     from ccci_dist.config import load_config
 
     saved = list(getattr(cc, "_override", []))
@@ -122,7 +122,7 @@ def app_env(monkeypatch):
         if hasattr(cc, "use_settings"):
             cc.use_settings(load_config())
         if cc.app.configured:
-            from ccci_dist.broker import broker_url
+            from ccci_dist.adapters.broker import broker_url
 
             cc.app.conf.update(cc.celery_config(cc.settings(), broker_url(cc.settings(), start=False)))
             if cc.app._pool is not None:
@@ -149,11 +149,11 @@ def test_notify_with_broker_down_does_not_raise(app_env, tmp_path, caplog):
 
 def _worker(env: dict[str, str], log) -> Proc:
     """The harness worker; if a sibling task module is not written yet, one that imports only ours."""
-    from ccci_dist.celery import TASK_MODULES
+    from ccci_dist.engine.app import TASK_MODULES
 
     if all(importlib.util.find_spec(m) is not None for m in TASK_MODULES):
         return celery_worker(env, log, queues="ccci.control", concurrency=1)
-    boot = ("import sys; from ccci_dist.celery import app; app.conf.include = ['ccci_dist.notify']; "
+    boot = ("import sys; from ccci_dist.engine.app import app; app.conf.include = ['ccci_dist.engine.notify']; "
             "app.worker_main(sys.argv[1:])")
     cmd = [sys.executable, "-c", boot, "worker", "-P", "threads", "-c", "1", "-Q", "ccci.control", "-n",
            "notify@%h", "--loglevel", "INFO", "--without-mingle", "--without-gossip"]

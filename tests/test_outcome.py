@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from ccci_dist.outcome import DETAIL_MAX, Outcome, classify, short_detail
+from ccci_dist.core.outcome import DETAIL_MAX, Outcome, classify, short_detail
 
 pytest_plugins = ["claude_fixtures"]  # fixtures: claude_bin, scripted_model
 

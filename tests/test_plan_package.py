@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from ccci_dist.phases import (
+from ccci_dist.core.phases import (
     is_done,
     missing_for_done,
     parse_docs,
@@ -20,7 +20,7 @@ from ccci_dist.phases import (
     phase_complete,
     resolve_phase,
 )
-from ccci_dist.plan import PackageError, load_package, parse_dod, parse_phase_items
+from ccci_dist.core.plan import PackageError, load_package, parse_dod, parse_phase_items
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"

@@ -2,8 +2,8 @@
 
 from harness import ROOT
 
-from ccci_dist.plan import load_package, snapshot
-from ccci_dist.prompt import NUDGES, assemble, parse_context
+from ccci_dist.core.plan import load_package, snapshot
+from ccci_dist.core.prompt import NUDGES, assemble, parse_context
 
 PLAN = snapshot(load_package(ROOT / "examples" / "tiny-plan"))
 

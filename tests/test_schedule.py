@@ -2,9 +2,9 @@
 
 from datetime import UTC, datetime, timedelta
 
+from ccci_dist.adapters.workspace import isolation_violations
 from ccci_dist.config import QuietHours
-from ccci_dist.schedule import next_midnight, next_start, quiet_until
-from ccci_dist.workspace import isolation_violations
+from ccci_dist.core.schedule import next_midnight, next_start, quiet_until
 
 NOW = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
 

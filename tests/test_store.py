@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from ccci_dist.store import Store, k_loop, k_next
+from ccci_dist.state.store import Store, k_loop, k_next
 
 
 @pytest.fixture

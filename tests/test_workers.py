@@ -14,7 +14,7 @@ import pytest
 from celery import Celery
 from harness import ROOT, Proc, wait_for
 
-from ccci_dist.workers import load_profile
+from ccci_dist.engine.profiles import load_profile
 
 CLI = [sys.executable, "-m", "ccci_dist"]
 PROFILES = sorted((ROOT / "workers").glob("*.toml"))
@@ -95,7 +95,7 @@ def test_dry_run_env_keys_and_flags(tmp_path):
 
 def test_password_file_is_injected(tmp_path):
     from ccci_dist.config import ConfigError
-    from ccci_dist.workers import child_env
+    from ccci_dist.engine.profiles import child_env
 
     pw = tmp_path / "pw"
     pw.write_text("p@ss/word\n")
@@ -115,7 +115,7 @@ def test_beat_dry_run():
 
 
 def _task_modules_missing() -> list[str]:
-    from ccci_dist.celery import TASK_MODULES
+    from ccci_dist.engine.app import TASK_MODULES
 
     return [m for m in TASK_MODULES if importlib.util.find_spec(m) is None]
 
@@ -159,7 +159,7 @@ def test_real_worker_from_profile_consumes_its_queues(tmp_path, redis_url):
 SD_APP = '''
 import os
 from celery import Celery
-from ccci_dist.workers import install_sd_notify
+from ccci_dist.engine.profiles import install_sd_notify
 app = Celery("sdapp", broker=os.environ["CCCI_BROKER_URL"])
 app.conf.update(accept_content=["json"], task_serializer="json", worker_hijack_root_logger=False)
 install_sd_notify(app)

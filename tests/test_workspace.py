@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from harness import git
 
-from ccci_dist.workspace import GitError, Probe, Workspace
+from ccci_dist.adapters.workspace import GitError, Probe, Workspace
 
 
 def test_sync_docs_and_abandoned_work(remote_repo, tmp_path):

@@ -1,0 +1,244 @@
+"""``ccci-dist-demo-agent``: a scripted stand-in for ``claude -p --output-format stream-json``.
+
+Same contract as the real CLI: prompt on stdin, JSON events on stdout, a final ``result``
+event, ``--resume SESSION`` accepted. It acts out the roles deterministically from the
+prompt's context line: the builder does the current phase's work and marks it DONE in
+STATUS.md; the reviewer re-verifies each finished phase's items, then the DoD items, in
+REVIEW.md. It commits and never pushes.
+
+Test switches:
+  CCCI_DEMO_LOG=FILE      append {"event": "start"|"stop", role, iteration, pid, host, t}
+  CCCI_DEMO_SLEEP=SECS    work this long (an event every 0.2 s, so no stall)
+  CCCI_DEMO_FAULT=F       a fault on every run
+  CCCI_DEMO_CONTROL=FILE  JSON {role: [fault, ...]}: each run pops its role's first fault
+                          ("@P fault" waits for an iteration of phase P)
+Faults: crash | hang | nonjson | exit1 | auth | violate | limit:SECS | limit_text:TEXT | slow:SECS |
+        echo:FILE (print FILE's text as a tool result, then work normally)
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from ccci_dist.core.prompt import parse_context
+
+COMMAND = f"{sys.executable} -m ccci_dist.adapters.demo_agent"  # how the demo and tests run it
+
+
+def _emit(ev: dict) -> None:
+    sys.stdout.write(json.dumps(ev) + "\n")
+    sys.stdout.flush()
+
+
+def _section(prompt: str, heading: str) -> str:
+    head = f"\n## {heading}\n"
+    return prompt.split(head, 1)[1].split("\n## ", 1)[0].strip() if head in prompt else ""
+
+
+def _record(event: str, ctx: dict, prompt: str = "") -> None:
+    path = os.environ.get("CCCI_DEMO_LOG")
+    if not path:
+        return
+    rec = {"event": event, "role": ctx.get("role"), "run": ctx.get("run"), "iteration": ctx.get("iteration"),
+           "pid": os.getpid(), "host": os.environ.get("CCCI_HOSTNAME") or socket.gethostname(), "t": time.time()}
+    if event == "start":
+        rec["note"] = _section(prompt, "Note from the runner")
+        rec["inbox"] = _section(prompt, "Operator messages (INBOX)")
+    with open(path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        f.write(json.dumps(rec) + "\n")
+
+
+def _pop_fault(role: str, phase: str) -> str:
+    """This run's fault: CCCI_DEMO_FAULT, else the first of the role's queued faults that applies
+    (an entry ``@P fault`` waits for an iteration of phase P)."""
+    if os.environ.get("CCCI_DEMO_FAULT"):
+        return os.environ["CCCI_DEMO_FAULT"]
+    path = os.environ.get("CCCI_DEMO_CONTROL")
+    if not path or not os.path.exists(path):
+        return ""
+    with open(path, "r+") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        data = json.loads(f.read() or "{}")
+        queue = data.get(role) or []
+        fault = ""
+        for i, entry in enumerate(queue):
+            scope, _, rest = entry.partition(" ") if entry.startswith("@") else ("", "", entry)
+            if scope in ("", f"@{phase}"):
+                del queue[i]
+                fault = rest
+                break
+        data[role] = queue
+        f.seek(0)
+        f.truncate()
+        f.write(json.dumps(data))
+    return fault
+
+
+def _git(*args: str) -> str:
+    env = {**os.environ, "GIT_AUTHOR_NAME": "demo-agent", "GIT_AUTHOR_EMAIL": "demo@agent",
+           "GIT_COMMITTER_NAME": "demo-agent", "GIT_COMMITTER_EMAIL": "demo@agent"}
+    return subprocess.run(["git", *args], check=True, capture_output=True, text=True, env=env).stdout.strip()
+
+
+def _commit(message: str) -> bool:
+    _git("add", "-A")
+    if not _git("status", "--porcelain"):
+        return False
+    _git("commit", "-q", "-m", message)
+    return True
+
+
+def _work(seconds: float) -> None:
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        _emit({"type": "assistant", "message": {"content": [{"type": "text", "text": "working"}]}})
+        time.sleep(min(0.2, max(0.0, end - time.monotonic())))
+
+
+def _read(name: str) -> str:
+    p = Path(name)
+    return p.read_text() if p.exists() else ""
+
+
+def _append(name: str, text: str) -> None:
+    p = Path(name)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    with p.open("a") as f:
+        f.write(text)
+
+
+def _inbox_ids(prompt: str) -> list[str]:
+    section = _section(prompt, "Operator messages (INBOX)")
+    return [line[1:].split("]", 1)[0] for line in section.splitlines() if line.startswith("[")]
+
+
+def builder(ctx: dict, prompt: str, fault: str) -> str:
+    phase = ctx.get("phase", "")
+    it = ctx.get("iteration", "?")
+    notes = []
+    if ids := _inbox_ids(prompt):
+        _append("work/inbox-seen.md", "".join(f"- {i} (iteration {it})\n" for i in ids))
+        notes.append(f"inbox {','.join(ids)}")
+    if fault == "violate":
+        _append("REVIEW.md", f"VERIFIED D1 {datetime.now(UTC):%Y-%m-%dT%H:%M:%SZ} 0000000 builder forged this\n")
+        _commit("builder: forge a review line")
+        return "builder edited REVIEW.md"
+    done = f"## DONE {phase}" in _read("STATUS.md")
+    if phase and not done:
+        items = [i for i in ctx.get("phase_items", "").split(",") if i]
+        _append(f"work/phase-{phase}.md", f"# Phase {phase}\n" + "".join(f"- {i}: built\n" for i in items))
+        _commit(f"builder: phase {phase} work (iteration {it})")
+        _append("STATUS.md", f"\n## DONE {phase}\n")
+        _commit(f"builder: mark phase {phase} DONE")
+        notes.append(f"phase {phase} done")
+    elif notes:
+        _commit(f"builder: ack inbox (iteration {it})")
+    return "; ".join(notes) or f"phase {phase} already done; waiting for review"
+
+
+def reviewer(ctx: dict, prompt: str, fault: str) -> str:
+    head = _git("rev-parse", "--short", "HEAD")
+    now = datetime.now(UTC)
+    stamp = f"{now:%Y-%m-%dT%H:%M:%SZ}"
+    review = _read("REVIEW.md")
+    status = _read("STATUS.md")
+    lines: list[str] = []
+    if fault == "violate":
+        _append("STATUS.md", "\n(reviewer was here)\n")
+        _commit("reviewer: edit a builder file")
+        return "reviewer edited STATUS.md"
+    if ids := _inbox_ids(prompt):
+        _append("review/inbox-seen.md", "".join(f"- {i}\n" for i in ids))
+    phases = [p for p in ctx.get("phases", "").split(",") if p]
+    done = [p for p in phases if f"## DONE {p}" in status]
+    recent = {line.split()[1] for line in review.splitlines()
+              if line.startswith("VERIFIED") and len(line.split()) > 2
+              and datetime.fromisoformat(line.split()[2].replace("Z", "+00:00")) > now - timedelta(hours=1)}
+    for p in done:
+        work = _read(f"work/phase-{p}.md")
+        for line in work.splitlines():
+            if line.startswith("- ") and ":" in line:
+                item = line[2:].split(":", 1)[0]
+                if item not in recent:
+                    lines.append(f"VERIFIED {item} {stamp} {head} work/phase-{p}.md lists it\n")
+    if phases and len(done) == len(phases):
+        for d in [i for i in ctx.get("dod", "").split(",") if i]:
+            if d not in recent:
+                lines.append(f"VERIFIED {d} {stamp} {head} all phases built and reviewed\n")
+    if lines:
+        _append("REVIEW.md", "".join(lines))
+    _commit(f"reviewer: {len(lines)} verifications (iteration {ctx.get('iteration')})")
+    return f"verified {len(lines)} items"
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    session = argv[argv.index("--resume") + 1] if "--resume" in argv else str(uuid.uuid4())
+    prompt = sys.stdin.read()
+    ctx = parse_context(prompt)
+    role = ctx.get("role", "builder")
+    fault = _pop_fault(role, ctx.get("phase", ""))
+    _record("start", ctx, prompt)
+    started = time.monotonic()
+    _emit({"type": "system", "subtype": "init", "session_id": session, "cwd": os.getcwd()})
+    try:
+        rc = _act(ctx, prompt, role, fault, session, started)
+    finally:
+        _record("stop", ctx)
+    return rc
+
+
+def _result(session: str, started: float, text: str, prompt: str, error: bool = False, **extra) -> dict:
+    return {"type": "result", "subtype": "error_during_execution" if error else "success", "is_error": error,
+            "num_turns": 1, "result": text, "session_id": session, "total_cost_usd": 0.0012,
+            "usage": {"input_tokens": len(prompt) // 4, "output_tokens": 42},
+            "duration_ms": int((time.monotonic() - started) * 1000), **extra}
+
+
+def _act(ctx: dict, prompt: str, role: str, fault: str, session: str, started: float) -> int:
+    name, _, arg = fault.partition(":")
+    if name == "hang":
+        while True:
+            time.sleep(3600)
+    if name == "crash":
+        sys.stderr.write("Traceback (most recent call last):\n  demo agent crashed on purpose\n")
+        return 3
+    if name == "nonjson":
+        print("this is not JSON at all")
+        return 0
+    if name == "auth":
+        _emit(_result(session, started, "Not logged in · Please run /login", prompt, error=True))
+        return 1
+    if name == "exit1":
+        _emit(_result(session, started, "API Error: 500 internal", prompt, error=True, api_error_status=500))
+        return 1
+    if name == "limit":
+        resets = int(time.time() + float(arg or 20))
+        _emit({"type": "rate_limit_event",
+               "rate_limit_info": {"status": "rejected", "resetsAt": resets, "rateLimitType": "five_hour"}})
+        _emit(_result(session, started, "You've hit your limit", prompt, error=True))
+        return 1
+    if name == "limit_text":
+        _emit(_result(session, started, arg, prompt, error=True))
+        return 1
+    if name == "echo":  # a tool result that quotes a file: must never be read as a limit
+        _emit({"type": "user", "message": {"content": [{"type": "tool_result", "content": _read(arg)}]}})
+    _work(float(arg) if name == "slow" else float(os.environ.get("CCCI_DEMO_SLEEP", "0")))
+    text = builder(ctx, prompt, name) if role == "builder" else reviewer(ctx, prompt, name)
+    _emit({"type": "assistant", "message": {"content": [{"type": "text", "text": text}]}})
+    _emit(_result(session, started, text, prompt))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,133 @@
+"""``ccci-dist demo``: the whole system on one machine in under a minute.
+
+A throwaway project repo, ``examples/tiny-plan``, the bundled demo agent, the embedded
+Redis, and a real Celery worker with embedded beat, shown live until DONE.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import click
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+
+from ccci_dist.adapters.demo_agent import COMMAND as DEMO_AGENT
+from ccci_dist.cli import Ctx, fail, pass_ctx
+from ccci_dist.config import ConfigError, load_config
+from ccci_dist.core.plan import PackageError, load_package
+
+PACKAGE_ROOT = Path(__file__).resolve().parents[2]  # the source checkout (until the data ships in the wheel)
+
+
+def _default_plan() -> Path:
+    for base in (Path.cwd(), PACKAGE_ROOT):
+        if (base / "examples" / "tiny-plan" / "plan.md").is_file():
+            return base / "examples" / "tiny-plan"
+    return Path("examples/tiny-plan")
+
+
+def _seed_repo(root: Path) -> Path:
+    bare = root / "project.git"
+    if bare.exists():
+        subprocess.run(["rm", "-rf", str(bare), str(root / "seed")], check=True)
+    root.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["git", "init", "-q", "--bare", "-b", "main", str(bare)], check=True)
+    seed = root / "seed"
+    subprocess.run(["git", "init", "-q", "-b", "main", str(seed)], check=True)
+    (seed / "README.md").write_text("# demo project\n\nBuilt by ccci-dist's demo agents.\n")
+    env = {**os.environ, "GIT_AUTHOR_NAME": "demo", "GIT_AUTHOR_EMAIL": "demo@localhost",
+           "GIT_COMMITTER_NAME": "demo", "GIT_COMMITTER_EMAIL": "demo@localhost"}
+    for args in (["add", "-A"], ["commit", "-q", "-m", "seed"], ["push", "-q", str(bare), "main"]):
+        subprocess.run(["git", *args], cwd=seed, check=True, env=env)
+    return bare
+
+
+def _table(st: dict) -> Table:
+    t = Table("role", "state", "host", "iteration", "last result", title=(
+        f"run {st.get('run')}: {st.get('status')} — phase {st.get('phase')}"))
+    for role, lp in st.get("loops", {}).items():
+        t.add_row(role, lp["state"], lp["host"], str(lp["iteration"]), lp["last_outcome"])
+    return t
+
+
+@click.command("demo")
+@click.option("--plan", "plan_dir", type=click.Path(path_type=Path), help="Plan package (default examples/tiny-plan).")
+@click.option("--timeout", default=120.0, show_default=True, help="Give up after this many seconds.")
+@pass_ctx
+def demo_cmd(obj: Ctx, plan_dir: Path | None, timeout: float) -> None:
+    """Run examples/tiny-plan with the demo agent on the embedded Redis, live, to DONE."""
+    from ccci_dist.adapters.broker import client
+    from ccci_dist.engine.app import use_settings
+    from ccci_dist.engine.runs import start_run, status
+    from ccci_dist.state.store import Store
+
+    base = obj.settings
+    plan_dir = plan_dir or _default_plan()
+    try:
+        load_package(plan_dir)
+    except PackageError as exc:
+        fail(f"demo plan package is invalid: {exc.defects[0]}")
+    work = base.state_dir / "demo"
+    repo = _seed_repo(work)
+    overrides = {
+        "run": "demo", "project_repo": str(repo), "plan_dir": str(plan_dir.resolve()),
+        "workspace_dir": str(work / "workspaces"), "agent_command": DEMO_AGENT,
+        "agent_flags": "", "watchdog_interval": 1.0, "lease_ttl": 5.0, "notify_urls": [],
+    }
+    try:
+        s = load_config(obj.config_file, **{**obj.overrides, **overrides})
+        store = Store(client(s))
+    except ConfigError as exc:
+        fail(str(exc))
+    use_settings(s)
+    for key in store.r.scan_iter(match="ccci:*:demo*"):
+        store.r.delete(key)
+    store.r.delete("ccci:runs:demo")
+    store.r.srem("ccci:runs", "demo")
+    env = {**os.environ, **{f"CCCI_{k.upper()}": str(v) for k, v in overrides.items() if k != "notify_urls"},
+           "CCCI_STATE_DIR": str(s.state_dir), "CCCI_NOTIFY_URLS": "[]"}
+    from ccci_dist.adapters.broker import broker_url
+
+    env["CCCI_BROKER_URL"] = broker_url(s)
+    worker_log = work / "worker.log"
+    console = Console()
+    console.print(f"[bold]ccci-dist demo[/]: plan {plan_dir}, project {repo}, worker log {worker_log}")
+    with open(worker_log, "ab") as out:
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "celery", "-A", "ccci_dist", "worker", "-P", "threads", "-c", "4", "--beat-thread",
+             "-Q", "ccci.control,ccci.builder,ccci.reviewer",
+             "-n", "demo@%h", "--loglevel", "INFO", "--without-mingle", "--without-gossip"],
+            env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        start_run(store, s)
+        t0 = time.monotonic()
+        st: dict = {}
+        with Live(console=console, refresh_per_second=4) as live:
+            while time.monotonic() - t0 < timeout:
+                st = status(store, "demo")
+                live.update(_table(st))
+                if st.get("status") == "done" or worker.poll() is not None:
+                    break
+                time.sleep(0.25)
+        elapsed = time.monotonic() - t0
+    finally:
+        worker.terminate()
+        try:
+            worker.wait(15)
+        except subprocess.TimeoutExpired:
+            worker.kill()
+    hist = store.history("demo")
+    t = Table("role", "iteration", "host", "secs", "outcome", "commit", title="history")
+    for h in hist:
+        t.add_row(h["role"], h["iteration"], h["host"], f"{float(h['end']) - float(h['start']):.2f}",
+                  h["outcome"], h.get("commit", "")[:10])
+    console.print(t)
+    if st.get("status") != "done":
+        fail(f"demo did not reach DONE in {timeout:.0f}s (status {st.get('status')}); see {worker_log}", code=1)
+    console.print(f"[green]DONE[/] in {elapsed:.1f}s: {len(hist)} iterations; the project repo is {repo}")

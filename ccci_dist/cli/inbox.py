@@ -1,0 +1,71 @@
+"""``ccci-dist inbox send|list``: operator messages to the loops."""
+
+from __future__ import annotations
+
+import sys
+from datetime import UTC, datetime
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from ccci_dist.cli import Ctx, fail, pass_ctx
+from ccci_dist.state.inbox_store import InboxError, listing, send, targets, validate
+from ccci_dist.state.store import Store, k_run
+
+
+def _roles(store: Store, run: str) -> list[str]:
+    if not store.r.exists(k_run(run)):
+        fail(f"no run {run!r} yet; start it with `ccci-dist start` (or pass --run)")
+    return store.roles(run)
+
+
+@click.group("inbox")
+def inbox_group() -> None:
+    """Operator messages to the loops (delivered in the next iteration's prompt)."""
+
+
+@inbox_group.command("send")
+@click.option("--to", "to", default="all", show_default=True, help="builder, reviewer (any role), or all.")
+@click.argument("message")
+@pass_ctx
+def send_cmd(obj: Ctx, to: str, message: str) -> None:
+    """Send MESSAGE (or '-' to read it from stdin) to a loop's INBOX."""
+    from ccci_dist.cli.loops import open_store
+
+    raw = sys.stdin.buffer.read() if message == "-" else message.encode("utf-8", "surrogateescape")
+    try:
+        text = validate(raw)
+    except InboxError as exc:
+        fail(str(exc))
+    s, store = open_store(obj)
+    try:
+        roles = targets(_roles(store, s.run), to)
+    except InboxError as exc:
+        fail(str(exc))
+    ids = send(store, s.run, roles, text)
+    click.echo(f"queued for {', '.join(roles)}: {', '.join(ids)}")
+
+
+@inbox_group.command("list")
+@click.option("--role", help="Only this role's messages.")
+@pass_ctx
+def list_cmd(obj: Ctx, role: str | None) -> None:
+    """Show every message with pending/delivered state and timestamps."""
+    from ccci_dist.cli.loops import open_store
+
+    s, store = open_store(obj)
+    roles = _roles(store, s.run)
+    if role is not None and role not in roles:
+        fail(f"unknown role {role!r}; use one of {', '.join(roles)}")
+    t = Table("id", "to", "from", "sent (UTC)", "state", "delivered (UTC)", "iter", "message",
+              title=f"INBOX of {s.run}")
+    for r in roles if role is None else [role]:
+        for m in listing(store, s.run, r):
+            t.add_row(m["id"], r, m["from"], _utc(m["sent"]), m["state"], _utc(m["delivered_at"]), m["iteration"],
+                      m["text"][:60].replace("\n", " "))
+    Console(width=max(Console().width, 140)).print(t)
+
+
+def _utc(ts: float | str) -> str:
+    return datetime.fromtimestamp(float(ts), UTC).strftime("%Y-%m-%d %H:%M:%S") if ts else ""

@@ -1,0 +1,167 @@
+"""Loop commands: start, stop, enqueue phase, status, history, logs."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from datetime import UTC, datetime
+
+import click
+import redis
+from rich.console import Console
+from rich.table import Table
+
+from ccci_dist.cli import Ctx, fail, pass_ctx
+from ccci_dist.config import ConfigError, Settings
+from ccci_dist.core.plan import PackageError
+from ccci_dist.engine.runs import RunError, start_run, status, stop_run
+from ccci_dist.state.store import Store, k_log
+
+
+def open_store(obj: Ctx) -> tuple[Settings, Store]:
+    """Settings and a Store for this command; errors become one clear line."""
+    from ccci_dist.adapters.broker import client
+    from ccci_dist.engine.app import use_settings
+
+    s = obj.settings
+    use_settings(s)
+    try:
+        store = Store(client(s))
+        store.r.ping()
+    except ConfigError as exc:
+        fail(str(exc))
+    except redis.AuthenticationError:
+        fail("the broker refused the password; check broker_url (or CCCI_BROKER_URL)")
+    except redis.RedisError as exc:
+        fail(f"cannot reach the broker ({exc.__class__.__name__}); start Redis or fix broker_url")
+    return s, store
+
+
+def _guard(fn, *args, **kw):
+    try:
+        return fn(*args, **kw)
+    except (RunError, ConfigError) as exc:
+        fail(str(exc))
+    except PackageError as exc:
+        fail(f"plan package is invalid: {exc.defects[0]} (run `ccci-dist plan check`)")
+
+
+@click.command("start")
+@click.option("--resume", is_flag=True, help="Resolve the phase from the repo's machine docs (RESUME_PHASE).")
+@pass_ctx
+def start_cmd(obj: Ctx, resume: bool) -> None:
+    """Start (or restart) the configured run's loops."""
+    s, store = open_store(obj)
+    info = _guard(start_run, store, s, resume=resume, nudge="startup" if resume else None)
+    click.echo(f"run {info['run']} started at phase {info['phase']} with roles {', '.join(info['roles'])}")
+
+
+@click.command("stop")
+@click.option("--role", help="Stop only this role's loop.")
+@pass_ctx
+def stop_cmd(obj: Ctx, role: str | None) -> None:
+    """Stop the run's loops (running agents are killed within about a second; nothing restarts them)."""
+    s, store = open_store(obj)
+    roles = _guard(stop_run, store, s.run, role)
+    click.echo(f"stopped {', '.join(roles)} of run {s.run}")
+
+
+@click.group("enqueue")
+def enqueue_group() -> None:
+    """Put work on the queue."""
+
+
+@enqueue_group.command("phase")
+@click.argument("phase_id")
+@pass_ctx
+def enqueue_phase(obj: Ctx, phase_id: str) -> None:
+    """Start (or restart) the run at PHASE_ID."""
+    s, store = open_store(obj)
+    info = _guard(start_run, store, s, phase=phase_id)
+    click.echo(f"run {info['run']} set to phase {info['phase']}")
+
+
+def _ago(ts: str | float | None) -> str:
+    if not ts:
+        return ""
+    return datetime.fromtimestamp(float(ts), UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+@click.command("status")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@pass_ctx
+def status_cmd(obj: Ctx, as_json: bool) -> None:
+    """Show each run: phase, and per loop state, host, iteration, lease age, last result, cost, next."""
+    s, store = open_store(obj)
+    runs = store.runs()
+    data = [status(store, r) for r in runs]
+    if as_json:
+        click.echo(json.dumps(data, indent=2))
+        return
+    if not data:
+        click.echo("no runs yet; `ccci-dist start` creates one")
+        return
+    console = Console(width=max(Console().width, 140))
+    for st in data:
+        extra = f", paused: {st['pause_reason']}" if st.get("pause_reason") else ""
+        t = Table("role", "state", "host", "iter", "lease age", "last result", "cost today", "cost total",
+                  "next", "restarts",
+                  title=f"run {st['run']}: {st['status']}, phase {st['phase']}, deferred {st['deferred']}{extra}")
+        for role, lp in st["loops"].items():
+            t.add_row(role, lp["state"], lp["host"], str(lp["iteration"]),
+                      "" if lp["lease_age"] is None else f"{lp['lease_age']}s", lp["last_outcome"],
+                      f"${lp['cost_today']:.4f}", f"${lp['cost_total']:.4f}", _ago(lp["next"]), str(lp["restarts"]))
+        console.print(t)
+
+
+@click.command("history")
+@click.option("--limit", default=50, show_default=True, help="Show the newest N iterations.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON lines.")
+@pass_ctx
+def history_cmd(obj: Ctx, limit: int, as_json: bool) -> None:
+    """List the run's iterations (from its Redis history stream)."""
+    s, store = open_store(obj)
+    rows = store.history(s.run)[-limit:]
+    if as_json:
+        for row in rows:
+            click.echo(json.dumps(row))
+        return
+    t = Table("role", "iter", "try", "host", "start", "secs", "exit", "outcome", "cost", "turns", "commit",
+              title=f"history of run {s.run} ({len(rows)} shown)")
+    for h in rows:
+        secs = float(h.get("end") or 0) - float(h.get("start") or 0)
+        t.add_row(h.get("role", ""), h.get("iteration", ""), h.get("attempt", ""), h.get("host", ""),
+                  _ago(h.get("start")), f"{secs:.1f}", h.get("exit", ""), h.get("outcome", ""),
+                  f"${float(h.get('cost') or 0):.4f}", h.get("turns", ""), (h.get("commit") or "")[:10])
+    Console(width=max(Console().width, 140)).print(t)
+
+
+@click.command("logs")
+@click.argument("role")
+@click.option("-f", "--follow", is_flag=True, help="Keep following the live iteration's output.")
+@click.option("-n", "--lines", default=50, show_default=True, help="Lines of backlog to show.")
+@pass_ctx
+def logs_cmd(obj: Ctx, role: str, follow: bool, lines: int) -> None:
+    """Show ROLE's agent output (through Redis, so it works from any host)."""
+    s, store = open_store(obj)
+    roles = store.roles(s.run)
+    if role not in roles:
+        fail(f"unknown role {role!r}; this run's roles are {', '.join(roles) or 'none (start the run first)'}")
+    key = k_log(s.run, role)
+    last = "0-0"
+    for mid, f in store.r.xrevrange(key, count=lines)[::-1]:
+        sys.stdout.write(f.get("line", ""))
+        last = mid
+    sys.stdout.flush()
+    while follow:
+        try:
+            got = store.r.xread({key: last}, block=1000, count=500)
+        except redis.TimeoutError:
+            continue
+        for _, entries in got:
+            for mid, f in entries:
+                sys.stdout.write(f.get("line", ""))
+                last = mid
+        sys.stdout.flush()
+        time.sleep(0.05)

@@ -1,0 +1,129 @@
+"""Machine docs and the pure logic over them: phase resolution and DONE evaluation.
+
+The project repo is the source of truth:
+
+* ``STATUS.md`` (builder): ``## DONE <phase>`` marks a phase the builder finished.
+* ``REVIEW.md`` (reviewer): one line per verification,
+  ``VERIFIED <item> <UTC ISO time> <commit> [note]`` or ``FAILED <item> ...``;
+  the newest line for an item wins.
+
+Everything here is a plain function of text, the phase order and ``now``.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime, timedelta
+
+from pydantic import BaseModel, Field
+
+from ccci_dist.core.plan import PlanPackage
+
+STATUS_FILE = "STATUS.md"
+REVIEW_FILE = "REVIEW.md"
+DONE_RE = re.compile(r"^##\s+DONE\s+(?P<phase>[0-9A-Za-z]+)\s*$")
+REVIEW_RE = re.compile(
+    r"^\s*(?:[-*]\s+)?(?P<verdict>VERIFIED|FAILED)\s+(?P<item>[0-9A-Za-z.]+)\s+"
+    r"(?P<ts>\d{4}-\d\d-\d\dT\d\d:\d\d(?::\d\d(?:\.\d+)?)?(?:Z|[+-]\d\d:?\d\d)?)"
+    r"(?:\s+(?P<commit>[0-9a-f]{4,40}))?(?:\s+(?P<note>.*))?$"
+)
+
+
+class Verification(BaseModel):
+    item: str
+    verdict: str
+    at: datetime
+    commit: str = ""
+    note: str = ""
+
+
+class MachineDocs(BaseModel):
+    """Parsed machine docs at one commit of the project repo."""
+
+    commit: str = ""
+    done_phases: list[str] = Field(default_factory=list)
+    reviews: dict[str, Verification] = Field(default_factory=dict)
+    deferred: int = 0
+
+
+def _parse_ts(raw: str) -> datetime:
+    ts = datetime.fromisoformat(raw.replace("Z", "+00:00"))
+    return ts if ts.tzinfo else ts.replace(tzinfo=UTC)
+
+
+def parse_status(text: str) -> list[str]:
+    """Phases the builder marked ``## DONE <phase>``, in file order, without repeats."""
+    return list(dict.fromkeys(m.group("phase") for m in map(DONE_RE.match, text.splitlines()) if m))
+
+
+def parse_review(text: str) -> dict[str, Verification]:
+    """Newest verification per item (by timestamp; file order breaks ties)."""
+    latest: dict[str, Verification] = {}
+    for line in text.splitlines():
+        m = REVIEW_RE.match(line)
+        if not m:
+            continue
+        try:
+            at = _parse_ts(m.group("ts"))
+        except ValueError:
+            continue
+        v = Verification(
+            item=m.group("item"), verdict=m.group("verdict"), at=at,
+            commit=m.group("commit") or "", note=(m.group("note") or "").strip(),
+        )
+        prev = latest.get(v.item)
+        if prev is None or v.at >= prev.at:
+            latest[v.item] = v
+    return latest
+
+
+def count_deferred(text: str) -> int:
+    """Entries in DEFERRED.md: list items at any depth."""
+    return sum(1 for line in text.splitlines() if re.match(r"^\s*[-*]\s+\S", line))
+
+
+def parse_docs(status: str, review: str, deferred: str = "", commit: str = "") -> MachineDocs:
+    return MachineDocs(
+        commit=commit, done_phases=parse_status(status), reviews=parse_review(review),
+        deferred=count_deferred(deferred),
+    )
+
+
+def verified(docs: MachineDocs, item: str, since: datetime | None = None) -> bool:
+    """True when the newest verification of ``item`` is VERIFIED (and not older than ``since``)."""
+    v = docs.reviews.get(item)
+    return v is not None and v.verdict == "VERIFIED" and (since is None or v.at >= since)
+
+
+def phase_complete(plan: PlanPackage, docs: MachineDocs, phase_id: str) -> bool:
+    """Builder wrote ``## DONE <phase>`` and the reviewer verified each of the phase's items."""
+    if phase_id not in docs.done_phases:
+        return False
+    return all(verified(docs, item.id) for item in plan.phase(phase_id).items)
+
+
+def resolve_phase(plan: PlanPackage, docs: MachineDocs) -> str | None:
+    """RESUME_PHASE: the first phase in the order not yet complete; None if all are."""
+    for pid in plan.phase_order:
+        if not phase_complete(plan, docs, pid):
+            return pid
+    return None
+
+
+def missing_for_done(
+    plan: PlanPackage, docs: MachineDocs, now: datetime, freshness: timedelta
+) -> list[str]:
+    """What still stands between the run and DONE; empty means DONE holds."""
+    missing = [f"phase {p}" for p in plan.phase_order if not phase_complete(plan, docs, p)]
+    since = now - freshness
+    for item in plan.dod:
+        if not verified(docs, item.id, since):
+            v = docs.reviews.get(item.id)
+            why = "unverified" if v is None else ("failed" if v.verdict == "FAILED" else "stale")
+            missing.append(f"{item.id} {why}")
+    return missing
+
+
+def is_done(plan: PlanPackage, docs: MachineDocs, now: datetime, freshness: timedelta) -> bool:
+    """DONE: every phase complete and every DoD item re-verified within ``freshness``."""
+    return not missing_for_done(plan, docs, now, freshness)

@@ -1,0 +1,123 @@
+"""The Celery app (``celery -A ccci_dist``): JSON only, late acks, one message per slot.
+
+Settings come from ``ccci_dist.config`` when the app is first configured, so importing
+this module does no I/O; a worker without a configured broker starts the embedded one.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+from celery import Celery, signals
+
+from ccci_dist.config import CONTROL_QUEUE, Settings, load_config
+from ccci_dist.engine import kombu_patch
+
+kombu_patch.apply()  # a worker survives a Redis restart (see kombu_patch)
+
+TASK_MODULES = [
+    "ccci_dist.engine.iteration", "ccci_dist.engine.watchdog", "ccci_dist.engine.notify", "ccci_dist.engine.registry",
+]
+
+app = Celery("ccci_dist", include=TASK_MODULES)
+
+
+_override: list[Settings] = []
+
+
+def settings() -> Settings:
+    """This process's settings: the CLI's (flags included) if it set them, else file + env."""
+    return _override[0] if _override else _load()
+
+
+@lru_cache(maxsize=1)
+def _load() -> Settings:
+    return load_config()
+
+
+def use_settings(s: Settings) -> Celery:
+    """Make ``s`` this process's settings (the CLI calls this before touching the app)."""
+    _override[:] = [s]
+    return app
+
+
+def celery_config(s: Settings, broker: str) -> dict:
+    """The Celery configuration for settings ``s``; pure, so it can be unit-tested."""
+    tick = s.watchdog_interval
+    return {
+        "broker_url": broker,
+        "broker_connection_retry_on_startup": True,
+        "broker_transport_options": {
+            # Above the iteration limit, so a running iteration is never redelivered while
+            # it still holds its lease; recovery comes from the lease and the watchdog.
+            "visibility_timeout": int(s.iteration_time_limit + 600),
+        },
+        "task_serializer": "json",
+        "result_serializer": "json",
+        "event_serializer": "json",
+        "accept_content": ["json"],
+        "result_accept_content": ["json"],
+        "task_ignore_result": True,
+        "result_backend": None,
+        "task_acks_late": True,
+        "worker_prefetch_multiplier": 1,
+        "worker_cancel_long_running_tasks_on_connection_loss": True,
+        "task_default_queue": CONTROL_QUEUE,
+        "task_time_limit": int(s.iteration_time_limit + 300),
+        "task_soft_time_limit": int(s.iteration_time_limit + 120),
+        # Flower follows tasks from the workers' received/started/succeeded events; a "sent" event
+        # too would add a fan-out publish to every iteration's hand-over, for no view Flower needs.
+        "worker_send_task_events": True,
+        "task_send_sent_event": False,
+        "worker_hijack_root_logger": False,
+        "beat_scheduler": "redbeat.RedBeatScheduler",
+        "redbeat_redis_url": broker,
+        "redbeat_key_prefix": "ccci:redbeat",
+        # RedBeat's default lock (1500 s) would leave a standby idle for 25 min.
+        "redbeat_lock_timeout": max(int(tick * 3), 5),
+        "beat_max_loop_interval": max(min(tick, 5), 1),
+        "beat_schedule": {
+            "ccci-watchdog": {
+                "task": "ccci.watchdog",
+                "schedule": tick,
+                "options": {"queue": CONTROL_QUEUE, "expires": max(tick * 2, 2)},
+            },
+        },
+    }
+
+
+@app.on_configure.connect
+def _configure(sender: Celery, **_: object) -> None:
+    from ccci_dist.adapters.broker import broker_url
+    from ccci_dist.logsetup import register_secret
+
+    s = settings()
+    url = broker_url(s, start=True)
+    register_secret(_password(url))
+    for secret in s.notify_urls:
+        register_secret(secret.get_secret_value())
+    sender.conf.update(celery_config(s, url))
+
+
+def _password(url: str) -> str | None:
+    from urllib.parse import urlsplit
+
+    return urlsplit(url).password
+
+
+@signals.setup_logging.connect
+def _logging(loglevel: str | None = None, **_: object) -> None:
+    from ccci_dist.logsetup import configure_logging
+
+    configure_logging(loglevel or "INFO")
+
+
+def _install_worker_extras() -> None:
+    from ccci_dist.engine.beat_thread import install
+    from ccci_dist.engine.sdnotify import install_sd_notify
+
+    install(app)
+    install_sd_notify(app)
+
+
+_install_worker_extras()

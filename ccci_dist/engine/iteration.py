@@ -1,0 +1,333 @@
+"""One iteration of a loop: a Celery task that claims the loop, runs the agent once, pushes
+(fenced), records the result and enqueues its successor.
+
+A multi-day loop is a chain of these, never one long task: a redelivered or duplicate
+message finds the loop already claimed or its task id superseded and exits without running,
+and a dead worker's loop is restarted by the watchdog once the lease lapses.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import pwd
+import subprocess
+import time
+import uuid
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from ccci_dist.adapters.agent import AgentProcess, IterationResult, agent_kind, build_command
+from ccci_dist.adapters.broker import client
+from ccci_dist.adapters.workspace import GitError, Probe, PushRefused, Workspace, isolation_violations
+from ccci_dist.config import Settings, hostname
+from ccci_dist.core.limits import backoff_seconds, schedule_after_limit
+from ccci_dist.core.outcome import Outcome, classify
+from ccci_dist.core.prompt import assemble
+from ccci_dist.core.schedule import next_midnight, next_start
+from ccci_dist.engine.app import app, settings
+from ccci_dist.engine.notify import notify
+from ccci_dist.logsetup import log_context, prune_logs
+from ccci_dist.state.lease import Heartbeat
+from ccci_dist.state.live_log import live_log
+from ccci_dist.state.store import ACTIVE, PAUSED, STOPPED, Claimed, Store, k_log, k_run
+
+log = logging.getLogger(__name__)
+
+FRESH_AFTER_FAILURES = 3
+# Agent env vars that would hand an agent the keys to the broker or the notifiers.
+SECRET_ENV = ("CCCI_BROKER_URL", "CCCI_BROKER_PASSWORD_FILE", "CCCI_NOTIFY_URLS")
+
+_stores: dict[str, Store] = {}
+
+
+def get_store(s: Settings | None = None, purpose: str = "main") -> Store:
+    """A process-wide Store on the broker's Redis; ``heartbeat`` gets timeouts of TTL/4, so a
+    dead link is noticed before the lease would lapse."""
+    s = s or settings()
+    if purpose not in _stores:
+        timeout = max(0.25, s.lease_ttl / 4) if purpose == "heartbeat" else 10.0
+        _stores[purpose] = Store(client(s, timeout=timeout))
+    return _stores[purpose]
+
+
+def iteration_queue(s: Settings, run_hash: dict[str, str], role: str) -> str:
+    queues = json.loads(run_hash.get("queues") or "{}")
+    return queues.get(role) or s.queue_for(role)
+
+
+def send_iteration(run: str, role: str, task_id: str, queue: str) -> None:
+    """Publish the iteration message (JSON: run and role only, never a secret)."""
+    run_iteration.apply_async(args=[run, role], task_id=task_id, queue=queue)
+
+
+def agent_env(s: Settings, run: str, role: str) -> dict[str, str]:
+    """The agent's environment: the worker's, minus broker/notifier secrets; with ``agent_user``,
+    that user's HOME (setpriv keeps root's, where the CLI finds neither its login nor its sessions)."""
+    env = {k: v for k, v in os.environ.items() if k not in SECRET_ENV}
+    env.update({"CCCI_RUN": run, "CCCI_ROLE": role, "CCCI_HOSTNAME": hostname()})
+    if s.agent_user:
+        env.update({"USER": s.agent_user, "LOGNAME": s.agent_user})
+        if env.get("HOME") in (None, pwd.getpwuid(os.getuid()).pw_dir):  # not chosen by the operator
+            env["HOME"] = pwd.getpwnam(s.agent_user).pw_dir
+    return env
+
+
+@app.task(bind=True, name="ccci.iteration", acks_late=True, ignore_result=True)
+def run_iteration(self, run: str, role: str) -> str:
+    """Claim the loop (run, role) and run one iteration; returns a short outcome word."""
+    s = settings()
+    store = get_store(s)
+    task_id = self.request.id or str(uuid.uuid4())
+    owner = f"{hostname()}/{os.getpid()}/{task_id}"
+    # The workspace's quick check only reads: it runs while the claim is under way.
+    probe = Probe.start(s.workspace_dir / run / role)
+    try:
+        claimed = store.claim_and_read(run, role, task_id, owner, s.lease_ttl, hostname())
+        claim = claimed.result
+        if not claim[0]:
+            log.info("iteration %s for %s/%s not run: %s", task_id, run, role, claim[1])
+            return f"skipped:{claim[1]}"
+        token, number, attempt = int(claim[1]), int(claim[2]), int(claim[3])
+        with log_context(run=run, role=role, iteration=number):
+            it = Iteration(s, store, run, role, token, owner, number, attempt, task_id)
+            return it.execute(claimed, probe)
+    finally:
+        if probe is not None:
+            probe.discard()
+
+
+class Iteration:
+    """The body of one claimed iteration."""
+
+    def __init__(self, s: Settings, store: Store, run: str, role: str, token: int, owner: str,
+                 number: int, attempt: int, task_id: str):
+        self.s, self.store, self.run, self.role = s, store, run, role
+        self.token, self.owner, self.number, self.attempt, self.task_id = token, owner, number, attempt, task_id
+        self.agent: AgentProcess | None = None
+        self.started = datetime.now(UTC)
+        self.lost: str | None = None
+        self.log_path = ""
+        self.heartbeat: Heartbeat | None = None
+        self.run_hash: dict[str, str] = {}
+        self.nudges_seen: list[str] = []
+        self.sync_ms = 0.0
+        self.loop: dict[str, str] = {}
+        self.resumed = ""  # the session this iteration's agent resumed, if any
+
+    # The heartbeat calls this from its thread the moment the lease is lost or stop is set.
+    def _on_lost(self, why: str) -> None:
+        self.lost = why
+        if self.agent is not None:
+            self.agent.kill(why)
+
+    def execute(self, claimed: Claimed, probe: Probe | None = None) -> str:
+        """Run the claimed iteration, from the state read right after the claim (and the
+        workspace's quick check, if one was started)."""
+        self.run_hash, self.loop = claimed.run, claimed.loop
+        hb = Heartbeat(get_store(self.s, "heartbeat"), self.run, self.role, self.owner, self.s.lease_ttl,
+                       self._on_lost)
+        self.heartbeat = hb
+        hb.start()
+        try:
+            return self._execute(claimed.inbox, probe)
+        except Exception as exc:  # record, back off, never spin; the lease tells the watchdog
+            log.exception("iteration crashed in the runner")
+            self._finish(IterationResult(), Outcome(kind="crash", action="backoff",
+                                                    detail=f"runner: {exc.__class__.__name__}: {exc}"[:300]),
+                         base="", pushed="", violations=[], inbox_last="")
+            return "crash"
+        finally:
+            hb.close()
+
+    def _execute(self, inbox: list[tuple[str, str]], probe: Probe | None) -> str:
+        hb = self.heartbeat
+        assert hb is not None
+        run_hash, loop = self.run_hash, self.loop
+        plan = json.loads(run_hash["plan"])
+        ws = Workspace(self.s.workspace_dir / self.run / self.role, run_hash["repo"], run_hash.get("branch", "main"))
+        t0 = time.perf_counter()
+        base = ws.sync(f"{self.role}-{self.number}", probe)
+        self.sync_ms = (time.perf_counter() - t0) * 1000
+        if self.s.agent_user:
+            ws.hand_to(self.s.agent_user)
+        nudges = self.nudges_seen = json.loads(loop.get("nudges") or "[]")
+        prompt = assemble(role=self.role, run=self.run, iteration=self.number, phase=run_hash.get("phase", ""),
+                          plan=plan, inbox=inbox, nudges=nudges)
+        session = loop.get("session_id") if self.s.agent_resume and loop.get("fresh_session") != "1" else None
+        self.resumed = session or ""
+        argv = build_command(self.s.agent_command, self.s.agent_flags, session or None, self.s.agent_user)
+        log_path = self.s.state_dir / "logs" / self.run / self.role / f"{self.number:06d}-{self.attempt}.jsonl"
+        self.log_path = str(log_path)
+        if self.number % 20 == 1:  # cheap enough, and bounded: age and size limits from config
+            prune_logs(log_path.parent, self.s.log_max_age_days, self.s.log_max_bytes)
+        stream = k_log(self.run, self.role)
+        mirror = live_log(self.store.r)
+        self.agent = AgentProcess(argv, prompt, ws.path, log_path, env=agent_env(self.s, self.run, self.role),
+                                  on_line=lambda line: mirror.put(stream, {"n": self.number, "line": line[:4000]}),
+                                  kill_grace=self.s.kill_grace, kind=agent_kind(self.s.agent_command))
+        if self.lost:
+            return self._finish(IterationResult(killed=self.lost), self._classify(IterationResult(killed=self.lost)),
+                                base=base, pushed="", violations=[], inbox_last="")
+        self.agent.start()
+        if self.lost:  # lost between the check and the spawn
+            self.agent.kill(self.lost)
+        # Belt and braces: the runner's own clock kills the agent at lease expiry even if the
+        # heartbeat thread is stuck in a call.
+        res = self.agent.wait(self.s.iteration_time_limit, self.s.stall_limit,
+                              guard=lambda: "lease_lost" if time.monotonic() > hb.expires else None)
+        if self.lost and not res.killed:
+            res.killed = self.lost
+        outcome = self._classify(res)
+        pushed, violations = "", []
+        if not res.killed and ws.commits_since(base):
+            violations = isolation_violations(self.role, ws.changed_files(base), self.s.reviewer_paths)
+            if not violations:
+                try:
+                    pushed = ws.push(lambda: self.store.fence_ok(self.run, self.role, self.token, self.owner))
+                except PushRefused:
+                    self.store.event(self.run, "stale_write_refused", role=self.role, iteration=self.number,
+                                     detail="push refused: fencing token no longer current")
+                    notify("stale_write_refused", f"{self.run}/{self.role}: stale push refused",
+                           f"iteration {self.number} lost its lease; its work was not pushed")
+                    return "refused"
+                except GitError as exc:
+                    outcome = Outcome(kind="api_error", action="backoff", detail=str(exc)[:300])
+        inbox_last = inbox[-1][0] if inbox and outcome.kind == "success" else ""
+        return self._finish(res, outcome, base=base, pushed=pushed, violations=violations, inbox_last=inbox_last,
+                            ws=ws)
+
+    def _classify(self, res: IterationResult) -> Outcome:
+        return classify(res.result, res.rate_limit_events, res.exit_code, res.killed, res.stderr_tail,
+                        datetime.now(UTC))
+
+    def _finish(self, res: IterationResult, outcome: Outcome, *, base: str, pushed: str,
+                violations: list[str], inbox_last: str, ws: Workspace | None = None) -> str:
+        now = datetime.now(UTC)
+        loop = self.loop  # as claimed: streak and cost change only through this loop's fenced finishes
+        streak = 0 if outcome.action in ("continue", "resume") else int(loop.get("fail_streak") or 0) + 1
+        fields: dict[str, Any] = {
+            "iteration": self.number, "last_outcome": outcome.kind, "last_detail": outcome.detail,
+            "last_exit": "" if res.exit_code is None else res.exit_code, "ended_at": f"{now.timestamp():.3f}",
+            "fail_streak": streak, "stalled_until": "", "not_before": "",
+            "cost_total": f"{float(loop.get('cost_total') or 0) + res.total_cost_usd:.6f}",
+            "violation": ",".join(violations), "log": self.log_path,
+        }
+        if inbox_last:
+            fields["inbox_acked_at"] = f"{now.timestamp():.3f}"
+        if outcome.kind == "lease_lost":
+            # Not this loop's fault: the successor re-runs this number.
+            fields["iteration"] = self.number - 1
+        # A failed run leaves its unanswered prompt in the session, and each resumed retry would
+        # add another: after a few failures in a row, start a fresh session.
+        fresh = outcome.fresh_session or streak >= FRESH_AFTER_FAILURES
+        if res.session_id and not fresh:
+            fields["session_id"] = res.session_id
+        fields["fresh_session"] = "1" if fresh else ""
+        tokens_in, tokens_out = self._tokens(res, loop, fields)
+        nudges: list[str] = ["fresh_session"] if fresh else []
+        if violations:
+            nudges.append(f"Your last commits were NOT pushed: they change files your role may not touch "
+                          f"({', '.join(violations[:10])}). Redo the work without touching them.")
+        not_before: datetime | None = None
+        if outcome.action == "stall" and outcome.limit is not None:
+            not_before = schedule_after_limit(outcome.limit, margin_max=self.s.limit_margin_max)
+            fields["stalled_until"] = f"{not_before.timestamp():.3f}"
+            fields["stalled_display"] = outcome.limit.display()
+            nudges.append("limit")
+        elif outcome.action in ("backoff", "stall"):
+            wait = backoff_seconds(streak, base=self.s.backoff_base, cap=self.s.backoff_max)
+            not_before = now + timedelta(seconds=wait)
+        if outcome.action == "stop" and outcome.kind not in ("stopped", "lease_lost"):
+            fields["state"] = STOPPED
+            fields["stop_reason"] = outcome.kind
+        # Only what this prompt carried was delivered: a nudge added meanwhile (boot, start) stays.
+        # A failed run with nothing new to say keeps them all for the re-run.
+        keep_all = outcome.kind != "success" and not nudges and outcome.action != "stop"
+        nudge_update = ([], []) if keep_all else (nudges, self.nudges_seen)
+        at = next_start(now=now, started=self.started, min_interval=self.s.min_interval.get(self.role, 0.0),
+                        quiet=self.s.quiet_hours, not_before=not_before)
+        if at is not None:
+            fields["not_before"] = f"{at.timestamp():.3f}"
+        # With reviewer_every the watchdog paces the reviewer against the builder's progress.
+        gated = self.role != "builder" and self.s.reviewer_every > 0
+        immediate = (at is None and not gated and outcome.action in ("continue", "resume")
+                     and outcome.kind != "lease_lost")
+        next_task = str(uuid.uuid4()) if immediate else ""
+        history = {
+            "role": self.role, "iteration": self.number, "attempt": self.attempt, "host": self.owner.split("/")[0],
+            "start": f"{self.started.timestamp():.6f}", "end": f"{now.timestamp():.6f}",
+            "exit": "" if res.exit_code is None else res.exit_code, "outcome": outcome.kind,
+            "detail": outcome.detail[:300], "cost": f"{res.total_cost_usd:.6f}", "turns": res.num_turns,
+            "tokens_in": tokens_in, "tokens_out": tokens_out,
+            "session": res.session_id, "base": base, "commit": pushed, "violations": ",".join(violations),
+            "inbox_acked": inbox_last, "token": self.token, "sync_ms": f"{self.sync_ms:.1f}",
+        }
+        run_fields: dict[str, str] = {}
+        mirrored = json.loads(self.run_hash.get("docs") or "{}").get("commit")
+        if ws is not None and outcome.kind != "lease_lost" and (pushed or base) != mirrored:
+            try:
+                run_fields["docs"] = ws.docs(pushed or base).model_dump_json()
+            except (GitError, OSError, subprocess.SubprocessError):
+                pass
+        if res.total_cost_usd and self.store.fence_ok(self.run, self.role, self.token, self.owner):
+            self._charge(res.total_cost_usd, now)  # before finish: a reached budget holds the successor
+        ok = self.store.finish(self.run, self.role, self.token, self.owner,
+                               {k: str(v) for k, v in fields.items()}, {k: str(v) for k, v in history.items()},
+                               next_task=next_task, run_fields=run_fields, inbox_ack=inbox_last,
+                               nudges=nudge_update)
+        if not ok:
+            log.warning("iteration %s is stale; its result was refused", self.number)
+            return "refused"
+        self._after(outcome, res, violations, streak, fields, now)
+        if next_task:
+            try:
+                send_iteration(self.run, self.role, next_task, iteration_queue(self.s, self.run_hash, self.role))
+            except Exception:  # broker hiccup: the watchdog re-sends a never-claimed iteration
+                log.exception("could not enqueue the next iteration; the watchdog will")
+        return outcome.kind
+
+    def _tokens(self, res: IterationResult, loop: dict[str, str], fields: dict[str, Any]) -> tuple[int, int]:
+        """This run's input and output tokens. Codex reports its thread's running total: a run
+        that resumed the thread counts what it added to the total the loop saw last."""
+        used_in, used_out = int(res.usage.get("input_tokens") or 0), int(res.usage.get("output_tokens") or 0)
+        if agent_kind(self.s.agent_command) != "codex" or not res.session_id or "input_tokens" not in res.usage:
+            return used_in, used_out
+        fields["thread_tokens"] = f"{res.session_id} {used_in} {used_out}"
+        thread, seen_in, seen_out = ((loop.get("thread_tokens") or "").split() + ["", "0", "0"])[:3]
+        if res.session_id != self.resumed or thread != res.session_id:
+            return used_in, used_out
+        return max(0, used_in - int(seen_in)), max(0, used_out - int(seen_out))
+
+    def _after(self, outcome: Outcome, res: IterationResult, violations: list[str], streak: int,
+               fields: dict[str, Any], now: datetime) -> None:
+        who = f"{self.run}/{self.role}"
+        if violations:
+            notify("isolation_violation", f"{who}: commits refused",
+                   f"iteration {self.number} touched {', '.join(violations[:10])}")
+        if outcome.action == "stall" and "stalled_display" in fields:
+            notify("limit_stall", f"{who}: usage limit", f"stalled until {fields['stalled_display']}")
+        if outcome.kind == "auth":
+            notify("auth_failure", f"{who}: agent cannot authenticate; loop stopped", outcome.detail)
+        if streak and streak % self.s.failure_notify_after == 0:
+            notify("repeated_failures", f"{who}: {streak} failures in a row", outcome.detail)
+
+    def _charge(self, cost: float, now: datetime) -> None:
+        day = now.strftime("%Y-%m-%d")
+        key = f"ccci:cost:{self.run}:{day}"
+        pipe = self.store.r.pipeline()
+        pipe.hincrbyfloat(key, self.role, cost)
+        pipe.expire(key, 40 * 86400)
+        pipe.hvals(key)
+        total = sum(float(v) for v in pipe.execute()[2])
+        budget = self.s.daily_budget_usd
+        if budget and total >= budget:
+            until = next_midnight(now)
+            changed = self.store.r.hget(k_run(self.run), "status") == ACTIVE
+            self.store.r.hset(k_run(self.run), mapping={"status": PAUSED, "paused_until": f"{until.timestamp():.3f}",
+                                                         "pause_reason": f"daily budget ${budget:.2f} reached"})
+            if changed:
+                self.store.event(self.run, "budget_reached", total=f"{total:.4f}")
+                notify("budget_reached", f"{self.run}: daily budget reached",
+                       f"${total:.2f} of ${budget:.2f} today; loops resume at {until:%Y-%m-%d %H:%M} UTC")

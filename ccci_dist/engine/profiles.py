@@ -1,0 +1,219 @@
+"""Worker host profiles (``workers/*.toml``), ``ccci-dist worker`` / ``beat``, and sd_notify.
+
+A profile says which queues a host serves and how: ``ccci-dist worker --profile
+workers/pi.toml`` turns it into ``celery -A ccci_dist worker ...`` and *execs* it, so
+systemd (or Docker) supervises Celery itself. Inside the worker, :func:`install_sd_notify`
+reports READY=1 and pings WATCHDOG=1 for ``Type=notify`` units.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from ccci_dist.adapters.broker import PASSWORD_FILE_ENV, broker_url, with_password
+from ccci_dist.config import CONTROL_QUEUE, ConfigError, Settings, load_config
+
+REDBEAT = "redbeat.RedBeatScheduler"
+REDBEAT_LOCK_KEY = "ccci:redbeat:lock"
+
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+_QUEUE_RE = re.compile(r"^[A-Za-z0-9_.:-]+$")
+_ENV_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+class ProfileError(ConfigError):
+    """A bad worker profile, worded as one line naming the problem and the fix."""
+
+
+class WorkerProfile(BaseModel):
+    """One host's worker: the queues it consumes and how the agent runs there."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(description="profile name; also the systemd instance (ccci-dist-worker@NAME)")
+    queues: list[str] = Field(description="Celery queues, e.g. ccci.builder, ccci.reviewer, ccci.control")
+    concurrency: int = Field(3, description="threads; >= loop queues + 1 (the watchdog)")
+    pool: Literal["threads", "prefork"] = "threads"
+    beat: bool = Field(False, description="embed RedBeat beat (-B --scheduler ...); single-host setups only")
+    agent_command: str | None = None
+    agent_flags: str | None = None
+    env: dict[str, str] = Field(default_factory=dict, description="extra env for the worker and its agents")
+    workspace_dir: Path | None = None
+    hostname: str | None = Field(None, description="Celery node name; default <name>@%h")
+    loglevel: str = "INFO"
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not _NAME_RE.match(v):
+            raise ValueError("must be letters, digits, '-', '_' or '.'")
+        return v
+
+    @field_validator("queues")
+    @classmethod
+    def _queues(cls, v: list[str]) -> list[str]:
+        if not v:
+            raise ValueError("is empty; list at least one queue, e.g. [\"ccci.builder\"]")
+        bad = [q for q in v if not _QUEUE_RE.match(q)]
+        if bad:
+            raise ValueError(f"has a bad queue name {bad[0]!r}; use letters, digits, '.', '_', '-', ':'")
+        if len(set(v)) != len(v):
+            raise ValueError("lists a queue twice; list each queue once")
+        return v
+
+    @field_validator("concurrency")
+    @classmethod
+    def _concurrency(cls, v: int) -> int:
+        if v < 1:
+            raise ValueError("must be >= 1")
+        return v
+
+    @field_validator("env")
+    @classmethod
+    def _env(cls, v: dict[str, str]) -> dict[str, str]:
+        bad = [k for k in v if not _ENV_KEY_RE.match(k)]
+        if bad:
+            raise ValueError(f"has a bad variable name {bad[0]!r}")
+        return v
+
+    @field_validator("loglevel")
+    @classmethod
+    def _loglevel(cls, v: str) -> str:
+        if v.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
+            raise ValueError("must be DEBUG, INFO, WARNING, ERROR or CRITICAL")
+        return v.upper()
+
+    @property
+    def loop_queues(self) -> list[str]:
+        return [q for q in self.queues if q != CONTROL_QUEUE]
+
+    @property
+    def min_concurrency(self) -> int:
+        """One thread per loop queue plus one for the watchdog / control tasks."""
+        return len(self.loop_queues) + 1
+
+    @property
+    def nodename(self) -> str:
+        return self.hostname or f"{self.name}@%h"
+
+
+def load_profile(path: str | os.PathLike[str]) -> WorkerProfile:
+    """Read and validate a profile; raise :class:`ProfileError` with one line on any defect."""
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise ProfileError(f"worker profile {p} not found; pass an existing file like workers/pi.toml")
+    try:
+        data = tomllib.loads(p.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ProfileError(f"worker profile {p} is not UTF-8; re-save it as UTF-8") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ProfileError(f"worker profile {p} is not valid TOML ({exc}); fix the syntax") from exc
+    try:
+        profile = WorkerProfile.model_validate(data)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        loc = ".".join(str(x) for x in err["loc"]) or "profile"
+        if err["type"] == "extra_forbidden":
+            allowed = ", ".join(WorkerProfile.model_fields)
+            raise ProfileError(f"unknown key {loc!r} in worker profile {p}; allowed keys: {allowed}") from exc
+        if err["type"] == "missing":
+            raise ProfileError(f"worker profile {p} lacks required key {loc!r}; add it") from exc
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "literal_error" and loc == "pool":
+            msg = f"unknown pool {err['input']!r}; use \"threads\" (default) or \"prefork\""
+        raise ProfileError(f"bad {loc} in worker profile {p}: {msg}") from exc
+    if profile.concurrency < profile.min_concurrency:
+        raise ProfileError(
+            f"concurrency {profile.concurrency} in worker profile {p} is below {profile.min_concurrency} "
+            f"({len(profile.loop_queues)} loop queue(s) + 1 for the watchdog); raise concurrency"
+        )
+    return profile
+
+
+# ---------------------------------------------------------------------------- command lines
+
+
+def celery_argv() -> list[str]:
+    """How to run Celery from this environment (the venv's ``celery`` script if present)."""
+    script = Path(sys.executable).parent / "celery"
+    return [str(script)] if script.is_file() else [sys.executable, "-m", "celery"]
+
+
+def worker_argv(profile: WorkerProfile, extra: tuple[str, ...] = ()) -> list[str]:
+    """The ``celery -A ccci_dist worker`` argv for a profile."""
+    argv = [*celery_argv(), "-A", "ccci_dist", "worker", "-P", profile.pool, "-c", str(profile.concurrency),
+            "-Q", ",".join(profile.queues), "-n", profile.nodename]
+    if profile.beat:
+        # RedBeat in a thread of the worker: one Python process instead of -B's two.
+        argv += ["--beat-thread"]
+    return [*argv, "--loglevel", profile.loglevel, *extra]
+
+
+def beat_argv(loglevel: str = "INFO", extra: tuple[str, ...] = ()) -> list[str]:
+    """The ``celery -A ccci_dist beat`` argv (RedBeat: one active beat, standbys wait on the lock)."""
+    return [*celery_argv(), "-A", "ccci_dist", "beat", "-S", REDBEAT, "--loglevel", loglevel, *extra]
+
+
+def child_env(obj: Any, profile: WorkerProfile | None = None,
+              base: dict[str, str] | None = None) -> tuple[dict[str, str], list[str]]:
+    """The environment for a Celery child, and the keys this function set (values are secret-ish).
+
+    Precedence, lowest first: inherited env < profile < global flags (``--broker``, ``--run``, ...).
+    ``CCCI_BROKER_PASSWORD_FILE`` puts the password from that file into the broker URL, so a
+    password never has to sit in a unit file, compose file or argv.
+    """
+    env = dict(os.environ if base is None else base)
+    changed: list[str] = []
+
+    def put(key: str, value: object) -> None:
+        env[key] = str(value)
+        if key not in changed:
+            changed.append(key)
+
+    if profile is not None:
+        for key, value in profile.env.items():
+            put(key, os.path.expandvars(value) if "$" in value else value)
+        if profile.agent_command is not None:
+            put("CCCI_AGENT_COMMAND", profile.agent_command)
+        if profile.agent_flags is not None:
+            put("CCCI_AGENT_FLAGS", profile.agent_flags)
+        if profile.workspace_dir is not None:
+            put("CCCI_WORKSPACE_DIR", profile.workspace_dir.expanduser())
+    if getattr(obj, "config_file", None):
+        put("CCCI_CONFIG", Path(obj.config_file).expanduser().resolve())
+    for key, value in (getattr(obj, "overrides", None) or {}).items():
+        if value is not None:
+            put(f"CCCI_{key.upper()}", value)
+    pw_file = env.get(PASSWORD_FILE_ENV)
+    if pw_file:
+        url = env.get("CCCI_BROKER_URL")
+        if not url:
+            raise ConfigError(f"{PASSWORD_FILE_ENV} is set but CCCI_BROKER_URL is not; "
+                              "set CCCI_BROKER_URL=redis://HOST:6379/0 (without the password)")
+        put("CCCI_BROKER_URL", with_password(url, pw_file))
+    settings_for(env)  # a bad value is one error line here, not a crash loop in the child
+    return env, changed
+
+
+def settings_for(env: dict[str, str]) -> Settings:
+    """The settings a child started with ``env`` would load (``os.environ`` is restored after)."""
+    saved = dict(os.environ)
+    try:
+        os.environ.clear()
+        os.environ.update(env)
+        return load_config(env.get("CCCI_CONFIG"))
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
+def effective_broker(env: dict[str, str]) -> str:
+    """The broker URL a child started with ``env`` would use (never starts the embedded one)."""
+    return broker_url(settings_for(env), start=False)

@@ -1,0 +1,155 @@
+"""Operator actions on runs: start (or resume), stop, jump to a phase, and read status."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from ccci_dist.adapters.workspace import Workspace
+from ccci_dist.config import Settings
+from ccci_dist.core.phases import MachineDocs, resolve_phase
+from ccci_dist.core.plan import load_package, snapshot
+from ccci_dist.state.store import ACTIVE, DONE, STOPPED, Store, k_loop, k_next, k_run, k_runs
+
+
+class RunError(Exception):
+    """An operator action cannot be done; the message is one line with the fix."""
+
+
+def docs_from_repo(s: Settings, repo: str, branch: str, run: str) -> MachineDocs:
+    """Machine docs at the tip of the project repo (the source of truth)."""
+    ws = Workspace(s.state_dir / "resolve" / run, repo, branch)
+    return ws.docs(ws.sync("resolve"))
+
+
+def start_run(store: Store, s: Settings, *, resume: bool = False, phase: str | None = None,
+              nudge: str | None = None) -> dict[str, Any]:
+    """Create or restart the configured run and enqueue each role's first iteration.
+
+    ``resume`` resolves the phase from the repo's machine docs (first phase not complete);
+    ``phase`` forces one. Otherwise a new run starts at the first phase and an existing one
+    keeps its phase.
+    """
+    if s.plan_dir is None:
+        raise RunError("no plan package configured; set plan_dir in ccci-dist.toml or CCCI_PLAN_DIR")
+    if not s.project_repo:
+        raise RunError("no project repo configured; set project_repo in ccci-dist.toml or CCCI_PROJECT_REPO")
+    pkg = load_package(s.plan_dir)
+    snap = snapshot(pkg)
+    run = s.run
+    existing = store.run(run)
+    if phase is not None and phase not in pkg.phase_order:
+        raise RunError(f"unknown phase {phase!r}; the plan's phases are {', '.join(pkg.phase_order)}")
+    docs = None
+    if resume or phase is None and not existing:
+        docs = docs_from_repo(s, s.project_repo, s.branch, run)
+    if phase is None:
+        if resume or not existing.get("phase"):
+            assert docs is not None
+            phase = resolve_phase(pkg, docs) or pkg.phase_order[-1]
+        else:
+            phase = existing["phase"]
+    fields = {
+        "repo": s.project_repo, "branch": s.branch, "plan": json.dumps(snap), "plan_dir": str(Path(s.plan_dir)),
+        "roles": json.dumps(pkg.roles), "status": ACTIVE, "phase": phase, "queues": json.dumps(s.queues),
+        "paused_until": "", "pause_reason": "", "started_at": f"{time.time():.3f}",
+    }
+    if docs is not None:
+        fields["docs"] = docs.model_dump_json()
+    pipe = store.r.pipeline()
+    pipe.sadd(k_runs(), run)
+    pipe.hset(k_run(run), mapping=fields)
+    pipe.hsetnx(k_run(run), "created_at", f"{time.time():.3f}")
+    for role in pkg.roles:
+        key = k_loop(run, role)
+        pipe.hset(key, mapping={"state": ACTIVE, "role": role, "stop_reason": "", "not_before": "",
+                                "stalled_until": "", "fail_streak": 0})
+        pipe.hsetnx(key, "iteration", 0)
+        if nudge:
+            pending = json.loads(store.r.hget(key, "nudges") or "[]")
+            pipe.hset(key, "nudges", json.dumps(pending + [nudge] if nudge not in pending else pending))
+    pipe.execute()
+    store.event(run, "started", phase=phase, resume=int(resume))
+    from ccci_dist.engine.notify import notify
+
+    notify("run_started", f"{run}: started at phase {phase}", f"roles {', '.join(pkg.roles)}; repo {s.project_repo}")
+    kick(store, s, run)
+    return {"run": run, "phase": phase, "roles": pkg.roles}
+
+
+def kick(store: Store, s: Settings, run: str) -> int:
+    """Enqueue each idle active loop's next iteration now (the watchdog would, a tick later)."""
+    from ccci_dist.engine.iteration import iteration_queue, send_iteration
+
+    rh = store.run(run)
+    sent = 0
+    for role in store.roles(run):
+        task_id = str(uuid.uuid4())
+        queue = iteration_queue(s, rh, role)
+        if store.try_enqueue(run, role, task_id, queue):
+            send_iteration(run, role, task_id, queue)
+            sent += 1
+    return sent
+
+
+def stop_run(store: Store, run: str, role: str | None = None) -> list[str]:
+    """Stop a loop (or all): its running agent is killed by its heartbeat within ~0.5 s."""
+    rh = store.run(run)
+    if not rh:
+        raise RunError(f"no run {run!r}; see `ccci-dist status` for the runs")
+    roles = store.roles(run)
+    if role is not None and role not in roles:
+        raise RunError(f"unknown role {role!r}; this run's roles are {', '.join(roles)}")
+    targets = [role] if role else roles
+    pipe = store.r.pipeline()
+    for r in targets:
+        pipe.hset(k_loop(run, r), mapping={"state": STOPPED, "stop_reason": "operator"})
+        pipe.delete(k_next(run, r))
+    if role is None and rh.get("status") != DONE:
+        pipe.hset(k_run(run), "status", STOPPED)
+    pipe.execute()
+    store.event(run, "stopped", roles=",".join(targets))
+    return targets
+
+
+def status(store: Store, run: str) -> dict[str, Any]:
+    """Everything `ccci-dist status` shows for one run, as plain data."""
+    rh = store.run(run)
+    if not rh:
+        return {}
+    docs = MachineDocs.model_validate_json(rh["docs"]) if rh.get("docs") else MachineDocs()
+    loops = {}
+    now = time.time()
+    day = time.strftime("%Y-%m-%d", time.gmtime())
+    cost_today = store.r.hgetall(f"ccci:cost:{run}:{day}")
+    workers = store.live_workers()
+    for role in store.roles(run):
+        lp = store.loop(run, role)
+        lease_ttl = store.r.pttl(f"ccci:lease:{run}:{role}")
+        queued = store.queued_task(run, role)
+        queue = lp.get("next_queue") or json.loads(rh.get("queues") or "{}").get(role) or f"ccci.{role}"
+        has_worker = any(queue in w.get("queues", []) for w in workers)
+        state = lp.get("state", "?")
+        if state == ACTIVE:
+            if lease_ttl and lease_ttl > 0:
+                state = "running"
+            elif float(lp.get("stalled_until") or 0) > now:
+                state = f"stalled until {lp.get('stalled_display', '')}"
+            elif queued and not has_worker:
+                state = f"waiting for a worker on queue {queue}"
+            elif queued:
+                state = "queued"
+            elif float(lp.get("not_before") or 0) > now:
+                state = "scheduled"
+        loops[role] = {
+            "state": state, "host": lp.get("host", ""), "iteration": int(lp.get("running") or lp.get("iteration") or 0),
+            "lease_age": round(now - float(lp.get("started_at") or now), 1) if lease_ttl and lease_ttl > 0 else None,
+            "last_outcome": lp.get("last_outcome", ""), "cost_total": float(lp.get("cost_total") or 0),
+            "cost_today": float(cost_today.get(role) or 0), "next": lp.get("not_before", ""),
+            "restarts": int(lp.get("restarts") or 0), "violation": lp.get("violation", ""),
+        }
+    return {"run": run, "status": rh.get("status"), "phase": rh.get("phase"), "deferred": docs.deferred,
+            "pause_reason": rh.get("pause_reason", ""), "loops": loops}
