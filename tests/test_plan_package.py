@@ -433,3 +433,50 @@ def test_load_package_reports_every_defect(tmp_path):
         "duplicate phase id 2 in package.toml phases; list each phase once",
         "phase 2 is named in the order but plan-phase2-<slug>.md is absent; add the file",
     ]
+
+
+def _dup_dod(pkg: Path) -> None:
+    plan = pkg / "plan.md"
+    plan.write_text(plan.read_text().replace("- **D3**:", "- **D2**: again.\n- **D3**:"))
+
+
+def _toml(text: str):
+    return lambda pkg: (pkg / "package.toml").write_text(text)
+
+
+# One row per load_package rule: (id, how to break tiny-plan, the exact defects it must report).
+PACKAGE_DEFECTS = [
+    ("duplicate-dod", _dup_dod, ["duplicate DoD item D2 in plan.md; number each item once"]),
+    ("bad-phase-id-dash", _toml('phases = ["1", "2", "a-b"]\n'), [
+        "bad phase id 'a-b' in package.toml; use letters and digits only",
+        "phase a-b is named in the order but plan-phasea-b-<slug>.md is absent; add the file"]),
+    ("bad-phase-id-empty", _toml('phases = ["1", "2", ""]\n'), [
+        "bad phase id '' in package.toml; use letters and digits only",
+        "phase  is named in the order but plan-phase-<slug>.md is absent; add the file"]),
+    ("bad-phase-id-dot", _toml('phases = ["1", "2.1", "2"]\n'), [
+        "bad phase id '2.1' in package.toml; use letters and digits only",
+        "phase 2.1 is named in the order but plan-phase2.1-<slug>.md is absent; add the file"]),
+    ("empty-phase-file", lambda p: (p / "plan-phase2-finish.md").write_text(" \n\n"),
+     ["empty phase file: plan-phase2-finish.md; write the phase plan"]),
+    ("zero-byte-phase-file", lambda p: (p / "plan-phase1-setup.md").write_text(""),
+     ["empty phase file: plan-phase1-setup.md; write the phase plan"]),
+    ("no-phases", _toml('phases = []\n'),
+     ["no phases in package.toml; list at least one phase id in phases = [...]"]),
+    ("no-roles", _toml('phases = ["1", "2"]\nroles = []\n'),
+     ["no roles in package.toml; set roles = [\"builder\", \"reviewer\"]"]),
+]
+
+
+@pytest.mark.parametrize("breaks,defects", [r[1:] for r in PACKAGE_DEFECTS], ids=[r[0] for r in PACKAGE_DEFECTS])
+def test_load_package_rejects(tmp_path, breaks, defects):
+    pkg = copy_pkg(tmp_path, "tiny-plan")
+    breaks(pkg)
+    with pytest.raises(PackageError) as exc:
+        load_package(pkg)
+    assert exc.value.defects == defects
+
+
+def test_plan_check_reports_a_duplicate_dod_item(tmp_path):
+    pkg = copy_pkg(tmp_path, "tiny-plan")
+    _dup_dod(pkg)
+    assert_single_error(ccci("plan", "check", str(pkg)), "duplicate DoD item D2 in plan.md; number each item once")

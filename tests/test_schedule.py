@@ -2,6 +2,8 @@
 
 from datetime import UTC, datetime, timedelta
 
+import pytest
+
 from ccci_dist.adapters.workspace import isolation_violations
 from ccci_dist.config import QuietHours
 from ccci_dist.core.schedule import next_midnight, next_start, quiet_until
@@ -31,6 +33,38 @@ def test_quiet_hours_same_day_and_over_midnight():
     assert quiet_until(late, night) == (late + timedelta(days=1)).replace(hour=6, minute=0)
     assert quiet_until(NOW, night) is None
     assert next_start(now=NOW, started=NOW, quiet=q) == NOW.replace(hour=13, minute=30)
+
+
+@pytest.mark.parametrize("start,end,at,until", [
+    # the start minute is inside the window, the end minute outside, in both window shapes
+    ("11:00", "13:30", "11:00", "13:30"),
+    ("11:00", "13:30", "10:59", None),
+    ("11:00", "13:30", "13:29", "13:30"),
+    ("11:00", "13:30", "13:30", None),
+    ("22:00", "06:00", "22:00", "+06:00"),
+    ("22:00", "06:00", "21:59", None),
+    ("22:00", "06:00", "00:00", "06:00"),
+    ("22:00", "06:00", "05:59", "06:00"),
+    ("22:00", "06:00", "06:00", None),
+])
+def test_quiet_hours_boundaries(start, end, at, until):
+    now = NOW.replace(hour=int(at[:2]), minute=int(at[3:]))
+    got = quiet_until(now, QuietHours(start=start, end=end))
+    if until is None:
+        assert got is None
+        return
+    day = now + timedelta(days=1) if until.startswith("+") else now
+    assert got == day.replace(hour=int(until[-5:-3]), minute=int(until[-2:]))
+
+
+def test_quiet_hours_in_a_local_zone():
+    from zoneinfo import ZoneInfo
+
+    q = QuietHours(start="22:00", end="06:00")
+    # 21:00 UTC is 22:00 in Berlin (winter): the window starts; it ends at 06:00 Berlin = 05:00 UTC
+    at = NOW.replace(hour=21)
+    assert quiet_until(at, q, ZoneInfo("Europe/Berlin")) == (at + timedelta(days=1)).replace(hour=5)
+    assert quiet_until(at, q) is None
 
 
 def test_next_midnight():
