@@ -39,3 +39,53 @@ def test_free_text_nudge_and_unknown_phase():
     assert "- custom words" in p
     assert "## Current phase 9:" in p
     assert parse_context("no context here") == {}
+
+
+def _section(prompt: str, heading: str) -> str:
+    return prompt.rsplit(f"\n{heading}\n", 1)[1].split("\n## ", 1)[0]
+
+
+def test_every_prompt_states_the_grammar_and_its_examples_parse():
+    """The grammar in the prompt is built from the parser's constants: its example lines parse."""
+    import re
+
+    from ccci_dist.core.phases import parse_review, parse_status
+    from ccci_dist.core.prompt import GRAMMAR_HEADING
+
+    for role in ("builder", "reviewer"):
+        p = assemble(role=role, run="r", iteration=1, phase="2", plan=PLAN)
+        section = _section(p, GRAMMAR_HEADING)
+        examples = re.findall(r"`([^`]+)`", section)
+        assert parse_status("\n".join(examples)) == ["2"]
+        reviews = parse_review("\n".join(examples))
+        assert set(reviews) == {"2.1"}  # the phase's first item, VERIFIED and FAILED examples
+        assert {line.split()[0] for line in examples if line.startswith(("VERIFIED", "FAILED"))} == {
+            "VERIFIED", "FAILED"}
+
+
+def test_inbox_ids_in_prompts_are_stream_ids():
+    """The role prompts and the runner's INBOX section cite ids in the form real messages carry."""
+    import re
+
+    from ccci_dist.core.prompt import EXAMPLE_INBOX_ID, INBOX_HEADING
+
+    stream_id = re.compile(r"^\d+-\d+$")
+    assert stream_id.match(EXAMPLE_INBOX_ID)
+    p = assemble(role="builder", run="r", iteration=1, phase="1", plan=PLAN, inbox=[("1712345678901-0", "hi")])
+    section = _section(p, INBOX_HEADING)
+    cited = re.findall(r"\[([^\]]+)\]", section)
+    assert cited and all(stream_id.match(c) for c in cited), cited
+    for f in [*(ROOT / "prompts").glob("*.md"), *(ROOT / "examples").glob("*/prompts/*.md")]:
+        for c in re.findall(r"inbox \[([^\]]+)\]", f.read_text()):
+            assert stream_id.match(c), f"{f}: INBOX id example [{c}] is not a stream id"
+
+
+def test_blockers_and_repeats():
+    from ccci_dist.core.prompt import BLOCKERS_HEADING, REPEAT
+
+    p = assemble(role="builder", run="r", iteration=2, phase="2", plan=PLAN, blockers=["1.2: FAILED x"],
+                 inbox=[("1-0", "a"), ("2-0", "b")], repeats={"1-0"})
+    assert "- 1.2: FAILED x" in _section(p, BLOCKERS_HEADING)
+    assert f"[1-0]{REPEAT} a" in p and "[2-0] b" in p
+    assert "- nothing: DONE holds" in assemble(role="builder", run="r", iteration=2, phase="2", plan=PLAN,
+                                               blockers=[])

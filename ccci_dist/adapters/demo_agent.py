@@ -13,7 +13,12 @@ Test switches:
   CCCI_DEMO_CONTROL=FILE  JSON {role: [fault, ...]}: each run pops its role's first fault
                           ("@P fault" waits for an iteration of phase P)
 Faults: crash | hang | nonjson | exit1 | auth | violate | limit:SECS | limit_text:TEXT | slow:SECS |
-        echo:FILE (print FILE's text as a tool result, then work normally)
+        echo:FILE (print FILE's text as a tool result, then work normally) |
+        fail:ITEM (reviewer: write a FAILED line for ITEM, then work normally) |
+        idle (do nothing: no commit, no change to the machine docs)
+
+The builder fixes each item the prompt's "What blocks DONE" section lists as FAILED (a
+``fixed`` line in its work file); the reviewer re-verifies a failed item once it is fixed.
 """
 
 from __future__ import annotations
@@ -29,7 +34,8 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from ccci_dist.core.prompt import parse_context
+from ccci_dist.core.phases import FAILED, VERIFIED, done_line, parse_review, parse_status, review_line
+from ccci_dist.core.prompt import BLOCKERS_HEADING, INBOX_HEADING, parse_context
 
 COMMAND = f"{sys.executable} -m ccci_dist.adapters.demo_agent"  # how the demo and tests run it
 
@@ -40,8 +46,10 @@ def _emit(ev: dict) -> None:
 
 
 def _section(prompt: str, heading: str) -> str:
-    head = f"\n## {heading}\n"
-    return prompt.split(head, 1)[1].split("\n## ", 1)[0].strip() if head in prompt else ""
+    """The runner's section under ``heading``: the last one, as the runner's sections follow the
+    role prompt, which may well have a section of the same name explaining it."""
+    head = f"\n{heading}\n" if heading.startswith("## ") else f"\n## {heading}\n"
+    return prompt.rsplit(head, 1)[1].split("\n## ", 1)[0].strip() if head in prompt else ""
 
 
 def _record(event: str, ctx: dict, prompt: str = "") -> None:
@@ -49,10 +57,12 @@ def _record(event: str, ctx: dict, prompt: str = "") -> None:
     if not path:
         return
     rec = {"event": event, "role": ctx.get("role"), "run": ctx.get("run"), "iteration": ctx.get("iteration"),
-           "pid": os.getpid(), "host": os.environ.get("CCCI_HOSTNAME") or socket.gethostname(), "t": time.time()}
+           "phase": ctx.get("phase"), "pid": os.getpid(),
+           "host": os.environ.get("CCCI_HOSTNAME") or socket.gethostname(), "t": time.time()}
     if event == "start":
         rec["note"] = _section(prompt, "Note from the runner")
-        rec["inbox"] = _section(prompt, "Operator messages (INBOX)")
+        rec["inbox"] = _section(prompt, INBOX_HEADING)
+        rec["blockers"] = _section(prompt, BLOCKERS_HEADING)
     with open(path, "a") as f:
         fcntl.flock(f, fcntl.LOCK_EX)
         f.write(json.dumps(rec) + "\n")
@@ -118,8 +128,32 @@ def _append(name: str, text: str) -> None:
 
 
 def _inbox_ids(prompt: str) -> list[str]:
-    section = _section(prompt, "Operator messages (INBOX)")
+    section = _section(prompt, INBOX_HEADING)
     return [line[1:].split("]", 1)[0] for line in section.splitlines() if line.startswith("[")]
+
+
+def _stamp(at: datetime | None = None) -> str:
+    return f"{(at or datetime.now(UTC)):%Y-%m-%dT%H:%M:%SZ}"
+
+
+def _failed_items(prompt: str) -> list[str]:
+    """Items the prompt's "What blocks DONE" section lists as FAILED (any phase)."""
+    out = []
+    for line in _section(prompt, BLOCKERS_HEADING).splitlines():
+        item, _, rest = line.removeprefix("- ").partition(": ")
+        if rest.startswith(FAILED):
+            out.append(item)
+    return out
+
+
+def _fixed_at(item: str) -> datetime | None:
+    """When the builder last fixed ``item`` (its ``fixed <time>`` line in the work file)."""
+    phase = item.rsplit(".", 1)[0]
+    last = None
+    for line in _read(f"work/phase-{phase}.md").splitlines():
+        if line.startswith(f"- {item}: fixed "):
+            last = datetime.fromisoformat(line.rsplit(" ", 1)[1].replace("Z", "+00:00"))
+    return last
 
 
 def builder(ctx: dict, prompt: str, fault: str) -> str:
@@ -130,26 +164,35 @@ def builder(ctx: dict, prompt: str, fault: str) -> str:
         _append("work/inbox-seen.md", "".join(f"- {i} (iteration {it})\n" for i in ids))
         notes.append(f"inbox {','.join(ids)}")
     if fault == "violate":
-        _append("REVIEW.md", f"VERIFIED D1 {datetime.now(UTC):%Y-%m-%dT%H:%M:%SZ} 0000000 builder forged this\n")
+        _append("REVIEW.md", review_line(VERIFIED, "D1", datetime.now(UTC), "0000000", "builder forged this") + "\n")
         _commit("builder: forge a review line")
         return "builder edited REVIEW.md"
-    done = f"## DONE {phase}" in _read("STATUS.md")
+    reviews = parse_review(_read("REVIEW.md"))
+    fixed = []
+    for item in _failed_items(prompt):
+        v, at = reviews.get(item), _fixed_at(item)
+        if v is not None and v.verdict == FAILED and (at is None or at < v.at) and "." in item:
+            _append(f"work/phase-{item.rsplit('.', 1)[0]}.md", f"- {item}: fixed {_stamp()}\n")
+            fixed.append(item)
+    if fixed:
+        _commit(f"builder: fix {', '.join(fixed)} (iteration {it})")
+        notes.append(f"fixed {','.join(fixed)}")
+    done = phase in parse_status(_read("STATUS.md"))
     if phase and not done:
         items = [i for i in ctx.get("phase_items", "").split(",") if i]
         _append(f"work/phase-{phase}.md", f"# Phase {phase}\n" + "".join(f"- {i}: built\n" for i in items))
         _commit(f"builder: phase {phase} work (iteration {it})")
-        _append("STATUS.md", f"\n## DONE {phase}\n")
+        _append("STATUS.md", f"\n{done_line(phase)}\n")
         _commit(f"builder: mark phase {phase} DONE")
         notes.append(f"phase {phase} done")
-    elif notes:
+    elif notes and not fixed:
         _commit(f"builder: ack inbox (iteration {it})")
     return "; ".join(notes) or f"phase {phase} already done; waiting for review"
 
 
 def reviewer(ctx: dict, prompt: str, fault: str) -> str:
     head = _git("rev-parse", "--short", "HEAD")
-    now = datetime.now(UTC)
-    stamp = f"{now:%Y-%m-%dT%H:%M:%SZ}"
+    now = datetime.now(UTC).replace(microsecond=0)
     review = _read("REVIEW.md")
     status = _read("STATUS.md")
     lines: list[str] = []
@@ -159,22 +202,33 @@ def reviewer(ctx: dict, prompt: str, fault: str) -> str:
         return "reviewer edited STATUS.md"
     if ids := _inbox_ids(prompt):
         _append("review/inbox-seen.md", "".join(f"- {i}\n" for i in ids))
+    if fault.startswith("fail:"):
+        item = fault.split(":", 1)[1]
+        lines.append(review_line(FAILED, item, now, head, "demo reviewer found a defect") + "\n")
     phases = [p for p in ctx.get("phases", "").split(",") if p]
-    done = [p for p in phases if f"## DONE {p}" in status]
-    recent = {line.split()[1] for line in review.splitlines()
-              if line.startswith("VERIFIED") and len(line.split()) > 2
-              and datetime.fromisoformat(line.split()[2].replace("Z", "+00:00")) > now - timedelta(hours=1)}
+    marked = parse_status(status)
+    done = [p for p in phases if p in marked]
+    reviews = parse_review(review)
+
+    def due(item: str) -> bool:
+        v = reviews.get(item)
+        if v is None:
+            return True
+        if v.verdict == VERIFIED:
+            return v.at <= now - timedelta(hours=1)
+        fixed = _fixed_at(item)
+        return fixed is not None and fixed >= v.at
+
     for p in done:
         work = _read(f"work/phase-{p}.md")
-        for line in work.splitlines():
-            if line.startswith("- ") and ":" in line:
-                item = line[2:].split(":", 1)[0]
-                if item not in recent:
-                    lines.append(f"VERIFIED {item} {stamp} {head} work/phase-{p}.md lists it\n")
+        for item in dict.fromkeys(line[2:].split(":", 1)[0] for line in work.splitlines()
+                                  if line.startswith("- ") and ": built" in line):
+            if due(item) and not fault.endswith(f":{item}"):
+                lines.append(review_line(VERIFIED, item, now, head, f"work/phase-{p}.md lists it") + "\n")
     if phases and len(done) == len(phases):
         for d in [i for i in ctx.get("dod", "").split(",") if i]:
-            if d not in recent:
-                lines.append(f"VERIFIED {d} {stamp} {head} all phases built and reviewed\n")
+            if due(d):
+                lines.append(review_line(VERIFIED, d, now, head, "all phases built and reviewed") + "\n")
     if lines:
         _append("REVIEW.md", "".join(lines))
     _commit(f"reviewer: {len(lines)} verifications (iteration {ctx.get('iteration')})")
@@ -231,6 +285,9 @@ def _act(ctx: dict, prompt: str, role: str, fault: str, session: str, started: f
     if name == "limit_text":
         _emit(_result(session, started, arg, prompt, error=True))
         return 1
+    if name == "idle":  # an agent with nothing to do: no commit, no change to the machine docs
+        _emit(_result(session, started, "nothing to do", prompt))
+        return 0
     if name == "echo":  # a tool result that quotes a file: must never be read as a limit
         _emit({"type": "user", "message": {"content": [{"type": "tool_result", "content": _read(arg)}]}})
     _work(float(arg) if name == "slow" else float(os.environ.get("CCCI_DEMO_SLEEP", "0")))

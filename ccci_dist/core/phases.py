@@ -21,9 +21,15 @@ from ccci_dist.core.plan import PlanPackage
 
 STATUS_FILE = "STATUS.md"
 REVIEW_FILE = "REVIEW.md"
-DONE_RE = re.compile(r"^##\s+DONE\s+(?P<phase>[0-9A-Za-z]+)\s*$")
+# The grammar, once: the parser below and the prompt's description of it (``grammar_lines``)
+# are both built from these, so what agents are told and what the runner reads cannot drift.
+DONE_MARK = "## DONE"
+VERIFIED, FAILED = "VERIFIED", "FAILED"
+TS_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
+_DONE_WORDS = r"\s+".join(map(re.escape, DONE_MARK.split()))
+DONE_RE = re.compile(rf"^{_DONE_WORDS}\s+(?P<phase>[0-9A-Za-z]+)\s*$")
 REVIEW_RE = re.compile(
-    r"^\s*(?:[-*]\s+)?(?P<verdict>VERIFIED|FAILED)\s+(?P<item>[0-9A-Za-z.]+)\s+"
+    rf"^\s*(?:[-*]\s+)?(?P<verdict>{VERIFIED}|{FAILED})\s+(?P<item>[0-9A-Za-z.]+)\s+"
     r"(?P<ts>\d{4}-\d\d-\d\dT\d\d:\d\d(?::\d\d(?:\.\d+)?)?(?:Z|[+-]\d\d:?\d\d)?)"
     r"(?:\s+(?P<commit>[0-9a-f]{4,40}))?(?:\s+(?P<note>.*))?$"
 )
@@ -108,6 +114,69 @@ def resolve_phase(plan: PlanPackage, docs: MachineDocs) -> str | None:
         if not phase_complete(plan, docs, pid):
             return pid
     return None
+
+
+def working_phase(plan: PlanPackage, docs: MachineDocs, target: str | None = None) -> str | None:
+    """The phase to work on now, re-derived from the docs each time (the pointer can go back).
+
+    ``target`` (from ``enqueue phase X``) wins while it is incomplete; otherwise, and once it is
+    complete, the earliest phase in sequence that is not complete. None when every phase is.
+    """
+    if target and target in plan.phase_order and not phase_complete(plan, docs, target):
+        return target
+    return resolve_phase(plan, docs)
+
+
+def done_line(phase: str) -> str:
+    """The STATUS.md line that marks ``phase`` finished by the builder."""
+    return f"{DONE_MARK} {phase}"
+
+
+def review_line(verdict: str, item: str, at: datetime, commit: str, note: str) -> str:
+    """A REVIEW.md line: ``VERIFIED|FAILED <item> <UTC time> <commit> <note>``."""
+    return f"{verdict} {item} {at.astimezone(UTC).strftime(TS_FORMAT)} {commit} {note}".rstrip()
+
+
+def grammar_lines(phase: str, item: str, at: datetime) -> list[str]:
+    """The machine-doc grammar as prompt lines; each example in backticks parses with this module."""
+    return [
+        f"- `{STATUS_FILE}` (builder): the line `{done_line(phase)}` marks phase {phase} finished "
+        f"(one such line per phase, exactly this form).",
+        f"- `{REVIEW_FILE}` (reviewer): one line per check, the newest line for an item wins:",
+        f"  `{review_line(VERIFIED, item, at, '1a2b3c4', 'what was checked')}`",
+        f"  `{review_line(FAILED, item, at, '1a2b3c4', 'what is wrong')}`",
+        "  (UTC time, then the commit checked, then a note).",
+        f"- A phase is complete when `{done_line('<phase>')}` is in {STATUS_FILE} and each of its items' "
+        f"newest {REVIEW_FILE} line is {VERIFIED}. DONE needs every phase complete and every DoD item "
+        "re-verified recently.",
+    ]
+
+
+def blockers(plan: PlanPackage, docs: MachineDocs, now: datetime, freshness: timedelta) -> list[str]:
+    """Everything that stands between the run and DONE, across all phases, one line each:
+    phases without a DONE line, failed, unverified and stale items. Empty means DONE holds."""
+    out: list[str] = []
+    since = now - freshness
+    for p in plan.phase_order:
+        if p not in docs.done_phases:
+            out.append(f"phase {p}: no `{done_line(p)}` in {STATUS_FILE}")
+        for item in plan.phase(p).items:
+            v = docs.reviews.get(item.id)
+            if v is None:
+                if p in docs.done_phases:
+                    out.append(f"{item.id}: unverified")
+            elif v.verdict == FAILED:
+                out.append(f"{item.id}: {FAILED} {v.at.strftime(TS_FORMAT)} {v.note}".rstrip())
+    for item in plan.dod:
+        if not verified(docs, item.id, since):
+            v = docs.reviews.get(item.id)
+            if v is None:
+                out.append(f"{item.id}: unverified")
+            elif v.verdict == FAILED:
+                out.append(f"{item.id}: {FAILED} {v.at.strftime(TS_FORMAT)} {v.note}".rstrip())
+            else:
+                out.append(f"{item.id}: stale (verified {v.at.strftime(TS_FORMAT)})")
+    return out
 
 
 def missing_for_done(

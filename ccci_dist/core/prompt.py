@@ -1,4 +1,5 @@
-"""Prompt assembly: role prompt + current phase plan + Definition of Done + INBOX + nudges.
+"""Prompt assembly: role prompt + current phase plan + Definition of Done + machine-doc grammar +
+what blocks DONE (all phases) + INBOX + nudges.
 
 A plain function of its inputs, so the same state always yields the same prompt.
 The first line is a machine-readable context comment that the demo agent (and tests)
@@ -7,7 +8,19 @@ read; real agents ignore it.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
+from datetime import UTC, datetime
+
+from ccci_dist.core.phases import grammar_lines
+
+# A fixed time for the grammar's example lines: the prompt stays a pure function of its inputs.
+EXAMPLE_AT = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
+# INBOX ids are the Redis stream ids of the messages; the prompts cite this form.
+EXAMPLE_INBOX_ID = "1767323045000-0"
+INBOX_HEADING = "## Operator messages (INBOX)"
+BLOCKERS_HEADING = "## What blocks DONE (all phases)"
+GRAMMAR_HEADING = "## Machine docs (how the runner reads progress)"
+REPEAT = " (repeat: an earlier iteration that carried this message was cut off before it finished)"
 
 NUDGES = {
     "restart": "The runner restarted this loop after the previous iteration was interrupted "
@@ -22,21 +35,33 @@ NUDGES = {
 
 
 def assemble(*, role: str, run: str, iteration: int, phase: str, plan: dict,
-             inbox: Sequence[tuple[str, str]] = (), nudges: Sequence[str] = ()) -> str:
-    """Build the iteration prompt. ``inbox`` is (id, text) pairs; ``nudges`` are texts or NUDGES keys."""
+             inbox: Sequence[tuple[str, str]] = (), nudges: Sequence[str] = (),
+             blockers: Sequence[str] | None = None, repeats: Collection[str] = ()) -> str:
+    """Build the iteration prompt. ``inbox`` is (id, text) pairs; ``nudges`` are texts or NUDGES keys;
+    ``blockers`` what stands between the run and DONE across all phases (None: not known);
+    ``repeats`` the ids of INBOX messages an earlier, unfinished iteration already carried."""
     ph = plan["phases"].get(phase, {"title": "", "text": "", "items": []})
     items = ",".join(i["id"] for i in ph["items"])
     dod_ids = ",".join(i["id"] for i in plan["dod"])
     order = ",".join(plan["order"])
+    example_phase = phase or (plan["order"][0] if plan["order"] else "1")
+    example_item = ph["items"][0]["id"] if ph["items"] else f"{example_phase}.1"
     parts = [
         f"<!-- ccci: run={run} role={role} iteration={iteration} phase={phase} "
         f"phase_items={items} dod={dod_ids} phases={order} -->",
         plan["prompts"].get(role, "").strip(),
         f"## Current phase {phase}: {ph['title']}\n\n{ph['text'].strip()}",
         "## Definition of Done (plan.md)\n\n" + "\n".join(f"- **{i['id']}**: {i['text']}" for i in plan["dod"]),
+        f"{GRAMMAR_HEADING}\n\n" + "\n".join(grammar_lines(example_phase, example_item, EXAMPLE_AT)),
     ]
+    if blockers is not None:
+        body = "\n".join(f"- {b}" for b in blockers) if blockers else "- nothing: DONE holds"
+        parts.append(f"{BLOCKERS_HEADING}\n\n{body}")
     if inbox:
-        parts.append("## Operator messages (INBOX)\n\n" + "\n\n".join(f"[{mid}] {text}" for mid, text in inbox))
+        parts.append(
+            f"{INBOX_HEADING}\n\nEach message starts with its id in brackets (like [{EXAMPLE_INBOX_ID}]); "
+            "cite that id in your commit message when you act on it.\n\n"
+            + "\n\n".join(f"[{mid}]{REPEAT if mid in repeats else ''} {text}" for mid, text in inbox))
     notes = [NUDGES.get(n, n) for n in nudges if n]
     if notes:
         parts.append("## Note from the runner\n\n" + "\n\n".join(f"- {n}" for n in notes))
