@@ -12,7 +12,8 @@ Use from a test module with::
 * ``nonroot_user`` (function): a :class:`NonRootUser` for the system user ``ccci-agent`` (created if
   absent); ``nonroot_user.mkdtemp()`` makes a directory it owns (``tmp_path`` is root-only, 0700).
   Skips unless running as root.
-* ``claude_env(base_url, home)``: the environment the CLI needs (private HOME/CLAUDE_CONFIG_DIR, dummy key,
+* ``claude_env(base_url, home, oauth=False)``: the environment the CLI needs (private HOME/CLAUDE_CONFIG_DIR,
+  dummy API key or, with ``oauth``, a dummy subscription token,
   no telemetry/autoupdate/nonessential traffic, retries capped by ``CLAUDE_CODE_MAX_RETRIES``).
 * ``run_claude(prompt, cwd, env, extra_args, user=None, timeout=60)`` -> :class:`ClaudeRun`
   ``(returncode, events, stderr)``; ``start_claude(...)`` -> ``Popen`` in its own process group.
@@ -51,8 +52,15 @@ TOOL_ARGS = ["--allowedTools", "Bash", "Edit", "Write"]
 
 # ---------------------------------------------------------------- environment
 
-def claude_env(base_url: str, home: str | Path, max_retries: int = 0, **extra: str) -> dict[str, str]:
-    """The complete environment for one CLI run (not inheriting the caller's, except PATH/LANG)."""
+OAUTH_TOKEN = "sk-ant-oat01-dummy-test-token"
+
+
+def claude_env(base_url: str, home: str | Path, max_retries: int = 0, oauth: bool = False,
+               **extra: str) -> dict[str, str]:
+    """The complete environment for one CLI run (not inheriting the caller's, except PATH/LANG).
+
+    ``oauth=True``: the subscription path (``CLAUDE_CODE_OAUTH_TOKEN``, no ``ANTHROPIC_API_KEY``).
+    """
     home = Path(home)
     env = {
         "PATH": os.environ.get("PATH", "/usr/local/bin:/usr/bin:/bin"),
@@ -74,6 +82,9 @@ def claude_env(base_url: str, home: str | Path, max_retries: int = 0, **extra: s
         "GIT_COMMITTER_NAME": "ccci test agent",
         "GIT_COMMITTER_EMAIL": "agent@ccci.invalid",
     }
+    if oauth:
+        del env["ANTHROPIC_API_KEY"]
+        env["CLAUDE_CODE_OAUTH_TOKEN"] = OAUTH_TOKEN
     env.update(extra)
     return env
 

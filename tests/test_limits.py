@@ -132,7 +132,14 @@ EVENTS = [
     ("blocked-weekly", {"type": "rate_limit_event", "rate_limit_info": {
         "status": "blocked", "resetsAt": 1770130800, "rateLimitType": "seven_day"}}, "2026-02-03T15:00", "weekly"),
     ("millis", {"type": "rate_limit_event", "rate_limit_info": {
-        "status": "rejected", "resetsAt": 1770130800000}}, "2026-02-03T15:00", "unknown"),
+        "status": "rejected", "resetsAt": 1770130800000, "rateLimitType": "five_hour"}}, "2026-02-03T15:00",
+     "five_hour"),
+    ("overage-only", {"type": "rate_limit_event", "rate_limit_info": {
+        "status": "rejected", "resetsAt": 1770130800, "overageStatus": "rejected"}}, "2026-02-03T15:00",
+     "extra_usage"),
+    # a subscriber's non-limit 429: rejected, the window's reset, but no limit named (issue 15)
+    ("rejected-no-type", {"type": "rate_limit_event", "rate_limit_info": {
+        "status": "rejected", "resetsAt": 1770130800, "isUsingOverage": False}}, None, None),
     ("allowed", {"type": "rate_limit_event", "rate_limit_info": {
         "status": "allowed", "resetsAt": 1770130800, "rateLimitType": "five_hour"}}, None, None),
     ("allowed-warning", {"type": "rate_limit_event", "rate_limit_info": {

@@ -5,6 +5,8 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from ccci_dist.core.outcome import DETAIL_MAX, Outcome, classify, short_detail
 
@@ -59,8 +61,30 @@ CASES = [
      [], 1, None, "", "session_missing", "continue", None, True),
     ("rate-limited-429", err("API Error: Request rejected (429) · Rate limited", 429), [], 1, None, "",
      "rate_limited", "backoff", None, False),
+    # A 429 without the limit wording is a rate limit to back off from, even if it names a reset.
     ("rate-limited-429-with-reset", err("API Error: Request rejected (429) · resets 3pm (UTC)", 429), [], 1, None,
-     "", "rate_limited", "stall", "15:00", False),
+     "", "rate_limited", "backoff", None, False),
+    # Issue 15: a subscriber's non-limit 429 comes with a rejected event carrying the window's reset but no
+    # rateLimitType; it stalled a loop for 4 hours.
+    ("subscriber-throttled-429", err("API Error: Server is temporarily limiting requests (not your usage limit) · "
+                                     "Server is temporarily limiting requests (not your usage limit)", 429),
+     [{"type": "rate_limit_event", "rate_limit_info": {"status": "rejected", "resetsAt": RESET_EPOCH + 4 * 3600,
+                                                       "isUsingOverage": False}}], 1, None, "",
+     "rate_limited", "backoff", None, False),
+    ("subscriber-plain-429-no-reset", err("API Error: Server is temporarily limiting requests (not your usage "
+                                          "limit) · Number of request tokens has exceeded your per-minute rate "
+                                          "limit", 429),
+     [{"type": "rate_limit_event", "rate_limit_info": {"status": "rejected", "isUsingOverage": False}}], 1, None,
+     "", "rate_limited", "backoff", None, False),
+    # The CLI's own "not your usage limit" outranks a claim in the event.
+    ("not-your-usage-limit-wins", err("API Error: Server is temporarily limiting requests (not your usage limit)",
+                                      429), REJECTED, 1, None, "", "rate_limited", "backoff", None, False),
+    ("event-overage-rejected", err("You've hit your limit · resets 3pm (UTC)", 429),
+     [{"type": "rate_limit_event", "rate_limit_info": {"status": "rejected", "resetsAt": RESET_EPOCH,
+                                                       "overageStatus": "rejected"}}], 1, None, "",
+     "usage_limit", "stall", "15:00", False),
+    ("event-without-type-no-result", None, [{"type": "rate_limit_event", "rate_limit_info": {
+        "status": "rejected", "resetsAt": RESET_EPOCH}}], 1, None, "", "rate_limited", "backoff", None, False),
     ("overloaded-529", err('API Error: 529 {"type":"error","error":{"type":"overloaded_error","message":'
                            '"Overloaded"}}', 529), [], 1, None, "", "overloaded", "backoff", None, False),
     ("overloaded-text", err("API Error: Overloaded"), [], 1, None, "", "overloaded", "backoff", None, False),
@@ -184,3 +208,24 @@ def test_classify_real_cli_results(claude_bin, scripted_model, tmp_path, turn, a
     events = run.of_type("rate_limit_event")
     out = classify(run.result, events, run.returncode, None, run.stderr, datetime.now(UTC))
     assert (out.kind, out.action) == (kind, action), (run.result, run.stderr[-500:])
+
+
+_WORDS = st.sampled_from(["API Error:", "Server is temporarily limiting requests", "(not your usage limit)", "·",
+                          "Request rejected (429)", "rate limit", "resets 3pm (UTC)", "try again in 5 s",
+                          "per-minute", "tokens", "Rate limited", "429"])
+
+
+@given(text=st.lists(_WORDS, max_size=8).map(" ".join),
+       reset=st.one_of(st.none(), st.integers(RESET_EPOCH - 86400, RESET_EPOCH + 8 * 86400)),
+       overage_flag=st.sampled_from([None, False]))
+def test_a_429_that_names_no_limit_never_stalls(text, reset, overage_flag):
+    """Whatever a subscriber's non-limit 429 says, and whatever window reset its event carries, the loop
+    backs off (bounded by the back-off cap) instead of stalling until that reset (issue 15)."""
+    info = {"status": "rejected", "isUsingOverage": overage_flag}
+    if reset is not None:
+        info["resetsAt"] = reset
+    events = [{"type": "rate_limit_event", "rate_limit_info": info}]
+    for result in (err("API Error: Server is temporarily limiting requests (not your usage limit) · " + text, 429),
+                   None):
+        out = classify(result, events, 1, None, "", NOW)
+        assert out.action != "stall" and out.kind == "rate_limited" and out.limit is None, out

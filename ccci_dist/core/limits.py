@@ -85,11 +85,19 @@ def _aware(now: datetime) -> datetime:
 
 
 def from_rate_limit_event(event: dict[str, Any]) -> LimitInfo | None:
-    """A ``rate_limit_event`` from stream-json as a limit, or None if it did not block."""
+    """A ``rate_limit_event`` from stream-json as a usage limit, or None.
+
+    A usage limit is a rejected event that names the limit (``rateLimitType``) or the extra-usage
+    state (``overageStatus``). For a subscriber Claude Code turns *every* 429 into a rejected event,
+    with the window's reset even when the server only throttled ("not your usage limit"); without
+    a named limit it is a rate limit to back off from, never a stall until that reset.
+    """
     if not isinstance(event, dict):
         return None
     info = event.get("rate_limit_info", event)
     if not isinstance(info, dict) or str(info.get("status", "")).lower() not in ("rejected", "blocked"):
+        return None
+    if not info.get("rateLimitType") and not info.get("overageStatus"):
         return None
     resets = info.get("resetsAt")
     try:
@@ -99,7 +107,7 @@ def from_rate_limit_event(event: dict[str, Any]) -> LimitInfo | None:
         when = datetime.fromtimestamp(seconds, UTC)
     except (TypeError, ValueError, OverflowError, OSError):
         return None
-    kind = str(info.get("rateLimitType") or "unknown")
+    kind = str(info.get("rateLimitType") or "extra_usage")
     return LimitInfo(resets_at=when, zone=None, kind=_normal_kind(kind))
 
 

@@ -48,6 +48,8 @@ _CONTEXT = re.compile(
     re.IGNORECASE,
 )
 _RATE = re.compile(r"rate[\s_-]?limit|\b429\b", re.IGNORECASE)
+# Claude Code's own words for a 429 that is not a usage limit; it outranks anything in the events.
+_NOT_LIMIT = re.compile(r"not\s+your\s+usage\s+limit", re.IGNORECASE)
 # Scrubbed from details: URL credentials, API keys, bearer tokens.
 _SECRETS = [
     (re.compile(r"(\w+://)[^/\s@]+@"), r"\1***@"),
@@ -105,6 +107,8 @@ def classify(
         kind, action, detail = _KILLED.get(killed, ("crash", "backoff", f"killed: {killed}"))
         return Outcome(kind=kind, action=action, detail=short_detail(detail))
     event_limit = _limit_from_events(rate_limit_events)
+    if isinstance(result, dict) and _NOT_LIMIT.search(str(result.get("result") or "")):
+        event_limit = None
     if isinstance(result, dict) and result.get("type", "result") == "result":
         clean_success = not result.get("is_error") and result.get("subtype") == "success"
         if event_limit is not None and not clean_success:
@@ -116,7 +120,17 @@ def classify(
         return _classify_error(result, now)
     if event_limit is not None:
         return _limit_outcome(event_limit, "rate_limit_event")
+    if _rejected(rate_limit_events):
+        return Outcome(kind="rate_limited", action="backoff", detail="rate limited (no usage limit named)")
     return _classify_no_result(exit_code, stderr_tail or "", now)
+
+
+def _rejected(events: list[dict[str, Any]] | None) -> bool:
+    for e in events or []:
+        info = e.get("rate_limit_info", e) if isinstance(e, dict) else None
+        if isinstance(info, dict) and str(info.get("status", "")).lower() in ("rejected", "blocked"):
+            return True
+    return False
 
 
 _NO_SESSION = re.compile(r"No conversation found with session ID", re.IGNORECASE)
@@ -133,14 +147,12 @@ def _classify_error(result: dict[str, Any], now: datetime) -> Outcome:
     status = _status(result)
     subtype = str(result.get("subtype") or "")
     snippet = short_detail(text) or subtype or "error result"
-    limit = parse_limit_text(text, now)
+    limit = None if _NOT_LIMIT.search(text) else parse_limit_text(text, now)
     if limit is not None:
         return _limit_outcome(limit, "result")
     if status == 429 or (status is None and _RATE.search(text)):
-        # A 429 is a limit already, so any reset time in it counts even without the usual wording.
-        reset = parse_limit_text(f"usage limit reached · {text}", now)
-        if reset is not None:
-            return Outcome(kind="rate_limited", action="stall", limit=reset, detail=snippet)
+        # Not a usage limit (no limit named, no limit wording): back off, never stall until a
+        # window's reset that some header happened to carry.
         return Outcome(kind="rate_limited", action="backoff", detail=snippet)
     if status == 529 or _OVERLOADED.search(text):
         return Outcome(kind="overloaded", action="backoff", detail=snippet)

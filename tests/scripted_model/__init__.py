@@ -11,10 +11,14 @@ from .server import (
     last_tool_results,
     last_user_text,
     text,
+    throttled,
     tool_result_text,
     tool_use,
+    unified_headers,
+    usage_limit,
     write,
 )
 
 __all__ = ["ScriptedModel", "bash", "cut", "edit", "error", "hang", "is_main_request", "last_tool_results",
-           "last_user_text", "text", "tool_result_text", "tool_use", "write"]
+           "last_user_text", "text", "throttled", "tool_result_text", "tool_use", "unified_headers", "usage_limit",
+           "write"]

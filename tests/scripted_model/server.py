@@ -38,7 +38,10 @@ stream cut mid-way) and ``hang_after=N`` (send N events then hold the stream ope
 client goes away or the server stops). ``hang()`` is ``text("", hang_after=0)``, i.e. headers only.
 ``error(status, ...)``: an HTTP error with Anthropic's JSON error shape
 ``{"type": "error", "error": {"type": ..., "message": ...}, "request_id": ...}`` plus headers
-(429: ``retry-after`` and ``anthropic-ratelimit-*``).
+(429: ``retry-after`` and ``anthropic-ratelimit-*``). Every turn takes ``headers=`` (extra response
+headers, on streamed replies too). ``usage_limit(claim, reset, overage)``, ``throttled(retry_after)`` and
+``unified_headers(...)`` build the subscription ("unified") rate-limit answers; see "Subscription path".
+Each logged request has ``auth``: ``"x-api-key"``, ``"bearer"`` (an OAuth token) or ``""``, never the secret.
 
 Observed (``@anthropic-ai/claude-code`` 2.1.112, node 20; pinned by ./package.json; asserted by
 tests/test_claude_cli.py)
@@ -119,6 +122,8 @@ the result event. ``api_retry`` events appear before a retried request (see belo
   ``--resume`` sends that unanswered prompt and the new one merged into one user message (older first).
   The resumed messages equal the earlier ones except for ``cache_control`` markers (they move to the newest
   message). (tests/test_claude_loop.py)
+* Subscription path (``CLAUDE_CODE_OAUTH_TOKEN``, the unified rate-limit headers, ``rate_limit_event``): see the
+  docstring of tests/test_claude_subscription.py.
 * Silent failures as non-root (``setpriv``): a cwd the user cannot reach (e.g. under a 0700 root dir) or a HOME
   it cannot write (e.g. HOME=/root): exit 0, no stdout, no stderr, no request.
 """
@@ -196,6 +201,47 @@ def error(status: int, message: str | None = None, error_type: str | None = None
     hdrs.update(headers or {})
     return {"kind": "error", "status": status, "error_type": error_type or ERROR_TYPES.get(status, "api_error"),
             "message": message or ERROR_MESSAGES.get(status, f"HTTP {status}"), "headers": hdrs, **kw}
+
+
+def unified_headers(status: str = "allowed", claim: str = "five_hour", reset: float | None = None,
+                    overage: str | None = None, retry_after: float | None = None,
+                    utilization: float | None = None, threshold: float | None = None) -> dict[str, str]:
+    """The subscription ("unified") rate-limit headers the API sends to an OAuth-token client.
+
+    ``status``: allowed | allowed_warning | rejected; ``claim``: five_hour | seven_day | ...;
+    ``reset``: epoch seconds (default: an hour from now); ``overage``: the extra-usage status
+    (e.g. ``rejected``). The CLI reports ``allowed_warning`` only with a per-window utilisation
+    and a surpassed threshold (``-5h-``/``-7d-`` headers): pass ``utilization`` and ``threshold``.
+    """
+    reset = int(reset if reset is not None else time.time() + 3600)
+    h = {"anthropic-ratelimit-unified-status": status, "anthropic-ratelimit-unified-reset": str(reset),
+         "anthropic-ratelimit-unified-representative-claim": claim}
+    if overage is not None:
+        h["anthropic-ratelimit-unified-overage-status"] = overage
+    if retry_after is not None:
+        h["retry-after"] = str(retry_after)
+    abbrev = {"five_hour": "5h", "seven_day": "7d"}.get(claim, claim)
+    if utilization is not None:
+        h[f"anthropic-ratelimit-unified-{abbrev}-utilization"] = str(utilization)
+        h[f"anthropic-ratelimit-unified-{abbrev}-reset"] = str(reset)
+    if threshold is not None:
+        h[f"anthropic-ratelimit-unified-{abbrev}-surpassed-threshold"] = str(threshold)
+    return h
+
+
+def usage_limit(claim: str = "five_hour", reset: float | None = None, overage: str | None = None,
+                **kw: Any) -> Turn:
+    """A subscription usage limit: 429 with ``unified-status: rejected`` for ``claim``."""
+    return error(429, "This request would exceed your account's rate limit. Please try again later.",
+                 headers=unified_headers("rejected", claim, reset, overage=overage), **kw)
+
+
+def throttled(retry_after: float = 5, reset: float | None = None, **kw: Any) -> Turn:
+    """A 429 that is not a usage limit (server-side throttling) for a subscriber: ``retry-after``
+    and the unified window's reset, no unified status or claim."""
+    reset = int(reset if reset is not None else time.time() + 3600)
+    headers = {"anthropic-ratelimit-unified-reset": str(reset), "retry-after": str(retry_after)}
+    return error(429, "Server is temporarily limiting requests (not your usage limit)", headers=headers, **kw)
 
 
 def hang(**kw: Any) -> Turn:
@@ -368,6 +414,14 @@ class ScriptedModel(LoopbackServer):
 _HIDDEN_HEADERS = {"x-api-key", "authorization", "proxy-authorization", "cookie"}
 
 
+def _auth_scheme(headers: Any) -> str:
+    """How the request authenticated, without the secret: ``x-api-key``, ``bearer`` or ``""``."""
+    if headers.get("x-api-key"):
+        return "x-api-key"
+    scheme = (headers.get("authorization") or "").split(" ", 1)[0].lower()
+    return scheme
+
+
 class _Handler(BaseHTTPRequestHandler):
     model: ScriptedModel
     protocol_version = "HTTP/1.1"
@@ -390,7 +444,8 @@ class _Handler(BaseHTTPRequestHandler):
         headers = {k.lower(): v for k, v in self.headers.items() if k.lower() not in _HIDDEN_HEADERS}
         self.model.record({"time": time.time(), "method": self.command, "path": self.path, "main": main,
                            "headers": headers, "body": body,
-                           "has_api_key": bool(self.headers.get("x-api-key") or self.headers.get("authorization"))})
+                           "has_api_key": bool(self.headers.get("x-api-key") or self.headers.get("authorization")),
+                           "auth": _auth_scheme(self.headers)})
 
     def _json(self, status: int, obj: Any, headers: dict[str, str] | None = None) -> None:
         data = json.dumps(obj).encode()
@@ -448,7 +503,7 @@ class _Handler(BaseHTTPRequestHandler):
             else:
                 if turn.get("delay"):
                     time.sleep(float(turn["delay"]))
-                self._json(200, _message(body, turn))
+                self._json(200, _message(body, turn), turn.get("headers"))
             return
         self._stream(body, turn)
 
@@ -459,6 +514,8 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("cache-control", "no-cache")
         self.send_header("connection", "close")
         self.send_header("request-id", "req_" + uuid.uuid4().hex[:24])
+        for k, v in (turn.get("headers") or {}).items():
+            self.send_header(k, v)
         self.end_headers()
         self.close_connection = True
         delay = float(turn.get("delay", 0))
