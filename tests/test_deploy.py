@@ -37,9 +37,9 @@ def test_profiles_route_work_and_a_pinned_loop_waits_for_its_host(bed):
     st = bed.wait_status(lambda st: st["loops"]["builder"]["state"] == "running", 30, "builder running")
     assert st["loops"]["builder"]["host"] == "big"
     big.kill(signal.SIGKILL)
-    st = bed.wait_status(lambda st: st["loops"]["builder"]["state"] == "waiting for a worker on queue ccci.big",
+    st = bed.wait_status(lambda st: st["loops"]["builder"]["state"] == "waiting for a worker on ccci.big",
                          30, "builder waiting for its pinned queue")
-    assert "waiting for a worker on queue ccci.big" in bed.cli("status").stdout
+    assert "waiting for a worker on ccci.big" in bed.cli("status").stdout
     n = len([e for e in bed.agent_events() if e["role"] == "builder" and e["event"] == "start"])
     time.sleep(2)
     assert len([e for e in bed.agent_events() if e["role"] == "builder" and e["event"] == "start"]) == n, \

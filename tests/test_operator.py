@@ -125,8 +125,8 @@ def test_usage_limit_event_stalls_until_reset_then_resumes_with_nudge(bed):
     bed.worker("w1", beat=True)
     t0 = time.time()
     bed.cli("start")
-    st = bed.wait_status(lambda st: st["loops"]["builder"]["state"].startswith("stalled until"), 30, "stalled")
-    assert "(UTC)" in st["loops"]["builder"]["state"] or "(" in st["loops"]["builder"]["state"]
+    st = bed.wait_status(lambda st: st["loops"]["builder"]["state"] == "stalled", 30, "stalled")
+    assert "usage limit; resets" in st["loops"]["builder"]["reason"] and "(" in st["loops"]["builder"]["reason"]
     reset = float(_r(bed).hget("ccci:loop:default:builder", "stalled_until"))
     assert t0 + 20 <= reset <= t0 + 20 + 5 + 10
     nxt = wait_for(lambda: next((e for e in _starts(bed, "builder")[1:]), None), 60, 0.2, "resume after reset")

@@ -92,6 +92,10 @@ class Workspace:
     def head(self) -> str:
         return git(self.path, "rev-parse", "HEAD")
 
+    def subject(self, rev: str) -> str:
+        """The subject line of commit ``rev`` ('' if git cannot say)."""
+        return git(self.path, "log", "-1", "--format=%s", rev, check=False, timeout=30).strip()
+
     def changed_files(self, base: str) -> list[str]:
         """Files touched by commits since ``base`` (committed work only)."""
         out = git(self.path, "diff", "--name-only", f"{base}..HEAD")

@@ -48,14 +48,6 @@ def _seed_repo(root: Path) -> Path:
     return bare
 
 
-def _table(st: dict) -> Table:
-    t = Table("role", "state", "host", "iteration", "last result", title=(
-        f"run {st.get('run')}: {st.get('status')} — phase {st.get('phase')}"))
-    for role, lp in st.get("loops", {}).items():
-        t.add_row(role, lp["state"], lp["host"], str(lp["iteration"]), lp["last_outcome"])
-    return t
-
-
 @click.command("demo")
 @click.option("--plan", "plan_dir", type=click.Path(path_type=Path), help="Plan package (default examples/tiny-plan).")
 @click.option("--timeout", default=120.0, show_default=True, help="Give up after this many seconds.")
@@ -63,8 +55,10 @@ def _table(st: dict) -> Table:
 def demo_cmd(obj: Ctx, plan_dir: Path | None, timeout: float) -> None:
     """Run examples/tiny-plan with the demo agent on the embedded Redis, live, to DONE."""
     from ccci_dist.adapters.broker import client
+    from ccci_dist.cli.status_view import render_run
     from ccci_dist.engine.app import use_settings
-    from ccci_dist.engine.runs import start_run, status
+    from ccci_dist.engine.runs import start_run
+    from ccci_dist.engine.status import run_status
     from ccci_dist.state.store import Store
 
     base = obj.settings
@@ -107,12 +101,13 @@ def demo_cmd(obj: Ctx, plan_dir: Path | None, timeout: float) -> None:
     try:
         start_run(store, s)
         t0 = time.monotonic()
-        st: dict = {}
+        st = None
         with Live(console=console, refresh_per_second=4) as live:
             while time.monotonic() - t0 < timeout:
-                st = status(store, "demo")
-                live.update(_table(st))
-                if st.get("status") == "done" or worker.poll() is not None:
+                st = run_status(store, s, "demo")
+                if st is not None:
+                    live.update(render_run(st))
+                if st is not None and st.status == "done" or worker.poll() is not None:
                     break
                 time.sleep(0.25)
         elapsed = time.monotonic() - t0
@@ -128,6 +123,6 @@ def demo_cmd(obj: Ctx, plan_dir: Path | None, timeout: float) -> None:
         t.add_row(h["role"], h["iteration"], h["host"], f"{float(h['end']) - float(h['start']):.2f}",
                   h["outcome"], h.get("commit", "")[:10])
     console.print(t)
-    if st.get("status") != "done":
-        fail(f"demo did not reach DONE in {timeout:.0f}s (status {st.get('status')}); see {worker_log}", code=1)
+    if st is None or st.status != "done":
+        fail(f"demo did not reach DONE in {timeout:.0f}s (status {st and st.status}); see {worker_log}", code=1)
     console.print(f"[green]DONE[/] in {elapsed:.1f}s: {len(hist)} iterations; the project repo is {repo}")

@@ -64,7 +64,7 @@ def list_cmd(obj: Ctx, role: str | None) -> None:
         for m in listing(store, s.run, r):
             t.add_row(m["id"], r, m["from"], _utc(m["sent"]), m["state"], _utc(m["delivered_at"]), m["iteration"],
                       m["text"][:60].replace("\n", " "))
-    Console(width=max(Console().width, 140)).print(t)
+    Console().print(t)
 
 
 def _utc(ts: float | str) -> str:

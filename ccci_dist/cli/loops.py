@@ -15,7 +15,7 @@ from rich.table import Table
 from ccci_dist.cli import Ctx, fail, pass_ctx
 from ccci_dist.config import ConfigError, Settings
 from ccci_dist.core.plan import PackageError
-from ccci_dist.engine.runs import RunError, start_run, status, stop_run
+from ccci_dist.engine.runs import RunError, start_run, stop_run
 from ccci_dist.state.store import Store, k_log
 
 
@@ -89,30 +89,43 @@ def _ago(ts: str | float | None) -> str:
 
 
 @click.command("status")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON (schema: `ccci-dist status --schema`).")
+@click.option("--schema", is_flag=True, help="Print the JSON Schema of `status --json` and exit.")
+@click.option("--watch", is_flag=True, help="Refresh every 2 s until Ctrl-C.")
+@click.option("--run", "run_opt", metavar="ID", help="Show only this run (also: ccci-dist --run ID status).")
 @pass_ctx
-def status_cmd(obj: Ctx, as_json: bool) -> None:
-    """Show each run: phase, and per loop state, host, iteration, lease age, last result, cost, next."""
+def status_cmd(obj: Ctx, as_json: bool, schema: bool, watch: bool, run_opt: str | None) -> None:
+    """Show each run: liveness, phase, per loop state/reason/next action, DoD items, cost."""
+    from ccci_dist.cli.status_view import render_all
+    from ccci_dist.engine.status import StatusList, all_status, status_schema
+
+    if schema:
+        click.echo(json.dumps(status_schema(), indent=2))
+        return
     s, store = open_store(obj)
-    runs = store.runs()
-    data = [status(store, r) for r in runs]
+    only = run_opt or obj.overrides.get("run")
+    if only and only not in store.runs():
+        fail(f"no run {only!r}; runs: {', '.join(store.runs()) or 'none yet (`ccci-dist start` creates one)'}")
+
+    def read() -> list:
+        return all_status(store, s, [only] if only else None)
+
     if as_json:
-        click.echo(json.dumps(data, indent=2))
+        click.echo(StatusList.dump_json(read(), indent=2).decode())
         return
-    if not data:
-        click.echo("no runs yet; `ccci-dist start` creates one")
+    console = Console()
+    if not watch:
+        console.print(render_all(read()))
         return
-    console = Console(width=max(Console().width, 140))
-    for st in data:
-        extra = f", paused: {st['pause_reason']}" if st.get("pause_reason") else ""
-        t = Table("role", "state", "host", "iter", "lease age", "last result", "cost today", "cost total",
-                  "next", "restarts",
-                  title=f"run {st['run']}: {st['status']}, phase {st['phase']}, deferred {st['deferred']}{extra}")
-        for role, lp in st["loops"].items():
-            t.add_row(role, lp["state"], lp["host"], str(lp["iteration"]),
-                      "" if lp["lease_age"] is None else f"{lp['lease_age']}s", lp["last_outcome"],
-                      f"${lp['cost_today']:.4f}", f"${lp['cost_total']:.4f}", _ago(lp["next"]), str(lp["restarts"]))
-        console.print(t)
+    from rich.live import Live
+
+    try:
+        with Live(render_all(read()), console=console, auto_refresh=False, screen=False) as live:
+            while True:
+                time.sleep(2)
+                live.update(render_all(read()), refresh=True)
+    except KeyboardInterrupt:
+        pass
 
 
 @click.command("history")
@@ -134,7 +147,7 @@ def history_cmd(obj: Ctx, limit: int, as_json: bool) -> None:
         t.add_row(h.get("role", ""), h.get("iteration", ""), h.get("attempt", ""), h.get("host", ""),
                   _ago(h.get("start")), f"{secs:.1f}", h.get("exit", ""), h.get("outcome", ""),
                   f"${float(h.get('cost') or 0):.4f}", h.get("turns", ""), (h.get("commit") or "")[:10])
-    Console(width=max(Console().width, 140)).print(t)
+    Console().print(t)
 
 
 @click.command("logs")

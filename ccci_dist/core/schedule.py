@@ -46,3 +46,16 @@ def next_start(*, now: datetime, started: datetime, min_interval: float = 0.0,
 def next_midnight(now: datetime) -> datetime:
     """Start of the next UTC day (when a daily budget resets)."""
     return (now + timedelta(days=1)).replace(hour=0, minute=0, second=0, microsecond=0)
+
+
+def start_reason(at: datetime | None, *, not_before: datetime | None, why_not_before: str,
+                 quiet: QuietHours | None = None, tz: tzinfo = UTC) -> str:
+    """Why the next start is ``at`` (from ``next_start``): the outcome's ``why_not_before`` (back-off,
+    limit reset), quiet hours, or pacing; empty when it starts right away."""
+    if at is None:
+        return ""
+    if not_before is not None and at <= not_before:
+        return why_not_before
+    if quiet is not None and quiet_until(at - timedelta(seconds=1), quiet, tz) is not None:
+        return "quiet hours"
+    return "pacing"

@@ -25,7 +25,7 @@ from ccci_dist.config import Settings, hostname
 from ccci_dist.core.limits import backoff_seconds, schedule_after_limit
 from ccci_dist.core.outcome import Outcome, classify
 from ccci_dist.core.prompt import assemble
-from ccci_dist.core.schedule import next_midnight, next_start
+from ccci_dist.core.schedule import next_midnight, next_start, start_reason
 from ccci_dist.engine.app import app, settings
 from ccci_dist.engine.notify import notify
 from ccci_dist.logsetup import log_context, prune_logs
@@ -250,6 +250,11 @@ class Iteration:
                         quiet=self.s.quiet_hours, not_before=not_before)
         if at is not None:
             fields["not_before"] = f"{at.timestamp():.3f}"
+        why = "usage limit reset" if "stalled_display" in fields else f"back-off after {streak} failure(s)"
+        fields["next_reason"] = start_reason(at, not_before=not_before, quiet=self.s.quiet_hours, why_not_before=why)
+        if pushed and ws is not None:
+            fields.update(last_commit=pushed, last_commit_subject=ws.subject(pushed)[:120],
+                          last_commit_at=f"{now.timestamp():.3f}")
         # With reviewer_every the watchdog paces the reviewer against the builder's progress.
         gated = self.role != "builder" and self.s.reviewer_every > 0
         immediate = (at is None and not gated and outcome.action in ("continue", "resume")

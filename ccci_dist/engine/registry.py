@@ -9,17 +9,18 @@ from __future__ import annotations
 import json
 import logging
 import threading
+import time
 
 from celery.signals import worker_ready, worker_shutdown
 
 from ccci_dist.config import hostname
-from ccci_dist.state.store import k_worker
 
 log = logging.getLogger(__name__)
 
 BEAT = 2.0
 EXPIRY_MS = 7000
 _stop = threading.Event()
+_nodes: list = []
 
 
 @worker_ready.connect
@@ -28,13 +29,16 @@ def _announce(sender=None, **_: object) -> None:
 
     node = sender.hostname
     queues = sorted(q.name for q in sender.task_consumer.queues) if sender.task_consumer else []
-    body = json.dumps({"node": node, "host": hostname(), "queues": queues})
+    pool = _pool(sender)
     store = get_store()
+    _nodes.append((store, node))
 
     def beat() -> None:
         while not _stop.is_set():
             try:
-                store.r.set(k_worker(node), body, px=EXPIRY_MS)
+                body = json.dumps({"node": node, "host": hostname(), "queues": queues, "pool": pool,
+                                   "at": round(time.time(), 3), "beat": BEAT})
+                store.announce_worker(node, body, EXPIRY_MS)
             except Exception as exc:  # Redis away: presence lapses, which is the truth
                 log.debug("worker heartbeat failed: %s", exc)
             _stop.wait(BEAT)
@@ -42,6 +46,20 @@ def _announce(sender=None, **_: object) -> None:
     threading.Thread(target=beat, name="ccci-worker-presence", daemon=True).start()
 
 
+def _pool(consumer: object) -> str:
+    """The worker's pool as ``kind×concurrency`` (e.g. ``threads×4``)."""
+    pool = getattr(consumer, "pool", None)
+    kind = type(pool).__module__.rsplit(".", 1)[-1] if pool is not None else "?"
+    kind = {"thread": "threads"}.get(kind, kind)
+    size = getattr(getattr(consumer, "controller", None), "concurrency", None) or getattr(pool, "limit", None)
+    return f"{kind}×{size}" if size else kind
+
+
 @worker_shutdown.connect
 def _withdraw(sender=None, **_: object) -> None:
     _stop.set()
+    for store, node in _nodes:
+        try:
+            store.withdraw_worker(node)  # a clean stop is seen at once, not after the expiry
+        except Exception as exc:
+            log.debug("worker presence not withdrawn: %s", exc)

@@ -319,3 +319,34 @@ class Store:
         keys = list(self.r.scan_iter(match=k_worker("*"), count=500))
         vals = self.r.mget(keys) if keys else []
         return [json.loads(v) for v in vals if v]
+
+    # -- cockpit reads (status, web) ---------------------------------------------------
+    def lease_pttl(self, run: str, role: str) -> int:
+        """Milliseconds left on the loop's lease (-2: none, -1: no expiry)."""
+        return int(self.r.pttl(k_lease(run, role)))
+
+    def cost_days(self, run: str, days: list[str]) -> dict[str, dict[str, float]]:
+        """Charged cost per role for each UTC day (``YYYY-MM-DD``) in ``days``."""
+        pipe = self.r.pipeline(transaction=False)
+        for day in days:
+            pipe.hgetall(f"{P}cost:{run}:{day}")
+        return {day: {role: float(v) for role, v in got.items()} for day, got in zip(days, pipe.execute(),
+                                                                                      strict=True)}
+
+    def watchdog_last_tick(self) -> float | None:
+        """Epoch seconds of the watchdog's last completed tick, if any."""
+        raw = self.r.get(f"{P}watchdog:last")
+        return float(raw) if raw else None
+
+    def announce_worker(self, node: str, body: str, px: int) -> None:
+        """A worker's presence heartbeat (expires on its own when the worker dies)."""
+        self.r.set(k_worker(node), body, px=px)
+
+    def withdraw_worker(self, node: str) -> None:
+        """A worker shutting down removes its presence at once."""
+        self.r.delete(k_worker(node))
+
+    def history_since(self, run: str, count: int | None = None, reverse: bool = False) -> list[dict[str, str]]:
+        """History entries (newest first with ``reverse``), at most ``count``."""
+        got = self.r.xrevrange(k_history(run), count=count) if reverse else self.r.xrange(k_history(run), count=count)
+        return [dict(f, id=i) for i, f in got]

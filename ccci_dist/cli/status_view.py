@@ -1,0 +1,96 @@
+"""Render the cockpit model (engine/status.py) for a terminal: fits 80 columns, times with zone."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from rich.console import Group, RenderableType
+from rich.table import Table
+from rich.text import Text
+
+from ccci_dist.core.cockpit import ago
+from ccci_dist.engine.status import RunStatus
+
+STATE_STYLE = {"running": "green", "queued": "green", "scheduled": "cyan", "due": "cyan", "stalled": "yellow",
+               "paused": "yellow", "stopped": "red", "done": "bold green", "active": "green", "stuck": "bold red"}
+
+
+def when(dt: datetime | None) -> str:
+    """A time in the local zone, with the zone's name."""
+    return dt.astimezone().strftime("%Y-%m-%d %H:%M:%S %Z") if dt else "—"
+
+
+def _style(state: str) -> str:
+    return STATE_STYLE.get(state.split()[0], "bold red" if state.startswith("waiting") else "")
+
+
+def render_run(st: RunStatus) -> RenderableType:
+    """One run: header, liveness, phases, loops, D-items, what blocks DONE, cost."""
+    parts: list[RenderableType] = []
+    head = Text()
+    head.append(f"run {st.run}: ", style="bold")
+    head.append(st.header.split(": ", 1)[1] if ": " in st.header else st.header, style=_style(st.state))
+    parts.append(head)
+    parts.append(Text(f"as of {when(st.generated_at)}", style="dim"))
+    live = st.liveness
+    wd = Text()
+    wd.append(live.watchdog.words, style="green" if live.watchdog.running else "bold red")
+    parts.append(wd)
+    if not live.workers:
+        parts.append(Text("workers: none alive", style="bold red"))
+    for w in live.workers:
+        beat = f"beat {ago(w.heartbeat_age)} ago" if w.heartbeat_age is not None else "beat ?"
+        parts.append(Text(f"worker {w.node} on {w.host} ({w.pool}, {beat}): {', '.join(w.queues)}"))
+    seq = Text("phases: ")
+    for p in st.phases:
+        mark, style = {"done": ("✓", "green"), "working": ("▶", "bold yellow"), "pending": ("·", "dim")}[p.state]
+        seq.append(f"{mark}{p.id} ", style=style)
+    seq.append(f"({st.phase_index} of {st.phase_count}; deferred {st.deferred})", style="dim")
+    parts.append(seq)
+    parts.append(Text(""))
+    for lp in st.loops.values():
+        line = Text()
+        line.append(f"{lp.role} ", style="bold")
+        line.append(lp.state, style=_style(lp.state))
+        line.append(f" · iteration {lp.iteration}")
+        if lp.host:
+            line.append(f" · {lp.host}")
+        if lp.lease_age is not None:
+            line.append(f" · lease renewed {lp.lease_age:.1f}s ago")
+        parts.append(line)
+        parts.append(Text(f"  why:  {lp.reason}"))
+        parts.append(Text(f"  next: {lp.next_action}"))
+        last = f"  last: {lp.last_outcome or '—'}"
+        if lp.last_commit:
+            last += f" · {lp.last_commit.sha[:8]} {lp.last_commit.subject}"
+        parts.append(Text(last, overflow="ellipsis", no_wrap=True))
+        if lp.next_start:
+            parts.append(Text(f"  starts {when(lp.next_start)} ({lp.next_reason or 'scheduled'})"))
+        parts.append(Text(f"  cost today ${lp.cost_today:.4f} · total ${lp.cost_total:.4f}"
+                          f" · restarts {lp.restarts}", style="dim"))
+    if st.items:
+        t = Table("item", "verdict", "verified at", "commit", "expires in", title="Definition of Done",
+                  title_justify="left", padding=(0, 1))
+        for it in st.items:
+            style = "bold red" if it.verdict == "FAILED" else "yellow" if it.stale or it.verdict == "unverified" else ""
+            left = "—" if it.expires_in is None else f"stale {ago(-it.expires_in)}" if it.stale else ago(it.expires_in)
+            t.add_row(it.item, it.verdict, when(it.verified_at), it.commit[:8], left, style=style)
+        parts.append(t)
+    parts.append(Text(f"blocks DONE: {st.blocks_done or 'nothing'}", style="yellow" if st.blocks_done else "green"))
+    c = st.cost
+    money = f"cost: today ${c.today:.2f} · 7 days ${c.last_7_days:.2f} · total ${c.total:.2f}"
+    if c.daily_budget is not None:
+        money += f" · budget left today ${c.budget_left_today:.2f} of ${c.daily_budget:.2f}"
+    parts.append(Text(money))
+    return Group(*parts)
+
+
+def render_all(runs: list[RunStatus]) -> RenderableType:
+    if not runs:
+        return Text("no runs yet; `ccci-dist start` creates one")
+    out: list[RenderableType] = []
+    for i, st in enumerate(runs):
+        if i:
+            out.append(Text(""))
+        out.append(render_run(st))
+    return Group(*out)

@@ -1,0 +1,145 @@
+"""What the operator is told about a loop and a run: pure words over facts read from Redis.
+
+``describe_loop`` turns one loop's stored fields plus liveness facts (lease, queued task, live
+workers, watchdog age) into a state word, its reason and the next action in words. The clock is
+injected, so every case is a table test.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+# Effective loop states (the words `status` prints and `--json` carries).
+RUNNING, QUEUED, SCHEDULED, STALLED, DUE = "running", "queued", "scheduled", "stalled", "due"
+WAITING_WORKER, WAITING_WATCHDOG, STOPPED, DONE, PAUSED = (
+    "waiting for a worker", "waiting for the watchdog", "stopped", "done", "paused")
+# States in which the loop is really going somewhere (a run is `active` only with one of these).
+MOVING = {RUNNING, QUEUED, SCHEDULED, STALLED, DUE}
+
+WATCHDOG_MISSED_TICKS = 3  # the watchdog counts as not running after this many intervals without a tick
+
+
+@dataclass(frozen=True)
+class LoopFacts:
+    """Everything `describe_loop` needs about one loop at ``now`` (epoch seconds where a time)."""
+
+    role: str
+    stored_state: str  # the loop hash's state: active | stopped | done
+    run_status: str  # the run hash's status: active | paused | stopped | done
+    now: float
+    lease_ms: int = -2  # PTTL of the lease: -2 none, -1 no expiry
+    queued: bool = False
+    queue: str = ""
+    worker_on_queue: bool = False
+    watchdog_alive: bool = True
+    watchdog_age: float | None = None
+    stop_reason: str = ""
+    last_detail: str = ""
+    not_before: float = 0.0
+    next_reason: str = ""
+    stalled_until: float = 0.0
+    stalled_display: str = ""
+    fail_streak: int = 0
+    paused_until: float = 0.0
+    pause_reason: str = ""
+    gated: bool = False  # reviewer_every holds this loop until the builder has done enough
+
+
+@dataclass(frozen=True)
+class LoopWords:
+    state: str
+    reason: str
+    next_action: str
+
+
+def ago(seconds: float | None) -> str:
+    """A short age: ``42s``, ``3m10s``, ``2h05m``, ``3d04h``."""
+    if seconds is None:
+        return "never"
+    s = max(0, int(seconds))
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    if s < 86400:
+        return f"{s // 3600}h{s % 3600 // 60:02d}m"
+    return f"{s // 86400}d{s % 86400 // 3600:02d}h"
+
+
+def watchdog_alive(last_tick: float | None, interval: float, now: float) -> bool:
+    """The watchdog ran within the last ``WATCHDOG_MISSED_TICKS`` intervals."""
+    return last_tick is not None and now - last_tick <= WATCHDOG_MISSED_TICKS * interval
+
+
+def watchdog_words(last_tick: float | None, interval: float, now: float) -> str:
+    """The header's watchdog line."""
+    age = None if last_tick is None else now - last_tick
+    if watchdog_alive(last_tick, interval, now):
+        return f"watchdog ticking (last tick {ago(age)} ago)"
+    return f"watchdog not running (last tick {ago(age)} ago)" if age is not None else "watchdog never ran"
+
+
+START_HINT = "`ccci-dist start`"
+BEAT_HINT = "start the scheduler: `ccci-dist beat` (or a worker with --beat-thread)"
+STOP_ADVICE = {
+    "auth": "log in as the agent user (`claude /login` or `codex login`), then " + START_HINT,
+    "operator": START_HINT + " to resume it",
+    "config": "fix the agent configuration named above, then " + START_HINT,
+}
+
+
+def describe_loop(f: LoopFacts) -> LoopWords:
+    """State, reason and next action of one loop, in words."""
+    if f.stored_state == DONE or f.run_status == DONE:
+        return LoopWords(DONE, "the run is DONE", "nothing")
+    if f.stored_state == STOPPED:
+        why = f.stop_reason or "stopped"
+        reason = f"{why} — {f.last_detail}" if f.last_detail and why != "operator" else why
+        return LoopWords(STOPPED, reason, STOP_ADVICE.get(why, f"fix the cause, then {START_HINT}"))
+    if f.run_status == "stopped":
+        return LoopWords(STOPPED, "the run is stopped", START_HINT)
+    if f.lease_ms == -1 or f.lease_ms > 0:
+        return LoopWords(RUNNING, "an iteration holds the lease", "nothing: it is working")
+    if f.run_status == PAUSED:
+        until = f" until {_at(f.paused_until)}" if f.paused_until > f.now else ""
+        return LoopWords(PAUSED, f"{f.pause_reason or 'paused'}{until}",
+                         "nothing: it resumes by itself" + ("; raise daily_budget_usd to resume sooner"
+                                                            if "budget" in f.pause_reason else ""))
+    if f.queued:
+        if not f.worker_on_queue:
+            return LoopWords(f"{WAITING_WORKER} on {f.queue}", f"no live worker consumes {f.queue}",
+                             f"start a worker whose profile includes the queue {f.queue}")
+        return LoopWords(QUEUED, f"queued on {f.queue}", "nothing: a worker picks it up")
+    if f.stalled_until > f.now:
+        return LoopWords(STALLED, f"usage limit; resets {f.stalled_display or _at(f.stalled_until)}",
+                         "nothing: it resumes after the reset" if f.watchdog_alive else BEAT_HINT)
+    if f.not_before > f.now:
+        why = f.next_reason or (f"back-off after {f.fail_streak} failure(s)" if f.fail_streak else "pacing")
+        return LoopWords(SCHEDULED, f"{why}; next start {_at(f.not_before)}",
+                         "nothing: it starts then" if f.watchdog_alive else BEAT_HINT)
+    if not f.watchdog_alive:
+        return LoopWords(WAITING_WATCHDOG, f"nothing queued and the watchdog is not running "
+                                           f"(last tick {ago(f.watchdog_age)} ago)", BEAT_HINT)
+    if f.gated:
+        return LoopWords(DUE, "waiting for the builder's iterations (reviewer_every)", "nothing")
+    return LoopWords(DUE, "due now", "nothing: the watchdog enqueues it on its next tick")
+
+
+def run_state(run_status: str, loop_states: list[str], watchdog_ok: bool) -> str:
+    """The run's effective state: ``active`` only when some loop is really running or scheduled."""
+    if run_status != "active":
+        return run_status
+    moving = [s for s in loop_states if s in MOVING and (watchdog_ok or s in (RUNNING, QUEUED))]
+    return "active" if moving else "stuck"
+
+
+def expires_in(verified_at: datetime | None, freshness: timedelta, now: datetime) -> float | None:
+    """Seconds until a verification goes stale (negative: stale since)."""
+    return None if verified_at is None else (verified_at + freshness - now).total_seconds()
+
+
+def _at(ts: float) -> str:
+    from datetime import UTC
+
+    return datetime.fromtimestamp(ts, UTC).astimezone().strftime("%Y-%m-%d %H:%M:%S %Z")

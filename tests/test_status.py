@@ -1,0 +1,131 @@
+"""`ccci-dist status` tells the truth: liveness, per-loop reasons and next actions, the run's
+D-items and cost, typed JSON with a committed schema, 80 columns."""
+
+from __future__ import annotations
+
+import json
+import signal
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from ccci_dist.config import QuietHours
+from ccci_dist.core import cockpit
+from ccci_dist.core.cockpit import LoopFacts, describe_loop, run_state
+from ccci_dist.core.schedule import start_reason
+from ccci_dist.engine.status import RunStatus, StatusList, status_schema
+
+ROOT = Path(__file__).resolve().parent.parent
+NOW = 1_800_000_000.0
+
+
+def facts(**kw) -> LoopFacts:
+    base = {"role": "builder", "stored_state": "active", "run_status": "active", "now": NOW, "queue": "ccci.builder",
+            "worker_on_queue": True, "watchdog_alive": True, "watchdog_age": 1.0}
+    return LoopFacts(**{**base, **kw})
+
+
+def test_loop_words_table():
+    cases = [
+        (facts(lease_ms=2500), "running"),
+        (facts(queued=True), "queued"),
+        (facts(queued=True, worker_on_queue=False), "waiting for a worker on ccci.builder"),
+        (facts(not_before=NOW + 30, next_reason="quiet hours"), "scheduled"),
+        (facts(stalled_until=NOW + 60, stalled_display="21:00 (UTC)"), "stalled"),
+        (facts(), "due"),
+        (facts(watchdog_alive=False, watchdog_age=30), "waiting for the watchdog"),
+        (facts(stored_state="stopped", stop_reason="auth", last_detail="Not logged in · Please run /login"),
+         "stopped"),
+        (facts(run_status="paused", pause_reason="daily budget $1.00 reached", paused_until=NOW + 99), "paused"),
+        (facts(stored_state="done", run_status="done"), "done"),
+    ]
+    for f, state in cases:
+        assert describe_loop(f).state == state, f
+    auth = describe_loop(cases[7][0])
+    assert auth.reason == "auth — Not logged in · Please run /login"
+    assert "claude /login" in auth.next_action and "ccci-dist start" in auth.next_action
+    assert "quiet hours; next start" in describe_loop(cases[3][0]).reason
+    assert "ccci-dist beat" in describe_loop(cases[6][0]).next_action
+
+
+@given(st.lists(st.sampled_from(["running", "queued", "scheduled", "stalled", "due", "stopped", "done",
+                                 "waiting for a worker on q", "waiting for the watchdog"]), max_size=4),
+       st.booleans())
+def test_a_run_is_active_only_when_a_loop_really_moves(states, watchdog_ok):
+    got = run_state("active", states, watchdog_ok)
+    moving = any(s in ("running", "queued") or watchdog_ok and s in cockpit.MOVING for s in states)
+    assert got == ("active" if moving else "stuck")
+
+
+def test_watchdog_words_after_three_missed_intervals():
+    assert cockpit.watchdog_alive(NOW - 14.9, 5, NOW)
+    assert not cockpit.watchdog_alive(NOW - 15.1, 5, NOW)
+    assert cockpit.watchdog_words(NOW - 72, 5, NOW) == "watchdog not running (last tick 1m12s ago)"
+
+
+def test_start_reason():
+    now = datetime(2026, 1, 1, 12, tzinfo=UTC)
+    nb = now + timedelta(seconds=30)
+    assert start_reason(None, not_before=None, why_not_before="x") == ""
+    why = "back-off after 2 failure(s)"
+    assert start_reason(nb, not_before=nb, why_not_before=why) == why
+    assert start_reason(now + timedelta(minutes=5), not_before=None, why_not_before="") == "pacing"
+    q = QuietHours(start="11:00", end="13:00")
+    assert start_reason(now.replace(hour=13), not_before=None, why_not_before="", quiet=q) == "quiet hours"
+
+
+def test_committed_schema_is_the_models():
+    assert json.loads((ROOT / "docs" / "status.schema.json").read_text()) == status_schema()
+
+
+def test_status_tells_the_truth_when_worker_and_beat_die(bed):
+    """Kill the worker and beat: status says so (no worker, watchdog not running, nothing `active`)."""
+    bed.env["CCCI_DEMO_SLEEP"] = "0.3"
+    bed.faults(builder=["slow:30"])
+    worker = bed.worker("w1")
+    beat = bed.beat()
+    bed.cli("start")
+    st = bed.wait_status(lambda st: st["loops"]["builder"]["state"] == "running"
+                         and st["liveness"]["watchdog"]["running"], 60, "builder running")
+    RunStatus.model_validate(st)
+    assert st["state"] == "active"
+    assert st["loops"]["builder"]["lease_age"] <= 3  # since the last renewal (TTL 3), not since the start
+    w = st["liveness"]["workers"][0]
+    assert w["host"] == "w1" and "ccci.builder" in w["queues"] and w["pool"].startswith("threads")
+    worker.kill(signal.SIGKILL)
+    beat.kill(signal.SIGKILL)
+
+    def told(st: dict) -> bool:
+        loops = st["loops"].values()
+        return (not st["liveness"]["workers"] and not st["liveness"]["watchdog"]["running"]
+                and st["state"] == "stuck" and "watchdog not running (last tick" in st["header"]
+                and all(lp["state"].startswith("waiting for") for lp in loops))
+
+    st = bed.wait_status(told, 60, "status to tell that the worker and beat are gone")
+    queued = [lp for lp in st["loops"].values() if lp["state"].startswith("waiting for a worker")]
+    assert all(lp["state"] == f"waiting for a worker on {lp['queue']}" for lp in queued)
+    text = bed.cli("status", env={"COLUMNS": "80"}).stdout
+    assert "watchdog not running (last tick" in text and "workers: none alive" in text
+    assert max(len(line) for line in text.splitlines()) <= 80
+    assert "active" not in text.splitlines()[0]
+
+
+def test_status_json_is_typed_and_run_is_honoured(bed):
+    bed.worker("w1", beat=True)
+    bed.cli("start")
+    st = bed.wait_status(lambda st: st["status"] == "done", 90, "DONE")
+    [typed] = StatusList.validate_json(bed.cli("status", "--json").stdout)
+    assert typed.generated_at.tzinfo is not None and isinstance(st["cost"]["total"], float)
+    assert [p["state"] for p in st["phases"]] == ["done", "done"] and st["phase_index"] == st["phase_count"] == 2
+    assert {i["item"] for i in st["items"]} == {"D1", "D2", "D3"}
+    assert all(i["verdict"] == "VERIFIED" and i["expires_in"] > 0 and not i["stale"] for i in st["items"])
+    assert st["blocks_done"] == "" and st["cost"]["today"] == st["cost"]["total"] > 0
+    assert any(lp["last_commit"] and lp["last_commit"]["subject"] for lp in st["loops"].values())
+    assert len(st["cost"]["per_day"]) == 14
+    text = bed.cli("status", env={"COLUMNS": "80", "TZ": "UTC"}).stdout
+    assert "D1" in text and "blocks DONE: nothing" in text and "UTC" in text
+    assert json.loads(bed.cli("status", "--json", "--run", "default").stdout)[0]["run"] == "default"
+    bad = bed.cli("status", "--run", "nope", check=False)
+    assert bad.returncode == 2 and bad.stderr.startswith("error: no run 'nope'") and "Traceback" not in bad.stderr
