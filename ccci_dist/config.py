@@ -7,12 +7,16 @@ the environment only; they never travel in task arguments.
 
 from __future__ import annotations
 
+import difflib
+import math
 import os
+import re
 import socket
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -29,7 +33,83 @@ class ConfigError(Exception):
     """A configuration problem, worded as one line naming the problem and the fix."""
 
 
-class VMConfig(BaseModel):
+# Names (runs, roles) become Redis key parts and path components: a safe charset, bounded length.
+NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$")
+
+
+def name_problem(value: object, what: str = "run id") -> str | None:
+    """Why ``value`` is not a valid run/role name (None if it is): letters, digits, ``-_.``,
+    at most 64 characters, not starting with ``.`` or ``-`` (so never ``.``, ``..`` or an option)."""
+    if not isinstance(value, str) or not value:
+        return f"{what} must not be empty"
+    if len(value) > 64:
+        return f"{what} is {len(value)} characters long; at most 64 are allowed"
+    if not NAME_RE.match(value):
+        return (f"{what} {value[:64]!r} may only hold letters, digits, '-', '_' and '.', "
+                "and must not start with '.' or '-'")
+    return None
+
+
+def check_name(value: str, what: str = "run id") -> str:
+    """``value`` if it is a valid run/role name, else ValueError with the reason."""
+    problem = name_problem(value, what)
+    if problem:
+        raise ValueError(problem)
+    return value
+
+
+# --- credentials inside URLs -------------------------------------------------------------------------------
+
+def url_credentials(url: str) -> bool:
+    """True if ``url`` carries credentials: a password, or any user part of an http(s) URL (a token)."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return False
+    if not parts.scheme or "@" not in parts.netloc:
+        return False
+    try:
+        password = parts.password
+    except ValueError:
+        password = None
+    return bool(password) or (parts.scheme.lower() in ("http", "https") and bool(parts.username))
+
+
+def strip_credentials(url: str) -> str:
+    """``url`` without its user-info part when that carries credentials (see :func:`url_credentials`)."""
+    if not url_credentials(url):
+        return url
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
+
+
+CRED_MASK = "**********"
+_URL_IN_TEXT = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<userinfo>[^/@\s'\"]*)@")
+
+
+def mask_url_text(text: str) -> str:
+    """``text`` with the user-info of every URL in it replaced by the mask."""
+    return _URL_IN_TEXT.sub(lambda m: f"{m['scheme']}{CRED_MASK}@" if m["userinfo"] else m[0], text)
+
+
+def mask_urls(value: Any) -> Any:
+    """``value`` (nested dicts, lists, strings) with the credentials of every URL in it masked."""
+    if isinstance(value, str):
+        return mask_url_text(value)
+    if isinstance(value, dict):
+        return {k: mask_urls(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(mask_urls(v) for v in value)
+    return value
+
+
+class _Section(BaseModel):
+    """A config section: unknown keys are errors (a typo must not silently drop a setting)."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+
+class VMConfig(_Section):
     """SSH access to the target VM (cc-ci)."""
 
     host: str = ""
@@ -38,10 +118,10 @@ class VMConfig(BaseModel):
     key_file: Path | None = None
     known_hosts: Path | None = None
     sudo_password_file: Path | None = None
-    connect_timeout: float = Field(10.0, gt=0)
-    command_timeout: float = Field(600.0, gt=0)
+    connect_timeout: float = Field(10.0, gt=0, le=3600)
+    command_timeout: float = Field(600.0, gt=0, le=7 * 86400)
     jobs_dir: str = "~/.ccci-jobs"
-    health_interval: float = Field(300.0, ge=0, description="seconds between VM health checks; 0 = off")
+    health_interval: float = Field(300.0, ge=0, le=7 * 86400, description="seconds between VM health checks; 0 = off")
 
     def sudo_password(self) -> SecretStr | None:
         """Read the sudo password from its file (never stored in the model)."""
@@ -56,11 +136,28 @@ class VMConfig(BaseModel):
             ) from exc
 
 
-class QuietHours(BaseModel):
+_HHMM = re.compile(r"^([01][0-9]|2[0-3]):[0-5][0-9]$")
+
+
+class QuietHours(_Section):
     """Local-time window (HH:MM-HH:MM) in which no new iteration starts."""
 
     start: str = ""
     end: str = ""
+
+    @field_validator("start", "end")
+    @classmethod
+    def _hhmm(cls, v: str) -> str:
+        v = v.strip()
+        if v and not _HHMM.match(v):
+            raise ValueError(f"{v[:20]!r} is not a time of day; write HH:MM from 00:00 to 23:59")
+        return v
+
+    @model_validator(mode="after")
+    def _both(self) -> QuietHours:
+        if bool(self.start) != bool(self.end):
+            raise ValueError("quiet_hours needs both start and end (HH:MM), or neither")
+        return self
 
 
 class Settings(BaseSettings):
@@ -71,6 +168,7 @@ class Settings(BaseSettings):
         env_nested_delimiter="__",
         extra="forbid",
         validate_default=True,
+        allow_inf_nan=False,
     )
 
     broker_url: SecretStr | None = Field(
@@ -78,7 +176,11 @@ class Settings(BaseSettings):
     )
     broker_password_file: Path | None = Field(None, description="file holding the Redis password for broker_url")
     run: str = Field("default", description="run id (one project repo + one plan package)")
-    project_repo: str = Field("", description="git URL or path of the project repo")
+    project_repo: str = Field("", description="git URL or path of the project repo (no credentials in it)")
+    allow_inline_credentials: bool = Field(
+        False, description="accept credentials inside project_repo (they are stripped before it is stored or shown)")
+    git_credential_file: Path | None = Field(
+        None, description="git-credentials file (https://user:token@host) git uses on this host")
     branch: str = "main"
     plan_dir: Path | None = Field(None, description="plan package folder")
     workspace_dir: Path = Field(Path("~/.local/share/ccci-dist/workspaces"))
@@ -87,31 +189,31 @@ class Settings(BaseSettings):
     agent_flags: str = Field("", description="extra agent flags, e.g. permission flags")
     agent_user: str = Field("", description="run the agent as this user (setpriv); needed for some flags as root")
     agent_resume: bool = Field(True, description="continue each role's agent session")
-    lease_ttl: float = Field(10.0, gt=0.5, description="seconds")
-    watchdog_interval: float = Field(5.0, gt=0.1, description="seconds")
-    iteration_time_limit: float = Field(7200.0, gt=0, description="seconds")
-    stall_limit: float = Field(900.0, gt=0, description="seconds without an agent event")
-    kill_grace: float = Field(1.0, ge=0, description="SIGTERM→SIGKILL grace, seconds")
-    pickup_timeout: float = Field(60.0, gt=0, description="seconds a queued iteration may wait")
-    done_freshness_hours: float = Field(24.0, gt=0)
+    lease_ttl: float = Field(10.0, gt=0.5, le=3600, description="seconds")
+    watchdog_interval: float = Field(5.0, gt=0.1, le=3600, description="seconds; at most lease_ttl")
+    iteration_time_limit: float = Field(7200.0, gt=0, le=7 * 86400, description="seconds")
+    stall_limit: float = Field(900.0, gt=0, le=7 * 86400, description="seconds without an agent event")
+    kill_grace: float = Field(1.0, ge=0, le=600, description="SIGTERM→SIGKILL grace, seconds")
+    pickup_timeout: float = Field(60.0, gt=0, le=7 * 86400, description="seconds a queued iteration may wait")
+    done_freshness_hours: float = Field(24.0, gt=0, le=24 * 365)
     notify_urls: list[SecretStr] = Field(default_factory=list)
     reviewer_paths: list[str] = Field(default_factory=lambda: ["REVIEW.md", "review/**"])
     min_interval: dict[str, float] = Field(default_factory=dict, description="role -> seconds")
-    reviewer_every: int = Field(0, ge=0, description="run reviewer every K builder iterations")
+    reviewer_every: int = Field(0, ge=0, le=10_000, description="run reviewer every K builder iterations")
     quiet_hours: QuietHours = Field(default_factory=QuietHours)
-    daily_budget_usd: float = Field(0.0, ge=0, description="0 = no budget")
-    failure_notify_after: int = Field(3, ge=1)
-    backoff_base: float = Field(30.0, gt=0, description="first back-off after a failure, seconds")
-    backoff_max: float = Field(3600.0, gt=0)
-    limit_margin_max: float = Field(90.0, ge=5, description="random wait after a limit reset, seconds")
+    daily_budget_usd: float = Field(0.0, ge=0, le=1e9, description="0 = no budget")
+    failure_notify_after: int = Field(3, ge=1, le=10_000)
+    backoff_base: float = Field(30.0, gt=0, le=86400, description="first back-off after a failure, seconds")
+    backoff_max: float = Field(3600.0, gt=0, le=7 * 86400)
+    limit_margin_max: float = Field(90.0, ge=5, le=86400, description="random wait after a limit reset, seconds")
     queues: dict[str, str] = Field(default_factory=dict, description="role -> queue")
-    inbox_poll_interval: float = Field(30.0, ge=0, description="seconds between INBOX.md checks; 0 = off")
-    log_max_age_days: float = Field(14.0, gt=0)
-    log_max_bytes: int = Field(50 * 1024 * 1024, gt=0)
+    inbox_poll_interval: float = Field(30.0, ge=0, le=86400, description="seconds between INBOX.md checks; 0 = off")
+    log_max_age_days: float = Field(14.0, gt=0, le=3650)
+    log_max_bytes: int = Field(50 * 1024 * 1024, ge=4096, le=1 << 40)
     boot_id_path: Path = Path("/proc/sys/kernel/random/boot_id")
     vm: VMConfig = Field(default_factory=VMConfig)
 
-    @field_validator("workspace_dir", "state_dir", "plan_dir", "boot_id_path", mode="after")
+    @field_validator("workspace_dir", "state_dir", "plan_dir", "boot_id_path", "git_credential_file", mode="after")
     @classmethod
     def _expand(cls, v: Path | None) -> Path | None:
         return v.expanduser() if v is not None else None
@@ -119,9 +221,41 @@ class Settings(BaseSettings):
     @field_validator("run")
     @classmethod
     def _run_id(cls, v: str) -> str:
-        if not v or not all(c.isalnum() or c in "-_." for c in v):
-            raise ValueError("run id must be non-empty letters, digits, '-', '_' or '.'")
+        return check_name(v)
+
+    @field_validator("min_interval", "queues")
+    @classmethod
+    def _role_keys(cls, v: dict[str, Any]) -> dict[str, Any]:
+        for role in v:
+            check_name(role, "role name")
         return v
+
+    @field_validator("min_interval")
+    @classmethod
+    def _intervals(cls, v: dict[str, float]) -> dict[str, float]:
+        for role, seconds in v.items():
+            if not (math.isfinite(seconds) and 0 <= seconds <= 7 * 86400):
+                raise ValueError(f"min_interval for {role} must be between 0 and 604800 seconds")
+        return v
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Settings:
+        if self.watchdog_interval > self.lease_ttl:
+            raise ValueError(f"watchdog_interval ({self.watchdog_interval:g} s) must not exceed lease_ttl "
+                             f"({self.lease_ttl:g} s): a lapsed lease would wait longer than it lived")
+        if self.backoff_base > self.backoff_max:
+            raise ValueError(f"backoff_base ({self.backoff_base:g} s) must not exceed backoff_max "
+                             f"({self.backoff_max:g} s)")
+        if url_credentials(self.project_repo) and not self.allow_inline_credentials:
+            raise ValueError(
+                "project_repo carries inline credentials; remove them from the URL and give git the token through "
+                "git_credential_file or a git credential helper, or pass --allow-inline-credentials")
+        return self
+
+    @property
+    def repo_url(self) -> str:
+        """``project_repo`` without credentials: the form that is stored, sent and shown."""
+        return strip_credentials(self.project_repo)
 
     @classmethod
     def settings_customise_sources(
@@ -144,7 +278,9 @@ class Settings(BaseSettings):
 
     def masked(self) -> dict[str, Any]:
         """The config as plain data with every secret masked."""
-        return _mask(self.model_dump(mode="python"))
+        data = _mask(self.model_dump(mode="python"))
+        data["project_repo"] = mask_url_text(self.project_repo)
+        return data
 
 
 # pydantic-settings builds sources in a classmethod, so the file path travels in a module
@@ -196,15 +332,44 @@ def load_config(
     try:
         return Settings(**clean)
     except ValidationError as exc:
-        err = exc.errors()[0]
-        loc = ".".join(str(p) for p in err["loc"]) or "config"
-        origin = f" in {file}" if file else ""
-        raise ConfigError(
-            f"invalid config value for {loc}{origin}: {err['msg']}; fix it in the file, "
-            f"CCCI_{loc.upper().replace('.', '__')} or the flag"
-        ) from exc
+        raise ConfigError(describe_error(exc, file, frozenset(clean))) from exc
     finally:
         _CONFIG_FILE_CONTEXT.pop("path", None)
+
+
+def _model_at(loc: tuple) -> type[BaseModel] | None:
+    model: type[BaseModel] = Settings
+    for part in loc:
+        field = model.model_fields.get(str(part))
+        ann = field.annotation if field else None
+        if not (isinstance(ann, type) and issubclass(ann, BaseModel)):
+            return None
+        model = ann
+    return model
+
+
+def describe_error(exc: ValidationError, file: Path | None = None, flags: frozenset[str] = frozenset()) -> str:
+    """The first validation error as one line: where, what, and the fix (with the closest key name
+    for an unknown one). A value that came from a CLI flag (``flags``) is named by its flag."""
+    err = exc.errors()[0]
+    loc = tuple(err["loc"])
+    where = ".".join(str(p) for p in loc) or "config"
+    origin = f" in {file}" if file else ""
+    msg = str(err["msg"]).removeprefix("Value error, ")
+    if not loc:
+        return f"invalid config{origin}: {msg}"
+    if len(loc) == 1 and loc[0] in flags:
+        flag = "--" + str(loc[0]).replace("_", "-")
+        return f"invalid {flag} value: {msg}; pass a valid {flag}"
+    if err["type"] == "extra_forbidden":
+        model = _model_at(loc[:-1])
+        known = list(model.model_fields) if model else []
+        close = difflib.get_close_matches(str(loc[-1]), known, n=1, cutoff=0.6)
+        hint = (f"did you mean {'.'.join([*map(str, loc[:-1]), close[0]])}?" if close
+                else "remove it (`ccci-dist config show` lists the known keys)")
+        return f"invalid config value for {where}{origin}: unknown key; {hint}"
+    env = f"CCCI_{where.upper().replace('.', '__')}"
+    return f"invalid config value for {where}{origin}: {msg}; fix it in the file, {env} or the flag"
 
 
 def hostname() -> str:

@@ -58,6 +58,12 @@ def register_secret(value: str | None) -> None:
             _secrets.add(value)
 
 
+def registered_secrets() -> list[str]:
+    """The values registered with :func:`register_secret`."""
+    with _secrets_lock:
+        return list(_secrets)
+
+
 def clear_secrets() -> None:
     """Forget all registered secrets (for tests)."""
     with _secrets_lock:

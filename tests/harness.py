@@ -218,3 +218,71 @@ class HttpReceiver:
 
     def url(self, path: str = "/hook", auth: str = "") -> str:
         return f"json://{auth}127.0.0.1:{self.port}{path}"
+
+
+class GitHttpServer:
+    """The real ``git http-backend`` (smart HTTP, push enabled) behind HTTP basic auth, serving the bare
+    repos under ``root`` on a free loopback port: a remote that needs a credential."""
+
+    def __init__(self, root: Path, user: str, token: str) -> None:
+        import base64
+
+        self.root, self.user, self.token = root, user, token
+        expected = "Basic " + base64.b64encode(f"{user}:{token}".encode()).decode()
+        self.requests: list[tuple[str, bool]] = []  # (path, authorized)
+        seen = self.requests
+
+        class Handler(BaseHTTPRequestHandler):
+            def _serve(self) -> None:
+                ok = self.headers.get("Authorization") == expected
+                seen.append((self.path, ok))
+                if not ok:
+                    self.send_response(401)
+                    self.send_header("WWW-Authenticate", 'Basic realm="git"')
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                path, _, query = self.path.partition("?")
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                env = {"PATH": os.environ["PATH"], "GIT_PROJECT_ROOT": str(root), "GIT_HTTP_EXPORT_ALL": "1",
+                       "PATH_INFO": path, "QUERY_STRING": query, "REQUEST_METHOD": self.command,
+                       "CONTENT_TYPE": self.headers.get("Content-Type") or "", "CONTENT_LENGTH": str(len(body)),
+                       "REMOTE_USER": user, "REMOTE_ADDR": "127.0.0.1",
+                       "HTTP_CONTENT_ENCODING": self.headers.get("Content-Encoding") or "",
+                       "GIT_CONFIG_COUNT": "1", "GIT_CONFIG_KEY_0": "http.receivepack", "GIT_CONFIG_VALUE_0": "true"}
+                out = subprocess.run(["git", "http-backend"], input=body, env=env, capture_output=True,
+                                     timeout=120).stdout
+                head, _, payload = out.partition(b"\r\n\r\n")
+                if not _:
+                    head, _, payload = out.partition(b"\n\n")
+                status, headers = 200, []
+                for line in head.decode(errors="replace").splitlines():
+                    name, _, value = line.partition(":")
+                    if name.lower() == "status":
+                        status = int(value.split()[0])
+                    elif name:
+                        headers.append((name, value.strip()))
+                self.send_response(status)
+                for name, value in headers:
+                    self.send_header(name, value)
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+
+            do_GET = do_POST = _serve  # noqa: N815 - http.server's naming
+
+            def log_message(self, *args) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def url(self, repo: str, auth: bool = False) -> str:
+        cred = f"{self.user}:{self.token}@" if auth else ""
+        return f"http://{cred}127.0.0.1:{self.port}/{repo}"
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()

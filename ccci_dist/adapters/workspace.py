@@ -38,8 +38,31 @@ SAFE = ("-c", "safe.directory=*")
 GIT_ARGV = (shutil.which("git") or "git", *SAFE)
 
 
+# git config given to git subprocesses only (GIT_CONFIG_COUNT/KEY/VALUE), never to an agent and never
+# written to a clone's .git/config: how git authenticates on this host.
+_auth_env: dict[str, str] = {}
+
+
+def configure_git_auth(project_repo: str, credential_file: Path | None = None) -> None:
+    """Let this process's git calls authenticate: a git-credentials file as the credential helper, and
+    for a ``project_repo`` with inline credentials (``--allow-inline-credentials``), a url rewrite from
+    the stripped URL (the only form stored or shown) to the full one."""
+    from ccci_dist.config import strip_credentials
+
+    pairs: list[tuple[str, str]] = []
+    if credential_file is not None:
+        pairs.append(("credential.helper", f"store --file={credential_file}"))
+    if project_repo and strip_credentials(project_repo) != project_repo:
+        pairs.append((f"url.{project_repo}.insteadOf", strip_credentials(project_repo)))
+    env = {"GIT_CONFIG_COUNT": str(len(pairs))} if pairs else {}
+    for i, (key, value) in enumerate(pairs):
+        env[f"GIT_CONFIG_KEY_{i}"], env[f"GIT_CONFIG_VALUE_{i}"] = key, value
+    _auth_env.clear()
+    _auth_env.update(env)
+
+
 def _env() -> dict[str, str]:
-    return {**os.environ, **{k: v for k, v in GIT_ENV.items() if k not in os.environ}}
+    return {**os.environ, **{k: v for k, v in GIT_ENV.items() if k not in os.environ}, **_auth_env}
 
 
 def git(cwd: Path, *args: str, check: bool = True, timeout: float = 300) -> str:
@@ -134,7 +157,7 @@ class Workspace:
             if not before_push():
                 raise PushRefused("fencing token is no longer current")
             p = subprocess.run([*GIT_ARGV, "push", "-q", self.repo, f"HEAD:refs/heads/{self.branch}"],
-                               cwd=self.path, capture_output=True, text=True, env={**os.environ, **GIT_ENV})
+                               cwd=self.path, capture_output=True, text=True, env=_env())
             if p.returncode == 0:
                 git(self.path, "update-ref", f"refs/remotes/origin/{self.branch}", "HEAD")
                 return self.head()
@@ -244,6 +267,6 @@ def read_remote_file(repo: str, branch: str, name: str, cache_dir, timeout: floa
     if not (cache_dir / "HEAD").exists():
         subprocess.run(["git", "init", "-q", "--bare", str(cache_dir)], check=True, timeout=timeout)
     subprocess.run(["git", "fetch", "-q", "--depth=1", repo, f"+refs/heads/{branch}:refs/heads/{branch}"],
-                   cwd=cache_dir, check=True, capture_output=True, timeout=timeout)
+                   cwd=cache_dir, check=True, capture_output=True, timeout=timeout, env=_env())
     p = subprocess.run(["git", "show", f"{branch}:{name}"], cwd=cache_dir, capture_output=True, text=True)
     return p.stdout if p.returncode == 0 else None

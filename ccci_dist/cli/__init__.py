@@ -88,6 +88,8 @@ pass_ctx = click.make_pass_decorator(Ctx)
 @click.option("--broker", "broker_url", metavar="URL",
               help="Broker URL (redis://...); overrides config and CCCI_BROKER_URL.")
 @click.option("--run", "run", metavar="ID", help="Run id; overrides config and CCCI_RUN.")
+@click.option("--allow-inline-credentials", is_flag=True, flag_value=True, default=None,
+              help="Accept credentials inside project_repo (stripped before they are stored or shown).")
 @click.option("--state-dir", type=click.Path(file_okay=False), help="State dir override.")
 @click.option("--workspace-dir", type=click.Path(file_okay=False), help="Workspace dir override.")
 @click.version_option(package_name="ccci-dist")

@@ -24,7 +24,7 @@ def boot_cmd(obj: Ctx) -> None:
     if not s.project_repo:
         fail("no project repo configured; set project_repo in ccci-dist.toml or CCCI_PROJECT_REPO")
     try:
-        recorded, boot_id = record_reboot(s, s.project_repo, s.branch, s.run)
+        recorded, boot_id = record_reboot(s, s.repo_url, s.branch, s.run)
     except (ConfigError, GitError) as exc:
         fail(str(exc), code=1)
     if recorded:

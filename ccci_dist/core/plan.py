@@ -20,6 +20,8 @@ from pathlib import Path
 
 from pydantic import BaseModel, Field
 
+from ccci_dist.config import name_problem
+
 DEFAULT_PHASES = ["1c", "1b", "1d", "1e", "2", "2b", "3", "4"]
 DEFAULT_ROLES = ["builder", "reviewer"]
 PHASE_ID_RE = re.compile(r"^[0-9A-Za-z]+$")
@@ -195,6 +197,9 @@ def load_package(root: str | Path) -> PlanPackage:
     if not roles:
         defects.append("no roles in package.toml; set roles = [\"builder\", \"reviewer\"]")
     for role in roles:
+        if (problem := name_problem(role, "role name")) is not None:
+            defects.append(f"{problem}; rename the role in package.toml")
+            continue
         path = (root / prompt_paths.get(role, f"prompts/{role}.md")).resolve()
         text = _read_text(path, defects, root)
         if text is not None and not text.strip():

@@ -89,6 +89,8 @@ def celery_config(s: Settings, broker: str) -> dict:
 @app.on_configure.connect
 def _configure(sender: Celery, **_: object) -> None:
     from ccci_dist.adapters.broker import broker_url
+    from ccci_dist.adapters.workspace import configure_git_auth
+    from ccci_dist.config import url_credentials
     from ccci_dist.logsetup import register_secret
 
     s = settings()
@@ -96,13 +98,20 @@ def _configure(sender: Celery, **_: object) -> None:
     register_secret(_password(url))
     for secret in s.notify_urls:
         register_secret(secret.get_secret_value())
+        register_secret(_password(secret.get_secret_value()))
+    if url_credentials(s.project_repo):
+        register_secret(s.project_repo.rpartition("@")[0].partition("://")[2])
+    configure_git_auth(s.project_repo, s.git_credential_file)
     sender.conf.update(celery_config(s, url))
 
 
 def _password(url: str) -> str | None:
     from urllib.parse import urlsplit
 
-    return urlsplit(url).password
+    try:
+        return urlsplit(url).password
+    except ValueError:
+        return None
 
 
 @signals.setup_logging.connect
@@ -113,11 +122,13 @@ def _logging(loglevel: str | None = None, **_: object) -> None:
 
 
 def _install_worker_extras() -> None:
+    from ccci_dist.engine import control_mask
     from ccci_dist.engine.beat_thread import install
     from ccci_dist.engine.sdnotify import install_sd_notify
 
     install(app)
     install_sd_notify(app)
+    control_mask.install()
 
 
 _install_worker_extras()

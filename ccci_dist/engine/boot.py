@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from datetime import UTC, datetime
 
-from ccci_dist.adapters.workspace import Workspace, git
+from ccci_dist.adapters.workspace import Workspace, configure_git_auth, git
 from ccci_dist.config import ConfigError, Settings, hostname
 
 REBOOTS_FILE = "REBOOTS.md"
@@ -42,6 +42,7 @@ def add_row(text: str, boot_id: str, previous: str | None, host: str, now: datet
 def record_reboot(s: Settings, repo: str, branch: str, run: str, now: datetime | None = None) -> tuple[bool, str]:
     """Append a REBOOTS.md row if the boot id is new; returns (recorded, boot id)."""
     boot_id = read_boot_id(s)
+    configure_git_auth(s.project_repo, s.git_credential_file)
     ws = Workspace(s.state_dir / "boot" / run, repo, branch)
     ws.sync("boot")
     path = ws.path / REBOOTS_FILE

@@ -62,10 +62,36 @@ def send_iteration(run: str, role: str, task_id: str, queue: str) -> None:
     run_iteration.apply_async(args=[run, role], task_id=task_id, queue=queue)
 
 
+def _secret_values(s: Settings) -> list[str]:
+    """Every secret value this worker knows: no env var carrying one reaches an agent, whatever its name."""
+    from urllib.parse import urlsplit
+
+    from ccci_dist.logsetup import registered_secrets
+
+    found = set(registered_secrets())
+    urls = [u.get_secret_value() for u in s.notify_urls]
+    if s.broker_url is not None:
+        urls.append(s.broker_url.get_secret_value())
+    for url in urls:
+        found.add(url)
+        try:
+            found.add(urlsplit(url).password or "")
+        except ValueError:
+            pass
+    for path in (s.broker_password_file, s.vm.sudo_password_file):
+        try:
+            found.add(path.read_text().strip() if path else "")
+        except OSError:
+            pass
+    return [v for v in found if len(v) >= 4]
+
+
 def agent_env(s: Settings, run: str, role: str) -> dict[str, str]:
     """The agent's environment: the worker's, minus broker/notifier secrets; with ``agent_user``,
     that user's HOME (setpriv keeps root's, where the CLI finds neither its login nor its sessions)."""
-    env = {k: v for k, v in os.environ.items() if k not in SECRET_ENV}
+    secrets = _secret_values(s)
+    env = {k: v for k, v in os.environ.items()
+           if k.upper() not in SECRET_ENV and not any(x in v for x in secrets)}
     env.update({"CCCI_RUN": run, "CCCI_ROLE": role, "CCCI_HOSTNAME": hostname()})
     if s.agent_user:
         env.update({"USER": s.agent_user, "LOGNAME": s.agent_user})

@@ -8,7 +8,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from ccci_dist.adapters.workspace import Workspace
+from ccci_dist.adapters.workspace import Workspace, configure_git_auth
 from ccci_dist.config import Settings
 from ccci_dist.core.phases import MachineDocs, resolve_phase
 from ccci_dist.core.plan import load_package, snapshot
@@ -21,6 +21,7 @@ class RunError(Exception):
 
 def docs_from_repo(s: Settings, repo: str, branch: str, run: str) -> MachineDocs:
     """Machine docs at the tip of the project repo (the source of truth)."""
+    configure_git_auth(s.project_repo, s.git_credential_file)
     ws = Workspace(s.state_dir / "resolve" / run, repo, branch)
     return ws.docs(ws.sync("resolve"))
 
@@ -45,7 +46,7 @@ def start_run(store: Store, s: Settings, *, resume: bool = False, phase: str | N
         raise RunError(f"unknown phase {phase!r}; the plan's phases are {', '.join(pkg.phase_order)}")
     docs = None
     if resume or phase is None and not existing:
-        docs = docs_from_repo(s, s.project_repo, s.branch, run)
+        docs = docs_from_repo(s, s.repo_url, s.branch, run)
     if phase is None:
         if resume or not existing.get("phase"):
             assert docs is not None
@@ -53,7 +54,7 @@ def start_run(store: Store, s: Settings, *, resume: bool = False, phase: str | N
         else:
             phase = existing["phase"]
     fields = {
-        "repo": s.project_repo, "branch": s.branch, "plan": json.dumps(snap), "plan_dir": str(Path(s.plan_dir)),
+        "repo": s.repo_url, "branch": s.branch, "plan": json.dumps(snap), "plan_dir": str(Path(s.plan_dir)),
         "roles": json.dumps(pkg.roles), "status": ACTIVE, "phase": phase, "queues": json.dumps(s.queues),
         "paused_until": "", "pause_reason": "", "started_at": f"{time.time():.3f}",
     }
@@ -75,7 +76,7 @@ def start_run(store: Store, s: Settings, *, resume: bool = False, phase: str | N
     store.event(run, "started", phase=phase, resume=int(resume))
     from ccci_dist.engine.notify import notify
 
-    notify("run_started", f"{run}: started at phase {phase}", f"roles {', '.join(pkg.roles)}; repo {s.project_repo}")
+    notify("run_started", f"{run}: started at phase {phase}", f"roles {', '.join(pkg.roles)}; repo {s.repo_url}")
     kick(store, s, run)
     return {"run": run, "phase": phase, "roles": pkg.roles}
 

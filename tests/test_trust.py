@@ -1,0 +1,181 @@
+"""Issue 13 (trust): secrets kept out of Flower, Redis, task messages, notifications, output and the agent's
+environment; state import all-or-nothing; bad input is one `error:` line. Real Redis, Celery, Flower and git.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+
+import pytest
+import redis
+from engine_fixtures import Bed
+from harness import GitHttpServer, project_repo, wait_for
+from test_flower import flower_process
+from test_security import _redis_values
+
+from ccci_dist.config import load_config
+
+pytestmark = pytest.mark.slow
+
+
+class Monitor:
+    """Every command any client sends to a Redis (MONITOR), captured in a thread."""
+
+    def __init__(self, url: str):
+        self.r = redis.Redis.from_url(url, decode_responses=True)
+        self.commands: list[str] = []
+        self.stop_event = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        with self.r.monitor() as m:
+            for cmd in m.listen():
+                self.commands.append(cmd.get("command", ""))
+                if self.stop_event.is_set():
+                    return
+
+    def stop(self) -> list[str]:
+        self.stop_event.set()
+        self.r.ping()
+        self.thread.join(10)
+        return [c for c in self.commands if not c.upper().startswith(("AUTH", '"AUTH'))]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# 1. Flower and the `conf` broadcast reply hold no credential, whatever the setting is called
+
+
+def test_flower_and_remote_control_replies_hold_no_broker_password(bed, redis_server, tmp_path):
+    from celery import Celery
+
+    password = redis_server.password
+    w = bed.worker("w1")
+    wait_for(lambda: " ready." in w.output(), 60, 0.2, "worker ready")
+    (tmp_path / "flower").mkdir()
+    with flower_process(tmp_path / "flower", bed.env["CCCI_BROKER_URL"]) as fl:
+        def conf_seen():
+            status, body = fl.client.get("/api/workers?refresh=1", timeout=15)
+            return body if status == 200 and "redbeat_redis_url" in body else None
+        body = wait_for(conf_seen, 60, 1, "the worker's conf in Flower's /api/workers")
+        assert password not in body, "Flower shows the Redis password"
+        workers = json.loads(body)
+        conf = next(iter(workers.values()))["conf"]
+        assert "127.0.0.1" in conf["redbeat_redis_url"], conf["redbeat_redis_url"]  # masked, still useful
+        for path in ("/api/workers", "/workers", "/api/tasks", "/metrics", "/healthcheck"):
+            assert password not in fl.client.get(path)[1], path
+    probe = Celery(broker=bed.env["CCCI_BROKER_URL"])
+    probe.conf.update(accept_content=["json"], result_accept_content=["json"])
+    for command in ("conf", "report", "stats", "active_queues", "registered"):
+        replies = probe.control.broadcast(command, reply=True, timeout=10)
+        assert replies, f"no reply to {command}"
+        raw = json.dumps(replies)
+        assert password not in raw, f"the {command} reply carries the Redis password"
+    assert "redbeat_redis_url" in json.dumps(probe.control.broadcast("conf", reply=True, timeout=10))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# 2. credentials inside project_repo: refused by default; with the flag, used by git and stored nowhere
+
+TOKEN = "REPO-TOKEN-5d1e9a"
+
+
+def test_inline_repo_credentials_refused_then_stripped_everywhere(tmp_path, redis_url, receiver):
+    with project_repo(tmp_path) as bare:
+        git_server = GitHttpServer(bare.parent, "ci", TOKEN)
+        try:
+            b = Bed(tmp_path, redis_url, Path("unused"), CCCI_NOTIFY_URLS=json.dumps([receiver.url()]))
+            b.env["CCCI_PROJECT_REPO"] = git_server.url(bare.name, auth=True)
+            refused = b.cli("start", check=False)
+            assert refused.returncode == 2, refused
+            lines = refused.stderr.strip().splitlines()
+            assert len(lines) == 1 and lines[0].startswith("error: "), refused.stderr
+            assert "--allow-inline-credentials" in lines[0] and "credential" in lines[0]
+            assert TOKEN not in refused.stderr + refused.stdout
+            r = redis.Redis.from_url(redis_url, decode_responses=True)
+            assert not list(r.scan_iter("ccci:run*")), "a refused start wrote the run"
+
+            b.env["CCCI_ALLOW_INLINE_CREDENTIALS"] = "true"
+            mon = Monitor(redis_url)
+            b.worker("w1", beat=True)
+            b.cli("start")
+            b.wait_status(lambda st: st["status"] == "done", 180, "run DONE")
+            export = tmp_path / "state.json"
+            outputs = [b.cli(*args, check=False) for args in (
+                ("status",), ("status", "--json"), ("history",), ("history", "--json"), ("config", "show"),
+                ("config", "show", "--json"), ("state", "export", str(export)))]
+            b.close()
+            commands = mon.stop()
+            assert any(ok for _, ok in git_server.requests), "git never authenticated to the remote"
+            values = _redis_values(r)
+            assert any(git_server.url(bare.name) in v for v in values), "the stripped URL is stored"
+            assert not [v for v in values if TOKEN in v], "the token is in Redis"
+            assert not [c for c in commands if TOKEN in c], "the token went over the wire (task or command)"
+            for p in outputs:
+                assert TOKEN not in p.stdout + p.stderr, p.args
+            assert TOKEN not in export.read_text()
+            assert receiver.messages, "no notification was sent"
+            assert TOKEN not in json.dumps(receiver.messages)
+            for cfg in (tmp_path / "ws").rglob("config"):
+                assert TOKEN not in cfg.read_text(errors="replace"), cfg
+            for f in tmp_path.rglob("*.log"):
+                assert TOKEN not in f.read_text(errors="replace"), f
+        finally:
+            git_server.close()
+
+
+def test_git_credential_file_authenticates_a_plain_url(tmp_path, redis_url):
+    with project_repo(tmp_path) as bare:
+        git_server = GitHttpServer(bare.parent, "ci", TOKEN)
+        try:
+            creds = tmp_path / "git-credentials"
+            creds.write_text(git_server.url(bare.name, auth=True).rsplit("/", 1)[0] + "\n")
+            creds.chmod(0o600)
+            b = Bed(tmp_path, redis_url, Path("unused"), CCCI_GIT_CREDENTIAL_FILE=str(creds))
+            b.env["CCCI_PROJECT_REPO"] = git_server.url(bare.name)
+            b.worker("w1", beat=True)
+            b.cli("start")
+            b.wait_status(lambda st: st["loops"]["builder"]["iteration"] >= 2, 120, "a builder iteration pushed")
+            b.close()
+            assert any(ok for _, ok in git_server.requests)
+            assert "phase 1 work" in subprocess_log(bare), "the worker pushed through the credential file"
+        finally:
+            git_server.close()
+
+
+def subprocess_log(bare: Path) -> str:
+    import subprocess
+
+    return subprocess.run(["git", "log", "--format=%an %s", "main"], cwd=bare, capture_output=True,
+                          text=True).stdout
+
+
+# ---------------------------------------------------------------------------------------------------------
+# 3. the agent's environment: names matched case-insensitively, and values searched for every secret
+
+
+def test_agent_env_drops_secrets_by_any_name_case_and_by_value(tmp_path, monkeypatch):
+    from ccci_dist.engine.iteration import agent_env
+
+    pw_file = tmp_path / "broker-pw"
+    pw_file.write_text("BROKER-PW-a81f\n")
+    notify = "json://n:NOTIFY-PW-0c3d@127.0.0.1:9/x"
+    for k in list(__import__("os").environ):
+        if k.upper().startswith("CCCI_"):
+            monkeypatch.delenv(k)
+    monkeypatch.setenv("ccci_broker_url", "redis://127.0.0.1:6390/0")
+    monkeypatch.setenv("Ccci_Broker_Password_File", str(pw_file))
+    monkeypatch.setenv("ccci_notify_urls", json.dumps([notify]))
+    monkeypatch.setenv("MY_COPY_OF_THE_PASSWORD", "x BROKER-PW-a81f y")
+    monkeypatch.setenv("HOOK", notify)
+    monkeypatch.setenv("HOOK_PW", "NOTIFY-PW-0c3d")
+    monkeypatch.setenv("HARMLESS", "keep me")
+    s = load_config(None)
+    assert s.broker_url is not None and s.notify_urls, "the lowercase names configure ccci-dist"
+    env = agent_env(s, "r", "builder")
+    blob = json.dumps(env)
+    assert env["HARMLESS"] == "keep me"
+    for leaked in ("BROKER-PW-a81f", "NOTIFY-PW-0c3d", "6390", str(pw_file)):
+        assert leaked not in blob, leaked
