@@ -129,6 +129,7 @@ class JSONFormatter(logging.Formatter):
         }
         for key in CONTEXT_FIELDS:
             data[key] = getattr(record, key, None)
+        data.update(getattr(record, "fields", None) or {})  # a record's structured fields (extra={"fields": ...})
         if record.exc_info and not record.exc_text:
             record.exc_text = self.formatException(record.exc_info)
         if record.exc_text:

@@ -56,7 +56,7 @@ def test_logs_follow_the_live_iteration_through_redis(bed):
     bed.worker("w1", beat=True)
     bed.cli("start")
     wait_for(lambda: any(e["role"] == "builder" for e in bed.agent_events()), 30, 0.1, "builder started")
-    p = subprocess.Popen([sys.executable, "-m", "ccci_dist", "logs", "builder", "-f"], stdout=subprocess.PIPE,
+    p = subprocess.Popen([sys.executable, "-m", "ccci_dist", "logs", "builder", "-f", "--raw"], stdout=subprocess.PIPE,
                          text=True, env={**__import__("os").environ, **bed.env}, cwd=bed.tmp)
     try:
         lines = []

@@ -100,6 +100,13 @@ def _git(*args: str) -> str:
     return subprocess.run(["git", *args], check=True, capture_output=True, text=True, env=env).stdout.strip()
 
 
+def _safe_git(*args: str) -> str:
+    try:
+        return _git(*args)
+    except subprocess.CalledProcessError:
+        return ""
+
+
 def _commit(message: str) -> bool:
     _git("add", "-A")
     if not _git("status", "--porcelain"):
@@ -290,6 +297,12 @@ def _act(ctx: dict, prompt: str, role: str, fault: str, session: str, started: f
         return 0
     if name == "echo":  # a tool result that quotes a file: must never be read as a limit
         _emit({"type": "user", "message": {"content": [{"type": "tool_result", "content": _read(arg)}]}})
+    # what a real agent shows first: a look at the clone (so `logs -f` has a tool call to render)
+    _emit({"type": "assistant", "message": {"content": [
+        {"type": "text", "text": f"Iteration {ctx.get('iteration', '?')} as {role}: checking the clone."},
+        {"type": "tool_use", "id": "t1", "name": "Bash", "input": {"command": "git status --short && git log -1"}}]}})
+    recent = _safe_git("log", "-3", "--format=%h %s") or "(empty)"
+    _emit({"type": "user", "message": {"content": [{"type": "tool_result", "tool_use_id": "t1", "content": recent}]}})
     _work(float(arg) if name == "slow" else float(os.environ.get("CCCI_DEMO_SLEEP", "0")))
     text = builder(ctx, prompt, name) if role == "builder" else reviewer(ctx, prompt, name)
     _emit({"type": "assistant", "message": {"content": [{"type": "text", "text": text}]}})

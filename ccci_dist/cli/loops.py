@@ -16,7 +16,7 @@ from ccci_dist.cli import Ctx, fail, pass_ctx
 from ccci_dist.config import ConfigError, Settings
 from ccci_dist.core.plan import PackageError
 from ccci_dist.engine.runs import RunError, start_run, stop_run
-from ccci_dist.state.store import Store, k_log
+from ccci_dist.state.store import Store
 
 
 def open_store(obj: Ctx) -> tuple[Settings, Store]:
@@ -154,27 +154,57 @@ def history_cmd(obj: Ctx, limit: int, as_json: bool) -> None:
 @click.argument("role")
 @click.option("-f", "--follow", is_flag=True, help="Keep following the live iteration's output.")
 @click.option("-n", "--lines", default=50, show_default=True, help="Lines of backlog to show.")
+@click.option("--raw", is_flag=True, help="Print the agent's raw stream-json lines.")
+@click.option("--iteration", "number", type=int, metavar="N", help="Show iteration N's whole log (from any host).")
 @pass_ctx
-def logs_cmd(obj: Ctx, role: str, follow: bool, lines: int) -> None:
-    """Show ROLE's agent output (through Redis, so it works from any host)."""
+def logs_cmd(obj: Ctx, role: str, follow: bool, lines: int, raw: bool, number: int | None) -> None:
+    """Show ROLE's agent output, rendered for people (through Redis, so it works from any host)."""
+    from ccci_dist.cli.log_view import print_pieces
+    from ccci_dist.core.logview import render_entry, render_line
+
     s, store = open_store(obj)
     roles = store.roles(s.run)
     if role not in roles:
         fail(f"unknown role {role!r}; this run's roles are {', '.join(roles) or 'none (start the run first)'}")
-    key = k_log(s.run, role)
-    last = "0-0"
-    for mid, f in store.r.xrevrange(key, count=lines)[::-1]:
-        sys.stdout.write(f.get("line", ""))
-        last = mid
-    sys.stdout.flush()
-    while follow:
-        try:
-            got = store.r.xread({key: last}, block=1000, count=500)
-        except redis.TimeoutError:
-            continue
-        for _, entries in got:
-            for mid, f in entries:
-                sys.stdout.write(f.get("line", ""))
-                last = mid
+    console = Console(highlight=False)
+    if number is not None:
+        text = store.iteration_log(s.run, role, number)
+        if text is None:
+            fail(f"no log of {role} iteration {number} (kept {store.ITERATION_LOG_DAYS} days); "
+                 f"`ccci-dist history` lists the iterations")
+        hist = [h for h in store.history(s.run) if h.get("role") == role and h.get("iteration") == str(number)]
+        if raw:
+            sys.stdout.write(text)
+            return
+        if hist:
+            h = hist[-1]
+            print_pieces(console, render_entry({"event": "start", "n": str(number), "attempt": h.get("attempt", "1"),
+                                                "host": h.get("host", "?"), "at": h.get("start", "")}))
+        for line in text.splitlines():
+            print_pieces(console, render_line(line))
+        if hist:
+            h = hist[-1]
+            secs = float(h.get("end") or 0) - float(h.get("start") or 0)
+            print_pieces(console, render_entry({"event": "end", "n": str(number), "outcome": h.get("outcome", "?"),
+                                                "secs": str(secs), "cost": h.get("cost", "0"),
+                                                "turns": h.get("turns", "?"), "commit": h.get("commit", "")}))
+        return
+
+    def show(entries: list) -> str:
+        last = ""
+        for mid, f in entries:
+            last = mid
+            if raw:
+                if f.get("line"):
+                    sys.stdout.write(f["line"] if f["line"].endswith("\n") else f["line"] + "\n")
+            else:
+                print_pieces(console, render_entry(f))
         sys.stdout.flush()
-        time.sleep(0.05)
+        return last
+
+    last = show(store.log_tail(s.run, role, lines)) or "0-0"
+    try:
+        while follow:
+            last = show(store.log_after(s.run, role, last)) or last
+    except KeyboardInterrupt:
+        pass

@@ -100,7 +100,11 @@ def agent_env(s: Settings, run: str, role: str) -> dict[str, str]:
     return env
 
 
-@app.task(bind=True, name="ccci.iteration", acks_late=True, ignore_result=True)
+class IterationFailed(Exception):
+    """An iteration's outcome was a failure (already recorded); raised so the task shows as failed."""
+
+
+@app.task(bind=True, name="ccci.iteration", acks_late=True, ignore_result=True, throws=(IterationFailed,))
 def run_iteration(self, run: str, role: str) -> str:
     """Claim the loop (run, role) and run one iteration; returns a short outcome word."""
     s = settings()
@@ -118,7 +122,10 @@ def run_iteration(self, run: str, role: str) -> str:
         token, number, attempt = int(claim[1]), int(claim[2]), int(claim[3])
         with log_context(run=run, role=role, iteration=number):
             it = Iteration(s, store, run, role, token, owner, number, attempt, task_id)
-            return it.execute(claimed, probe)
+            result = it.execute(claimed, probe)
+        if it.failed:  # recorded and rescheduled already; the task fails so Flower says so (never retried)
+            raise IterationFailed(f"{run}/{role} iteration {number}: {result}")
+        return result
     finally:
         if probe is not None:
             probe.discard()
@@ -141,6 +148,7 @@ class Iteration:
         self.sync_ms = 0.0
         self.loop: dict[str, str] = {}
         self.resumed = ""  # the session this iteration's agent resumed, if any
+        self.failed = False  # its outcome is a failure (Flower shows the task as failed)
 
     # The heartbeat calls this from its thread the moment the lease is lost or stop is set.
     def _on_lost(self, why: str) -> None:
@@ -166,6 +174,17 @@ class Iteration:
             return "crash"
         finally:
             hb.close()
+            self._archive_log()
+
+    def _archive_log(self) -> None:
+        """Keep this iteration's agent log in Redis (compressed, capped), readable from any host."""
+        if not self.log_path or not os.path.exists(self.log_path):
+            return
+        try:
+            with open(self.log_path, "rb") as fh:
+                self.store.save_iteration_log(self.run, self.role, self.number, fh.read())
+        except Exception as exc:  # the file on this host still has it
+            log.warning("iteration log not archived: %s", exc.__class__.__name__)
 
     def _execute(self, inbox: list[tuple[str, str]], probe: Probe | None) -> str:
         hb = self.heartbeat
@@ -196,6 +215,8 @@ class Iteration:
         if self.lost:
             return self._finish(IterationResult(killed=self.lost), self._classify(IterationResult(killed=self.lost)),
                                 base=base, pushed="", violations=[], inbox_last="")
+        mirror.put(stream, {"n": self.number, "event": "start", "attempt": self.attempt,
+                            "host": self.owner.split("/")[0], "at": f"{time.time():.3f}"})
         self.agent.start()
         if self.lost:  # lost between the check and the spawn
             self.agent.kill(self.lost)
@@ -312,12 +333,27 @@ class Iteration:
             log.warning("iteration %s is stale; its result was refused", self.number)
             return "refused"
         self._after(outcome, res, violations, streak, fields, now)
+        self._report(outcome, res, pushed, now)
         if next_task:
             try:
                 send_iteration(self.run, self.role, next_task, iteration_queue(self.s, self.run_hash, self.role))
             except Exception:  # broker hiccup: the watchdog re-sends a never-claimed iteration
                 log.exception("could not enqueue the next iteration; the watchdog will")
         return outcome.kind
+
+    def _report(self, outcome: Outcome, res: IterationResult, pushed: str, now: datetime) -> None:
+        """One structured log line per iteration, the live log's end marker, and the verdict Flower shows."""
+        secs = (now - self.started).total_seconds()
+        self.failed = outcome.action not in ("continue", "resume") and outcome.kind != "stopped"
+        fields = {"run": self.run, "role": self.role, "iteration": self.number, "host": self.owner.split("/")[0],
+                  "outcome": outcome.kind, "seconds": round(secs, 3), "cost": round(res.total_cost_usd, 6),
+                  "commit": pushed, "turns": res.num_turns}
+        log.log(logging.WARNING if self.failed else logging.INFO,
+                "iteration %s of %s/%s: %s in %.1fs, $%.4f%s", self.number, self.run, self.role, outcome.kind, secs,
+                res.total_cost_usd, f", pushed {pushed[:10]}" if pushed else "", extra={"fields": fields})
+        live_log(self.store.r).put(k_log(self.run, self.role), {
+            "n": self.number, "event": "end", "outcome": outcome.kind, "secs": f"{secs:.1f}",
+            "cost": f"{res.total_cost_usd:.6f}", "turns": res.num_turns, "commit": pushed})
 
     def _tokens(self, res: IterationResult, loop: dict[str, str], fields: dict[str, Any]) -> tuple[int, int]:
         """This run's input and output tokens. Codex reports its thread's running total: a run

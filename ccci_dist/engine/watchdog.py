@@ -44,7 +44,8 @@ return 1
 """
 
 
-@app.task(name="ccci.watchdog", ignore_result=True)
+# send_events=False: about 17,000 ticks a day would bury the iterations in Flower
+@app.task(name="ccci.watchdog", ignore_result=True, send_events=False)
 def watchdog_task() -> str:
     """One watchdog tick (scheduled by beat)."""
     s = settings()

@@ -350,3 +350,46 @@ class Store:
         """History entries (newest first with ``reverse``), at most ``count``."""
         got = self.r.xrevrange(k_history(run), count=count) if reverse else self.r.xrange(k_history(run), count=count)
         return [dict(f, id=i) for i, f in got]
+
+    # -- agent logs: the live stream and each iteration's archived log ---------------------
+    ITERATION_LOG_MAX = 2_000_000  # raw bytes kept per iteration (its tail), before compression
+    ITERATION_LOG_DAYS = 30
+
+    def log_tail(self, run: str, role: str, count: int) -> list[tuple[str, dict[str, str]]]:
+        """The newest ``count`` entries of the loop's live log stream, oldest first."""
+        return self.r.xrevrange(k_log(run, role), count=count)[::-1]
+
+    def log_after(self, run: str, role: str, last: str, block_ms: int = 1000,
+                  count: int = 500) -> list[tuple[str, dict[str, str]]]:
+        """Entries after id ``last``, waiting up to ``block_ms`` for one to arrive."""
+        try:
+            got = self.r.xread({k_log(run, role): last}, block=block_ms, count=count)
+        except redis.TimeoutError:
+            return []
+        return [e for _, entries in got for e in entries]
+
+    def save_iteration_log(self, run: str, role: str, n: int, raw: bytes) -> None:
+        """Keep iteration ``n``'s agent log (its last ITERATION_LOG_MAX bytes), compressed, for
+        ITERATION_LOG_DAYS: `logs --iteration N` reads it from any host."""
+        import zlib
+
+        if len(raw) > self.ITERATION_LOG_MAX:
+            cut = raw[-self.ITERATION_LOG_MAX:]
+            raw = b"[earlier output cut]\n" + cut[cut.find(b"\n") + 1:]
+        self.r.set(f"{P}itlog:{run}:{role}:{n}", zlib.compress(raw, 6), ex=self.ITERATION_LOG_DAYS * 86400)
+
+    def iteration_log(self, run: str, role: str, n: int) -> str | None:
+        """Iteration ``n``'s archived agent log, or None if there is none (any more)."""
+        import zlib
+
+        got = self._raw().get(f"{P}itlog:{run}:{role}:{n}")
+        return None if got is None else zlib.decompress(got).decode("utf-8", "replace")
+
+    def _raw(self) -> redis.Redis:
+        """A client on the same connection pool that returns bytes (for compressed values)."""
+        if getattr(self, "_bytes_client", None) is None:
+            kw = dict(self.r.connection_pool.connection_kwargs)
+            kw["decode_responses"] = False
+            self._bytes_client = redis.Redis(connection_pool=redis.ConnectionPool(
+                connection_class=self.r.connection_pool.connection_class, **kw))
+        return self._bytes_client
