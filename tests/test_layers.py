@@ -11,7 +11,7 @@ import ast
 from pathlib import Path
 
 PKG = Path(__file__).resolve().parent.parent / "ccci_dist"
-RANK = {"config": 0, "logsetup": 1, "core": 2, "state": 3, "adapters": 3, "engine": 4, "cli": 5, "web": 5,
+RANK = {"config": 0, "data": 0, "logsetup": 1, "core": 2, "state": 3, "adapters": 3, "engine": 4, "cli": 5, "web": 5,
         "celery": 6, "__main__": 6, "__init__": 6}
 ENTRY = 6
 # Celery's worker options are click.Option objects: the --beat-thread flag cannot avoid click.

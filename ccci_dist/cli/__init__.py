@@ -7,6 +7,7 @@ and quick commands do not pay for importing Celery, Fabric or Flower.
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import sys
 from typing import Any
 
@@ -38,6 +39,31 @@ COMMANDS: dict[str, str] = {
     "systemd": "ccci_dist.cli.systemd:systemd_group",
 }
 
+# name -> (extra, module it needs): hosts install only the extras they use (pyproject.toml)
+NEEDS_EXTRA: dict[str, tuple[str, str]] = {
+    "vm": ("vm", "fabric"),
+    "flower": ("scheduler", "flower"),
+}
+
+
+def missing_extra(cmd_name: str) -> str | None:
+    """The one-line reason ``cmd_name`` cannot run here (its extra is not installed), else None."""
+    extra, module = NEEDS_EXTRA.get(cmd_name, (None, None))
+    if extra is None or module is None or importlib.util.find_spec(module) is not None:
+        return None
+    return f"{module} is not installed; install ccci-dist[{extra}] for the {cmd_name} commands"
+
+
+def _not_installed(cmd_name: str, reason: str) -> click.Command:
+    """A stand-in command: listed in --help, and running it prints ``reason`` and exits 2."""
+
+    def run(args: tuple[str, ...]) -> None:
+        fail(reason)
+
+    return click.Command(cmd_name, callback=run, add_help_option=False, short_help=reason,
+                         context_settings={"ignore_unknown_options": True, "allow_extra_args": True},
+                         params=[click.Argument(["args"], nargs=-1, type=click.UNPROCESSED)])
+
 
 class LazyGroup(click.Group):
     """A group whose sub-commands are imported on first use."""
@@ -51,6 +77,9 @@ class LazyGroup(click.Group):
         target = COMMANDS.get(cmd_name)
         if target is None:
             return None
+        reason = missing_extra(cmd_name)
+        if reason is not None:
+            return _not_installed(cmd_name, reason)
         module, attr = target.split(":")
         return getattr(importlib.import_module(module), attr)
 
@@ -82,6 +111,15 @@ def fail(message: str, code: int = 2) -> None:
 pass_ctx = click.make_pass_decorator(Ctx)
 
 
+def _print_version(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
+    if not value or ctx.resilient_parsing:
+        return
+    from ccci_dist.data import version_text
+
+    click.echo(version_text())
+    ctx.exit()
+
+
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--config", "config_file", metavar="FILE", envvar="CCCI_CONFIG",
               help="TOML config file (default: $CCCI_CONFIG, else ./ccci-dist.toml if present).")
@@ -92,7 +130,8 @@ pass_ctx = click.make_pass_decorator(Ctx)
               help="Accept credentials inside project_repo (stripped before they are stored or shown).")
 @click.option("--state-dir", type=click.Path(file_okay=False), help="State dir override.")
 @click.option("--workspace-dir", type=click.Path(file_okay=False), help="Workspace dir override.")
-@click.version_option(package_name="ccci-dist")
+@click.option("--version", is_flag=True, expose_value=False, is_eager=True, callback=_print_version,
+              help="Show the version and the git commit it was built from, and exit.")
 @click.pass_context
 def main(ctx: click.Context, config_file: str | None, **overrides: Any) -> None:
     """ccci-dist: run a plan package's Builder and Reviewer agent loops on Celery + Redis.

@@ -6,6 +6,7 @@ import json
 import shutil
 import tempfile
 from pathlib import Path
+from string import Template
 
 import click
 from rich.console import Console
@@ -13,6 +14,7 @@ from rich.table import Table
 
 from ccci_dist.cli import Ctx, fail, pass_ctx
 from ccci_dist.core.plan import PackageError, load_package
+from ccci_dist.data import data_dir
 
 
 @click.group("config")
@@ -80,16 +82,20 @@ def plan_check(directory: Path) -> None:
     console.print(f"ok: {len(pkg.phases)} phases, {len(pkg.dod)} DoD items, {len(pkg.roles)} roles")
 
 
-SCAFFOLD_GITIGNORE = """\
-# secrets never enter the repo
-.sops/
-*-secrets/
-.claude/
-*.tmp.*
-*.key
-*.pem
-.env
-"""
+def scaffold_files(name: str, ids: list[str]) -> dict[str, str]:
+    """Relative path -> text of a new plan package, from the shipped scaffold (``ccci_dist/data/scaffold``)."""
+    src = data_dir("scaffold")
+    values = {"name": name, "phases": json.dumps(ids)}
+    files: dict[str, str] = {}
+    for path in sorted(p for p in src.rglob("*") if p.is_file()):
+        rel = path.relative_to(src).as_posix()
+        text = path.read_text(encoding="utf-8")
+        if rel == "phase.md":
+            for pid in ids:
+                files[f"plan-phase{pid}-todo.md"] = Template(text).substitute(values, pid=pid)
+        else:  # "gitignore" ships without its dot: a .gitignore would act on the repo's own tree
+            files["." + rel if rel == "gitignore" else rel] = Template(text).substitute(values)
+    return files
 
 
 @click.command("init")
@@ -106,23 +112,10 @@ def init_cmd(directory: Path, name: str | None, phases: str) -> None:
     if directory.exists() and (not directory.is_dir() or any(directory.iterdir())):
         fail(f"{directory} exists and is not an empty folder; choose a new path")
     name = name or directory.resolve().name
-    files: dict[str, str] = {
-        "package.toml": f'name = "{name}"\nphases = {json.dumps(ids)}\nroles = ["builder", "reviewer"]\n',
-        "plan.md": (
-            f"# {name}\n\n## 1. Mission\n\nDescribe what must be built.\n\n"
-            "## 2. Definition of Done\n\n- **D1**: The first checkable outcome.\n"
-            "- **D2**: The second checkable outcome.\n"
-        ),
-        "prompts/builder.md": "# Builder\n\nYou build the current phase. Commit your work; the runner pushes.\n",
-        "prompts/reviewer.md": "# Reviewer\n\nYou re-verify each item independently and record it in REVIEW.md.\n",
-        "IDEAS.md": "# Ideas\n\nDeferred ideas, out of scope for now.\n",
-        "kickoff.md": "# Kickoff\n\n`ccci-dist plan check .` then `ccci-dist start`.\n",
-        ".gitignore": SCAFFOLD_GITIGNORE,
-    }
-    for pid in ids:
-        files[f"plan-phase{pid}-todo.md"] = (
-            f"# Phase {pid}\n\nGoal of this phase.\n\n## Items\n\n- **{pid}.1**: A checkable item.\n"
-        )
+    try:
+        files = scaffold_files(name, ids)
+    except FileNotFoundError as exc:
+        fail(str(exc))
     # a fresh staging dir per call: a crashed earlier init cannot block this one
     staging: Path | None = None
     try:

@@ -21,15 +21,16 @@ from ccci_dist.adapters.demo_agent import COMMAND as DEMO_AGENT
 from ccci_dist.cli import Ctx, fail, pass_ctx
 from ccci_dist.config import ConfigError, load_config
 from ccci_dist.core.plan import PackageError, load_package
-
-PACKAGE_ROOT = Path(__file__).resolve().parents[2]  # the source checkout (until the data ships in the wheel)
+from ccci_dist.data import data_dir
 
 
 def _default_plan() -> Path:
-    for base in (Path.cwd(), PACKAGE_ROOT):
-        if (base / "examples" / "tiny-plan" / "plan.md").is_file():
-            return base / "examples" / "tiny-plan"
-    return Path("examples/tiny-plan")
+    """``examples/tiny-plan`` as shipped with this install."""
+    try:
+        return data_dir("tiny_plan")
+    except FileNotFoundError as exc:
+        fail(str(exc))
+        raise
 
 
 def _seed_repo(root: Path) -> Path:
@@ -49,7 +50,8 @@ def _seed_repo(root: Path) -> Path:
 
 
 @click.command("demo")
-@click.option("--plan", "plan_dir", type=click.Path(path_type=Path), help="Plan package (default examples/tiny-plan).")
+@click.option("--plan", "plan_dir", type=click.Path(path_type=Path),
+              help="Plan package (default: the shipped examples/tiny-plan).")
 @click.option("--timeout", default=120.0, show_default=True, help="Give up after this many seconds.")
 @pass_ctx
 def demo_cmd(obj: Ctx, plan_dir: Path | None, timeout: float) -> None:

@@ -19,6 +19,7 @@ from pathlib import Path
 import click
 
 from ccci_dist.config import ConfigError
+from ccci_dist.data import data_dir
 
 UNITS = ("ccci-dist-beat.service", "ccci-dist-worker@.service", "ccci-dist-flower.service",
          "ccci-dist-boot.service")
@@ -29,13 +30,23 @@ _SAFE_PATH = re.compile(r"^/[A-Za-z0-9._/@+-]*$")
 
 
 def template_dir() -> Path:
-    """Where the unit templates live: the source tree's ``systemd/``, else ``PREFIX/share/ccci-dist/systemd``."""
-    for candidate in (Path(__file__).resolve().parents[2] / "systemd",
-                      Path(sys.prefix) / "share" / "ccci-dist" / "systemd"):
-        if all((candidate / u).is_file() for u in UNITS):
-            return candidate
-    raise ConfigError("systemd unit templates not found; run from a ccci-dist source checkout "
-                      "(systemd/ next to ccci_dist/) or reinstall ccci-dist")
+    """Where the unit templates live: the shipped ``ccci_dist/data/systemd`` (the repo's ``systemd/``)."""
+    try:
+        src = data_dir("systemd")
+    except FileNotFoundError as exc:
+        raise ConfigError(str(exc)) from None
+    missing = [u for u in UNITS if not (src / u).is_file()]
+    if missing:
+        raise ConfigError(f"systemd unit template {src / missing[0]} is missing; reinstall ccci-dist")
+    return src
+
+
+def shipped_profiles() -> Path:
+    """The worker profiles that ship with this install (``workers/`` in the repo)."""
+    try:
+        return data_dir("workers")
+    except FileNotFoundError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def _abs(label: str, value: Path) -> Path:
@@ -62,7 +73,7 @@ def render_units(user: str, prefix: Path, profiles_dir: Path | None = None, stat
                           f"(this one is {sys.prefix})")
     state_dir = _abs("--state-dir", state_dir)
     workspace_dir = _abs("--workspace-dir", workspace_dir or state_dir / "workspaces")
-    profiles_dir = _abs("--profiles-dir", profiles_dir or prefix / "workers")
+    profiles_dir = _abs("--profiles-dir", profiles_dir or shipped_profiles())
     env_file = _abs("--env-file", env_file)
     home = _abs("home of " + user, Path(pw.pw_dir))
     values = {
@@ -112,7 +123,8 @@ def systemd_group() -> None:
 @click.option("--prefix", type=click.Path(path_type=Path), default=Path(sys.prefix), show_default=True,
               help="Venv ccci-dist is installed in (PREFIX/bin/ccci-dist).")
 @click.option("--profiles-dir", type=click.Path(path_type=Path),
-              help="Folder of worker profiles; ccci-dist-worker@NAME uses DIR/NAME.toml. [default: PREFIX/workers]")
+              help="Folder of worker profiles; ccci-dist-worker@NAME uses DIR/NAME.toml. "
+                   "[default: the profiles shipped with this install]")
 @click.option("--state-dir", type=click.Path(path_type=Path), default=DEFAULT_STATE_DIR, show_default=True)
 @click.option("--workspace-dir", type=click.Path(path_type=Path), help="[default: STATE_DIR/workspaces]")
 @click.option("--env-file", type=click.Path(path_type=Path), default=DEFAULT_ENV_FILE, show_default=True,

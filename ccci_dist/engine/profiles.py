@@ -11,8 +11,10 @@ from __future__ import annotations
 import os
 import re
 import sys
+import sysconfig
 import tomllib
 from pathlib import Path
+from string import Template
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -21,6 +23,7 @@ from ccci_dist.adapters.broker import PASSWORD_FILE_ENV, broker_url, with_passwo
 from ccci_dist.config import CONTROL_QUEUE, ConfigError, Settings, load_config
 
 REDBEAT = "redbeat.RedBeatScheduler"
+SCRIPTS_VAR = "CCCI_SCRIPTS"  # usable in a profile's [env]; see child_env
 REDBEAT_LOCK_KEY = "ccci:redbeat:lock"
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -166,6 +169,8 @@ def child_env(obj: Any, profile: WorkerProfile | None = None,
     """The environment for a Celery child, and the keys this function set (values are secret-ish).
 
     Precedence, lowest first: inherited env < profile < global flags (``--broker``, ``--run``, ...).
+    Profile values expand ``$VAR``/``${VAR}`` from the inherited env, and ``${CCCI_SCRIPTS}`` to
+    the running interpreter's scripts directory (resolved here, at run time, not written down).
     ``CCCI_BROKER_PASSWORD_FILE`` puts the password from that file into the broker URL, so a
     password never has to sit in a unit file, compose file or argv.
     """
@@ -178,8 +183,10 @@ def child_env(obj: Any, profile: WorkerProfile | None = None,
             changed.append(key)
 
     if profile is not None:
+        # ${CCCI_SCRIPTS}: this interpreter's scripts dir (the venv's bin), so agents find ccci-dist
+        names = {**env, SCRIPTS_VAR: sysconfig.get_path("scripts")}
         for key, value in profile.env.items():
-            put(key, os.path.expandvars(value) if "$" in value else value)
+            put(key, Template(value).safe_substitute(names) if "$" in value else value)
         if profile.agent_command is not None:
             put("CCCI_AGENT_COMMAND", profile.agent_command)
         if profile.agent_flags is not None:

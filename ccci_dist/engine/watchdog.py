@@ -196,7 +196,11 @@ def poll_inbox_file(store: Store, s: Settings, run: str, rh: dict[str, str], rol
 @app.task(name="ccci.vm_health", ignore_result=True)
 def vm_health_task() -> bool:
     """Check the VM and notify when it goes down or comes back."""
-    from ccci_dist.adapters.vm import health
+    try:
+        from ccci_dist.adapters.vm import health
+    except ModuleNotFoundError as exc:  # a control worker installed without the [vm] extra
+        log.error("VM health check skipped: %s is not installed on this worker; install ccci-dist[vm]", exc.name)
+        return False
 
     s = settings()
     store = get_store(s)

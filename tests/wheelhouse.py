@@ -1,0 +1,52 @@
+"""Build ccci-dist's wheel and sdist, and install a wheel into a fresh venv, fast.
+
+The dependency wheels are kept in a wheelhouse outside the checkout (``$CCCI_TEST_CACHE``,
+default ``~/.cache/ccci-dist-tests/wheels``): an install first tries it alone, offline, and
+only when a requirement is missing there fills it from the package index and tries again.
+The Docker image test installs from the same wheelhouse (pip in a container has no CA bundle).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from harness import ROOT
+
+CACHE = Path(os.environ.get("CCCI_TEST_CACHE") or Path.home() / ".cache" / "ccci-dist-tests")
+WHEELHOUSE = CACHE / "wheels"
+
+
+def build(out: Path) -> tuple[Path, Path]:
+    """``python -m build`` (wheel from the sdist, as a release is built); return (wheel, sdist)."""
+    r = subprocess.run([sys.executable, "-m", "build", "--no-isolation", "--outdir", str(out), str(ROOT)],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    (wheel,) = out.glob("ccci_dist-*.whl")
+    (sdist,) = out.glob("ccci_dist-*.tar.gz")
+    return wheel, sdist
+
+
+def fill_wheelhouse(python: Path, requirement: str) -> None:
+    """Put the wheels of ``requirement``'s dependencies into the wheelhouse (from the index)."""
+    WHEELHOUSE.mkdir(parents=True, exist_ok=True)
+    r = subprocess.run([str(python), "-m", "pip", "wheel", "-q", "--wheel-dir", str(WHEELHOUSE),
+                        "--find-links", str(WHEELHOUSE), requirement], capture_output=True, text=True, timeout=900)
+    for own in WHEELHOUSE.glob("ccci_dist-*.whl"):  # only dependencies live here
+        own.unlink()
+    assert r.returncode == 0, r.stderr[-3000:]
+
+
+def venv_with(path: Path, wheel: Path, extras: str = "") -> Path:
+    """A fresh venv at ``path`` with ``wheel`` (and ``extras``) installed; return its bin dir."""
+    subprocess.run([sys.executable, "-m", "venv", str(path)], check=True, timeout=120)
+    python = path / "bin" / "python"
+    requirement = f"{wheel}[{extras}]" if extras else str(wheel)
+    cmd = [str(python), "-m", "pip", "install", "-q", "--no-index", "--find-links", str(WHEELHOUSE), requirement]
+    if subprocess.run(cmd, capture_output=True, text=True, timeout=600).returncode != 0:
+        fill_wheelhouse(python, requirement)
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+        assert r.returncode == 0, r.stderr[-3000:]
+    return path / "bin"
