@@ -4,7 +4,8 @@ import json
 
 import pytest
 
-from ccci_dist.state.store import Store, k_loop, k_next
+from ccci_dist.state.keys import k_loop, k_next
+from ccci_dist.state.store import Store
 
 
 @pytest.fixture

@@ -82,10 +82,7 @@ def demo_cmd(obj: Ctx, plan_dir: Path | None, timeout: float) -> None:
     except ConfigError as exc:
         fail(str(exc))
     use_settings(s)
-    for key in store.r.scan_iter(match="ccci:*:demo*"):
-        store.r.delete(key)
-    store.r.delete("ccci:runs:demo")
-    store.r.srem("ccci:runs", "demo")
+    store.forget_run("demo")  # only the demo's own keys: a run named demo-keep stays
     env = {**os.environ, **{f"CCCI_{k.upper()}": str(v) for k, v in overrides.items() if k != "notify_urls"},
            "CCCI_STATE_DIR": str(s.state_dir), "CCCI_NOTIFY_URLS": "[]"}
     from ccci_dist.adapters.broker import broker_url

@@ -11,11 +11,11 @@ from rich.table import Table
 
 from ccci_dist.cli import Ctx, fail, pass_ctx
 from ccci_dist.state.inbox_store import InboxError, listing, send, targets, validate
-from ccci_dist.state.store import Store, k_run
+from ccci_dist.state.store import Store
 
 
 def _roles(store: Store, run: str) -> list[str]:
-    if not store.r.exists(k_run(run)):
+    if not store.run_exists(run):
         fail(f"no run {run!r} yet; start it with `ccci-dist start` (or pass --run)")
     return store.roles(run)
 

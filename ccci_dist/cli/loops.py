@@ -8,7 +8,6 @@ import time
 from datetime import UTC, datetime
 
 import click
-import redis
 from rich.console import Console
 from rich.table import Table
 
@@ -16,7 +15,7 @@ from ccci_dist.cli import Ctx, fail, pass_ctx
 from ccci_dist.config import ConfigError, Settings
 from ccci_dist.core.plan import PackageError
 from ccci_dist.engine.runs import RunError, start_run, stop_run
-from ccci_dist.state.store import Store
+from ccci_dist.state.store import BrokerAuthError, BrokerError, Store
 
 
 def open_store(obj: Ctx) -> tuple[Settings, Store]:
@@ -28,12 +27,12 @@ def open_store(obj: Ctx) -> tuple[Settings, Store]:
     use_settings(s)
     try:
         store = Store(client(s))
-        store.r.ping()
+        store.ping()
     except ConfigError as exc:
         fail(str(exc))
-    except redis.AuthenticationError:
+    except BrokerAuthError:
         fail("the broker refused the password; check broker_url (or CCCI_BROKER_URL)")
-    except redis.RedisError as exc:
+    except BrokerError as exc:
         fail(f"cannot reach the broker ({exc.__class__.__name__}); start Redis or fix broker_url")
     return s, store
 

@@ -25,7 +25,7 @@ def export_cmd(obj: Ctx, file: Path) -> None:
     from ccci_dist.cli.loops import open_store
 
     _, store = open_store(obj)
-    doc = dump(store.r)
+    doc = dump(store)
     tmp = file.with_name(f".{file.name}.tmp.{os.getpid()}")
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -55,7 +55,7 @@ def import_cmd(obj: Ctx, file: Path, force: bool) -> None:
         fail(f"state file {file} is not a ccci-dist state document; pass a file from `state export`")
     _, store = open_store(obj)
     try:
-        n = load(store.r, doc, force=force)
+        n = load(store, doc, force=force)
     except StateError as exc:
         fail(str(exc))
     click.echo(f"imported {n} keys from {file}; the watchdog resumes the loops within a tick")

@@ -12,7 +12,6 @@ import click
 from ccci_dist.cli import fail
 from ccci_dist.config import ConfigError
 from ccci_dist.engine.profiles import (
-    REDBEAT_LOCK_KEY,
     WorkerProfile,
     beat_argv,
     child_env,
@@ -103,9 +102,9 @@ def _ping(env: dict[str, str], profile: WorkerProfile, timeout: float = 5.0) -> 
 
 
 def _beat_lock_held(env: dict[str, str]) -> bool:
-    import redis
+    from ccci_dist.state.store import BrokerError, Store
 
     try:
-        return bool(redis.Redis.from_url(effective_broker(env), socket_connect_timeout=5).exists(REDBEAT_LOCK_KEY))
-    except redis.RedisError:
+        return Store.from_url(effective_broker(env)).beat_lock_held()
+    except BrokerError:
         return False

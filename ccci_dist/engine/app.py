@@ -12,6 +12,7 @@ from celery import Celery, signals
 
 from ccci_dist.config import CONTROL_QUEUE, Settings, load_config
 from ccci_dist.engine import kombu_patch
+from ccci_dist.state.keys import REDBEAT_PREFIX
 
 kombu_patch.apply()  # a worker survives a Redis restart (see kombu_patch)
 
@@ -72,7 +73,7 @@ def celery_config(s: Settings, broker: str) -> dict:
         "worker_hijack_root_logger": False,
         "beat_scheduler": "redbeat.RedBeatScheduler",
         "redbeat_redis_url": broker,
-        "redbeat_key_prefix": "ccci:redbeat",
+        "redbeat_key_prefix": REDBEAT_PREFIX,
         # RedBeat's default lock (1500 s) would leave a standby idle for 25 min.
         "redbeat_lock_timeout": max(int(tick * 3), 5),
         "beat_max_loop_interval": max(min(tick, 5), 1),

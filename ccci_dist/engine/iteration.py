@@ -30,8 +30,7 @@ from ccci_dist.engine.app import app, settings
 from ccci_dist.engine.notify import notify
 from ccci_dist.logsetup import log_context, prune_logs
 from ccci_dist.state.lease import Heartbeat
-from ccci_dist.state.live_log import live_log
-from ccci_dist.state.store import ACTIVE, PAUSED, STOPPED, Claimed, Store, k_log, k_run
+from ccci_dist.state.store import STOPPED, Claimed, Store
 
 log = logging.getLogger(__name__)
 
@@ -207,16 +206,15 @@ class Iteration:
         self.log_path = str(log_path)
         if self.number % 20 == 1:  # cheap enough, and bounded: age and size limits from config
             prune_logs(log_path.parent, self.s.log_max_age_days, self.s.log_max_bytes)
-        stream = k_log(self.run, self.role)
-        mirror = live_log(self.store.r)
+        write_log = self.store.log_writer(self.run, self.role)
         self.agent = AgentProcess(argv, prompt, ws.path, log_path, env=agent_env(self.s, self.run, self.role),
-                                  on_line=lambda line: mirror.put(stream, {"n": self.number, "line": line[:4000]}),
+                                  on_line=lambda line: write_log({"n": self.number, "line": line[:4000]}),
                                   kill_grace=self.s.kill_grace, kind=agent_kind(self.s.agent_command))
         if self.lost:
             return self._finish(IterationResult(killed=self.lost), self._classify(IterationResult(killed=self.lost)),
                                 base=base, pushed="", violations=[], inbox_last="")
-        mirror.put(stream, {"n": self.number, "event": "start", "attempt": self.attempt,
-                            "host": self.owner.split("/")[0], "at": f"{time.time():.3f}"})
+        write_log({"n": self.number, "event": "start", "attempt": self.attempt,
+                   "host": self.owner.split("/")[0], "at": f"{time.time():.3f}"})
         self.agent.start()
         if self.lost:  # lost between the check and the spawn
             self.agent.kill(self.lost)
@@ -351,7 +349,7 @@ class Iteration:
         log.log(logging.WARNING if self.failed else logging.INFO,
                 "iteration %s of %s/%s: %s in %.1fs, $%.4f%s", self.number, self.run, self.role, outcome.kind, secs,
                 res.total_cost_usd, f", pushed {pushed[:10]}" if pushed else "", extra={"fields": fields})
-        live_log(self.store.r).put(k_log(self.run, self.role), {
+        self.store.log_writer(self.run, self.role)({
             "n": self.number, "event": "end", "outcome": outcome.kind, "secs": f"{secs:.1f}",
             "cost": f"{res.total_cost_usd:.6f}", "turns": res.num_turns, "commit": pushed})
 
@@ -382,18 +380,11 @@ class Iteration:
 
     def _charge(self, cost: float, now: datetime) -> None:
         day = now.strftime("%Y-%m-%d")
-        key = f"ccci:cost:{self.run}:{day}"
-        pipe = self.store.r.pipeline()
-        pipe.hincrbyfloat(key, self.role, cost)
-        pipe.expire(key, 40 * 86400)
-        pipe.hvals(key)
-        total = sum(float(v) for v in pipe.execute()[2])
+        total = self.store.charge(self.run, self.role, day, cost)
         budget = self.s.daily_budget_usd
         if budget and total >= budget:
             until = next_midnight(now)
-            changed = self.store.r.hget(k_run(self.run), "status") == ACTIVE
-            self.store.r.hset(k_run(self.run), mapping={"status": PAUSED, "paused_until": f"{until.timestamp():.3f}",
-                                                         "pause_reason": f"daily budget ${budget:.2f} reached"})
+            changed = self.store.pause_run(self.run, until.timestamp(), f"daily budget ${budget:.2f} reached")
             if changed:
                 self.store.event(self.run, "budget_reached", total=f"{total:.4f}")
                 notify("budget_reached", f"{self.run}: daily budget reached",

@@ -24,7 +24,6 @@ from ccci_dist.config import CONTROL_QUEUE, ConfigError, Settings, load_config
 
 REDBEAT = "redbeat.RedBeatScheduler"
 SCRIPTS_VAR = "CCCI_SCRIPTS"  # usable in a profile's [env]; see child_env
-REDBEAT_LOCK_KEY = "ccci:redbeat:lock"
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _QUEUE_RE = re.compile(r"^[A-Za-z0-9_.:-]+$")

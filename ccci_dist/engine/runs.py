@@ -12,7 +12,7 @@ from ccci_dist.adapters.workspace import Workspace, configure_git_auth
 from ccci_dist.config import Settings
 from ccci_dist.core.phases import MachineDocs, resolve_phase
 from ccci_dist.core.plan import load_package, snapshot
-from ccci_dist.state.store import ACTIVE, DONE, STOPPED, Store, k_loop, k_next, k_run, k_runs
+from ccci_dist.state.store import ACTIVE, DONE, Store
 
 
 class RunError(Exception):
@@ -60,19 +60,7 @@ def start_run(store: Store, s: Settings, *, resume: bool = False, phase: str | N
     }
     if docs is not None:
         fields["docs"] = docs.model_dump_json()
-    pipe = store.r.pipeline()
-    pipe.sadd(k_runs(), run)
-    pipe.hset(k_run(run), mapping=fields)
-    pipe.hsetnx(k_run(run), "created_at", f"{time.time():.3f}")
-    for role in pkg.roles:
-        key = k_loop(run, role)
-        pipe.hset(key, mapping={"state": ACTIVE, "role": role, "stop_reason": "", "not_before": "",
-                                "stalled_until": "", "fail_streak": 0})
-        pipe.hsetnx(key, "iteration", 0)
-        if nudge:
-            pending = json.loads(store.r.hget(key, "nudges") or "[]")
-            pipe.hset(key, "nudges", json.dumps(pending + [nudge] if nudge not in pending else pending))
-    pipe.execute()
+    store.start_run(run, fields, pkg.roles, nudge)
     store.event(run, "started", phase=phase, resume=int(resume))
     from ccci_dist.engine.notify import notify
 
@@ -105,12 +93,6 @@ def stop_run(store: Store, run: str, role: str | None = None) -> list[str]:
     if role is not None and role not in roles:
         raise RunError(f"unknown role {role!r}; this run's roles are {', '.join(roles)}")
     targets = [role] if role else roles
-    pipe = store.r.pipeline()
-    for r in targets:
-        pipe.hset(k_loop(run, r), mapping={"state": STOPPED, "stop_reason": "operator"})
-        pipe.delete(k_next(run, r))
-    if role is None and rh.get("status") != DONE:
-        pipe.hset(k_run(run), "status", STOPPED)
-    pipe.execute()
+    store.stop_loops(run, targets, stop_run=role is None and rh.get("status") != DONE)
     store.event(run, "stopped", roles=",".join(targets))
     return targets

@@ -25,23 +25,9 @@ from ccci_dist.engine.app import app, settings
 from ccci_dist.engine.iteration import get_store, iteration_queue, send_iteration
 from ccci_dist.engine.notify import notify
 from ccci_dist.state.inbox_store import INBOX_FILE, ingest_inbox_file
-from ccci_dist.state.store import ACTIVE, DONE, PAUSED, Store, k_lease, k_loop, k_next, k_run
+from ccci_dist.state.store import ACTIVE, PAUSED, Store
 
 log = logging.getLogger(__name__)
-
-TICK_LOCK = "ccci:watchdog:lock"
-TICK_STATS = "ccci:watchdog:ticks"
-
-# Advance the phase only if nobody changed it since we read it (two watchdogs, or an operator).
-RELEASE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
-"""
-SET_PHASE = """
-if redis.call('HGET', KEYS[1], 'phase') ~= ARGV[1] then return 0 end
-redis.call('HSET', KEYS[1], 'phase', ARGV[2])
-return 1
-"""
 
 
 # send_events=False: about 17,000 ticks a day would bury the iterations in Flower
@@ -57,12 +43,12 @@ def tick(store: Store, s: Settings, now: datetime | None = None) -> str:
     me = f"{hostname()}/{os.getpid()}/{uuid.uuid4().hex[:8]}"
     # Held for the whole tick (released at its end), so a slow tick under load never overlaps
     # the next; the expiry only matters if this worker dies mid-tick.
-    if not store.r.set(TICK_LOCK, me, nx=True, px=max(int(s.watchdog_interval * 3000), 1000)):
+    if not store.take_tick_lock(me, max(int(s.watchdog_interval * 3000), 1000)):
         return "skipped"
     try:
         return _tick(store, s, now)
     finally:
-        store.r.eval(RELEASE, 1, TICK_LOCK, me)
+        store.release_tick_lock(me)
 
 
 def _tick(store: Store, s: Settings, now: datetime | None) -> str:
@@ -73,15 +59,9 @@ def _tick(store: Store, s: Settings, now: datetime | None) -> str:
             tick_run(store, s, run, now)
         except Exception:  # one broken run must not stop the others' watchdog
             log.exception("watchdog failed on run %s", run)
-    if s.vm.host and s.vm.health_interval and store.r.set("ccci:vm:due", "1", nx=True,
-                                                            px=int(s.vm.health_interval * 1000)):
+    if s.vm.host and s.vm.health_interval and store.vm_check_due(int(s.vm.health_interval * 1000)):
         vm_health_task.apply_async(queue=CONTROL_QUEUE, expires=s.vm.health_interval)
-    ms = (time.perf_counter() - t0) * 1000
-    pipe = store.r.pipeline()
-    pipe.lpush(TICK_STATS, f"{ms:.3f}")
-    pipe.ltrim(TICK_STATS, 0, 9999)
-    pipe.set("ccci:watchdog:last", f"{time.time():.3f}")
-    pipe.execute()
+    store.record_tick((time.perf_counter() - t0) * 1000)
     return "ticked"
 
 
@@ -89,14 +69,13 @@ def tick_run(store: Store, s: Settings, run: str, now: datetime) -> None:
     rh = store.run(run)
     status = rh.get("status")
     if status == PAUSED and now.timestamp() >= float(rh.get("paused_until") or 0):
-        store.r.hset(k_run(run), mapping={"status": ACTIVE, "paused_until": "", "pause_reason": ""})
+        store.resume_run(run)
         store.event(run, "resumed", reason="pause ended")
         status = ACTIVE
     if status != ACTIVE or not rh.get("plan"):
         return
     plan = _plan(rh["plan"])
-    if s.inbox_poll_interval and store.r.set(f"ccci:inbox_poll:{run}", "1", nx=True,
-                                             px=int(s.inbox_poll_interval * 1000)):
+    if s.inbox_poll_interval and store.inbox_poll_due(run, int(s.inbox_poll_interval * 1000)):
         # a git fetch per run: off the tick, in a task of its own
         inbox_poll_task.apply_async(args=[run], queue=CONTROL_QUEUE, expires=max(s.inbox_poll_interval, 5))
     docs = MachineDocs.model_validate_json(rh["docs"]) if rh.get("docs") else MachineDocs()
@@ -107,7 +86,7 @@ def tick_run(store: Store, s: Settings, run: str, now: datetime) -> None:
     if phase in plan.phase_order and phase_complete(plan, docs, phase):
         later = plan.phase_order[plan.phase_order.index(phase) + 1:]
         nxt = next((p for p in later if not phase_complete(plan, docs, p)), None)
-        if nxt and store.r.eval(SET_PHASE, 1, k_run(run), phase, nxt):
+        if nxt and store.advance_phase(run, phase, nxt):
             store.event(run, "phase_advanced", phase=nxt, previous=phase)
             notify("phase_advanced", f"{run}: phase {nxt}", f"phase {phase} is complete; now on phase {nxt}")
     for role in plan.roles:
@@ -118,7 +97,7 @@ def tick_loop(store: Store, s: Settings, run: str, role: str, rh: dict[str, str]
     loop = store.loop(run, role)
     if loop.get("state") != ACTIVE:
         return
-    pttl = store.r.pttl(k_lease(run, role))
+    pttl = store.lease_pttl(run, role)
     if pttl == -1 or pttl > 0:  # leased: an iteration is live (or its host died and the lease runs out)
         if 0 < pttl < s.watchdog_interval * 1000:
             # A healthy lease is renewed long before it gets this low: its host is likely gone.
@@ -146,10 +125,7 @@ def tick_loop(store: Store, s: Settings, run: str, role: str, rh: dict[str, str]
         return
     if loop.get("running"):
         # The previous iteration never finished: its worker died or was cut off.
-        restarts = store.r.hincrby(k_loop(run, role), "restarts", 1)
-        nudges = json.loads(loop.get("nudges") or "[]")
-        if "restart" not in nudges:
-            store.r.hset(k_loop(run, role), "nudges", json.dumps([*nudges, "restart"]))
+        restarts = store.mark_restart(run, role)
         store.event(run, "restart", role=role, iteration=loop.get("running"), host=loop.get("host", ""),
                     restarts=restarts)
         notify("loop_restarted", f"{run}/{role} restarted",
@@ -176,7 +152,7 @@ def inbox_poll_task(run: str) -> int:
 
 def follow_up(store: Store, s: Settings, after: float) -> None:
     """Schedule one extra tick ``after`` seconds from now (at most one pending at a time)."""
-    if store.r.set("ccci:watchdog:follow_up", "1", nx=True, px=int(after * 1000) + 200):
+    if store.follow_up_due(int(after * 1000) + 200):
         watchdog_task.apply_async(countdown=after + 0.1, queue=CONTROL_QUEUE, expires=after + s.watchdog_interval)
 
 
@@ -205,8 +181,7 @@ def vm_health_task() -> bool:
     s = settings()
     store = get_store(s)
     ok, detail = health(s)
-    before = store.r.getset("ccci:vm:health", "up" if ok else "down")
-    store.r.set("ccci:vm:health_detail", detail[:300])
+    before = store.set_vm_health(ok, detail)
     if before is not None and before != ("up" if ok else "down"):
         notify("vm_up" if ok else "vm_down", f"VM {s.vm.host} is {'back' if ok else 'unreachable'}", detail)
     return ok
@@ -214,21 +189,16 @@ def vm_health_task() -> bool:
 
 def _reviewer_due(store: Store, run: str, loop: dict[str, str], every: int) -> bool:
     """With reviewer_every=K the reviewer runs once per K builder iterations."""
-    builder_done = int(store.r.hget(k_loop(run, "builder"), "iteration") or 0)
+    builder_done = int(store.loop_field(run, "builder", "iteration") or 0)
     seen = int(loop.get("builder_seen") or 0)
     if builder_done - seen < every:
         return False
-    store.r.hset(k_loop(run, loop.get("role", "reviewer")), "builder_seen", builder_done)
+    store.set_loop_fields(run, loop.get("role", "reviewer"), builder_seen=builder_done)
     return True
 
 
 def finish_run(store: Store, run: str, roles: list[str]) -> None:
     """DONE holds: stop every loop for good (running agents see the state change and end)."""
-    pipe = store.r.pipeline()
-    pipe.hset(k_run(run), mapping={"status": DONE, "done_at": f"{time.time():.3f}"})
-    for role in roles:
-        pipe.hset(k_loop(run, role), "state", DONE)
-        pipe.delete(k_next(run, role))
-    pipe.execute()
+    store.mark_done(run, roles)
     store.event(run, "done")
     notify("done", f"{run}: DONE", "every phase is complete and every DoD item was re-verified recently")

@@ -11,23 +11,12 @@ from __future__ import annotations
 
 import hashlib
 import re
-import time
 
-from ccci_dist.state.store import Store, k_history, k_inbox, k_loop
+from ccci_dist.state.store import Store
 
 MAX_BYTES = 64 * 1024
 INBOX_FILE = "INBOX.md"
 ROLE_PREFIX = re.compile(r"^@(?P<role>[A-Za-z0-9_-]+):\s*")
-
-# Add an INBOX.md entry once: remember its hash and queue it for its roles in one step.
-ADD_ONCE = """
-if redis.call('SADD', KEYS[1], ARGV[1]) == 0 then return 0 end
-for i = 2, #KEYS do
-  redis.call('XADD', KEYS[i], '*', 'text', ARGV[2], 'from', 'INBOX.md', 'at', ARGV[3])
-end
-return 1
-"""
-
 
 class InboxError(Exception):
     """Bad input for the inbox; the message names the problem and the fix."""
@@ -57,10 +46,7 @@ def targets(roles: list[str], to: str) -> list[str]:
 
 def send(store: Store, run: str, roles: list[str], text: str, sender: str = "cli") -> list[str]:
     """Queue ``text`` for each role atomically; returns the stream ids."""
-    pipe = store.r.pipeline(transaction=True)
-    for role in roles:
-        pipe.xadd(k_inbox(run, role), {"text": text, "from": sender, "at": f"{time.time():.3f}"})
-    return pipe.execute()
+    return store.inbox_add(run, roles, text, sender)
 
 
 def _sid(mid: str) -> tuple[int, int]:
@@ -70,11 +56,11 @@ def _sid(mid: str) -> tuple[int, int]:
 
 def listing(store: Store, run: str, role: str) -> list[dict]:
     """Every message of a loop with its state: pending, or delivered (with the acking iteration's end)."""
-    acked = store.r.hget(k_loop(run, role), "inbox_acked") or "0-0"
+    acked = store.loop_field(run, role, "inbox_acked") or "0-0"
     acks = [(_sid(f["inbox_acked"]), f.get("end", ""), f.get("iteration", ""))
-            for _, f in store.r.xrange(k_history(run)) if f.get("role") == role and f.get("inbox_acked")]
+            for f in store.history(run) if f.get("role") == role and f.get("inbox_acked")]
     rows = []
-    for mid, f in store.r.xrange(k_inbox(run, role)):
+    for mid, f in store.inbox(run, role):
         delivered = _sid(mid) <= _sid(acked)
         ack = next(((end, it) for sid, end, it in acks if sid >= _sid(mid)), ("", ""))
         rows.append({"id": mid, "role": role, "sent": float(f.get("at") or 0), "from": f.get("from", ""),
@@ -97,12 +83,10 @@ def split_entries(text: str) -> list[str]:
 def ingest_inbox_file(store: Store, run: str, roles: list[str], text: str) -> int:
     """Queue INBOX.md entries not seen before (by content hash); ``@role:`` prefixes address one role."""
     added = 0
-    script = store.r.register_script(ADD_ONCE)
     for entry in split_entries(text):
         to = roles
         if (m := ROLE_PREFIX.match(entry)) and m.group("role") in roles:
             to, entry = [m.group("role")], entry[m.end():]
         digest = hashlib.sha256(entry.encode()).hexdigest()
-        keys = [f"ccci:inbox_seen:{run}", *(k_inbox(run, r) for r in to)]
-        added += int(script(keys=keys, args=[digest, entry, f"{time.time():.3f}"]))
+        added += int(store.inbox_add_once(run, to, digest, entry))
     return added

@@ -16,7 +16,8 @@ from collections.abc import Callable
 
 import redis
 
-from ccci_dist.state.store import ACTIVE, Store, k_loop
+from ccci_dist.state.keys import k_loop
+from ccci_dist.state.store import ACTIVE, Store
 
 log = logging.getLogger(__name__)
 

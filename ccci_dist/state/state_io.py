@@ -11,13 +11,12 @@ from __future__ import annotations
 import time
 from typing import Any
 
-import redis
+from ccci_dist.state.keys import EPHEMERAL_PREFIXES, P
+from ccci_dist.state.store import Store
 
 FORMAT = "ccci-dist-state"
 VERSION = 1
-PATTERN = "ccci:*"
-EPHEMERAL = ("ccci:lease:", "ccci:next:", "ccci:worker:", "ccci:watchdog:lock", "ccci:redbeat::lock",
-             "ccci:redbeat:lock", "ccci:vm:due", "ccci:inbox_poll:", "ccci:watchdog:follow_up")
+PATTERN = f"{P}*"
 
 
 class StateError(Exception):
@@ -25,11 +24,12 @@ class StateError(Exception):
 
 
 def _keep(key: str) -> bool:
-    return not key.startswith(EPHEMERAL)
+    return not key.startswith(EPHEMERAL_PREFIXES)
 
 
-def dump(r: redis.Redis) -> dict[str, Any]:
+def dump(store: Store) -> dict[str, Any]:
     """All persistent ccci-dist keys as plain JSON data."""
+    r = store.r
     keys: dict[str, Any] = {}
     for key in sorted(r.scan_iter(match=PATTERN, count=1000)):
         if not _keep(key):
@@ -54,8 +54,9 @@ def dump(r: redis.Redis) -> dict[str, Any]:
     return {"format": FORMAT, "version": VERSION, "exported_at": time.time(), "keys": keys}
 
 
-def load(r: redis.Redis, doc: dict[str, Any], force: bool = False) -> int:
-    """Write a dump into ``r``; refuses another version, or a non-empty target without ``force``."""
+def load(store: Store, doc: dict[str, Any], force: bool = False) -> int:
+    """Write a dump into the store's Redis; refuses another version, or a non-empty target without ``force``."""
+    r = store.r
     if doc.get("format") != FORMAT:
         raise StateError("not a ccci-dist state file (format field missing); pass a file from `state export`")
     if doc.get("version") != VERSION:

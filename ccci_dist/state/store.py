@@ -1,196 +1,63 @@
-"""Run and loop state in Redis: key names, and the atomic (Lua) transitions of a loop.
+"""Run and loop state in Redis: the one class that reads and writes it, and its atomic transitions.
 
-Keys (prefix ``ccci:``)::
-
-    runs                      SET    run ids
-    run:{run}                 HASH   repo, branch, status, phase, plan (JSON snapshot), docs (JSON)
-    loop:{run}:{role}         HASH   state, iteration, running, attempt, host, session_id, ...
-    lease:{run}:{role}        STRING owner (host/pid/task), PX = lease TTL
-    fence:{run}:{role}        INT    fencing token, INCR per claimed iteration
-    next:{run}:{role}         STRING task id of the one queued iteration
-    history:{run}             STREAM one entry per finished (or refused) iteration
-    events:{run}              STREAM restarts, refusals, phase changes, DONE
-    inbox:{run}:{role}        STREAM operator messages
-    log:{run}:{role}          STREAM live agent log lines (capped)
-    worker:{node}             STRING JSON heartbeat of a worker (queues, host), PX
-
-Every state change an iteration makes after it started goes through a script that first
-checks the iteration's fencing token, so a stale iteration (its lease lapsed) can write
-nothing.
+Key names live in :mod:`ccci_dist.state.keys`, Lua scripts in ``state/scripts/*.lua``. Every state
+change an iteration makes after it started goes through a script that first checks the iteration's
+fencing token, so a stale iteration (its lease lapsed) can write nothing.
 """
 
 from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
+from importlib import resources
 from typing import Any, NamedTuple
 
 import redis
 
-P = "ccci:"
+from ccci_dist.state.keys import (
+    REDBEAT_LOCK,
+    VM_DUE,
+    VM_HEALTH,
+    VM_HEALTH_DETAIL,
+    WATCHDOG_FOLLOW_UP,
+    WATCHDOG_LAST,
+    WATCHDOG_LOCK,
+    WATCHDOG_TICKS,
+    k_cost,
+    k_events,
+    k_fence,
+    k_history,
+    k_inbox,
+    k_inbox_poll,
+    k_inbox_seen,
+    k_itlog,
+    k_lease,
+    k_log,
+    k_loop,
+    k_next,
+    k_run,
+    k_runs,
+    k_worker,
+    run_keys_patterns,
+)
+
 ACTIVE, STOPPED, DONE, PAUSED = "active", "stopped", "done", "paused"
 
-
-def k_runs() -> str:
-    return f"{P}runs"
-
-
-def k_run(run: str) -> str:
-    return f"{P}run:{run}"
+# What callers catch: the broker is unreachable, refused the password, or timed out.
+BrokerError = redis.RedisError
+BrokerAuthError = redis.AuthenticationError
+BrokerTimeout = redis.TimeoutError
 
 
-def k_loop(run: str, role: str) -> str:
-    return f"{P}loop:{run}:{role}"
+def lua(name: str) -> str:
+    """The source of ``state/scripts/<name>.lua``."""
+    return resources.files("ccci_dist.state").joinpath("scripts", f"{name}.lua").read_text(encoding="utf-8")
 
 
-def k_lease(run: str, role: str) -> str:
-    return f"{P}lease:{run}:{role}"
-
-
-def k_fence(run: str, role: str) -> str:
-    return f"{P}fence:{run}:{role}"
-
-
-def k_next(run: str, role: str) -> str:
-    return f"{P}next:{run}:{role}"
-
-
-def k_history(run: str) -> str:
-    return f"{P}history:{run}"
-
-
-def k_events(run: str) -> str:
-    return f"{P}events:{run}"
-
-
-def k_inbox(run: str, role: str) -> str:
-    return f"{P}inbox:{run}:{role}"
-
-
-def k_log(run: str, role: str) -> str:
-    return f"{P}log:{run}:{role}"
-
-
-def k_worker(node: str) -> str:
-    return f"{P}worker:{node}"
-
-
-# Claim the loop for one iteration: the task must be the loop's queued one, the loop active
-# and the lease free. Returns {ok, token|reason, iteration, attempt}.
-CLAIM = """
-local state = redis.call('HGET', KEYS[1], 'state')
-local run_status = redis.call('HGET', KEYS[5], 'status')
-if state ~= 'active' or (run_status and run_status ~= 'active') then
-  -- consumed: a paused or stopped loop gets a fresh message from the watchdog when it resumes
-  if redis.call('GET', KEYS[4]) == ARGV[1] then redis.call('DEL', KEYS[4]) end
-  return {0, 'inactive:' .. tostring(state) .. '/' .. tostring(run_status)}
-end
-if redis.call('GET', KEYS[4]) ~= ARGV[1] then return {0, 'superseded'} end
-if not redis.call('SET', KEYS[2], ARGV[2], 'NX', 'PX', ARGV[3]) then return {0, 'busy'} end
-redis.call('DEL', KEYS[4])
-local token = redis.call('INCR', KEYS[3])
-local running = redis.call('HGET', KEYS[1], 'running')
-local n, attempt
-if running and running ~= '' then
-  n = tonumber(running)
-  attempt = tonumber(redis.call('HGET', KEYS[1], 'attempt') or '1') + 1
-else
-  n = tonumber(redis.call('HGET', KEYS[1], 'iteration') or '0') + 1
-  attempt = 1
-end
-redis.call('HSET', KEYS[1], 'running', n, 'attempt', attempt, 'host', ARGV[4], 'owner', ARGV[2],
-           'token', token, 'started_at', ARGV[5], 'task_id', ARGV[1])
-redis.call('HDEL', KEYS[1], 'next_at', 'next_queue')
-return {1, token, n, attempt}
-"""
-
-# The loop's INBOX messages after the last acknowledged one. KEYS: loop, inbox.
-PENDING_INBOX = """
-local acked = redis.call('HGET', KEYS[1], 'inbox_acked')
-if not acked or acked == '' then acked = '0-0' end
-return redis.call('XRANGE', KEYS[2], '(' .. acked, '+')
-"""
-
-# Renew the lease if we still own it.
-RENEW = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
-end
-return 0
-"""
-
-# True while our token is the current one and we hold the lease: guards pushes.
-FENCE_OK = """
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
-if redis.call('GET', KEYS[2]) ~= ARGV[2] then return 0 end
-return 1
-"""
-
-# Finish an iteration (fenced). ARGV: token, owner, loop fields JSON, history JSON,
-# next-task-id ('' = none), now, run-hash fields JSON, inbox ack id ('' = none), stream maxlen.
-FINISH = """
-if redis.call('GET', KEYS[3]) ~= ARGV[1] then
-  redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[9], '*', 'kind', 'stale_write_refused',
-             'detail', 'finish refused: fencing token ' .. ARGV[1] .. ' is no longer current', 'at', ARGV[6])
-  return 0
-end
-local f = cjson.decode(ARGV[3])
-for k, v in pairs(f) do redis.call('HSET', KEYS[1], k, tostring(v)) end
-redis.call('HSET', KEYS[1], 'running', '')
-local h = cjson.decode(ARGV[4])
-local flat = {}
-for k, v in pairs(h) do table.insert(flat, k); table.insert(flat, tostring(v)) end
-redis.call('XADD', KEYS[5], 'MAXLEN', '~', ARGV[9], '*', unpack(flat))
-local rf = cjson.decode(ARGV[7])
-for k, v in pairs(rf) do redis.call('HSET', KEYS[6], k, tostring(v)) end
-if ARGV[8] ~= '' then redis.call('HSET', KEYS[1], 'inbox_acked', ARGV[8]) end
-if ARGV[10] ~= '' then
-  -- nudges: this iteration's own first, then the pending ones its prompt did not carry (a boot
-  -- or start may have added one while it ran); read here, not before, so none is lost
-  local nz = cjson.decode(ARGV[10])
-  local out, drop = {}, {}
-  for _, n in ipairs(nz.add) do if not drop[n] then table.insert(out, n); drop[n] = true end end
-  for _, n in ipairs(nz.seen) do drop[n] = true end
-  for _, n in ipairs(cjson.decode(redis.call('HGET', KEYS[1], 'nudges') or '[]')) do
-    if not drop[n] then table.insert(out, n); drop[n] = true end
-  end
-  redis.call('HSET', KEYS[1], 'nudges', #out == 0 and '[]' or cjson.encode(out))
-end
-if redis.call('GET', KEYS[2]) == ARGV[2] then redis.call('DEL', KEYS[2]) end
-local run_status = redis.call('HGET', KEYS[6], 'status')
-if ARGV[5] ~= '' and redis.call('HGET', KEYS[1], 'state') == 'active'
-   and (not run_status or run_status == 'active') then
-  redis.call('SET', KEYS[7], ARGV[5])
-  redis.call('HSET', KEYS[1], 'next_at', ARGV[6])
-end
-return 1
-"""
-
-# Enqueue the loop's next iteration unless one is live or queued or its start time has not come
-# (idempotent across concurrent watchdogs). ARGV: task id, now, queue. 1 = this caller sends it.
-ENQUEUE = """
-if redis.call('HGET', KEYS[1], 'state') ~= 'active' then return 0 end
-if redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
--- checked here, not from an earlier read: an iteration that just finished may have set it
-local not_before = tonumber(redis.call('HGET', KEYS[1], 'not_before') or '') or 0
-if not_before > tonumber(ARGV[2]) then return 0 end
-if redis.call('SET', KEYS[3], ARGV[1], 'NX') then
-  redis.call('HSET', KEYS[1], 'next_at', ARGV[2], 'next_queue', ARGV[3])
-  return 1
-end
-return 0
-"""
-
-# Replace a queued iteration that was lost (never claimed): the old task, if it ever
-# arrives, is superseded. ARGV: old task id, new task id, now, queue.
-REQUEUE = """
-if redis.call('HGET', KEYS[1], 'state') ~= 'active' then return 0 end
-if redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
-if redis.call('GET', KEYS[3]) ~= ARGV[1] then return 0 end
-redis.call('SET', KEYS[3], ARGV[2])
-redis.call('HSET', KEYS[1], 'next_at', ARGV[3], 'next_queue', ARGV[4])
-return 1
-"""
+CLAIM, PENDING_INBOX, RENEW, FENCE_OK, FINISH, ENQUEUE, REQUEUE, RELEASE, SET_PHASE, INBOX_ADD_ONCE = (
+    lua(n) for n in ("claim", "pending_inbox", "renew", "fence_ok", "finish", "enqueue", "requeue", "release",
+                     "set_phase", "inbox_add_once"))
 
 
 class Claimed(NamedTuple):
@@ -212,6 +79,12 @@ class Store:
 
     STREAM_MAXLEN = 100_000
 
+    @classmethod
+    def from_url(cls, url: str, timeout: float = 5.0) -> Store:
+        """A store on its own connection to ``url`` (commands that are not given a client)."""
+        return cls(redis.Redis.from_url(url, decode_responses=True, socket_connect_timeout=timeout,
+                                        socket_timeout=timeout))
+
     def __init__(self, r: redis.Redis):
         self.r = r
         self._claim = r.register_script(CLAIM)
@@ -221,6 +94,13 @@ class Store:
         self._finish = r.register_script(FINISH)
         self._enqueue = r.register_script(ENQUEUE)
         self._requeue = r.register_script(REQUEUE)
+        self._release = r.register_script(RELEASE)
+        self._set_phase = r.register_script(SET_PHASE)
+        self._inbox_add_once = r.register_script(INBOX_ADD_ONCE)
+
+    def ping(self) -> bool:
+        """Raise a ``BrokerError`` unless Redis answers."""
+        return bool(self.r.ping())
 
     # -- runs -------------------------------------------------------------------------
     def runs(self) -> list[str]:
@@ -315,6 +195,13 @@ class Store:
         return any(needle in m for m in self.r.lrange(queue, 0, -1))
 
     # -- workers ----------------------------------------------------------------------
+    def log_writer(self, run: str, role: str) -> Callable[[dict[str, str | int]], None]:
+        """Append to the loop's live log without blocking (see :mod:`ccci_dist.state.live_log`)."""
+        from ccci_dist.state.live_log import live_log
+
+        mirror, stream = live_log(self.r), k_log(run, role)
+        return lambda fields: mirror.put(stream, fields)
+
     def live_workers(self) -> list[dict[str, Any]]:
         keys = list(self.r.scan_iter(match=k_worker("*"), count=500))
         vals = self.r.mget(keys) if keys else []
@@ -329,13 +216,13 @@ class Store:
         """Charged cost per role for each UTC day (``YYYY-MM-DD``) in ``days``."""
         pipe = self.r.pipeline(transaction=False)
         for day in days:
-            pipe.hgetall(f"{P}cost:{run}:{day}")
+            pipe.hgetall(k_cost(run, day))
         return {day: {role: float(v) for role, v in got.items()} for day, got in zip(days, pipe.execute(),
                                                                                       strict=True)}
 
     def watchdog_last_tick(self) -> float | None:
         """Epoch seconds of the watchdog's last completed tick, if any."""
-        raw = self.r.get(f"{P}watchdog:last")
+        raw = self.r.get(WATCHDOG_LAST)
         return float(raw) if raw else None
 
     def announce_worker(self, node: str, body: str, px: int) -> None:
@@ -376,13 +263,13 @@ class Store:
         if len(raw) > self.ITERATION_LOG_MAX:
             cut = raw[-self.ITERATION_LOG_MAX:]
             raw = b"[earlier output cut]\n" + cut[cut.find(b"\n") + 1:]
-        self.r.set(f"{P}itlog:{run}:{role}:{n}", zlib.compress(raw, 6), ex=self.ITERATION_LOG_DAYS * 86400)
+        self.r.set(k_itlog(run, role, n), zlib.compress(raw, 6), ex=self.ITERATION_LOG_DAYS * 86400)
 
     def iteration_log(self, run: str, role: str, n: int) -> str | None:
         """Iteration ``n``'s archived agent log, or None if there is none (any more)."""
         import zlib
 
-        got = self._raw().get(f"{P}itlog:{run}:{role}:{n}")
+        got = self._raw().get(k_itlog(run, role, n))
         return None if got is None else zlib.decompress(got).decode("utf-8", "replace")
 
     def _raw(self) -> redis.Redis:
@@ -393,3 +280,152 @@ class Store:
             self._bytes_client = redis.Redis(connection_pool=redis.ConnectionPool(
                 connection_class=self.r.connection_pool.connection_class, **kw))
         return self._bytes_client
+
+    def beat_lock_held(self) -> bool:
+        """Whether some beat holds the RedBeat lock."""
+        return bool(self.r.exists(REDBEAT_LOCK))
+
+    # -- watchdog ---------------------------------------------------------------------
+    def take_tick_lock(self, owner: str, ttl_ms: int) -> bool:
+        return bool(self.r.set(WATCHDOG_LOCK, owner, nx=True, px=ttl_ms))
+
+    def release_tick_lock(self, owner: str) -> None:
+        self._release(keys=[WATCHDOG_LOCK], args=[owner])
+
+    def record_tick(self, ms: float, keep: int = 10_000) -> None:
+        """Keep the tick's duration and the time of the last tick (for `status` and bench/)."""
+        pipe = self.r.pipeline()
+        pipe.lpush(WATCHDOG_TICKS, f"{ms:.3f}")
+        pipe.ltrim(WATCHDOG_TICKS, 0, keep - 1)
+        pipe.set(WATCHDOG_LAST, f"{time.time():.3f}")
+        pipe.execute()
+
+    def tick_durations(self, n: int = 10_000) -> list[float]:
+        return [float(x) for x in self.r.lrange(WATCHDOG_TICKS, 0, n - 1)]
+
+    def _due(self, key: str, ttl_ms: int) -> bool:
+        # NX with expiry: True for the one caller per period that should do the periodic thing
+        return bool(self.r.set(key, "1", nx=True, px=max(int(ttl_ms), 1)))
+
+    def follow_up_due(self, ttl_ms: int) -> bool:
+        return self._due(WATCHDOG_FOLLOW_UP, ttl_ms)
+
+    def vm_check_due(self, ttl_ms: int) -> bool:
+        return self._due(VM_DUE, ttl_ms)
+
+    def inbox_poll_due(self, run: str, ttl_ms: int) -> bool:
+        return self._due(k_inbox_poll(run), ttl_ms)
+
+    def set_vm_health(self, ok: bool, detail: str) -> str | None:
+        """Record the VM's health; returns the previous one ("up"/"down", None the first time)."""
+        pipe = self.r.pipeline()
+        pipe.getset(VM_HEALTH, "up" if ok else "down")
+        pipe.set(VM_HEALTH_DETAIL, detail[:300])
+        return pipe.execute()[0]
+
+    # -- run and loop transitions -------------------------------------------------------
+    def resume_run(self, run: str) -> None:
+        """A pause (budget) ended: the run is active again."""
+        self.r.hset(k_run(run), mapping={"status": ACTIVE, "paused_until": "", "pause_reason": ""})
+
+    def pause_run(self, run: str, until: float, reason: str) -> bool:
+        """Pause an active run until ``until``; True if this call changed it."""
+        changed = self.r.hget(k_run(run), "status") == ACTIVE
+        self.r.hset(k_run(run), mapping={"status": PAUSED, "paused_until": f"{until:.3f}", "pause_reason": reason})
+        return changed
+
+    def advance_phase(self, run: str, expected: str, phase: str) -> bool:
+        """Set the run's phase to ``phase`` if it is still ``expected`` (two watchdogs, or an operator)."""
+        return bool(self._set_phase(keys=[k_run(run)], args=[expected, phase]))
+
+    def mark_restart(self, run: str, role: str) -> int:
+        """Count an interrupted iteration's restart and queue the restart nudge; returns the count."""
+        key = k_loop(run, role)
+        restarts = self.r.hincrby(key, "restarts", 1)
+        nudges = json.loads(self.r.hget(key, "nudges") or "[]")
+        if "restart" not in nudges:
+            self.r.hset(key, "nudges", json.dumps([*nudges, "restart"]))
+        return restarts
+
+    def set_loop_fields(self, run: str, role: str, **fields: Any) -> None:
+        self.r.hset(k_loop(run, role), mapping={k: str(v) for k, v in fields.items()})
+
+    def start_run(self, run: str, fields: dict[str, str], roles: list[str], nudge: str | None) -> None:
+        """Write a started run and make each of its loops active (keeping iteration counts)."""
+        pipe = self.r.pipeline()
+        pipe.sadd(k_runs(), run)
+        pipe.hset(k_run(run), mapping=fields)
+        pipe.hsetnx(k_run(run), "created_at", f"{time.time():.3f}")
+        for role in roles:
+            key = k_loop(run, role)
+            pipe.hset(key, mapping={"state": ACTIVE, "role": role, "stop_reason": "", "not_before": "",
+                                    "stalled_until": "", "fail_streak": 0})
+            pipe.hsetnx(key, "iteration", 0)
+            if nudge:
+                pending = json.loads(self.r.hget(key, "nudges") or "[]")
+                pipe.hset(key, "nudges", json.dumps(pending + [nudge] if nudge not in pending else pending))
+        pipe.execute()
+
+    def stop_loops(self, run: str, roles: list[str], stop_run: bool, reason: str = "operator") -> None:
+        """Stop the given loops (their queued iterations are dropped); ``stop_run`` stops the run too."""
+        pipe = self.r.pipeline()
+        for role in roles:
+            pipe.hset(k_loop(run, role), mapping={"state": STOPPED, "stop_reason": reason})
+            pipe.delete(k_next(run, role))
+        if stop_run:
+            pipe.hset(k_run(run), "status", STOPPED)
+        pipe.execute()
+
+    def mark_done(self, run: str, roles: list[str]) -> None:
+        """DONE: the run and every loop are done, nothing stays queued."""
+        pipe = self.r.pipeline()
+        pipe.hset(k_run(run), mapping={"status": DONE, "done_at": f"{time.time():.3f}"})
+        for role in roles:
+            pipe.hset(k_loop(run, role), "state", DONE)
+            pipe.delete(k_next(run, role))
+        pipe.execute()
+
+    def run_exists(self, run: str) -> bool:
+        return bool(self.r.exists(k_run(run)))
+
+    def forget_run(self, run: str) -> int:
+        """Delete every key of ``run`` (and its id from the run set); returns how many keys went."""
+        keys = {k for pat in run_keys_patterns(run) for k in self.r.scan_iter(match=pat, count=1000)}
+        pipe = self.r.pipeline()
+        for key in keys:
+            pipe.delete(key)
+        pipe.srem(k_runs(), run)
+        pipe.execute()
+        return len(keys)
+
+    # -- cost -------------------------------------------------------------------------
+    def charge(self, run: str, role: str, day: str, cost: float, keep_s: int = 40 * 86400) -> float:
+        """Add an iteration's cost to the run's day (kept 40 days); returns the day's total."""
+        pipe = self.r.pipeline()
+        pipe.hincrbyfloat(k_cost(run, day), role, cost)
+        pipe.expire(k_cost(run, day), keep_s)
+        pipe.hvals(k_cost(run, day))
+        return sum(float(v) for v in pipe.execute()[2])
+
+    def cost_of_day(self, run: str, day: str) -> dict[str, float]:
+        return {role: float(v) for role, v in self.r.hgetall(k_cost(run, day)).items()}
+
+    # -- inbox ------------------------------------------------------------------------
+    def inbox_add(self, run: str, roles: list[str], text: str, sender: str) -> list[str]:
+        """Queue ``text`` for each role atomically; returns the stream ids."""
+        pipe = self.r.pipeline(transaction=True)
+        for role in roles:
+            pipe.xadd(k_inbox(run, role), {"text": text, "from": sender, "at": f"{time.time():.3f}"})
+        return pipe.execute()
+
+    def inbox_add_once(self, run: str, roles: list[str], digest: str, text: str) -> bool:
+        """Queue an INBOX.md entry for ``roles`` unless its ``digest`` was seen before."""
+        keys = [k_inbox_seen(run), *(k_inbox(run, r) for r in roles)]
+        return bool(self._inbox_add_once(keys=keys, args=[digest, text, f"{time.time():.3f}"]))
+
+    def inbox(self, run: str, role: str) -> list[tuple[str, dict[str, str]]]:
+        return self.r.xrange(k_inbox(run, role))
+
+    def loop_field(self, run: str, role: str, field: str) -> str | None:
+        return self.r.hget(k_loop(run, role), field)
+
