@@ -19,21 +19,21 @@ def store(redis_server, redis_url):
 def test_claim_needs_the_queued_task_and_a_free_lease(store):
     assert store.try_enqueue("r", "builder", "t1", "q")
     assert not store.try_enqueue("r", "builder", "t2", "q"), "second enqueue must be refused"
-    assert store.claim("r", "builder", "t-other", "o", 5, "h")[1] == "superseded"
-    ok, token, n, attempt = store.claim("r", "builder", "t1", "o1", 5, "h1")
-    assert (ok, n, attempt) == (1, 1, 1)
-    assert store.claim("r", "builder", "t1", "o1", 5, "h1")[1] == "superseded", "redelivery must not run"
+    assert store.claim("r", "builder", "t-other", "o", 5, "h").reason == "superseded"
+    c = store.claim("r", "builder", "t1", "o1", 5, "h1")
+    assert (c.ok, c.iteration, c.attempt) == (True, 1, 1) and c.token > 0
+    assert store.claim("r", "builder", "t1", "o1", 5, "h1").reason == "superseded", "redelivery must not run"
     assert store.r.get(k_next("r", "builder")) is None
     assert not store.try_enqueue("r", "builder", "t3", "q"), "no enqueue while the lease is held"
 
 
 def test_reclaim_after_lost_lease_reruns_same_number_with_new_token(store):
     store.try_enqueue("r", "builder", "t1", "q")
-    _, tok1, n1, _ = store.claim("r", "builder", "t1", "o1", 5, "h1")
+    _, tok1, n1, _, _ = store.claim("r", "builder", "t1", "o1", 5, "h1")
     store.r.delete("ccci:lease:r:builder")  # lease lapsed
     store.try_enqueue("r", "builder", "t2", "q")
-    _, tok2, n2, attempt = store.claim("r", "builder", "t2", "o2", 5, "h2")
-    assert n2 == n1 and attempt == 2 and int(tok2) > int(tok1)
+    _, tok2, n2, attempt, _ = store.claim("r", "builder", "t2", "o2", 5, "h2")
+    assert n2 == n1 and attempt == 2 and tok2 > tok1
     assert not store.fence_ok("r", "builder", tok1, "o1")
     assert store.fence_ok("r", "builder", tok2, "o2")
     assert not store.renew("r", "builder", "o1", 5)
@@ -44,15 +44,15 @@ def test_reclaim_after_lost_lease_reruns_same_number_with_new_token(store):
     assert store.finish("r", "builder", tok2, "o2", {"last_outcome": "success", "iteration": "1"},
                         {"role": "builder", "iteration": "1"}, next_task="t3", run_fields={"docs": "{}"})
     loop = store.loop("r", "builder")
-    assert loop["running"] == "" and loop["iteration"] == "1" and store.queued_task("r", "builder") == "t3"
+    assert loop.running is None and loop.iteration == 1 and store.queued_task("r", "builder") == "t3"
     assert store.lease_owner("r", "builder") is None
-    assert store.run("r") == {"docs": "{}"}
+    assert store.run("r").docs == "{}" and store.r.hgetall("ccci:run:r") == {"docs": "{}"}
     assert [h["iteration"] for h in store.history("r")] == ["1"]
 
 
 def test_inactive_loop_claims_nothing_and_finish_does_not_requeue(store):
     store.try_enqueue("r", "builder", "t1", "q")
-    _, tok, _, _ = store.claim("r", "builder", "t1", "o", 5, "h")
+    tok = store.claim("r", "builder", "t1", "o", 5, "h").token
     store.r.hset(k_loop("r", "builder"), "state", "stopped")
     assert store.finish("r", "builder", tok, "o", {}, {"x": "1"}, next_task="t2")
     assert store.queued_task("r", "builder") is None
@@ -63,8 +63,8 @@ def test_requeue_supersedes_a_lost_message(store):
     store.try_enqueue("r", "builder", "old", "q")
     assert not store.requeue("r", "builder", "wrong", "new", "q")
     assert store.requeue("r", "builder", "old", "new", "q")
-    assert store.claim("r", "builder", "old", "o", 5, "h")[1] == "superseded"
-    assert store.claim("r", "builder", "new", "o", 5, "h")[0] == 1
+    assert store.claim("r", "builder", "old", "o", 5, "h").reason == "superseded"
+    assert store.claim("r", "builder", "new", "o", 5, "h").ok
 
 
 def test_task_in_queue_reads_the_broker_list(store):
@@ -76,8 +76,8 @@ def test_task_in_queue_reads_the_broker_list(store):
 def test_paused_run_consumes_its_queued_message_without_running(store):
     store.r.hset("ccci:run:r", "status", "paused")
     store.try_enqueue("r", "builder", "t1", "q")
-    ok, reason = store.claim("r", "builder", "t1", "o", 5, "h")
-    assert ok == 0 and reason.startswith("inactive:") and "paused" in reason
+    c = store.claim("r", "builder", "t1", "o", 5, "h")
+    assert not c.ok and c.reason.startswith("inactive:") and "paused" in c.reason
     assert store.queued_task("r", "builder") is None and store.lease_owner("r", "builder") is None
     store.r.hset("ccci:run:r", "status", "active")
     assert store.try_enqueue("r", "builder", "t2", "q")
@@ -101,13 +101,13 @@ def test_claim_and_read_returns_the_state_after_the_claim(store):
     store.r.xadd("ccci:inbox:r:builder", {"text": "héllo, new"})
     store.r.hset(k_loop("r", "builder"), "inbox_acked", acked)
     c = store.claim_and_read("r", "builder", "t1", "o1", 5, "h1")
-    assert c.result[0] == 1, c
-    (ok, token, n, attempt), run_hash, loop, inbox = c
-    assert (ok, n, attempt) == (1, 1, 1) and run_hash["phase"] == "2"
-    assert (loop["running"], loop["owner"], loop["token"]) == ("1", "o1", str(token))
+    assert c.claim.ok, c
+    claim, run_hash, loop, inbox = c
+    assert (claim.iteration, claim.attempt) == (1, 1) and run_hash.phase == "2"
+    assert (loop.running, loop.owner, loop.token) == (1, "o1", claim.token)
     assert [text for _, text in inbox] == ["héllo, new"]
-    (ok, reason), _, loop, _ = store.claim_and_read("r", "builder", "t1", "o1", 5, "h1")
-    assert (ok, reason) == (0, "superseded") and loop["owner"] == "o1"
+    claim, _, loop, _ = store.claim_and_read("r", "builder", "t1", "o1", 5, "h1")
+    assert (claim.ok, claim.reason) == (False, "superseded") and loop.owner == "o1"
     store.r.hdel(k_loop("r", "builder"), "inbox_acked")
     assert len(store.claim_and_read("r", "builder", "t9", "o", 5, "h").inbox) == 3, "nothing acked: all pending"
 
@@ -115,8 +115,8 @@ def test_claim_and_read_returns_the_state_after_the_claim(store):
 def test_claim_and_read_after_the_script_cache_was_flushed(store):
     store.try_enqueue("r", "builder", "t1", "q")
     store.r.script_flush()  # as after a Redis restart
-    (ok, _token, n, _attempt), _, loop, _ = store.claim_and_read("r", "builder", "t1", "o1", 5, "h1")
-    assert (ok, n, loop["owner"]) == (1, 1, "o1")
+    claim, _, loop, _ = store.claim_and_read("r", "builder", "t1", "o1", 5, "h1")
+    assert (claim.ok, claim.iteration, loop.owner) == (True, 1, "o1")
 
 
 def test_finish_merges_nudges_with_those_added_meanwhile(store):
@@ -125,7 +125,7 @@ def test_finish_merges_nudges_with_those_added_meanwhile(store):
     def finish_with(pending, nudges):
         store.r.hset(key, "nudges", json.dumps(pending))
         store.try_enqueue("r", "builder", "t", "q")
-        _, tok, _, _ = store.claim("r", "builder", "t", "o", 5, "h")
+        tok = store.claim("r", "builder", "t", "o", 5, "h").token
         assert store.finish("r", "builder", tok, "o", {}, {"x": "1"}, nudges=nudges)
         return json.loads(store.r.hget(key, "nudges"))
 
@@ -136,6 +136,6 @@ def test_finish_merges_nudges_with_those_added_meanwhile(store):
     assert finish_with(["ünï"], (["ünï", "x"], [])) == ["ünï", "x"], "no duplicates"
     store.r.hset(key, "nudges", json.dumps(["keep"]))
     store.try_enqueue("r", "builder", "t2", "q")
-    _, tok, _, _ = store.claim("r", "builder", "t2", "o", 5, "h")
+    tok = store.claim("r", "builder", "t2", "o", 5, "h").token
     assert store.finish("r", "builder", tok, "o", {}, {"x": "1"})  # no nudge update: untouched
     assert json.loads(store.r.hget(key, "nudges")) == ["keep"]

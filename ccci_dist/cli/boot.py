@@ -37,8 +37,8 @@ def boot_cmd(obj: Ctx) -> None:
 
 
 def _resume(obj: Ctx, s: Settings, store: Store, rebooted: bool) -> None:
-    status = store.run(s.run).get("status")
-    if status not in (None, ACTIVE, PAUSED):
+    status = store.run(s.run).status
+    if status not in ("", ACTIVE, PAUSED):
         click.echo(f"run {s.run} is {status}; not resuming it (use `ccci-dist start` to)")
         return
     try:

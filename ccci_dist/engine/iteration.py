@@ -30,6 +30,7 @@ from ccci_dist.engine.app import app, settings
 from ccci_dist.engine.notify import notify
 from ccci_dist.logsetup import log_context, prune_logs
 from ccci_dist.state.lease import Heartbeat
+from ccci_dist.state.models import LoopState, RunState
 from ccci_dist.state.store import STOPPED, Claimed, Store
 
 log = logging.getLogger(__name__)
@@ -51,9 +52,9 @@ def get_store(s: Settings | None = None, purpose: str = "main") -> Store:
     return _stores[purpose]
 
 
-def iteration_queue(s: Settings, run_hash: dict[str, str], role: str) -> str:
-    queues = json.loads(run_hash.get("queues") or "{}")
-    return queues.get(role) or s.queue_for(role)
+def iteration_queue(s: Settings, run_hash: RunState, role: str) -> str:
+    """The queue of the role's iterations: the run's own choice, else the configured default."""
+    return run_hash.queues.get(role) or s.queue_for(role)
 
 
 def send_iteration(run: str, role: str, task_id: str, queue: str) -> None:
@@ -114,16 +115,15 @@ def run_iteration(self, run: str, role: str) -> str:
     probe = Probe.start(s.workspace_dir / run / role)
     try:
         claimed = store.claim_and_read(run, role, task_id, owner, s.lease_ttl, hostname())
-        claim = claimed.result
-        if not claim[0]:
-            log.info("iteration %s for %s/%s not run: %s", task_id, run, role, claim[1])
-            return f"skipped:{claim[1]}"
-        token, number, attempt = int(claim[1]), int(claim[2]), int(claim[3])
-        with log_context(run=run, role=role, iteration=number):
-            it = Iteration(s, store, run, role, token, owner, number, attempt, task_id)
+        claim = claimed.claim
+        if not claim.ok:
+            log.info("iteration %s for %s/%s not run: %s", task_id, run, role, claim.reason)
+            return f"skipped:{claim.reason}"
+        with log_context(run=run, role=role, iteration=claim.iteration):
+            it = Iteration(s, store, run, role, claim.token, owner, claim.iteration, claim.attempt, task_id)
             result = it.execute(claimed, probe)
         if it.failed:  # recorded and rescheduled already; the task fails so Flower says so (never retried)
-            raise IterationFailed(f"{run}/{role} iteration {number}: {result}")
+            raise IterationFailed(f"{run}/{role} iteration {claim.iteration}: {result}")
         return result
     finally:
         if probe is not None:
@@ -142,10 +142,10 @@ class Iteration:
         self.lost: str | None = None
         self.log_path = ""
         self.heartbeat: Heartbeat | None = None
-        self.run_hash: dict[str, str] = {}
+        self.run_hash = RunState()
         self.nudges_seen: list[str] = []
         self.sync_ms = 0.0
-        self.loop: dict[str, str] = {}
+        self.loop = LoopState()
         self.resumed = ""  # the session this iteration's agent resumed, if any
         self.failed = False  # its outcome is a failure (Flower shows the task as failed)
 
@@ -189,17 +189,17 @@ class Iteration:
         hb = self.heartbeat
         assert hb is not None
         run_hash, loop = self.run_hash, self.loop
-        plan = json.loads(run_hash["plan"])
-        ws = Workspace(self.s.workspace_dir / self.run / self.role, run_hash["repo"], run_hash.get("branch", "main"))
+        plan = json.loads(run_hash.plan)
+        ws = Workspace(self.s.workspace_dir / self.run / self.role, run_hash.repo, run_hash.branch)
         t0 = time.perf_counter()
         base = ws.sync(f"{self.role}-{self.number}", probe)
         self.sync_ms = (time.perf_counter() - t0) * 1000
         if self.s.agent_user:
             ws.hand_to(self.s.agent_user)
-        nudges = self.nudges_seen = json.loads(loop.get("nudges") or "[]")
-        prompt = assemble(role=self.role, run=self.run, iteration=self.number, phase=run_hash.get("phase", ""),
+        nudges = self.nudges_seen = list(loop.nudges)
+        prompt = assemble(role=self.role, run=self.run, iteration=self.number, phase=run_hash.phase,
                           plan=plan, inbox=inbox, nudges=nudges)
-        session = loop.get("session_id") if self.s.agent_resume and loop.get("fresh_session") != "1" else None
+        session = loop.session_id if self.s.agent_resume and not loop.fresh_session else None
         self.resumed = session or ""
         argv = build_command(self.s.agent_command, self.s.agent_flags, session or None, self.s.agent_user)
         log_path = self.s.state_dir / "logs" / self.run / self.role / f"{self.number:06d}-{self.attempt}.jsonl"
@@ -251,12 +251,12 @@ class Iteration:
                 violations: list[str], inbox_last: str, ws: Workspace | None = None) -> str:
         now = datetime.now(UTC)
         loop = self.loop  # as claimed: streak and cost change only through this loop's fenced finishes
-        streak = 0 if outcome.action in ("continue", "resume") else int(loop.get("fail_streak") or 0) + 1
+        streak = 0 if outcome.action in ("continue", "resume") else loop.fail_streak + 1
         fields: dict[str, Any] = {
             "iteration": self.number, "last_outcome": outcome.kind, "last_detail": outcome.detail,
             "last_exit": "" if res.exit_code is None else res.exit_code, "ended_at": f"{now.timestamp():.3f}",
             "fail_streak": streak, "stalled_until": "", "not_before": "",
-            "cost_total": f"{float(loop.get('cost_total') or 0) + res.total_cost_usd:.6f}",
+            "cost_total": f"{loop.cost_total + res.total_cost_usd:.6f}",
             "violation": ",".join(violations), "log": self.log_path,
         }
         if inbox_last:
@@ -315,7 +315,7 @@ class Iteration:
             "inbox_acked": inbox_last, "token": self.token, "sync_ms": f"{self.sync_ms:.1f}",
         }
         run_fields: dict[str, str] = {}
-        mirrored = json.loads(self.run_hash.get("docs") or "{}").get("commit")
+        mirrored = json.loads(self.run_hash.docs or "{}").get("commit")
         if ws is not None and outcome.kind != "lease_lost" and (pushed or base) != mirrored:
             try:
                 run_fields["docs"] = ws.docs(pushed or base).model_dump_json()
@@ -353,14 +353,14 @@ class Iteration:
             "n": self.number, "event": "end", "outcome": outcome.kind, "secs": f"{secs:.1f}",
             "cost": f"{res.total_cost_usd:.6f}", "turns": res.num_turns, "commit": pushed})
 
-    def _tokens(self, res: IterationResult, loop: dict[str, str], fields: dict[str, Any]) -> tuple[int, int]:
+    def _tokens(self, res: IterationResult, loop: LoopState, fields: dict[str, Any]) -> tuple[int, int]:
         """This run's input and output tokens. Codex reports its thread's running total: a run
         that resumed the thread counts what it added to the total the loop saw last."""
         used_in, used_out = int(res.usage.get("input_tokens") or 0), int(res.usage.get("output_tokens") or 0)
         if agent_kind(self.s.agent_command) != "codex" or not res.session_id or "input_tokens" not in res.usage:
             return used_in, used_out
         fields["thread_tokens"] = f"{res.session_id} {used_in} {used_out}"
-        thread, seen_in, seen_out = ((loop.get("thread_tokens") or "").split() + ["", "0", "0"])[:3]
+        thread, seen_in, seen_out = (loop.thread_tokens.split() + ["", "0", "0"])[:3]
         if res.session_id != self.resumed or thread != res.session_id:
             return used_in, used_out
         return max(0, used_in - int(seen_in)), max(0, used_out - int(seen_out))

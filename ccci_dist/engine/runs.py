@@ -45,14 +45,14 @@ def start_run(store: Store, s: Settings, *, resume: bool = False, phase: str | N
     if phase is not None and phase not in pkg.phase_order:
         raise RunError(f"unknown phase {phase!r}; the plan's phases are {', '.join(pkg.phase_order)}")
     docs = None
-    if resume or phase is None and not existing:
+    if resume or phase is None and not existing.exists:
         docs = docs_from_repo(s, s.repo_url, s.branch, run)
     if phase is None:
-        if resume or not existing.get("phase"):
+        if resume or not existing.phase:
             assert docs is not None
             phase = resolve_phase(pkg, docs) or pkg.phase_order[-1]
         else:
-            phase = existing["phase"]
+            phase = existing.phase
     fields = {
         "repo": s.repo_url, "branch": s.branch, "plan": json.dumps(snap), "plan_dir": str(Path(s.plan_dir)),
         "roles": json.dumps(pkg.roles), "status": ACTIVE, "phase": phase, "queues": json.dumps(s.queues),
@@ -87,12 +87,12 @@ def kick(store: Store, s: Settings, run: str) -> int:
 def stop_run(store: Store, run: str, role: str | None = None) -> list[str]:
     """Stop a loop (or all): its running agent is killed by its heartbeat within ~0.5 s."""
     rh = store.run(run)
-    if not rh:
+    if not rh.exists:
         raise RunError(f"no run {run!r}; see `ccci-dist status` for the runs")
     roles = store.roles(run)
     if role is not None and role not in roles:
         raise RunError(f"unknown role {role!r}; this run's roles are {', '.join(roles)}")
     targets = [role] if role else roles
-    store.stop_loops(run, targets, stop_run=role is None and rh.get("status") != DONE)
+    store.stop_loops(run, targets, stop_run=role is None and rh.status != DONE)
     store.event(run, "stopped", roles=",".join(targets))
     return targets

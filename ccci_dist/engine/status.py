@@ -154,52 +154,50 @@ def run_status(store: Store, s: Settings, run: str, now: float | None = None,
                live: Liveness | None = None) -> RunStatus | None:
     """The typed status of ``run`` (None if there is no such run)."""
     rh = store.run(run)
-    if not rh:
+    if not rh.exists:
         return None
     now = time.time() if now is None else now
     live = live or liveness(store, s, now)
     now_dt = datetime.fromtimestamp(now, UTC)
-    docs = MachineDocs.model_validate_json(rh["docs"]) if rh.get("docs") else MachineDocs()
-    plan = from_snapshot(json.loads(rh["plan"])) if rh.get("plan") else None
+    docs = MachineDocs.model_validate_json(rh.docs) if rh.docs else MachineDocs()
+    plan = from_snapshot(json.loads(rh.plan)) if rh.plan else None
     days = [(now_dt - timedelta(days=i)).strftime("%Y-%m-%d") for i in range(COST_DAYS)]
     per_day = store.cost_days(run, days)
     today = per_day.get(days[0], {})
-    queues = json.loads(rh.get("queues") or "{}")
     consumed = {q for w in live.workers for q in w.queues}
     loops: dict[str, Loop] = {}
     for role in store.roles(run):
         lp = store.loop(run, role)
-        queue = lp.get("next_queue") or queues.get(role) or s.queue_for(role)
+        queue = lp.next_queue or rh.queues.get(role) or s.queue_for(role)
         pttl = store.lease_pttl(run, role)
         facts = cockpit.LoopFacts(
-            role=role, stored_state=lp.get("state", "?"), run_status=rh.get("status", "?"), now=now, lease_ms=pttl,
+            role=role, stored_state=lp.state or "?", run_status=rh.status or "?", now=now, lease_ms=pttl,
             queued=bool(store.queued_task(run, role)), queue=queue, worker_on_queue=queue in consumed,
             watchdog_alive=live.watchdog.running, watchdog_age=live.watchdog.last_tick_age,
-            stop_reason=lp.get("stop_reason", ""), last_detail=lp.get("last_detail", ""),
-            not_before=_f(lp.get("not_before")), next_reason=lp.get("next_reason", ""),
-            stalled_until=_f(lp.get("stalled_until")), stalled_display=lp.get("stalled_display", ""),
-            fail_streak=int(lp.get("fail_streak") or 0), paused_until=_f(rh.get("paused_until")),
-            pause_reason=rh.get("pause_reason", ""),
+            stop_reason=lp.stop_reason, last_detail=lp.last_detail,
+            not_before=lp.not_before or 0.0, next_reason=lp.next_reason,
+            stalled_until=lp.stalled_until or 0.0, stalled_display=lp.stalled_display,
+            fail_streak=lp.fail_streak, paused_until=rh.paused_until or 0.0,
+            pause_reason=rh.pause_reason,
         )
         words = cockpit.describe_loop(facts)
         running = words.state == cockpit.RUNNING
-        sha = lp.get("last_commit", "")
+        sha = lp.last_commit
         loops[role] = Loop(
             role=role, state=words.state, reason=words.reason, next_action=words.next_action,
-            stored_state=lp.get("state", "?"), queue=queue, host=lp.get("host", ""),
-            iteration=int(lp.get("running") or lp.get("iteration") or 0), attempt=int(lp.get("attempt") or 0),
-            running_since=_dt(_f(lp.get("started_at"))) if running else None,
+            stored_state=lp.state or "?", queue=queue, host=lp.host,
+            iteration=lp.running or lp.iteration, attempt=lp.attempt,
+            running_since=_dt(lp.started_at) if running else None,
             lease_age=round(max(0.0, s.lease_ttl - pttl / 1000), 1) if pttl > 0 else None,
-            last_outcome=lp.get("last_outcome", ""), last_detail=lp.get("last_detail", "")[:300],
-            last_commit=Commit(sha=sha, subject=lp.get("last_commit_subject", ""),
-                               at=_dt(_f(lp.get("last_commit_at")))) if sha else None,
-            next_start=_dt(_f(lp.get("not_before"))) if _f(lp.get("not_before")) > now else None,
-            next_reason=lp.get("next_reason", "") if _f(lp.get("not_before")) > now else "",
-            fail_streak=int(lp.get("fail_streak") or 0), restarts=int(lp.get("restarts") or 0),
-            violation=lp.get("violation", ""), cost_today=round(today.get(role, 0.0), 6),
-            cost_total=round(_f(lp.get("cost_total")), 6),
+            last_outcome=lp.last_outcome, last_detail=lp.last_detail[:300],
+            last_commit=Commit(sha=sha, subject=lp.last_commit_subject, at=_dt(lp.last_commit_at)) if sha else None,
+            next_start=_dt(lp.not_before) if (lp.not_before or 0) > now else None,
+            next_reason=lp.next_reason if (lp.not_before or 0) > now else "",
+            fail_streak=lp.fail_streak, restarts=lp.restarts,
+            violation=lp.violation, cost_today=round(today.get(role, 0.0), 6),
+            cost_total=round(lp.cost_total, 6),
         )
-    phase = rh.get("phase", "")
+    phase = rh.phase
     phases, items, blocks = _plan_views(plan, docs, phase, now_dt, timedelta(hours=s.done_freshness_hours))
     order = [p.id for p in phases]
     budget = s.daily_budget_usd or None
@@ -208,16 +206,16 @@ def run_status(store: Store, s: Settings, run: str, now: float | None = None,
                 total=round(sum(lp.cost_total for lp in loops.values()), 6), daily_budget=budget,
                 budget_left_today=None if budget is None else round(max(0.0, budget - spent), 6),
                 per_day=[{"day": d, **{r: round(v, 6) for r, v in per_day.get(d, {}).items()}} for d in reversed(days)])
-    state = cockpit.run_state(rh.get("status", "?"), [lp.state for lp in loops.values()], live.watchdog.running)
+    state = cockpit.run_state(rh.status or "?", [lp.state for lp in loops.values()], live.watchdog.running)
     k = order.index(phase) + 1 if phase in order else 0
-    header = f"run {run}: {state}" + (f" ({rh['pause_reason']})" if rh.get("pause_reason") else "")
+    header = f"run {run}: {state}" + (f" ({rh.pause_reason})" if rh.pause_reason else "")
     header += f" · phase {phase} ({k} of {len(order)})"
-    if not live.watchdog.running and rh.get("status") in ("active", "paused"):
+    if not live.watchdog.running and rh.status in ("active", "paused"):
         header += f" · {live.watchdog.words}"
     return RunStatus(
-        run=run, generated_at=now_dt, status=rh.get("status", "?"), state=state, header=header, phase=phase,
+        run=run, generated_at=now_dt, status=rh.status or "?", state=state, header=header, phase=phase,
         phase_index=k, phase_count=len(order), phases=phases, deferred=docs.deferred,
-        pause_reason=rh.get("pause_reason", ""), items=items, blocks_done=blocks, cost=cost, loops=loops,
+        pause_reason=rh.pause_reason, items=items, blocks_done=blocks, cost=cost, loops=loops,
         liveness=live,
     )
 
@@ -247,12 +245,6 @@ def _plan_views(plan: PlanPackage | None, docs: MachineDocs, phase: str, now: da
                               stale=v is not None and v.verdict == "VERIFIED" and left is not None and left < 0))
     return phases, items, "; ".join(missing_for_done(plan, docs, now, freshness))
 
-
-def _f(raw: str | None) -> float:
-    try:
-        return float(raw or 0)
-    except ValueError:
-        return 0.0
 
 
 def _dt(ts: float | None) -> datetime | None:

@@ -25,6 +25,7 @@ from ccci_dist.engine.app import app, settings
 from ccci_dist.engine.iteration import get_store, iteration_queue, send_iteration
 from ccci_dist.engine.notify import notify
 from ccci_dist.state.inbox_store import INBOX_FILE, ingest_inbox_file
+from ccci_dist.state.models import LoopState, RunState
 from ccci_dist.state.store import ACTIVE, PAUSED, Store
 
 log = logging.getLogger(__name__)
@@ -67,22 +68,22 @@ def _tick(store: Store, s: Settings, now: datetime | None) -> str:
 
 def tick_run(store: Store, s: Settings, run: str, now: datetime) -> None:
     rh = store.run(run)
-    status = rh.get("status")
-    if status == PAUSED and now.timestamp() >= float(rh.get("paused_until") or 0):
+    status = rh.status
+    if status == PAUSED and now.timestamp() >= (rh.paused_until or 0):
         store.resume_run(run)
         store.event(run, "resumed", reason="pause ended")
         status = ACTIVE
-    if status != ACTIVE or not rh.get("plan"):
+    if status != ACTIVE or not rh.plan:
         return
-    plan = _plan(rh["plan"])
+    plan = _plan(rh.plan)
     if s.inbox_poll_interval and store.inbox_poll_due(run, int(s.inbox_poll_interval * 1000)):
         # a git fetch per run: off the tick, in a task of its own
         inbox_poll_task.apply_async(args=[run], queue=CONTROL_QUEUE, expires=max(s.inbox_poll_interval, 5))
-    docs = MachineDocs.model_validate_json(rh["docs"]) if rh.get("docs") else MachineDocs()
+    docs = MachineDocs.model_validate_json(rh.docs) if rh.docs else MachineDocs()
     if is_done(plan, docs, now, timedelta(hours=s.done_freshness_hours)):
         finish_run(store, run, plan.roles)
         return
-    phase = rh.get("phase") or plan.phase_order[0]
+    phase = rh.phase or plan.phase_order[0]
     if phase in plan.phase_order and phase_complete(plan, docs, phase):
         later = plan.phase_order[plan.phase_order.index(phase) + 1:]
         nxt = next((p for p in later if not phase_complete(plan, docs, p)), None)
@@ -93,9 +94,9 @@ def tick_run(store: Store, s: Settings, run: str, now: datetime) -> None:
         tick_loop(store, s, run, role, rh, now)
 
 
-def tick_loop(store: Store, s: Settings, run: str, role: str, rh: dict[str, str], now: datetime) -> None:
+def tick_loop(store: Store, s: Settings, run: str, role: str, rh: RunState, now: datetime) -> None:
     loop = store.loop(run, role)
-    if loop.get("state") != ACTIVE:
+    if loop.state != ACTIVE:
         return
     pttl = store.lease_pttl(run, role)
     if pttl == -1 or pttl > 0:  # leased: an iteration is live (or its host died and the lease runs out)
@@ -107,7 +108,7 @@ def tick_loop(store: Store, s: Settings, run: str, role: str, rh: dict[str, str]
     queue = iteration_queue(s, rh, role)
     queued = store.queued_task(run, role)
     if queued:
-        age = now.timestamp() - float(loop.get("next_at") or now.timestamp())
+        age = now.timestamp() - (loop.next_at or now.timestamp())
         if age > s.pickup_timeout and not store.task_in_queue(queue, queued):
             # Sent but never claimed (message lost, or taken by a worker that died before
             # claiming): send a new one; the old id is superseded if it ever arrives.
@@ -116,20 +117,20 @@ def tick_loop(store: Store, s: Settings, run: str, role: str, rh: dict[str, str]
                 store.event(run, "requeued", role=role, old=queued, new=new)
                 send_iteration(run, role, new, queue)
         return
-    if now.timestamp() < float(loop.get("not_before") or 0):
+    if now.timestamp() < (loop.not_before or 0):
         return
     if role != "builder" and s.reviewer_every and not _reviewer_due(store, run, loop, s.reviewer_every):
         return
     task_id = str(uuid.uuid4())
     if not store.try_enqueue(run, role, task_id, queue):
         return
-    if loop.get("running"):
+    if loop.running is not None:
         # The previous iteration never finished: its worker died or was cut off.
         restarts = store.mark_restart(run, role)
-        store.event(run, "restart", role=role, iteration=loop.get("running"), host=loop.get("host", ""),
+        store.event(run, "restart", role=role, iteration=loop.running, host=loop.host,
                     restarts=restarts)
         notify("loop_restarted", f"{run}/{role} restarted",
-               f"iteration {loop.get('running')} on {loop.get('host', '?')} was interrupted; re-running it")
+               f"iteration {loop.running} on {loop.host or '?'} was interrupted; re-running it")
     send_iteration(run, role, task_id, queue)
 
 
@@ -145,7 +146,7 @@ def inbox_poll_task(run: str) -> int:
     s = settings()
     store = get_store(s)
     rh = store.run(run)
-    if rh.get("status") not in (ACTIVE, PAUSED):
+    if rh.status not in (ACTIVE, PAUSED):
         return 0
     return poll_inbox_file(store, s, run, rh, store.roles(run))
 
@@ -156,10 +157,10 @@ def follow_up(store: Store, s: Settings, after: float) -> None:
         watchdog_task.apply_async(countdown=after + 0.1, queue=CONTROL_QUEUE, expires=after + s.watchdog_interval)
 
 
-def poll_inbox_file(store: Store, s: Settings, run: str, rh: dict[str, str], roles: list[str]) -> int:
+def poll_inbox_file(store: Store, s: Settings, run: str, rh: RunState, roles: list[str]) -> int:
     """Turn new INBOX.md entries in the repo into messages (each entry once, by content hash)."""
     try:
-        text = read_remote_file(rh["repo"], rh.get("branch", "main"), INBOX_FILE, s.state_dir / "inbox-mirror" / run)
+        text = read_remote_file(rh.repo, rh.branch, INBOX_FILE, s.state_dir / "inbox-mirror" / run)
     except Exception as exc:  # the repo host is down: try again next poll
         log.warning("cannot read %s of run %s: %s", INBOX_FILE, run, exc.__class__.__name__)
         return 0
@@ -187,13 +188,13 @@ def vm_health_task() -> bool:
     return ok
 
 
-def _reviewer_due(store: Store, run: str, loop: dict[str, str], every: int) -> bool:
+def _reviewer_due(store: Store, run: str, loop: LoopState, every: int) -> bool:
     """With reviewer_every=K the reviewer runs once per K builder iterations."""
     builder_done = int(store.loop_field(run, "builder", "iteration") or 0)
-    seen = int(loop.get("builder_seen") or 0)
+    seen = loop.builder_seen
     if builder_done - seen < every:
         return False
-    store.set_loop_fields(run, loop.get("role", "reviewer"), builder_seen=builder_done)
+    store.set_loop_fields(run, loop.role, builder_seen=builder_done)
     return True
 
 

@@ -41,6 +41,7 @@ from ccci_dist.state.keys import (
     k_worker,
     run_keys_patterns,
 )
+from ccci_dist.state.models import Claim, LoopState, RunState
 
 ACTIVE, STOPPED, DONE, PAUSED = "active", "stopped", "done", "paused"
 
@@ -63,9 +64,9 @@ CLAIM, PENDING_INBOX, RENEW, FENCE_OK, FINISH, ENQUEUE, REQUEUE, RELEASE, SET_PH
 class Claimed(NamedTuple):
     """What an iteration learns when it claims its loop."""
 
-    result: list  # [1, token, iteration, attempt] or [0, reason]
-    run: dict[str, str]
-    loop: dict[str, str]
+    claim: Claim
+    run: RunState
+    loop: LoopState
     inbox: list[tuple[str, str]]  # pending (id, text)
 
 
@@ -106,14 +107,17 @@ class Store:
     def runs(self) -> list[str]:
         return sorted(self.r.smembers(k_runs()))
 
-    def run(self, run: str) -> dict[str, str]:
-        return self.r.hgetall(k_run(run))
+    def run(self, run: str) -> RunState:
+        return RunState.from_hash(self.r.hgetall(k_run(run)))
 
-    def loop(self, run: str, role: str) -> dict[str, str]:
-        return self.r.hgetall(k_loop(run, role))
+    def loop(self, run: str, role: str) -> LoopState:
+        return LoopState.from_hash(self.r.hgetall(k_loop(run, role)))
 
     def roles(self, run: str) -> list[str]:
         return json.loads(self.r.hget(k_run(run), "roles") or "[]")
+
+    def update_run(self, run: str, **fields: Any) -> None:
+        self.r.hset(k_run(run), mapping={k: str(v) for k, v in fields.items()})
 
     def event(self, run: str, kind: str, **fields: Any) -> None:
         """Append to the run's event stream (restarts, refusals, phase changes)."""
@@ -128,9 +132,9 @@ class Store:
         return [dict(f, id=i) for i, f in self.r.xrange(k_history(run))]
 
     # -- leases and fencing ---------------------------------------------------------------
-    def claim(self, run: str, role: str, task_id: str, owner: str, ttl: float, host: str) -> list:
-        """Claim the loop for ``task_id``: [1, token, iteration, attempt] or [0, reason]."""
-        return self.claim_and_read(run, role, task_id, owner, ttl, host).result
+    def claim(self, run: str, role: str, task_id: str, owner: str, ttl: float, host: str) -> Claim:
+        """Claim the loop for ``task_id``: a lease, a fencing token and the iteration's number, or why not."""
+        return self.claim_and_read(run, role, task_id, owner, ttl, host).claim
 
     def claim_and_read(self, run: str, role: str, task_id: str, owner: str, ttl: float, host: str) -> Claimed:
         """``claim``, then the run's and the loop's hashes and the loop's pending INBOX messages as
@@ -155,7 +159,8 @@ class Store:
         for reply in (result, run_hash, loop, inbox):
             if isinstance(reply, Exception):
                 raise reply
-        return Claimed(result, run_hash, loop, [(mid, f.get("text", "")) for mid, f in _pairs(inbox)])
+        return Claimed(Claim.from_reply(result), RunState.from_hash(run_hash), LoopState.from_hash(loop),
+                       [(mid, f.get("text", "")) for mid, f in _pairs(inbox)])
 
     def renew(self, run: str, role: str, owner: str, ttl: float) -> bool:
         return bool(self._renew(keys=[k_lease(run, role)], args=[owner, int(ttl * 1000)]))
