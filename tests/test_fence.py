@@ -26,9 +26,9 @@ def store(redis_server, redis_url):
 
 def claim(store: Store, task: str, owner: str, ttl: float = 30) -> int:
     assert store.try_enqueue(RUN, ROLE, task, "q")
-    ok, token, _, _ = store.claim(RUN, ROLE, task, owner, ttl, "h")
-    assert ok == 1
-    return int(token)
+    c = store.claim(RUN, ROLE, task, owner, ttl, "h")
+    assert c.ok, c.reason
+    return c.token
 
 
 def lease_key(store: Store) -> str:
