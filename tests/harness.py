@@ -42,6 +42,15 @@ def wait_for(predicate, timeout: float = 10.0, interval: float = 0.05, what: str
         time.sleep(interval)
 
 
+def wait_ticks(r, n: int = 1, timeout: float = 60.0) -> None:
+    """Wait until the watchdog has ticked ``n`` more times (``ccci:watchdog:last`` changes on each
+    tick): the event a test means by "nothing happened for a few ticks", instead of a fixed sleep."""
+    for _ in range(n):
+        last = r.get("ccci:watchdog:last")
+        wait_for(lambda last=last: r.get("ccci:watchdog:last") not in (None, last), timeout, 0.05,
+                 "the next watchdog tick")
+
+
 def agent_alive(pid: int) -> bool:
     """A live (not zombie) demo agent with this pid; pids are reused quickly on a busy machine."""
     try:

@@ -2,7 +2,8 @@
 
 import json
 import sys
-import time
+
+from harness import wait_for
 
 from ccci_dist.adapters.agent import AgentProcess, build_command, parse_stream
 
@@ -72,13 +73,10 @@ def test_stall_limit_kills_whole_group(tmp_path):
     pidfile = tmp_path / "child.pid"
     p = AgentProcess([*argv, str(pidfile)], "", tmp_path, tmp_path / "log.jsonl", kill_grace=0.3)
     p.start()
-    t0 = time.monotonic()
     r = p.wait(time_limit=60, stall_limit=1.0)
-    assert r.killed == "stall" and r.exit_code is None
-    assert time.monotonic() - t0 < 10
+    assert r.killed == "stall" and r.exit_code is None  # the stall rule ended it, not the 60 s limit
     child = int(pidfile.read_text())
-    time.sleep(0.2)
-    assert not _alive(child)
+    wait_for(lambda: not _alive(child), what="the grandchild to die with its group")
 
 
 def test_time_limit(tmp_path):
@@ -111,10 +109,7 @@ def test_tool_processes_in_their_own_session_die_with_the_iteration(tmp_path):
     r = p.wait(time_limit=30, stall_limit=30)
     assert r.exit_code == 0
     orphan = int(pidfile.read_text())
-    deadline = time.monotonic() + 3
-    while _alive(orphan) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert not _alive(orphan), "a tool process of a finished iteration was left running"
+    wait_for(lambda: not _alive(orphan), what="the tool process of a finished iteration to be killed")
 
 
 def test_build_command_as_other_user():

@@ -276,10 +276,8 @@ def test_stream_cut_and_fallback_cut(claude_bin, scripted_model, tmp_path):
 
 def test_slow_stream_completes(claude_bin, scripted_model, tmp_path):
     model = scripted_model([text("slow but complete", delay=0.3)])
-    t0 = time.monotonic()
     run = run_claude("hello", tmp_path, claude_env(model.url, tmp_path / "home"), TOOL_ARGS, claude=claude_bin)
     assert run.returncode == 0 and run.result["result"] == "slow but complete"
-    assert time.monotonic() - t0 > 6 * 0.3  # 8 SSE events, 7 gaps
 
 
 # ---------------------------------------------------------------- (c) --resume

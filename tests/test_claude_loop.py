@@ -24,7 +24,6 @@ import shlex
 import shutil
 import stat
 import subprocess
-import time
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -37,7 +36,7 @@ import redis
 pytest.register_assert_rewrite("claude_fixtures")
 
 from claude_fixtures import claude_env  # noqa: E402
-from harness import wait_for  # noqa: E402
+from harness import wait_for, wait_ticks  # noqa: E402
 from scripted_model.server import bash, cut, error, hang, last_tool_results, text, tool_result_text  # noqa: E402
 
 pytest_plugins = ["claude_fixtures"]  # claude_bin, scripted_model, nonroot_user
@@ -342,6 +341,7 @@ def pid_alive(pid: int) -> bool:
 
 @pytest.mark.timeout(420)
 def test_tiny_plan_reaches_done_with_the_real_cli(bed, claude_bin, scripted_model):
+    began = datetime.now(UTC).replace(microsecond=0)  # VERIFIED times are whole seconds
     model = scripted_model(rule=Roles())
     env = use_claude(bed, claude_bin, model, CCCI_MIN_INTERVAL='{"builder": 2, "reviewer": 2}')
     bed.worker("w1", beat=True, extra_env=env)
@@ -362,7 +362,7 @@ def test_tiny_plan_reaches_done_with_the_real_cli(bed, claude_bin, scripted_mode
     for item in ("1.1", "1.2", "2.1", "D1", "D2", "D3"):
         m = re.search(rf"^VERIFIED {re.escape(item)} (\S+) ([0-9a-f]+) checked by the reviewer$", review, re.M)
         assert m, (item, review)
-        assert datetime.fromisoformat(m.group(1).replace("Z", "+00:00")) > datetime.now(UTC) - timedelta(minutes=10)
+        assert datetime.fromisoformat(m.group(1).replace("Z", "+00:00")) >= began  # written by this run
         assert subprocess.run(["git", "cat-file", "-e", m.group(2)], cwd=repo).returncode == 0  # a real commit
     assert "builder: phase 1 work" in log and "builder: mark phase 2 DONE" in log and "reviewer: " in log
 
@@ -418,7 +418,7 @@ def test_api_errors_and_stream_cuts_drive_the_loop(bed, claude_bin, scripted_mod
     wait_history(bed, 7, timeout=200)
     st = bed.wait_status(lambda st: st["loops"]["builder"]["state"] == "stopped", 30, "builder stopped")
     n_requests = len(model.main_requests())
-    time.sleep(5)  # five watchdog ticks: nothing restarts an auth-stopped loop
+    wait_ticks(rds(bed), 5)  # five watchdog ticks: nothing restarts an auth-stopped loop
 
     hist = history(bed, "builder")
     assert [h["outcome"] for h in hist] == ["rate_limited", "success", "overloaded", "success", "api_error",
@@ -557,7 +557,7 @@ def test_stalled_cli_is_killed_with_its_processes(bed, claude_bin, scripted_mode
     assert _cli_pids(agents), agents
     h = next(h for h in wait_history(bed, held, timeout=60) if int(h["iteration"]) == held)
     assert h["outcome"] == "stalled", brief([h])
-    assert 12 <= float(h["end"]) - float(h["start"]) < 60, h
+    assert float(h["end"]) >= float(h["start"]) + 12, h  # not ended before the stall limit (a rule, not a speed)
     assert h["exit"] == "" and int(h["turns"]) == 0 and float(h["cost"]) == 0
     uuid.UUID(h["session"])  # the init event came before the request: its session id was recorded
     assert [pid for pid, _ in agents if pid_alive(pid)] == []  # the whole iteration is gone
@@ -598,7 +598,7 @@ def test_timed_out_cli_is_killed_with_its_tool_processes(bed, claude_bin, script
     assert os.getsid(sleeps[0][0]) != os.getsid(cli[0])
     h = next(h for h in wait_history(bed, it, timeout=60) if int(h["iteration"]) == it)
     assert h["outcome"] == "timed_out", brief([h])
-    assert 20 <= float(h["end"]) - float(h["start"]) < 60, h
+    assert float(h["end"]) >= float(h["start"]) + 20, h  # not ended before the time limit
     assert "iteration time limit" in h["detail"] and h["exit"] == ""
     assert [pid for pid, _ in agents + tool + sleeps if pid_alive(pid)] == []
     assert not [p for p in live_procs(ws, marker) if f"{marker}-{it}" in p[1]]

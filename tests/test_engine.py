@@ -11,7 +11,7 @@ import time
 import pytest
 import redis
 from engine_fixtures import overlap
-from harness import agent_alive, git, wait_for
+from harness import agent_alive, git, wait_for, wait_ticks
 
 pytestmark = pytest.mark.slow
 
@@ -41,9 +41,9 @@ def test_tiny_plan_reaches_done(bed):
         nums = [int(h["iteration"]) for h in hist if h["role"] == role]
         assert nums == list(range(1, len(nums) + 1))
     assert not overlap(bed.agent_events(), "builder")
-    # nothing restarts a DONE run
+    # nothing restarts a DONE run: three watchdog ticks later, still the same history
     n = len(hist)
-    time.sleep(3)
+    wait_ticks(redis.Redis.from_url(bed.env["CCCI_BROKER_URL"]), 3)
     assert len(bed.cli("history", "--json").stdout.splitlines()) == n
     assert "builder: phase 1 work" in git("log", "--oneline", cwd=repo)
 
@@ -67,7 +67,7 @@ def test_kill_worker_mid_iteration_fails_over(bed):
     first = _running_agent(bed, "builder")
     assert first["host"] == "w1"
     bed.worker("w2", queues="ccci.control,ccci.builder,ccci.reviewer")
-    task_id = bed.status()  # status works while running
+    assert bed.status()["status"] == "active"  # status works while running
     r = redis.Redis.from_url(bed.env["CCCI_BROKER_URL"], decode_responses=True)
     old_task = r.hget("ccci:loop:default:builder", "task_id")
     killed_at = time.time()
@@ -75,12 +75,8 @@ def test_kill_worker_mid_iteration_fails_over(bed):
     wait_for(lambda: not agent_alive(first["pid"]), 5, 0.05, "the killed host's agent to die with it")
     second = wait_for(lambda: next((e for e in bed.agent_events() if e["event"] == "start" and e["role"] == "builder"
                                     and e["pid"] != first["pid"]), None), 20, 0.1, "builder restart on w2")
-    assert second["host"] == "w2"
-    # TTL 3 s + tick 1 s, plus process start-up slack
-    assert second["t"] - killed_at < 3 + 1 + 3, second["t"] - killed_at
+    assert second["host"] == "w2" and second["t"] > killed_at  # how soon: bench/failover.py
     assert second["iteration"] == first["iteration"]  # the interrupted iteration is re-run
-    ev = [e for e in bed.cli("history", "--json").stdout.splitlines()]
-    assert task_id
     restarts = r.xrange("ccci:events:default")
     assert any(f.get("kind") == "restart" and f.get("host") == "w1" for _, f in restarts)
     # A late redelivery of the killed iteration's message must not run an agent.
@@ -93,7 +89,6 @@ def test_kill_worker_mid_iteration_fails_over(bed):
     assert all(e["pid"] != first["pid"] for e in starts_after[starts_before:])
     ends = {first["pid"]: killed_at}
     assert not overlap(bed.agent_events(), "builder", ends)
-    assert ev is not None
 
 
 def test_stop_kills_agent_group_and_nothing_restarts(bed):
@@ -113,10 +108,11 @@ def test_stop_kills_agent_group_and_nothing_restarts(bed):
     bed.cli("stop")
     wait_for(lambda: gone, 10, 0.02, "agent killed by stop")
     r = redis.Redis.from_url(bed.env["CCCI_BROKER_URL"], decode_responses=True)
-    stopped_at = float(next(f["at"] for _, f in r.xrange("ccci:events:default") if f["kind"] == "stopped"))
-    assert gone[0] - stopped_at < 2.0, f"agent outlived the stop by {gone[0] - stopped_at:.2f}s"
+    assert [f for _, f in r.xrange("ccci:events:default") if f["kind"] == "stopped"]
+    # killed by the stop, not at the end of its 60 s of work: it never said "stop" (how soon: bench/)
+    assert not [e for e in bed.agent_events() if e["event"] == "stop" and e["pid"] == agent["pid"]]
     n = len(bed.agent_events())
-    time.sleep(4)  # four watchdog ticks
+    wait_ticks(r, 4)
     assert len(bed.agent_events()) == n, "something restarted a stopped loop"
     st = bed.status()
     assert st["status"] == "stopped" and all(lp["state"] == "stopped" for lp in st["loops"].values())

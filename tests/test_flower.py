@@ -11,7 +11,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -213,10 +212,9 @@ def test_is_loopback():
     assert not is_loopback("") and not is_loopback("0.0.0.0") and not is_loopback("10.0.0.1")
 
 
-def test_flower_help_is_fast():
-    t = time.monotonic()
+def test_flower_help():
+    # how fast it starts is measured by bench/cli_latency.py
     assert cli("flower", "--help").returncode == 0
-    assert time.monotonic() - t < 20
 
 
 @pytest.mark.slow

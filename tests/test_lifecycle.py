@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import json
 import signal
-import time
 
 import pytest
 import redis
-from harness import RedisServer, wait_for
+from harness import RedisServer, agent_alive, wait_for, wait_ticks
 
 pytestmark = pytest.mark.slow
 
@@ -20,6 +19,13 @@ def _kinds(receiver) -> list[str]:
 
 def _starts(bed, role: str) -> list[dict]:
     return [e for e in bed.agent_events() if e["event"] == "start" and e["role"] == role]
+
+
+def _live_agents(bed) -> list[dict]:
+    """Agents that started and have neither logged their stop nor died."""
+    ev = bed.agent_events()
+    stopped = {e["pid"] for e in ev if e["event"] == "stop"}
+    return [e for e in ev if e["event"] == "start" and e["pid"] not in stopped and agent_alive(e["pid"])]
 
 
 def _r(url: str) -> redis.Redis:
@@ -56,7 +62,7 @@ def test_auth_failure_stops_the_loop_and_notifies(bed, receiver):
     assert st["loops"]["builder"]["last_outcome"] == "auth"
     wait_for(lambda: "auth_failure" in _kinds(receiver), 20, 0.2, "auth notification")
     n = len(_starts(bed, "builder"))
-    time.sleep(3)
+    wait_ticks(_r(bed.env["CCCI_BROKER_URL"]), 3)
     assert len(_starts(bed, "builder")) == n == 1, "an auth failure must not be retried"
 
 
@@ -69,9 +75,9 @@ def test_daily_budget_pauses_the_run(bed, receiver):
     st = bed.wait_status(lambda st: st["status"] == "paused", 60, "paused by the budget")
     assert "daily budget" in st["pause_reason"]
     wait_for(lambda: "budget_reached" in _kinds(receiver), 20, 0.2, "budget notification")
-    time.sleep(1)  # an iteration in flight may finish
+    wait_for(lambda: not _live_agents(bed), 60, 0.1, "the iteration in flight to finish")
     n = len(bed.agent_events())
-    time.sleep(3)
+    wait_ticks(_r(bed.env["CCCI_BROKER_URL"]), 3)
     assert len(bed.agent_events()) == n, "a paused run started agents"
     costs = sum(float(h["cost"]) for h in map(json.loads, bed.cli("history", "--json").stdout.splitlines()))
     assert costs >= 0.003

