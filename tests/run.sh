@@ -34,8 +34,58 @@ bin=tests/scripted_model/node_modules/.bin
 if [ -f tests/scripted_model/package-lock.json ] \
    && { [ ! -x "$bin/claude" ] || [ ! -x "$bin/codex" ] || ! "$bin/codex" --version >/dev/null 2>&1; }; then
   (cd tests/scripted_model && npm ci --no-audit --no-fund --loglevel=error) \
-    || echo "warning: npm ci failed; the real-CLI tests will skip"
+    || { echo "error: npm ci in tests/scripted_model failed; the real-CLI tests need the pinned claude and codex" \
+              "(check node/npm and the network), then re-run" >&2; exit 1; }
 fi
+for cli in claude codex; do
+  "$bin/$cli" --version >/dev/null 2>&1 \
+    || { echo "error: $bin/$cli --version fails; delete tests/scripted_model/node_modules and re-run" >&2; exit 1; }
+done
+
+# The real-sshd and network-namespace tests must run, not skip (a skip hides their regressions).
+why=$(cd tests && "../$VENV/bin/python" -c 'from sshd import skip_reason; print(skip_reason() or "")')
+[ -z "$why" ] || { echo "error: the real-sshd tests cannot run: $why" >&2; exit 1; }
+why=$(cd tests && "../$VENV/bin/python" -c 'from netns import unavailable_reason; print(unavailable_reason() or "")')
+[ -z "$why" ] || { echo "error: the network-namespace set-up fails: $why" >&2; exit 1; }
 
 "$VENV/bin/ruff" check .
-exec "$VENV/bin/pytest" -q -p no:cacheprovider "$@"
+
+# The whole suite under coverage: patch=subprocess (pyproject.toml) measures the CLI, worker, beat and
+# agent processes the tests start too. CCCI_COVERAGE=0 runs plain pytest.
+out=$(mktemp -d)
+trap 'rm -rf "$out"' EXIT
+chmod 1777 "$out"  # processes running as the agent user write their coverage data here too
+run=("$VENV/bin/pytest")
+if [ "${CCCI_COVERAGE:-1}" != 0 ]; then
+  export COVERAGE_FILE="$out/cov/.coverage"
+  mkdir -m 1777 "$out/cov"
+  run=("$VENV/bin/coverage" run -m pytest)
+fi
+set +e
+"${run[@]}" -q -p no:cacheprovider --junitxml="$out/junit.xml" "$@"
+rc=$?
+set -e
+summary=$("$VENV/bin/python" - "$out/junit.xml" <<'PY'
+import sys, xml.etree.ElementTree as ET
+try:
+    suites = ET.parse(sys.argv[1]).getroot().iter("testsuite")
+except (OSError, ET.ParseError):
+    print("no test report"); sys.exit()
+t = {k: 0 for k in ("tests", "failures", "errors", "skipped")}
+for s in suites:
+    for k in t:
+        t[k] += int(s.get(k, 0))
+print(f"{t['tests'] - t['failures'] - t['errors'] - t['skipped']} passed, {t['failures']} failed, "
+      f"{t['errors']} errors, {t['skipped']} skipped")
+PY
+)
+cover=""
+if [ "${CCCI_COVERAGE:-1}" != 0 ]; then
+  "$VENV/bin/coverage" combine -q "$out/cov" >/dev/null 2>&1 || true
+  "$VENV/bin/coverage" report --skip-covered --sort=cover > "$out/cover.txt" 2>&1 || true
+  cover=$(awk '/^TOTAL/ {print $NF}' "$out/cover.txt")
+  echo; cat "$out/cover.txt"
+fi
+echo
+echo "summary: $summary; line coverage of ccci_dist (all processes): ${cover:-n/a}"
+exit $rc
