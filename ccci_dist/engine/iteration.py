@@ -15,17 +15,18 @@ import pwd
 import subprocess
 import time
 import uuid
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 from ccci_dist.adapters.agent import AgentProcess, IterationResult, agent_kind, build_command
 from ccci_dist.adapters.broker import client
 from ccci_dist.adapters.workspace import GitError, Probe, PushRefused, Workspace, isolation_violations
 from ccci_dist.config import Settings, hostname
-from ccci_dist.core.limits import backoff_seconds, schedule_after_limit
 from ccci_dist.core.outcome import Outcome, classify
+from ccci_dist.core.policy import LoopFacts, Ran, decide
 from ccci_dist.core.prompt import assemble
-from ccci_dist.core.schedule import next_midnight, next_start, start_reason
+from ccci_dist.core.roles import default_role
+from ccci_dist.core.schedule import next_midnight
 from ccci_dist.engine.app import app, settings
 from ccci_dist.engine.notify import notify
 from ccci_dist.logsetup import log_context, prune_logs
@@ -35,7 +36,6 @@ from ccci_dist.state.store import STOPPED, Claimed, Store
 
 log = logging.getLogger(__name__)
 
-FRESH_AFTER_FAILURES = 3
 # Agent env vars that would hand an agent the keys to the broker or the notifiers.
 SECRET_ENV = ("CCCI_BROKER_URL", "CCCI_BROKER_PASSWORD_FILE", "CCCI_NOTIFY_URLS")
 
@@ -251,60 +251,35 @@ class Iteration:
                 violations: list[str], inbox_last: str, ws: Workspace | None = None) -> str:
         now = datetime.now(UTC)
         loop = self.loop  # as claimed: streak and cost change only through this loop's fenced finishes
-        streak = 0 if outcome.action in ("continue", "resume") else loop.fail_streak + 1
+        d = decide(outcome, LoopFacts(fail_streak=loop.fail_streak), default_role(self.role), self.s, now,
+                   ran=Ran(number=self.number, started=self.started, violations=tuple(violations)))
         fields: dict[str, Any] = {
-            "iteration": self.number, "last_outcome": outcome.kind, "last_detail": outcome.detail,
+            "iteration": d.iteration, "last_outcome": outcome.kind, "last_detail": outcome.detail,
             "last_exit": "" if res.exit_code is None else res.exit_code, "ended_at": f"{now.timestamp():.3f}",
-            "fail_streak": streak, "stalled_until": "", "not_before": "",
+            "fail_streak": d.fail_streak, "stalled_until": "", "not_before": "",
             "cost_total": f"{loop.cost_total + res.total_cost_usd:.6f}",
             "violation": ",".join(violations), "log": self.log_path,
+            "fresh_session": "1" if d.fresh_session else "",
         }
         if inbox_last:
             fields["inbox_acked_at"] = f"{now.timestamp():.3f}"
-        if outcome.kind == "lease_lost":
-            # Not this loop's fault: the successor re-runs this number.
-            fields["iteration"] = self.number - 1
-        # A failed run leaves its unanswered prompt in the session, and each resumed retry would
-        # add another: after a few failures in a row, start a fresh session.
-        fresh = outcome.fresh_session or streak >= FRESH_AFTER_FAILURES
-        if res.session_id and not fresh:
+        if res.session_id and not d.fresh_session:
             fields["session_id"] = res.session_id
-        fields["fresh_session"] = "1" if fresh else ""
-        tokens_in, tokens_out = self._tokens(res, loop, fields)
-        nudges: list[str] = ["fresh_session"] if fresh else []
-        if violations:
-            nudges.append(f"Your last commits were NOT pushed: they change files your role may not touch "
-                          f"({', '.join(violations[:10])}). Redo the work without touching them.")
-        not_before: datetime | None = None
-        if outcome.action == "stall" and outcome.limit is not None:
-            not_before = schedule_after_limit(outcome.limit, margin_max=self.s.limit_margin_max)
-            fields["stalled_until"] = f"{not_before.timestamp():.3f}"
-            fields["stalled_display"] = outcome.limit.display()
-            nudges.append("limit")
-        elif outcome.action in ("backoff", "stall"):
-            wait = backoff_seconds(streak, base=self.s.backoff_base, cap=self.s.backoff_max)
-            not_before = now + timedelta(seconds=wait)
-        if outcome.action == "stop" and outcome.kind not in ("stopped", "lease_lost"):
+        if d.stalled_until is not None:
+            fields["stalled_until"] = f"{d.stalled_until.timestamp():.3f}"
+            fields["stalled_display"] = d.stalled_display
+        if d.stop_reason:
             fields["state"] = STOPPED
-            fields["stop_reason"] = outcome.kind
-        # Only what this prompt carried was delivered: a nudge added meanwhile (boot, start) stays.
-        # A failed run with nothing new to say keeps them all for the re-run.
-        keep_all = outcome.kind != "success" and not nudges and outcome.action != "stop"
-        nudge_update = ([], []) if keep_all else (nudges, self.nudges_seen)
-        at = next_start(now=now, started=self.started, min_interval=self.s.min_interval.get(self.role, 0.0),
-                        quiet=self.s.quiet_hours, not_before=not_before)
-        if at is not None:
-            fields["not_before"] = f"{at.timestamp():.3f}"
-        why = "usage limit reset" if "stalled_display" in fields else f"back-off after {streak} failure(s)"
-        fields["next_reason"] = start_reason(at, not_before=not_before, quiet=self.s.quiet_hours, why_not_before=why)
+            fields["stop_reason"] = d.stop_reason
+        if d.not_before is not None:
+            fields["not_before"] = f"{d.not_before.timestamp():.3f}"
+        fields["next_reason"] = d.next_reason
         if pushed and ws is not None:
             fields.update(last_commit=pushed, last_commit_subject=ws.subject(pushed)[:120],
                           last_commit_at=f"{now.timestamp():.3f}")
-        # With reviewer_every the watchdog paces the reviewer against the builder's progress.
-        gated = self.role != "builder" and self.s.reviewer_every > 0
-        immediate = (at is None and not gated and outcome.action in ("continue", "resume")
-                     and outcome.kind != "lease_lost")
-        next_task = str(uuid.uuid4()) if immediate else ""
+        tokens_in, tokens_out = self._tokens(res, loop, fields)
+        nudge_update = ([], []) if d.keep_nudges else (list(d.nudges), self.nudges_seen)
+        next_task = str(uuid.uuid4()) if d.enqueue_next else ""
         history = {
             "role": self.role, "iteration": self.number, "attempt": self.attempt, "host": self.owner.split("/")[0],
             "start": f"{self.started.timestamp():.6f}", "end": f"{now.timestamp():.6f}",
@@ -330,7 +305,8 @@ class Iteration:
         if not ok:
             log.warning("iteration %s is stale; its result was refused", self.number)
             return "refused"
-        self._after(outcome, res, violations, streak, fields, now)
+        for n in d.notices:
+            notify(n.event, f"{self.run}/{self.role}: {n.title}", n.body)
         self._report(outcome, res, pushed, now)
         if next_task:
             try:
@@ -364,19 +340,6 @@ class Iteration:
         if res.session_id != self.resumed or thread != res.session_id:
             return used_in, used_out
         return max(0, used_in - int(seen_in)), max(0, used_out - int(seen_out))
-
-    def _after(self, outcome: Outcome, res: IterationResult, violations: list[str], streak: int,
-               fields: dict[str, Any], now: datetime) -> None:
-        who = f"{self.run}/{self.role}"
-        if violations:
-            notify("isolation_violation", f"{who}: commits refused",
-                   f"iteration {self.number} touched {', '.join(violations[:10])}")
-        if outcome.action == "stall" and "stalled_display" in fields:
-            notify("limit_stall", f"{who}: usage limit", f"stalled until {fields['stalled_display']}")
-        if outcome.kind == "auth":
-            notify("auth_failure", f"{who}: agent cannot authenticate; loop stopped", outcome.detail)
-        if streak and streak % self.s.failure_notify_after == 0:
-            notify("repeated_failures", f"{who}: {streak} failures in a row", outcome.detail)
 
     def _charge(self, cost: float, now: datetime) -> None:
         day = now.strftime("%Y-%m-%d")

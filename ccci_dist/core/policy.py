@@ -1,0 +1,114 @@
+"""What a loop does after an iteration: a pure function of the outcome, the loop's prior state,
+the role, the settings and ``now``. ``engine/iteration.py`` applies the Decision (fenced),
+notifies and enqueues; every rule about streaks, sessions, nudges, back-off and pacing is here.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from ccci_dist.config import Settings
+from ccci_dist.core.limits import backoff_seconds, schedule_after_limit
+from ccci_dist.core.outcome import Outcome
+from ccci_dist.core.roles import RoleSpec
+from ccci_dist.core.schedule import next_start, start_reason
+
+# A failed run leaves its unanswered prompt in the session, and each resumed retry would add
+# another: after this many failures in a row, start a fresh session.
+FRESH_AFTER_FAILURES = 3
+
+
+@dataclass(frozen=True)
+class LoopFacts:
+    """The loop's state as claimed, as far as the policy reads it."""
+
+    fail_streak: int = 0
+
+
+@dataclass(frozen=True)
+class Ran:
+    """What the iteration did, besides its outcome."""
+
+    number: int
+    started: datetime
+    violations: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Notice:
+    """A notification to send once the result is recorded; the engine prefixes run/role to the title."""
+
+    event: str
+    title: str
+    body: str
+
+
+@dataclass(frozen=True)
+class Decision:
+    """Everything the loop does next, decided from one finished iteration."""
+
+    fail_streak: int
+    iteration: int  # the number to record as done (one less when the successor must re-run it)
+    fresh_session: bool  # the next iteration must not resume the agent's session
+    nudges: tuple[str, ...] = ()  # added to the loop's pending nudges
+    keep_nudges: bool = False  # keep the delivered nudges too (the next prompt repeats them)
+    not_before: datetime | None = None  # the next iteration starts no earlier (None: right away)
+    next_reason: str = ""  # why not_before (back-off, limit reset, quiet hours, pacing); "" if right away
+    stalled_until: datetime | None = None  # a usage limit holds the loop until then
+    stalled_display: str = ""
+    stop_reason: str = ""  # non-empty: the loop stops for good, for this reason
+    enqueue_next: bool = False  # send the successor now rather than leave it to the watchdog
+    notices: tuple[Notice, ...] = field(default_factory=tuple)
+
+
+def decide(outcome: Outcome, loop: LoopFacts, role: RoleSpec, settings: Settings, now: datetime, *,
+           ran: Ran, rng: Any = random) -> Decision:
+    """The loop's next step after ``ran`` came to ``outcome`` (``rng`` spreads limit retries)."""
+    s = settings
+    ok = outcome.action in ("continue", "resume")
+    streak = 0 if ok else loop.fail_streak + 1
+    fresh = outcome.fresh_session or streak >= FRESH_AFTER_FAILURES
+    nudges: list[str] = ["fresh_session"] if fresh else []
+    notices: list[Notice] = []
+    if ran.violations:
+        nudges.append(f"Your last commits were NOT pushed: they change files your role may not touch "
+                      f"({', '.join(ran.violations[:10])}). Redo the work without touching them.")
+        notices.append(Notice("isolation_violation", "commits refused",
+                              f"iteration {ran.number} touched {', '.join(ran.violations[:10])}"))
+    not_before: datetime | None = None
+    stalled_until: datetime | None = None
+    display = ""
+    if outcome.action == "stall" and outcome.limit is not None:
+        not_before = stalled_until = schedule_after_limit(outcome.limit, margin_max=s.limit_margin_max, rng=rng)
+        display = outcome.limit.display()
+        nudges.append("limit")
+        notices.append(Notice("limit_stall", "usage limit", f"stalled until {display}"))
+    elif outcome.action in ("backoff", "stall"):
+        not_before = now + timedelta(seconds=backoff_seconds(streak, base=s.backoff_base, cap=s.backoff_max))
+    stop_reason = outcome.kind if outcome.action == "stop" and outcome.kind not in ("stopped", "lease_lost") else ""
+    if outcome.kind == "auth":
+        notices.append(Notice("auth_failure", "agent cannot authenticate; loop stopped", outcome.detail))
+    if streak and streak % s.failure_notify_after == 0:
+        notices.append(Notice("repeated_failures", f"{streak} failures in a row", outcome.detail))
+    # Only what this prompt carried was delivered: a nudge added meanwhile (boot, start) stays.
+    # A failed run with nothing new to say keeps them all for the re-run.
+    keep_nudges = outcome.kind != "success" and not nudges and outcome.action != "stop"
+    at = next_start(now=now, started=ran.started, min_interval=s.min_interval.get(role.name, 0.0),
+                    quiet=s.quiet_hours, not_before=not_before)
+    why = "usage limit reset" if stalled_until is not None else f"back-off after {streak} failure(s)"
+    reason = start_reason(at, not_before=not_before, quiet=s.quiet_hours, why_not_before=why)
+    # A paced role is enqueued by the watchdog, which counts the progress of the role it waits for.
+    paced = bool(role.waits_for) and s.reviewer_every > 0
+    return Decision(
+        fail_streak=streak,
+        # lease_lost is not this loop's fault: the successor re-runs this number.
+        iteration=ran.number - 1 if outcome.kind == "lease_lost" else ran.number,
+        fresh_session=fresh, nudges=tuple(nudges), keep_nudges=keep_nudges, not_before=at,
+        next_reason=reason,
+        stalled_until=stalled_until, stalled_display=display, stop_reason=stop_reason,
+        enqueue_next=at is None and not paced and ok and outcome.kind != "lease_lost",
+        notices=tuple(notices),
+    )

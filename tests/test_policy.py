@@ -1,0 +1,135 @@
+"""core.policy.decide: what a loop does after an iteration, as a table over outcomes and prior
+state with an injected clock and random source (no Redis, no processes)."""
+
+from __future__ import annotations
+
+import itertools
+import random
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from ccci_dist.config import QuietHours, Settings
+from ccci_dist.core.limits import LimitInfo
+from ccci_dist.core.outcome import Outcome
+from ccci_dist.core.policy import FRESH_AFTER_FAILURES, Decision, LoopFacts, Notice, Ran, decide
+from ccci_dist.core.roles import RoleSpec, default_role
+
+NOW = datetime(2026, 3, 4, 12, 0, 0, tzinfo=UTC)
+BUILDER, REVIEWER = default_role("builder"), default_role("reviewer")
+S = Settings(backoff_base=30, backoff_max=3600, failure_notify_after=3, limit_margin_max=90)
+RESET = NOW + timedelta(hours=2)
+
+
+def run(outcome: Outcome, streak: int = 0, role: RoleSpec = BUILDER, s: Settings = S,
+        started: datetime = NOW - timedelta(minutes=5), violations: tuple[str, ...] = ()) -> Decision:
+    return decide(outcome, LoopFacts(fail_streak=streak), role, s, NOW,
+                  ran=Ran(number=7, started=started, violations=violations), rng=random.Random(1))
+
+
+def o(kind: str, action: str, **kw) -> Outcome:
+    return Outcome(kind=kind, action=action, detail=kw.pop("detail", f"{kind} detail"), **kw)
+
+
+def limit_retry() -> datetime:
+    return RESET + timedelta(seconds=random.Random(1).uniform(5, 90))
+
+
+CASES = {
+    "success": (o("success", "continue"), 0, dict(fail_streak=0, iteration=7, fresh_session=False, nudges=(),
+                                                keep_nudges=False, not_before=None, enqueue_next=True)),
+    "success clears a streak": (o("success", "continue"), 5, dict(fail_streak=0, enqueue_next=True)),
+    "stalled kill resumes": (o("stalled", "resume"), 2, dict(fail_streak=0, fresh_session=False,
+                                                             keep_nudges=True, enqueue_next=True)),
+    "first failure backs off": (o("api_error", "backoff"), 0, dict(
+        fail_streak=1, next_reason="back-off after 1 failure(s)", not_before=NOW + timedelta(seconds=30),
+        keep_nudges=True, enqueue_next=False,
+        fresh_session=False, notices=())),
+    "back-off doubles": (o("overloaded", "backoff"), 1, dict(fail_streak=2, not_before=NOW + timedelta(seconds=60))),
+    "third failure: fresh session, nudge, notice": (o("crash", "backoff"), FRESH_AFTER_FAILURES - 1, dict(
+        fail_streak=3, fresh_session=True, nudges=("fresh_session",), keep_nudges=False,
+        not_before=NOW + timedelta(seconds=120),
+        notices=(Notice("repeated_failures", "3 failures in a row", "crash detail"),))),
+    "back-off is capped": (o("crash", "backoff"), 40, dict(fail_streak=41, not_before=NOW + timedelta(hours=1))),
+    "usage limit stalls to reset + margin": (o("usage_limit", "stall", limit=LimitInfo(resets_at=RESET)), 0, dict(
+        fail_streak=1, stalled_until=limit_retry(), not_before=limit_retry(), stalled_display="14:00 (UTC)",
+        nudges=("limit",), enqueue_next=False, next_reason="usage limit reset",
+        notices=(Notice("limit_stall", "usage limit", "stalled until 14:00 (UTC)"),))),
+    "stall without a reset time backs off": (o("rate_limited", "stall"), 0, dict(
+        stalled_until=None, not_before=NOW + timedelta(seconds=30), nudges=(), keep_nudges=True)),
+    "auth stops the loop": (o("auth", "stop"), 0, dict(
+        stop_reason="auth", enqueue_next=False, keep_nudges=False, not_before=None,
+        notices=(Notice("auth_failure", "agent cannot authenticate; loop stopped", "auth detail"),))),
+    "an operator's stop is no stop reason": (o("stopped", "stop"), 0, dict(stop_reason="", enqueue_next=False)),
+    "lease lost: the successor re-runs the number": (o("lease_lost", "stop"), 0, dict(
+        iteration=6, stop_reason="", enqueue_next=False, keep_nudges=False)),
+    "session missing starts fresh at once": (o("session_missing", "continue", fresh_session=True), 0, dict(
+        fail_streak=0, fresh_session=True, nudges=("fresh_session",), enqueue_next=True)),
+}
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_decide_table(name):
+    outcome, streak, expected = CASES[name]
+    d = run(outcome, streak)
+    assert {k: getattr(d, k) for k in expected} == expected
+
+
+def test_violations_nudge_and_notify():
+    d = run(o("success", "continue"), violations=("src/a.py", "b.py"))
+    assert d.nudges == ("Your last commits were NOT pushed: they change files your role may not touch "
+                        "(src/a.py, b.py). Redo the work without touching them.",)
+    assert d.notices == (Notice("isolation_violation", "commits refused", "iteration 7 touched src/a.py, b.py"),)
+    assert d.enqueue_next
+
+
+def test_min_interval_paces_the_next_start():
+    s = Settings(min_interval={"builder": 600})
+    d = run(o("success", "continue"), s=s, started=NOW - timedelta(minutes=5))
+    assert (d.not_before, d.enqueue_next, d.next_reason) == (NOW + timedelta(minutes=5), False, "pacing")
+    assert run(o("success", "continue"), s=s, role=REVIEWER).enqueue_next  # per role
+
+
+def test_quiet_hours_hold_the_next_start_until_they_end():
+    s = Settings(quiet_hours=QuietHours(start="11:00", end="13:30"))
+    d = run(o("success", "continue"), s=s)
+    assert (d.not_before, d.enqueue_next, d.next_reason) == (NOW.replace(hour=13, minute=30), False, "quiet hours")
+    # a back-off that ends inside the window also waits for its end
+    assert run(o("crash", "backoff"), s=s).not_before == NOW.replace(hour=13, minute=30)
+
+
+def test_a_paced_role_is_left_to_the_watchdog():
+    paced = Settings(reviewer_every=2)
+    assert not run(o("success", "continue"), role=REVIEWER, s=paced).enqueue_next
+    assert run(o("success", "continue"), role=BUILDER, s=paced).enqueue_next
+    assert run(o("success", "continue"), role=REVIEWER).enqueue_next  # no reviewer_every: no pacing
+
+
+SETTINGS = {k: Settings(reviewer_every=k, min_interval={"builder": 300}) for k in (0, 2)}
+OUTCOMES = [o("success", "continue"), o("turn_limit", "continue"), o("stalled", "resume"),
+            o("api_error", "backoff"), o("crash", "backoff"),
+            o("usage_limit", "stall", limit=LimitInfo(resets_at=RESET)),
+            o("rate_limited", "stall"), o("auth", "stop"), o("stopped", "stop"), o("lease_lost", "stop"),
+            o("context_limit", "continue", fresh_session=True)]
+
+
+def test_decision_invariants():
+    """Every combination of outcome, streak, role, pacing and time since the start."""
+    for args in itertools.product(OUTCOMES, (0, 1, 2, 3, 5, 200), (BUILDER, REVIEWER), (0, 2), (0, 299, 301, 7200)):
+        check_invariants(*args)
+
+
+def check_invariants(outcome, streak, role, every, since_start):
+    s = SETTINGS[every]
+    d = decide(outcome, LoopFacts(fail_streak=streak), role, s, NOW,
+               ran=Ran(number=9, started=NOW - timedelta(seconds=since_start)), rng=random.Random(0))
+    ok = outcome.action in ("continue", "resume")
+    assert d.fail_streak == (0 if ok else streak + 1)
+    assert d.fresh_session == (outcome.fresh_session or d.fail_streak >= FRESH_AFTER_FAILURES)
+    assert d.not_before is None or d.not_before > NOW
+    # the successor is sent now only after a good run with nothing to wait for
+    assert not d.enqueue_next or (ok and d.not_before is None and not d.stop_reason)
+    if d.stop_reason or outcome.action == "stop":
+        assert not d.enqueue_next and not d.keep_nudges
+    if not ok and outcome.action != "stop":
+        assert d.not_before is not None  # a failure never spins
