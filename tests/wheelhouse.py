@@ -1,7 +1,7 @@
 """Build ccci-dist's wheel and sdist, and install a wheel into a fresh venv, fast.
 
 The dependency wheels are kept in a wheelhouse outside the checkout (``$CCCI_TEST_CACHE``,
-default ``~/.cache/ccci-dist-tests/wheels``): an install first tries it alone, offline, and
+default ``/var/cache/ccci-dist-tests/wheels`` as root): an install first tries it alone, offline, and
 only when a requirement is missing there fills it from the package index and tries again.
 The Docker image test installs from the same wheelhouse (pip in a container has no CA bundle).
 """
@@ -15,7 +15,9 @@ from pathlib import Path
 
 from harness import ROOT
 
-CACHE = Path(os.environ.get("CCCI_TEST_CACHE") or Path.home() / ".cache" / "ccci-dist-tests")
+# beside tests/rootfs.py's cache when root (CI runs as root on this machine), else the user's cache
+CACHE = Path(os.environ.get("CCCI_TEST_CACHE")
+             or ("/var/cache/ccci-dist-tests" if os.geteuid() == 0 else Path.home() / ".cache" / "ccci-dist-tests"))
 WHEELHOUSE = CACHE / "wheels"
 
 
