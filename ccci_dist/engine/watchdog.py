@@ -14,18 +14,20 @@ import logging
 import os
 import time
 import uuid
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from functools import lru_cache
 
 from ccci_dist.adapters.workspace import read_remote_file
 from ccci_dist.config import CONTROL_QUEUE, Settings, hostname
-from ccci_dist.core.phases import MachineDocs, is_done, phase_complete
+from ccci_dist.core.phases import MachineDocs
 from ccci_dist.core.plan import PlanPackage, from_snapshot
+from ccci_dist.core.roles import default_role
+from ccci_dist.core.tick import LoopSeen, RunSeen, decide_loop, decide_run
 from ccci_dist.engine.app import app, settings
 from ccci_dist.engine.iteration import get_store, iteration_queue, send_iteration
 from ccci_dist.engine.notify import notify
 from ccci_dist.state.inbox_store import INBOX_FILE, ingest_inbox_file
-from ccci_dist.state.models import LoopState, RunState
+from ccci_dist.state.models import RunState
 from ccci_dist.state.store import ACTIVE, PAUSED, Store
 
 log = logging.getLogger(__name__)
@@ -67,64 +69,62 @@ def _tick(store: Store, s: Settings, now: datetime | None) -> str:
 
 
 def tick_run(store: Store, s: Settings, run: str, now: datetime) -> None:
+    """Gather one run's state, decide (core.tick.decide_run), apply, then tick its loops."""
     rh = store.run(run)
-    status = rh.status
-    if status == PAUSED and now.timestamp() >= (rh.paused_until or 0):
+    plan = _plan(rh.plan) if rh.plan else None
+    docs = MachineDocs.model_validate_json(rh.docs) if rh.docs else MachineDocs()
+    seen = RunSeen(active=rh.status == ACTIVE, paused=rh.status == PAUSED, paused_until=rh.paused_until,
+                   phase=rh.phase)
+    d = decide_run(seen, plan, docs, s, now)
+    if d.resume:
         store.resume_run(run)
         store.event(run, "resumed", reason="pause ended")
-        status = ACTIVE
-    if status != ACTIVE or not rh.plan:
+    if plan is None or not (d.live or d.done):
         return
-    plan = _plan(rh.plan)
     if s.inbox_poll_interval and store.inbox_poll_due(run, int(s.inbox_poll_interval * 1000)):
         # a git fetch per run: off the tick, in a task of its own
         inbox_poll_task.apply_async(args=[run], queue=CONTROL_QUEUE, expires=max(s.inbox_poll_interval, 5))
-    docs = MachineDocs.model_validate_json(rh.docs) if rh.docs else MachineDocs()
-    if is_done(plan, docs, now, timedelta(hours=s.done_freshness_hours)):
+    if d.done:
         finish_run(store, run, plan.roles)
         return
-    phase = rh.phase or plan.phase_order[0]
-    if phase in plan.phase_order and phase_complete(plan, docs, phase):
-        later = plan.phase_order[plan.phase_order.index(phase) + 1:]
-        nxt = next((p for p in later if not phase_complete(plan, docs, p)), None)
-        if nxt and store.advance_phase(run, phase, nxt):
-            store.event(run, "phase_advanced", phase=nxt, previous=phase)
-            notify("phase_advanced", f"{run}: phase {nxt}", f"phase {phase} is complete; now on phase {nxt}")
+    if d.advance_to and store.advance_phase(run, d.phase, d.advance_to):
+        store.event(run, "phase_advanced", phase=d.advance_to, previous=d.phase)
+        notify("phase_advanced", f"{run}: phase {d.advance_to}",
+               f"phase {d.phase} is complete; now on phase {d.advance_to}")
     for role in plan.roles:
         tick_loop(store, s, run, role, rh, now)
 
 
 def tick_loop(store: Store, s: Settings, run: str, role: str, rh: RunState, now: datetime) -> None:
+    """Gather one loop's state, decide (core.tick.decide_loop) and apply."""
     loop = store.loop(run, role)
-    if loop.state != ACTIVE:
-        return
-    pttl = store.lease_pttl(run, role)
-    if pttl == -1 or pttl > 0:  # leased: an iteration is live (or its host died and the lease runs out)
-        if 0 < pttl < s.watchdog_interval * 1000:
-            # A healthy lease is renewed long before it gets this low: its host is likely gone.
-            # Tick again right after it lapses instead of up to a whole interval later.
-            follow_up(store, s, pttl / 1000)
+    spec = default_role(role)
+    active = loop.state == ACTIVE
+    paced = active and bool(spec.waits_for) and bool(s.reviewer_every)
+    seen = LoopSeen(active=active, lease_ms=store.lease_pttl(run, role) if active else -2,
+                    queued=(store.queued_task(run, role) or "") if active else "", next_at=loop.next_at,
+                    not_before=loop.not_before, running=loop.running, seen=loop.builder_seen,
+                    waited_done=int(store.loop_field(run, spec.waits_for, "iteration") or 0) if paced else 0)
+    d = decide_loop(seen, spec, s, now)
+    if d.follow_up is not None:
+        follow_up(store, s, d.follow_up)
+    if d.action == "wait":
         return
     queue = iteration_queue(s, rh, role)
-    queued = store.queued_task(run, role)
-    if queued:
-        age = now.timestamp() - (loop.next_at or now.timestamp())
-        if age > s.pickup_timeout and not store.task_in_queue(queue, queued):
-            # Sent but never claimed (message lost, or taken by a worker that died before
-            # claiming): send a new one; the old id is superseded if it ever arrives.
+    if d.action == "requeue":
+        if not store.task_in_queue(queue, seen.queued):
+            # the old id is superseded if it ever arrives
             new = str(uuid.uuid4())
-            if store.requeue(run, role, queued, new, queue):
-                store.event(run, "requeued", role=role, old=queued, new=new)
+            if store.requeue(run, role, seen.queued, new, queue):
+                store.event(run, "requeued", role=role, old=seen.queued, new=new)
                 send_iteration(run, role, new, queue)
         return
-    if now.timestamp() < (loop.not_before or 0):
-        return
-    if role != "builder" and s.reviewer_every and not _reviewer_due(store, run, loop, s.reviewer_every):
-        return
+    if d.mark_seen is not None:
+        store.set_loop_fields(run, role, builder_seen=d.mark_seen)
     task_id = str(uuid.uuid4())
     if not store.try_enqueue(run, role, task_id, queue):
         return
-    if loop.running is not None:
+    if d.restart:
         # The previous iteration never finished: its worker died or was cut off.
         restarts = store.mark_restart(run, role)
         store.event(run, "restart", role=role, iteration=loop.running, host=loop.host,
@@ -186,16 +186,6 @@ def vm_health_task() -> bool:
     if before is not None and before != ("up" if ok else "down"):
         notify("vm_up" if ok else "vm_down", f"VM {s.vm.host} is {'back' if ok else 'unreachable'}", detail)
     return ok
-
-
-def _reviewer_due(store: Store, run: str, loop: LoopState, every: int) -> bool:
-    """With reviewer_every=K the reviewer runs once per K builder iterations."""
-    builder_done = int(store.loop_field(run, "builder", "iteration") or 0)
-    seen = loop.builder_seen
-    if builder_done - seen < every:
-        return False
-    store.set_loop_fields(run, loop.role, builder_seen=builder_done)
-    return True
 
 
 def finish_run(store: Store, run: str, roles: list[str]) -> None:

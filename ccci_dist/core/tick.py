@@ -1,0 +1,105 @@
+"""What one watchdog tick does for a run and for each of its loops: pure functions of what the
+watchdog read (plain typed inputs) and ``now``. ``engine/watchdog.py`` gathers and applies."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Literal
+
+from ccci_dist.config import Settings
+from ccci_dist.core.phases import MachineDocs, advance_phase, is_done
+from ccci_dist.core.plan import PlanPackage
+from ccci_dist.core.roles import RoleSpec
+
+
+@dataclass(frozen=True)
+class RunSeen:
+    """A run as the watchdog read it."""
+
+    active: bool
+    paused: bool = False
+    paused_until: float | None = None  # epoch seconds
+    phase: str = ""  # the stored phase pointer ("" = the first phase)
+
+
+@dataclass(frozen=True)
+class RunTick:
+    """What the tick does with the run."""
+
+    resume: bool = False  # its pause ended: make it active again
+    live: bool = False  # tick its loops
+    done: bool = False  # DONE holds: tear the loops down
+    phase: str = ""  # the phase in force
+    advance_to: str = ""  # move the pointer from ``phase`` to this one
+
+
+def decide_run(run: RunSeen, plan: PlanPackage | None, docs: MachineDocs, settings: Settings,
+               now: datetime) -> RunTick:
+    """Resume an ended pause, then (for an active run with a plan) DONE or the next phase."""
+    resume = run.paused and now.timestamp() >= (run.paused_until or 0)
+    if not (run.active or resume) or plan is None:
+        return RunTick(resume=resume)
+    if is_done(plan, docs, now, timedelta(hours=settings.done_freshness_hours)):
+        return RunTick(resume=resume, done=True)
+    phase = run.phase or plan.phase_order[0]
+    return RunTick(resume=resume, live=True, phase=phase, advance_to=advance_phase(plan, docs, phase) or "")
+
+
+@dataclass(frozen=True)
+class LoopSeen:
+    """A loop as the watchdog read it."""
+
+    active: bool
+    lease_ms: int = -2  # the lease's PTTL: -2 none, -1 no expiry, >0 milliseconds left
+    queued: str = ""  # the id of the iteration sent and not yet claimed
+    next_at: float | None = None  # when it was sent
+    not_before: float | None = None
+    running: int | None = None  # an iteration claimed and never finished
+    waited_done: int = 0  # iterations finished by the role this one waits for
+    seen: int = 0  # of those, how many it had seen at its last paced start
+
+
+LoopAction = Literal["wait", "requeue", "enqueue"]
+
+
+@dataclass(frozen=True)
+class LoopTick:
+    """What the tick does with one loop."""
+
+    action: LoopAction = "wait"  # requeue: only if the broker no longer holds the queued message
+    why: str = ""  # why it waits
+    follow_up: float | None = None  # tick again after this many seconds
+    restart: bool = False  # the enqueued iteration re-runs one that never finished
+    mark_seen: int | None = None  # store this as what the paced role has seen
+
+
+def paced_due(waited_done: int, seen: int, every: int) -> bool:
+    """With ``reviewer_every = K`` a paced role runs once per K iterations of the role it waits for."""
+    return waited_done - seen >= every
+
+
+def decide_loop(loop: LoopSeen, role: RoleSpec, settings: Settings, now: datetime) -> LoopTick:
+    """Enqueue a loop's next iteration when nothing is live or queued and its time has come."""
+    s = settings
+    if not loop.active:
+        return LoopTick(why="not active")
+    if loop.lease_ms == -1 or loop.lease_ms > 0:  # an iteration is live (or its host died and the lease runs out)
+        # A healthy lease is renewed long before it gets this low: its host is likely gone.
+        # Tick again right after it lapses instead of up to a whole interval later.
+        soon = 0 < loop.lease_ms < s.watchdog_interval * 1000
+        return LoopTick(why="leased", follow_up=loop.lease_ms / 1000 if soon else None)
+    t = now.timestamp()
+    if loop.queued:
+        # Sent but never claimed (message lost, or taken by a worker that died before claiming).
+        if t - (loop.next_at or t) > s.pickup_timeout:
+            return LoopTick(action="requeue")
+        return LoopTick(why="queued")
+    if t < (loop.not_before or 0):
+        return LoopTick(why="not before")
+    mark_seen = None
+    if role.waits_for and s.reviewer_every:
+        if not paced_due(loop.waited_done, loop.seen, s.reviewer_every):
+            return LoopTick(why=f"waits for {role.waits_for}")
+        mark_seen = loop.waited_done
+    return LoopTick(action="enqueue", restart=loop.running is not None, mark_seen=mark_seen)

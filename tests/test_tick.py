@@ -1,0 +1,107 @@
+"""core.tick: the watchdog's per-run and per-loop decisions as tables over plain inputs and an
+injected clock (no Redis, no processes)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from ccci_dist.config import Settings
+from ccci_dist.core.phases import MachineDocs, Verification, advance_phase
+from ccci_dist.core.plan import from_snapshot
+from ccci_dist.core.roles import default_role
+from ccci_dist.core.tick import LoopSeen, LoopTick, RunSeen, RunTick, decide_loop, decide_run, paced_due
+
+NOW = datetime(2026, 3, 4, 12, 0, 0, tzinfo=UTC)
+T = NOW.timestamp()
+S = Settings(watchdog_interval=5, lease_ttl=10, pickup_timeout=60, done_freshness_hours=24)
+PLAN = from_snapshot({
+    "name": "p", "order": ["1", "2", "3"], "roles": ["builder", "reviewer"],
+    "phases": {pid: {"title": pid, "text": "", "items": [{"id": f"{pid}.1", "text": "x"}]} for pid in "123"},
+    "dod": [{"id": "D1", "text": "works"}],
+})
+
+
+def docs(done: str = "", verified: str = "", failed: str = "", age: timedelta = timedelta(hours=1)) -> MachineDocs:
+    reviews = {i: Verification(item=i, verdict="VERIFIED", at=NOW - age) for i in verified.split()}
+    reviews |= {i: Verification(item=i, verdict="FAILED", at=NOW - age) for i in failed.split()}
+    return MachineDocs(done_phases=done.split(), reviews=reviews)
+
+
+ALL = docs("1 2 3", "1.1 2.1 3.1 D1")
+RUN_CASES = {
+    "active, nothing complete": (RunSeen(active=True), ALL.model_copy(update={"done_phases": []}),
+                                 RunTick(live=True, phase="1")),
+    "stopped run: nothing": (RunSeen(active=False), ALL, RunTick()),
+    "done run stays done": (RunSeen(active=False, phase="3"), ALL, RunTick()),
+    "paused, pause not over": (RunSeen(active=False, paused=True, paused_until=T + 1), ALL, RunTick()),
+    "pause over: resume and go on": (RunSeen(active=False, paused=True, paused_until=T, phase="2"),
+                                     docs("1", "1.1"), RunTick(resume=True, live=True, phase="2")),
+    "every phase and fresh D-items: DONE": (RunSeen(active=True, phase="3"), ALL, RunTick(done=True)),
+    "a stale D-item holds DONE": (RunSeen(active=True, phase="3"), docs("1 2 3", "1.1 2.1 3.1 D1", age=timedelta(
+        hours=25)), RunTick(live=True, phase="3")),
+    "a failed D-item holds DONE": (RunSeen(active=True, phase="3"), docs("1 2 3", "1.1 2.1 3.1", failed="D1"),
+                                   RunTick(live=True, phase="3")),
+    "phase complete: advance": (RunSeen(active=True, phase="1"), docs("1", "1.1"),
+                                RunTick(live=True, phase="1", advance_to="2")),
+    "skip a later phase that is already complete": (RunSeen(active=True, phase="1"), docs("1 2", "1.1 2.1"),
+                                                    RunTick(live=True, phase="1", advance_to="3")),
+    "DONE line without its items verified: stay": (RunSeen(active=True, phase="1"), docs("1"),
+                                                    RunTick(live=True, phase="1")),
+    "no phase stored: the first": (RunSeen(active=True), docs("1", "1.1"), RunTick(live=True, phase="1",
+                                                                                     advance_to="2")),
+}
+
+
+@pytest.mark.parametrize("name", RUN_CASES)
+def test_decide_run(name):
+    run, d, expected = RUN_CASES[name]
+    assert decide_run(run, PLAN, d, S, NOW) == expected
+
+
+def test_a_run_without_a_plan_only_resumes():
+    assert decide_run(RunSeen(active=True), None, ALL, S, NOW) == RunTick()
+    assert decide_run(RunSeen(active=False, paused=True, paused_until=T - 1), None, ALL, S, NOW) == RunTick(
+        resume=True)
+
+
+def test_advance_phase_rule():
+    assert advance_phase(PLAN, docs("1", "1.1"), "1") == "2"
+    assert advance_phase(PLAN, docs("1 2 3", "1.1 2.1 3.1"), "3") is None  # last one: DONE decides
+    assert advance_phase(PLAN, docs("1", "1.1"), "9") is None  # a phase not in the order stays
+
+
+B, R = default_role("builder"), default_role("reviewer")
+PACED = Settings(watchdog_interval=5, lease_ttl=10, pickup_timeout=60, reviewer_every=2)
+LOOP_CASES = {
+    "idle, due: enqueue": (LoopSeen(active=True), B, S, LoopTick(action="enqueue")),
+    "not active": (LoopSeen(active=False), B, S, LoopTick(why="not active")),
+    "leased, healthy": (LoopSeen(active=True, lease_ms=9000), B, S, LoopTick(why="leased")),
+    "lease without expiry": (LoopSeen(active=True, lease_ms=-1), B, S, LoopTick(why="leased")),
+    "lease about to lapse: follow-up tick": (LoopSeen(active=True, lease_ms=1500), B, S,
+                                             LoopTick(why="leased", follow_up=1.5)),
+    "queued recently": (LoopSeen(active=True, queued="t1", next_at=T - 59), B, S, LoopTick(why="queued")),
+    "queued too long: requeue if lost": (LoopSeen(active=True, queued="t1", next_at=T - 61), B, S,
+                                         LoopTick(action="requeue")),
+    "backing off": (LoopSeen(active=True, not_before=T + 1), B, S, LoopTick(why="not before")),
+    "back-off over": (LoopSeen(active=True, not_before=T), B, S, LoopTick(action="enqueue")),
+    "interrupted iteration: restart": (LoopSeen(active=True, running=4), B, S,
+                                       LoopTick(action="enqueue", restart=True)),
+    "paced reviewer, builder not far enough": (LoopSeen(active=True, waited_done=5, seen=4), R, PACED,
+                                               LoopTick(why="waits for builder")),
+    "paced reviewer, due": (LoopSeen(active=True, waited_done=6, seen=4), R, PACED,
+                            LoopTick(action="enqueue", mark_seen=6)),
+    "builder is never paced": (LoopSeen(active=True), B, PACED, LoopTick(action="enqueue")),
+    "no reviewer_every: reviewer not paced": (LoopSeen(active=True), R, S, LoopTick(action="enqueue")),
+}
+
+
+@pytest.mark.parametrize("name", LOOP_CASES)
+def test_decide_loop(name):
+    loop, role, s, expected = LOOP_CASES[name]
+    assert decide_loop(loop, role, s, NOW) == expected
+
+
+def test_paced_due():
+    assert [paced_due(done, 0, 3) for done in range(5)] == [False, False, False, True, True]
