@@ -43,9 +43,9 @@ for cli in claude codex; do
 done
 
 # The real-sshd and network-namespace tests must run, not skip (a skip hides their regressions).
-why=$(cd tests && "../$VENV/bin/python" -c 'from sshd import skip_reason; print(skip_reason() or "")')
+why=$(PYTHONPATH=tests "$VENV/bin/python" -c 'from sshd import skip_reason; print(skip_reason() or "")')
 [ -z "$why" ] || { echo "error: the real-sshd tests cannot run: $why" >&2; exit 1; }
-why=$(cd tests && "../$VENV/bin/python" -c 'from netns import unavailable_reason; print(unavailable_reason() or "")')
+why=$(PYTHONPATH=tests "$VENV/bin/python" -c 'from netns import unavailable_reason; print(unavailable_reason() or "")')
 [ -z "$why" ] || { echo "error: the network-namespace set-up fails: $why" >&2; exit 1; }
 
 "$VENV/bin/ruff" check .
