@@ -1,0 +1,255 @@
+"""The engine's decisions in-process: a real redis-server and a real git remote, an injected clock,
+no Celery worker or beat (an enqueued iteration is a message in the broker list, read back here).
+
+Watchdog ticks (enqueue, lost message, not-before, pause end, restart, DONE and its freshness
+edge, phase advance), runs (start, kick, stop), INBOX messages and INBOX.md entries, state export/import.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from ccci_dist.core.phases import parse_docs
+from ccci_dist.state import inbox_store, state_io
+from ccci_dist.state.store import Store
+
+ROOT = Path(__file__).resolve().parent.parent
+TINY = ROOT / "examples" / "tiny-plan"
+RUN = "default"
+
+
+@pytest.fixture
+def engine(redis_server, redis_url, remote_repo, tmp_path, monkeypatch):
+    """(settings, store) of a configured run on this test's Redis; Celery publishes there, nothing consumes."""
+    import ccci_dist.engine.app as cc
+    from ccci_dist.adapters.broker import broker_url
+    from ccci_dist.config import load_config
+
+    for key in [k for k in __import__("os").environ if k.startswith("CCCI_")]:
+        monkeypatch.delenv(key)
+    env = {"CCCI_BROKER_URL": redis_url, "CCCI_PROJECT_REPO": str(remote_repo), "CCCI_PLAN_DIR": str(TINY),
+           "CCCI_STATE_DIR": str(tmp_path / "state"), "CCCI_WORKSPACE_DIR": str(tmp_path / "ws"),
+           "CCCI_WATCHDOG_INTERVAL": "1", "CCCI_LEASE_TTL": "3", "CCCI_CONFIG": ""}
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    s = load_config()
+    saved = list(cc._override)
+    cc.use_settings(s)
+    broker = broker_url(s, start=False)
+    if cc.app.conf.broker_url != broker:  # another test pointed the app elsewhere
+        cc.app.conf.update(cc.celery_config(s, broker))
+        _reset_pools(cc.app)
+    store = Store(redis_server.client())
+    store.r.flushdb()
+    yield s, store
+    cc._override[:] = saved
+
+
+def _reset_pools(app) -> None:
+    if app._pool is not None:
+        app._pool.force_close_all()
+    app._pool = None
+    app.amqp._producer_pool = None
+
+
+def messages(store: Store, role: str) -> list[str]:
+    """Task ids of the iteration messages waiting in the role's broker queue."""
+    return [json.loads(m)["headers"]["id"] for m in store.r.lrange(f"ccci.{role}", 0, -1)]
+
+
+def tick(store, s, now):
+    from ccci_dist.engine.watchdog import tick as watchdog_tick
+
+    return watchdog_tick(store, s, now)
+
+
+def started(engine):
+    from ccci_dist.engine.runs import start_run
+
+    s, store = engine
+    out = start_run(store, s)
+    assert out == {"run": RUN, "phase": "1", "roles": ["builder", "reviewer"]}
+    return s, store
+
+
+NOW = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
+
+
+# -- runs ------------------------------------------------------------------------------------------
+
+def test_start_enqueues_each_role_once_and_a_tick_adds_nothing(engine):
+    s, store = started(engine)
+    for role in ("builder", "reviewer"):
+        assert messages(store, role) == [store.queued_task(RUN, role)]
+    assert tick(store, s, NOW) == "ticked"
+    for role in ("builder", "reviewer"):
+        assert len(messages(store, role)) == 1, "a queued iteration must not be sent twice"
+    assert [e["kind"] for e in store.events(RUN)] == ["started"]
+
+
+def test_stop_then_tick_enqueues_nothing(engine):
+    from ccci_dist.engine.runs import RunError, stop_run
+
+    s, store = started(engine)
+    assert stop_run(store, RUN, "reviewer") == ["reviewer"]
+    assert store.loop(RUN, "reviewer").state == "stopped" and store.loop(RUN, "builder").state == "active"
+    with pytest.raises(RunError, match="unknown role 'nobody'"):
+        stop_run(store, RUN, "nobody")
+    with pytest.raises(RunError, match="no run 'other'"):
+        stop_run(store, "other")
+    assert stop_run(store, RUN) == ["builder", "reviewer"]
+    store.r.delete("ccci.builder", "ccci.reviewer")
+    tick(store, s, NOW + timedelta(hours=1))
+    assert messages(store, "builder") == messages(store, "reviewer") == []
+
+
+def test_kick_sends_only_to_idle_loops(engine):
+    from ccci_dist.engine.runs import kick
+
+    s, store = started(engine)
+    assert kick(store, s, RUN) == 0  # both already queued
+    store.r.delete(f"ccci:next:{RUN}:builder")
+    assert kick(store, s, RUN) == 1
+
+
+# -- watchdog ticks ----------------------------------------------------------------------------------
+
+def test_a_lost_message_is_replaced_only_after_the_pickup_timeout(engine):
+    s, store = started(engine)
+    old = store.queued_task(RUN, "builder")
+    store.r.delete("ccci.builder")  # the message is lost (never claimed)
+    sent_at = datetime.fromtimestamp(store.loop(RUN, "builder").next_at, UTC)
+    tick(store, s, sent_at + timedelta(seconds=s.pickup_timeout - 1))
+    assert messages(store, "builder") == [] and store.queued_task(RUN, "builder") == old
+    tick(store, s, sent_at + timedelta(seconds=s.pickup_timeout + 1))
+    new = store.queued_task(RUN, "builder")
+    assert new != old and messages(store, "builder") == [new]
+    assert [(e["old"], e["new"]) for e in store.events(RUN, "requeued")] == [(old, new)]
+    # the old message, if it ever arrives, is superseded
+    assert store.claim(RUN, "builder", old, "o", 5, "h").reason == "superseded"
+
+
+def test_not_before_holds_the_next_iteration_until_it_passes(engine):
+    s, store = started(engine)
+    store.r.delete(f"ccci:next:{RUN}:builder", "ccci.builder")
+    store.set_loop_fields(RUN, "builder", not_before=f"{(NOW + timedelta(minutes=5)).timestamp():.3f}")
+    tick(store, s, NOW + timedelta(minutes=5) - timedelta(seconds=1))
+    assert messages(store, "builder") == []
+    tick(store, s, NOW + timedelta(minutes=5))
+    assert messages(store, "builder") == [store.queued_task(RUN, "builder")]
+
+
+def test_a_paused_run_resumes_when_its_pause_ends(engine):
+    s, store = started(engine)
+    until = NOW + timedelta(hours=2)
+    assert store.pause_run(RUN, until.timestamp(), "daily budget")
+    tick(store, s, until - timedelta(seconds=1))
+    assert store.run(RUN).status == "paused" and not store.events(RUN, "resumed")
+    tick(store, s, until)
+    assert store.run(RUN).status == "active"
+    assert [e["reason"] for e in store.events(RUN, "resumed")] == ["pause ended"]
+
+
+def test_an_interrupted_iteration_is_rerun_and_recorded_as_a_restart(engine):
+    s, store = started(engine)
+    task = store.queued_task(RUN, "builder")
+    claim = store.claim(RUN, "builder", task, "o1", 0.05, "w1")
+    assert claim.ok
+    store.r.delete(f"ccci:lease:{RUN}:builder")  # its host died: the lease lapsed, no finish came
+    store.r.delete("ccci.builder")
+    tick(store, s, NOW)
+    assert len(messages(store, "builder")) == 1
+    [ev] = store.events(RUN, "restart")
+    assert (ev["role"], ev["iteration"], ev["host"], ev["restarts"]) == ("builder", "1", "w1", "1")
+
+
+def test_a_live_lease_blocks_any_enqueue(engine):
+    s, store = started(engine)
+    task = store.queued_task(RUN, "builder")
+    assert store.claim(RUN, "builder", task, "o1", 60, "w1").ok
+    store.r.delete("ccci.builder")
+    tick(store, s, NOW)
+    assert messages(store, "builder") == [] and not store.events(RUN, "restart")
+
+
+def _verified(now: datetime, phases: list[str], items: list[str]) -> str:
+    at = now.strftime("%Y-%m-%dT%H:%M:%SZ")
+    status = "".join(f"## DONE {p}\n" for p in phases)
+    review = "".join(f"VERIFIED {i} {at} abc1234 ok\n" for i in items)
+    return parse_docs(status, review).model_dump_json()
+
+
+ALL = ["1.1", "1.2", "2.1", "D1", "D2", "D3"]
+
+
+def test_done_holds_only_while_the_verifications_are_fresh(engine):
+    s, store = started(engine)
+    verified_at = NOW - timedelta(hours=s.done_freshness_hours)
+    store.update_run(RUN, docs=_verified(verified_at, ["1", "2"], ALL))
+    tick(store, s, NOW + timedelta(seconds=1))  # one second past the freshness window: not DONE
+    assert store.run(RUN).status == "active"
+    tick(store, s, NOW)  # exactly at its edge: DONE
+    assert store.run(RUN).status == "done"
+    for role in ("builder", "reviewer"):
+        assert store.loop(RUN, role).state == "done" and store.queued_task(RUN, role) is None
+    assert [e["kind"] for e in store.events(RUN)][-1] == "done"
+
+
+def test_a_complete_phase_advances_to_the_next_incomplete_one(engine):
+    s, store = started(engine)
+    store.update_run(RUN, docs=_verified(NOW, ["1"], ["1.1", "1.2"]))
+    tick(store, s, NOW)
+    assert store.run(RUN).phase == "2"
+    [ev] = store.events(RUN, "phase_advanced")
+    assert (ev["phase"], ev["previous"]) == ("2", "1")
+    tick(store, s, NOW)
+    assert len(store.events(RUN, "phase_advanced")) == 1
+
+
+def test_a_second_watchdog_does_not_tick_while_one_holds_the_lock(engine):
+    s, store = started(engine)
+    assert store.take_tick_lock("other", 60_000)
+    assert tick(store, s, NOW) == "skipped"
+
+
+# -- INBOX -----------------------------------------------------------------------------------------
+
+def test_inbox_send_list_and_ingest_once(engine):
+    _, store = started(engine)
+    roles = ["builder", "reviewer"]
+    [mid] = inbox_store.send(store, RUN, ["builder"], "rename the service")
+    assert [(m["id"], m["text"], m["state"]) for m in inbox_store.listing(store, RUN, "builder")] == [
+        (mid, "rename the service", "pending")]
+    assert inbox_store.listing(store, RUN, "reviewer") == []
+    text = "# Inbox\n\n- @builder: add a CHANGELOG\n- both roles: read the new brief\n"
+    assert inbox_store.ingest_inbox_file(store, RUN, roles, text) == 2
+    assert inbox_store.ingest_inbox_file(store, RUN, roles, text) == 0  # each entry once
+    assert [m["text"] for m in inbox_store.listing(store, RUN, "builder")] == [
+        "rename the service", "add a CHANGELOG", "both roles: read the new brief"]
+    assert [m["text"] for m in inbox_store.listing(store, RUN, "reviewer")] == ["both roles: read the new brief"]
+    with pytest.raises(inbox_store.InboxError):
+        inbox_store.validate(b"   \n")
+
+
+# -- state export/import -----------------------------------------------------------------------------
+
+def test_state_round_trip_refusals_and_force(engine):
+    _, store = started(engine)
+    inbox_store.send(store, RUN, ["builder"], "hello")
+    doc = state_io.dump(store)
+    before = {k: store.r.type(k) for k in store.r.scan_iter("ccci:*")}
+    with pytest.raises(state_io.StateError, match="already has"):
+        state_io.load(store, doc)
+    with pytest.raises(state_io.StateError, match="version 99"):
+        state_io.load(store, {**doc, "version": 99}, force=True)
+    with pytest.raises(state_io.StateError, match="format field missing"):
+        state_io.load(store, {"keys": {}}, force=True)
+    store.r.flushdb()
+    assert state_io.load(store, json.loads(json.dumps(doc))) > 0
+    assert state_io.dump(store)["keys"] == doc["keys"]
+    assert {k: store.r.type(k) for k in store.r.scan_iter("ccci:*")}.keys() <= before.keys()
+    assert [m["text"] for m in inbox_store.listing(store, RUN, "builder")] == ["hello"]
