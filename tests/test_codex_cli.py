@@ -169,6 +169,26 @@ def test_a_shell_tool_call_commits_and_the_adapter_reads_the_result(codex):
     assert headers["thread-id"] == res.session_id
 
 
+@pytest.mark.parametrize("size", [0, 300_000], ids=["empty", "larger-than-the-pipe"])
+def test_stdin_is_always_closed(codex, size):
+    """``codex exec ... -`` reads its prompt until EOF and waits for it: the adapter closes stdin after an
+    empty prompt and after one larger than the pipe buffer (the rest is written from a thread)."""
+    cx = codex([message("read it")])
+    prompt = ("p" * (size - 1) + "\n") if size else ""
+    argv = build_command(cx.agent_command, "")
+    proc = AgentProcess(argv, prompt, cx.ws, cx.root / "stdin.jsonl", env=cx.env(), kind="codex")
+    proc.start()
+    wait_for(lambda: proc.proc.stdin.closed, 30, 0.05, "the agent's stdin closed by the adapter")
+    res = proc.wait(time_limit=60, stall_limit=45)
+    assert res.killed is None
+    if size:
+        assert res.exit_code == 0 and res.result_text == "read it"
+        assert sum(len(t) for t in input_texts(cx.model.requests()[0])) >= size - 1
+    else:  # EOF with nothing before it: codex says so and exits at once, no request
+        assert res.exit_code == 1 and "No prompt provided via stdin." in res.stderr_tail
+        assert cx.model.requests() == []
+
+
 def test_resume_continues_the_same_thread(codex):
     cx = codex([shell(COMMIT_CMD), message("first done"), message("second done")])
     first, _ = cx.run("FIRST prompt")

@@ -9,10 +9,14 @@ import pytest
 
 from ccci_dist.core.limits import (
     LimitInfo,
+    backoff_after,
     backoff_seconds,
+    clock,
+    describe_stall,
     from_rate_limit_event,
     parse_limit_text,
     schedule_after_limit,
+    stall_nudge,
 )
 
 NOW = datetime(2026, 2, 3, 12, 0, tzinfo=UTC)  # 07:00 Bogota, 17:30 Calcutta, 01:00+1d Auckland
@@ -203,3 +207,41 @@ def test_schedule_after_limit_margin(margin_max):
     for _ in range(200):
         margin = (schedule_after_limit(info, margin_max=margin_max, rng=rng) - info.resets_at).total_seconds()
         assert 5 <= margin <= max(5, margin_max)
+
+
+CLOCKS = [
+    # (at, zone, now, shown)
+    ("2026-02-03T18:14:32", None, "2026-02-03T12:00", "18:14:32 UTC"),
+    ("2026-02-03T18:14:32", None, "2026-02-02T12:00", "2026-02-03 18:14:32 UTC"),
+    ("2026-02-03T18:14:32", "America/Bogota", "2026-02-03T12:00", "13:14:32 America/Bogota"),
+    ("2026-02-03T18:14:32", "Mars/Olympus", "2026-02-03T12:00", "18:14:32 UTC"),
+    ("2026-02-03T18:14:32", None, None, "2026-02-03 18:14:32 UTC"),
+]
+
+
+@pytest.mark.parametrize("at,zone,now,shown", CLOCKS)
+def test_clock_keeps_seconds_and_zone(at, zone, now, shown):
+    assert clock(utc(at), zone, utc(now) if now else None) == shown
+
+
+def test_describe_stall_names_limit_reset_retry_and_margin_rule():
+    info = LimitInfo(resets_at=utc("2026-02-03T18:14:00"), kind="five_hour")
+    line = describe_stall(info, utc("2026-02-03T18:14:32"), 90, utc("2026-02-03T12:00"))
+    assert line == ("usage limit (five_hour) resets 18:14:00 UTC; retry at 18:14:32 UTC "
+                    "(reset + random 5-90 s margin)")
+
+
+def test_stall_nudge_says_what_happened():
+    info = LimitInfo(resets_at=utc("2026-02-03T18:14:00"), kind="weekly")
+    kept = stall_nudge(info, utc("2026-02-03T18:15:00"), "abcdef0123456789", session_kept=True)
+    assert "usage limit (weekly)" in kept and "pushed (up to abcdef012345)" in kept and "same session" in kept
+    fresh = stall_nudge(info, utc("2026-02-03T18:15:00"), "", session_kept=False)
+    assert "nothing from it was pushed" in fresh and "fresh session" in fresh
+
+
+@pytest.mark.parametrize("failures,retry_after,retried,expected", [
+    (1, 0, 0, 30), (2, 0, 0, 60), (1, 45, 0, 45), (1, 5, 0, 30),
+    (2, 0, 183, 0), (2, 5, 183, 5), (3, 0, 100, 20),
+])
+def test_backoff_after_counts_cli_retries_and_honours_retry_after(failures, retry_after, retried, expected):
+    assert backoff_after(failures, 30, 3600, retry_after, retried) == expected

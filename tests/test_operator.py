@@ -134,13 +134,18 @@ def test_usage_limit_event_stalls_until_reset_then_resumes_with_nudge(bed):
     bed.worker("w1", beat=True)
     bed.cli("start")
     st = bed.wait_status(lambda st: st["loops"]["builder"]["state"] == "stalled", 30, "stalled")
-    # the event names no zone: shown in UTC
-    assert re.fullmatch(r"usage limit; resets \d\d:\d\d \(UTC\)", st["loops"]["builder"]["reason"]), st["loops"]
     reset = float(_r(bed).hget("ccci:loop:default:builder", "stalled_until"))
     # the reset the agent reported (its iteration log), plus the margin: 5..CCCI_LIMIT_MARGIN_MAX=5 s
     events = [json.loads(line) for f in (bed.tmp / "state" / "logs").rglob("*.jsonl") for line in f.open()]
     reported = [e["rate_limit_info"]["resetsAt"] for e in events if e.get("type") == "rate_limit_event"]
     assert len(reported) == 1 and reset == pytest.approx(reported[0] + 5, abs=0.01), (reported, reset)
+    # the reset and the retry time to the second, with the zone (the event names none: UTC), and the margin
+    # rule (issue 15: status showed the reset minute)
+    shown = st["loops"]["builder"]["reason"]
+    resets, retry = datetime.fromtimestamp(reported[0], UTC), datetime.fromtimestamp(reset, UTC)
+    day = r"(?:\d{4}-\d\d-\d\d )?"  # the date only when it is not today
+    assert re.fullmatch(rf"usage limit \(five_hour\) resets {day}{resets:%H:%M:%S} UTC; retry at {day}{retry:%H:%M:%S} UTC "
+                        r"\(reset \+ random 5-5 s margin\)", shown), shown
     nxt = wait_for(lambda: next((e for e in _starts(bed, "builder")[1:]), None), 60, 0.2, "resume after reset")
     assert nxt["t"] >= reset - 0.01, "resumed before the reset time"
     assert "usage limit" in nxt["note"]
@@ -248,3 +253,23 @@ def test_reviewer_every_k_builder_iterations_and_deferred_count(bed):
         done_before = sum(1 for e in builder_ends if e <= t)
         assert done_before >= 3 * k, (k, done_before)
     assert bed.status()["deferred"] == 3
+
+
+def test_usage_limit_stalls_do_not_count_as_failures(bed):
+    """Issue 15: two failures, then two usage-limit stalls. The stalls leave the fail streak at 2, so the
+    session (the loop's whole conversation) is kept and the note says what happened; before, the third
+    "failure" dropped the session with "Your previous session could not be resumed"."""
+    bed.env.update({"CCCI_LIMIT_MARGIN_MAX": "5", "CCCI_BACKOFF_BASE": "1"})
+    bed.faults(builder=["exit1", "exit1", "limit:2", "limit:2"])
+    bed.worker("w1", queues="ccci.control,ccci.builder", beat=True)
+    bed.cli("start")
+    wait_for(lambda: len([x for x in _history(bed) if x["role"] == "builder"]) >= 5, 120, 0.5, "5 iterations")
+    bed.cli("stop")
+    h = [x for x in _history(bed) if x["role"] == "builder"][:5]
+    assert [x["outcome"] for x in h] == ["api_error", "api_error", "usage_limit", "usage_limit", "success"], h
+    assert len({x["session"] for x in h}) == 1, [x["session"] for x in h]  # one conversation throughout
+    starts = _starts(bed, "builder")
+    note = starts[4]["note"]
+    assert "stopped by a usage limit (five_hour)" in note and "same session" in note, note
+    assert "could not be resumed" not in " ".join(s.get("note") or "" for s in starts), starts
+    assert int(_r(bed).hget("ccci:loop:default:builder", "fail_streak")) == 0  # the success reset it

@@ -229,3 +229,26 @@ def test_a_429_that_names_no_limit_never_stalls(text, reset, overage_flag):
                    None):
         out = classify(result, events, 1, None, "", NOW)
         assert out.action != "stall" and out.kind == "rate_limited" and out.limit is None, out
+
+
+def _retry(n: int, delay_ms: int, status: int = 529) -> dict:
+    return {"type": "system", "subtype": "api_retry", "attempt": n, "max_retries": 10, "retry_delay_ms": delay_ms,
+            "error_status": status, "error": "rate_limit"}
+
+
+def test_cli_retries_are_counted_in_the_backoff():
+    """529 x10 inside the CLI: overloaded (a back-off), the CLI's own retry time counted, never a stall."""
+    retries = [_retry(i, 18_300) for i in range(1, 11)]
+    out = classify(err('API Error: 529 {"type":"error","error":{"type":"overloaded_error"}}', 529), [], 1, None, "",
+                   NOW, retries=retries)
+    assert (out.kind, out.action, out.limit) == ("overloaded", "backoff", None)
+    assert out.retried_s == 183 and out.retry_after == 18.3
+    assert "after 10 CLI retries over 183 s" in out.detail
+
+
+def test_retries_do_not_touch_a_success_or_a_limit():
+    retries = [_retry(1, 5000, 429)]
+    assert classify(res(), [], 0, None, "", NOW, retries=retries).retried_s == 0
+    limit = classify(err("You've hit your session limit · resets 3pm (UTC)", 429), REJECTED, 1, None, "", NOW,
+                     retries=retries)
+    assert (limit.action, limit.retried_s) == ("stall", 0)

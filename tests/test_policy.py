@@ -13,6 +13,7 @@ from ccci_dist.config import QuietHours, Settings
 from ccci_dist.core.limits import LimitInfo
 from ccci_dist.core.outcome import Outcome
 from ccci_dist.core.policy import FRESH_AFTER_FAILURES, Decision, LoopFacts, Notice, Ran, decide
+from ccci_dist.core.prompt import NUDGES
 from ccci_dist.core.roles import RoleSpec, default_role
 
 NOW = datetime(2026, 3, 4, 12, 0, 0, tzinfo=UTC)
@@ -22,9 +23,9 @@ RESET = NOW + timedelta(hours=2)
 
 
 def run(outcome: Outcome, streak: int = 0, role: RoleSpec = BUILDER, s: Settings = S,
-        started: datetime = NOW - timedelta(minutes=5), violations: tuple[str, ...] = ()) -> Decision:
+        started: datetime = NOW - timedelta(minutes=5), violations: tuple[str, ...] = (), pushed: str = "") -> Decision:
     return decide(outcome, LoopFacts(fail_streak=streak), role, s, NOW,
-                  ran=Ran(number=7, started=started, violations=violations), rng=random.Random(1))
+                  ran=Ran(number=7, started=started, violations=violations, pushed=pushed), rng=random.Random(1))
 
 
 def o(kind: str, action: str, **kw) -> Outcome:
@@ -47,14 +48,33 @@ CASES = {
         fresh_session=False, notices=())),
     "back-off doubles": (o("overloaded", "backoff"), 1, dict(fail_streak=2, not_before=NOW + timedelta(seconds=60))),
     "third failure: fresh session, nudge, notice": (o("crash", "backoff"), FRESH_AFTER_FAILURES - 1, dict(
-        fail_streak=3, fresh_session=True, nudges=("fresh_session",), keep_nudges=False,
+        # the nudge says why: not "could not be resumed", which was false (issue 15)
+        fail_streak=3, fresh_session=True, nudges=(NUDGES["fresh_failures"].format(n=3),), keep_nudges=False,
         not_before=NOW + timedelta(seconds=120),
         notices=(Notice("repeated_failures", "3 failures in a row", "crash detail"),))),
     "back-off is capped": (o("crash", "backoff"), 40, dict(fail_streak=41, not_before=NOW + timedelta(hours=1))),
     "usage limit stalls to reset + margin": (o("usage_limit", "stall", limit=LimitInfo(resets_at=RESET)), 0, dict(
-        fail_streak=1, stalled_until=limit_retry(), not_before=limit_retry(), stalled_display="14:00 (UTC)",
-        nudges=("limit",), enqueue_next=False, next_reason="usage limit reset",
-        notices=(Notice("limit_stall", "usage limit", "stalled until 14:00 (UTC)"),))),
+        fail_streak=0, stalled_until=limit_retry(), not_before=limit_retry(),
+        stalled_display=f"usage limit (unknown) resets 14:00:00 UTC; retry at {limit_retry():%H:%M:%S} UTC "
+                        "(reset + random 5-90 s margin)",
+        enqueue_next=False, next_reason="usage limit reset")),
+    # Issue 15: a stall is not a failure. Two failures, then limits: the streak stays at 2, the session is
+    # kept (before: the third "failure" dropped it), no "failures in a row" notice.
+    "usage limit keeps the streak and the session": (
+        o("usage_limit", "stall", limit=LimitInfo(resets_at=RESET, kind="five_hour")), FRESH_AFTER_FAILURES - 1,
+        dict(fail_streak=FRESH_AFTER_FAILURES - 1, fresh_session=False, stalled_until=limit_retry())),
+    "usage limit at the notify count sends only the stall notice": (
+        o("usage_limit", "stall", limit=LimitInfo(resets_at=RESET, kind="weekly")), 3,
+        dict(fail_streak=3, notices=(Notice("limit_stall", "usage limit", "stalled: usage limit (weekly) resets "
+                                            f"14:00:00 UTC; retry at {limit_retry():%H:%M:%S} UTC "
+                                            "(reset + random 5-90 s margin)"),))),
+    "context limit: a fresh session, and the nudge says why": (
+        o("context_limit", "continue", fresh_session=True), 0, dict(fresh_session=True, nudges=("fresh_context",))),
+    # the CLI already waited 100 s in its own retries: the back-off (120 s at 3 failures) counts it
+    "CLI retry time counts toward the back-off": (o("overloaded", "backoff", retried_s=100), 2, dict(
+        fail_streak=3, not_before=NOW + timedelta(seconds=20))),
+    "retry-after is the floor of the back-off": (o("rate_limited", "backoff", retry_after=45), 0, dict(
+        fail_streak=1, not_before=NOW + timedelta(seconds=45))),
     "stall without a reset time backs off": (o("rate_limited", "stall"), 0, dict(
         stalled_until=None, not_before=NOW + timedelta(seconds=30), nudges=(), keep_nudges=True)),
     "auth stops the loop": (o("auth", "stop"), 0, dict(
@@ -124,8 +144,11 @@ def check_invariants(outcome, streak, role, every, since_start):
     d = decide(outcome, LoopFacts(fail_streak=streak), role, s, NOW,
                ran=Ran(number=9, started=NOW - timedelta(seconds=since_start)), rng=random.Random(0))
     ok = outcome.action in ("continue", "resume")
-    assert d.fail_streak == (0 if ok else streak + 1)
-    assert d.fresh_session == (outcome.fresh_session or d.fail_streak >= FRESH_AFTER_FAILURES)
+    limited = outcome.action == "stall" and outcome.limit is not None
+    # a usage-limit stall is neither a failure nor a success: the streak and the session stay
+    assert d.fail_streak == (streak if limited else 0 if ok else streak + 1)
+    assert d.fresh_session == (outcome.fresh_session or (not limited and d.fail_streak >= FRESH_AFTER_FAILURES))
+    assert not limited or not any(n.event == "repeated_failures" for n in d.notices)
     assert d.not_before is None or d.not_before > NOW
     # the successor is sent now only after a good run with nothing to wait for
     assert not d.enqueue_next or (ok and d.not_before is None and not d.stop_reason)
@@ -133,3 +156,11 @@ def check_invariants(outcome, streak, role, every, since_start):
         assert not d.enqueue_next and not d.keep_nudges
     if not ok and outcome.action != "stop":
         assert d.not_before is not None  # a failure never spins
+
+
+def test_stall_nudge_says_what_happened_and_what_was_pushed():
+    limit = LimitInfo(resets_at=RESET, kind="five_hour")
+    (note,) = run(o("usage_limit", "stall", limit=limit), pushed="0123456789abcdef").nudges
+    assert note.startswith("Your previous iteration was stopped by a usage limit (five_hour); the commits you made "
+                           "before it were pushed (up to 0123456789ab).")
+    assert "same session" in note and "could not be resumed" not in note

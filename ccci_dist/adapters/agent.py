@@ -55,6 +55,7 @@ class IterationResult(BaseModel):
     killed: str | None = None  # "stall" | "time_limit" | "stopped" | "lease_lost"
     result: dict[str, Any] | None = None
     rate_limit_events: list[dict[str, Any]] = Field(default_factory=list)
+    api_retries: list[dict[str, Any]] = Field(default_factory=list)  # the CLI's own retries (system/api_retry)
     session_id: str = ""
     subtype: str = ""
     is_error: bool = False
@@ -156,6 +157,9 @@ def parse_stream(lines: list[str]) -> IterationResult:
         kind = ev.get("type")
         if kind == "rate_limit_event":
             res.rate_limit_events.append(ev)
+        elif kind == "system" and ev.get("subtype") == "api_retry":
+            res.api_retries.append(ev)
+            res.session_id = res.session_id or str(ev.get("session_id") or "")
         elif kind == "system" and ev.get("session_id"):
             res.session_id = res.session_id or str(ev["session_id"])
         elif kind == "result":
@@ -204,6 +208,17 @@ def parse_codex_stream(lines: list[str], stderr: str = "") -> IterationResult:
         res.result = {"type": "result", "subtype": "error_during_execution", "is_error": True, "num_turns": 0,
                       "errors": [f"No conversation found with session ID: {missing.group(1)}"]}
     return _fold_result(res)
+
+
+def retry_delay(line: str) -> float:
+    """Seconds an ``api_retry`` event says the CLI will wait before its next attempt (else 0)."""
+    if '"api_retry"' not in line:
+        return 0.0
+    try:
+        ev = json.loads(line)
+        return max(0.0, float(ev.get("retry_delay_ms") or 0) / 1000) if ev.get("subtype") == "api_retry" else 0.0
+    except (ValueError, TypeError, AttributeError):
+        return 0.0
 
 
 class AgentProcess:
@@ -281,7 +296,9 @@ class AgentProcess:
         assert self.proc and self.proc.stdout
         with open(self.log_path, "a", encoding="utf-8") as log:
             for line in self.proc.stdout:
-                self.last_event = time.monotonic()
+                # The CLI announces each of its own API retries, then sleeps in silence: the stall
+                # clock starts after the announced delay (a 529 storm is `overloaded`, not a stall).
+                self.last_event = time.monotonic() + retry_delay(line)
                 self.lines.append(line)
                 log.write(line)
                 log.flush()

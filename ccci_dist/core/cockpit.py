@@ -112,7 +112,8 @@ def describe_loop(f: LoopFacts) -> LoopWords:
                              f"start a worker whose profile includes the queue {f.queue}")
         return LoopWords(QUEUED, f"queued on {f.queue}", "nothing: a worker picks it up")
     if f.stalled_until > f.now:
-        return LoopWords(STALLED, f"usage limit; resets {f.stalled_display or _at(f.stalled_until)}",
+        # stalled_display: the limit, its reset and the retry time to the second, with the margin rule
+        return LoopWords(STALLED, f.stalled_display or f"usage limit; retry at {_at(f.stalled_until)}",
                          "nothing: it resumes after the reset" if f.watchdog_alive else BEAT_HINT)
     if f.not_before > f.now:
         why = f.next_reason or (f"back-off after {f.fail_streak} failure(s)" if f.fail_streak else "pacing")

@@ -232,3 +232,35 @@ def schedule_after_limit(info: LimitInfo, margin_max: float = 90, rng: Any = ran
     """When to retry after a limit: its reset plus a random 5..margin_max s, so hosts do not stampede."""
     low = 5.0
     return info.resets_at + timedelta(seconds=rng.uniform(low, max(low, margin_max)))
+
+
+def backoff_after(failures: int, base: float, cap: float, retry_after: float = 0.0, retried: float = 0.0) -> float:
+    """The wait before the next try after a failed iteration: the exponential back-off, less the time the
+    CLI already spent in its own retries, but never shorter than the server's ``retry-after``."""
+    return max(retry_after, backoff_seconds(failures, base, cap) - retried, 0.0)
+
+
+def clock(at: datetime, zone: str | None = None, now: datetime | None = None) -> str:
+    """``at`` to the second with its zone (the limit's printed zone, else UTC); the date too unless
+    it is ``now``'s day there."""
+    tz = _zone(zone) or UTC
+    label = zone if tz is not UTC and zone else "UTC"
+    local = at.astimezone(tz)
+    same_day = now is not None and _aware(now).astimezone(tz).date() == local.date()
+    return f"{local:%H:%M:%S} {label}" if same_day else f"{local:%Y-%m-%d %H:%M:%S} {label}"
+
+
+def describe_stall(info: LimitInfo, retry_at: datetime, margin_max: float, now: datetime) -> str:
+    """One line for ``status``: which limit, when it resets, when the loop retries and why then."""
+    return (f"usage limit ({info.kind}) resets {clock(info.resets_at, info.zone, now)}; "
+            f"retry at {clock(retry_at, info.zone, now)} (reset + random 5-{max(5.0, margin_max):g} s margin)")
+
+
+def stall_nudge(info: LimitInfo, retry_at: datetime, pushed: str, session_kept: bool) -> str:
+    """The note the next prompt carries after a usage-limit stall: what happened, and to what."""
+    done = (f"the commits you made before it were pushed (up to {pushed[:12]})" if pushed
+            else "nothing from it was pushed (no new commits)")
+    where = ("this is the same session: continue where you left off, the last request was not answered"
+             if session_kept else "this is a fresh session: re-read STATUS.md, REVIEW.md and DEFERRED.md")
+    return (f"Your previous iteration was stopped by a usage limit ({info.kind}); {done}. The limit reset at "
+            f"{clock(info.resets_at, info.zone)} and the runner resumed at {clock(retry_at, info.zone)}; {where}.")

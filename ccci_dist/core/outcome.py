@@ -67,6 +67,8 @@ class Outcome(BaseModel):
     detail: str = ""
     limit: LimitInfo | None = None
     fresh_session: bool = False  # the next iteration must not resume this session
+    retry_after: float = 0.0  # the server's own minimum wait (retry-after, as the CLI reported it), seconds
+    retried_s: float = 0.0  # time the CLI already spent in its own retries; counts toward the back-off
 
 
 def short_detail(text: str, limit: int = DETAIL_MAX) -> str:
@@ -101,8 +103,21 @@ def classify(
     killed: str | None,
     stderr_tail: str,
     now: datetime,
+    retries: list[dict[str, Any]] | None = None,
 ) -> Outcome:
-    """Classify one iteration; see the module docstring for the inputs."""
+    """Classify one iteration; see the module docstring for the inputs. ``retries`` are the CLI's
+    ``api_retry`` events: their delays count toward a back-off, the last one is the server's wait."""
+    out = _classify(result, rate_limit_events, exit_code, killed, stderr_tail, now)
+    delays = [float(r.get("retry_delay_ms") or 0) / 1000 for r in retries or [] if isinstance(r, dict)]
+    if delays and out.action == "backoff":
+        spent = round(sum(delays), 3)
+        detail = short_detail(f"{out.detail} (after {len(delays)} CLI retries over {spent:g} s)")
+        return out.model_copy(update={"retry_after": delays[-1], "retried_s": spent, "detail": detail})
+    return out
+
+
+def _classify(result: dict[str, Any] | None, rate_limit_events: list[dict[str, Any]] | None,
+              exit_code: int | None, killed: str | None, stderr_tail: str, now: datetime) -> Outcome:
     if killed:
         kind, action, detail = _KILLED.get(killed, ("crash", "backoff", f"killed: {killed}"))
         return Outcome(kind=kind, action=action, detail=short_detail(detail))

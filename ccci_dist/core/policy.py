@@ -11,8 +11,9 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from ccci_dist.config import Settings
-from ccci_dist.core.limits import backoff_seconds, schedule_after_limit
+from ccci_dist.core.limits import backoff_after, describe_stall, schedule_after_limit, stall_nudge
 from ccci_dist.core.outcome import Outcome
+from ccci_dist.core.prompt import NUDGES
 from ccci_dist.core.roles import RoleSpec
 from ccci_dist.core.schedule import next_start, start_reason
 
@@ -35,6 +36,7 @@ class Ran:
     number: int
     started: datetime
     violations: tuple[str, ...] = ()
+    pushed: str = ""  # the commit pushed, if any
 
 
 @dataclass(frozen=True)
@@ -69,9 +71,14 @@ def decide(outcome: Outcome, loop: LoopFacts, role: RoleSpec, settings: Settings
     """The loop's next step after ``ran`` came to ``outcome`` (``rng`` spreads limit retries)."""
     s = settings
     ok = outcome.action in ("continue", "resume")
-    streak = 0 if ok else loop.fail_streak + 1
-    fresh = outcome.fresh_session or streak >= FRESH_AFTER_FAILURES
-    nudges: list[str] = ["fresh_session"] if fresh else []
+    # A usage-limit stall is not a failure: the streak, and so the session, stay as they were.
+    limited = outcome.action == "stall" and outcome.limit is not None
+    streak = loop.fail_streak if limited else 0 if ok else loop.fail_streak + 1
+    fresh = outcome.fresh_session or (not limited and streak >= FRESH_AFTER_FAILURES)
+    nudges: list[str] = []
+    if fresh:  # say why: "could not be resumed" only when it could not
+        nudges.append("fresh_context" if outcome.kind == "context_limit" else "fresh_session"
+                      if outcome.fresh_session else NUDGES["fresh_failures"].format(n=streak))
     notices: list[Notice] = []
     if ran.violations:
         nudges.append(f"Your last commits were NOT pushed: they change files your role may not touch "
@@ -83,15 +90,17 @@ def decide(outcome: Outcome, loop: LoopFacts, role: RoleSpec, settings: Settings
     display = ""
     if outcome.action == "stall" and outcome.limit is not None:
         not_before = stalled_until = schedule_after_limit(outcome.limit, margin_max=s.limit_margin_max, rng=rng)
-        display = outcome.limit.display()
-        nudges.append("limit")
-        notices.append(Notice("limit_stall", "usage limit", f"stalled until {display}"))
+        display = describe_stall(outcome.limit, stalled_until, s.limit_margin_max, now)
+        nudges.append(stall_nudge(outcome.limit, stalled_until, ran.pushed, session_kept=not fresh))
+        notices.append(Notice("limit_stall", "usage limit", f"stalled: {display}"))
     elif outcome.action in ("backoff", "stall"):
-        not_before = now + timedelta(seconds=backoff_seconds(streak, base=s.backoff_base, cap=s.backoff_max))
+        # the CLI's own retry time counts toward the back-off; the server's retry-after is the floor
+        wait = backoff_after(streak, s.backoff_base, s.backoff_max, outcome.retry_after, outcome.retried_s)
+        not_before = now + timedelta(seconds=wait)
     stop_reason = outcome.kind if outcome.action == "stop" and outcome.kind not in ("stopped", "lease_lost") else ""
     if outcome.kind == "auth":
         notices.append(Notice("auth_failure", "agent cannot authenticate; loop stopped", outcome.detail))
-    if streak and streak % s.failure_notify_after == 0:
+    if streak and streak % s.failure_notify_after == 0 and not limited:
         notices.append(Notice("repeated_failures", f"{streak} failures in a row", outcome.detail))
     # Only what this prompt carried was delivered: a nudge added meanwhile (boot, start) stays.
     # A failed run with nothing new to say keeps them all for the re-run.

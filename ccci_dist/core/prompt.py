@@ -31,6 +31,11 @@ NUDGES = {
     "startup": "The loops were (re)started by the operator. Announce yourself and resume.",
     "fresh_session": "Your previous session could not be resumed; this is a fresh session. "
                      "Re-read STATUS.md, REVIEW.md and DEFERRED.md to regain context.",
+    "fresh_context": "Your previous session ran out of context; this is a fresh session. "
+                     "Re-read STATUS.md, REVIEW.md and DEFERRED.md to regain context.",
+    # formatted with n (the failures in a row) where it is used
+    "fresh_failures": "Your previous session was set aside after {n} failed iterations in a row; this is a fresh "
+                      "session. Re-read STATUS.md, REVIEW.md and DEFERRED.md to regain context.",
 }
 
 

@@ -245,14 +245,15 @@ class Iteration:
 
     def _classify(self, res: IterationResult) -> Outcome:
         return classify(res.result, res.rate_limit_events, res.exit_code, res.killed, res.stderr_tail,
-                        datetime.now(UTC))
+                        datetime.now(UTC), retries=res.api_retries)
 
     def _finish(self, res: IterationResult, outcome: Outcome, *, base: str, pushed: str,
                 violations: list[str], inbox_last: str, ws: Workspace | None = None) -> str:
         now = datetime.now(UTC)
         loop = self.loop  # as claimed: streak and cost change only through this loop's fenced finishes
         d = decide(outcome, LoopFacts(fail_streak=loop.fail_streak), default_role(self.role), self.s, now,
-                   ran=Ran(number=self.number, started=self.started, violations=tuple(violations)))
+                   ran=Ran(number=self.number, started=self.started, violations=tuple(violations),
+                           pushed=pushed))
         fields: dict[str, Any] = {
             "iteration": d.iteration, "last_outcome": outcome.kind, "last_detail": outcome.detail,
             "last_exit": "" if res.exit_code is None else res.exit_code, "ended_at": f"{now.timestamp():.3f}",
