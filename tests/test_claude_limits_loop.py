@@ -1,0 +1,129 @@
+"""Usage limits through ccci-dist with the real Claude Code CLI on the subscription path (issue 15).
+
+Real redis-server, a real Celery worker with beat, real git, the pinned ``claude`` CLI authenticated with
+``CLAUDE_CODE_OAUTH_TOKEN`` (no API key) against the scripted Messages API, which answers the builder's chosen
+iteration with the unified rate-limit headers (see tests/test_claude_subscription.py for what the CLI does
+with them). The builder is otherwise acted out by ``Roles`` of tests/test_claude_loop.py.
+
+Each scenario is checked for the outcome, the stall time (the loop's retry time within 10 s of the reset plus
+the margin, ``limit_margin_max`` = 5 s so the margin is exactly 5 s), no request to the API during the stall,
+and the session kept (the next iteration resumes the same conversation).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import pytest
+
+pytest.register_assert_rewrite("claude_fixtures")
+
+from claude_fixtures import OAUTH_TOKEN, claude_env  # noqa: E402
+from scripted_model.server import throttled, unified_headers, usage_limit  # noqa: E402
+from test_claude_loop import (  # noqa: E402
+    Roles,
+    argvs,
+    brief,
+    claude_home,
+    conversation,
+    dump,
+    raw_history,
+    rds,
+    requests_of,
+    resume_arg,
+    use_claude,
+    wait_history,
+)
+
+pytest_plugins = ["claude_fixtures"]  # claude_bin, scripted_model
+pytestmark = [pytest.mark.claude, pytest.mark.slow]
+
+RESET_IN = 20  # seconds from the limited request to the window's reset
+MARGIN = 5
+
+
+def limit_at(step: int, claim: str = "five_hour", overage: str | None = None):
+    """Override: answer the builder's ``step``-th request of the iteration with a usage limit."""
+    def override(body: dict[str, Any], s: int):
+        return usage_limit(claim, time.time() + RESET_IN, overage=overage) if s == step else None
+    return override
+
+
+def warning(body: dict[str, Any], step: int):
+    """Every reply of the iteration carries a five-hour warning (91 % used), none is refused."""
+    turn = Roles.builder(*conversation(body))
+    turn["headers"] = unified_headers("allowed_warning", "five_hour", time.time() + 3600, utilization=0.91,
+                                      threshold=0.9)
+    return turn
+
+
+SCENARIOS = {
+    # id: (override for builder iteration 1, expected outcome of iteration 1, stalls?, limit kind)
+    "session-limit": (limit_at(0), "usage_limit", True, "five_hour"),
+    "weekly-limit": (limit_at(0, "seven_day"), "usage_limit", True, "weekly"),
+    "overage-rejected": (limit_at(0, "five_hour", "rejected"), "usage_limit", True, "five_hour"),
+    "warning-only": (warning, "success", False, None),
+    "non-limit-429-retry-after-5": (lambda body, s: throttled(5, time.time() + 4 * 3600) if s == 0 else None,
+                                    "rate_limited", False, None),
+    # the builder's work and its commits are done (step 1), then the final reply hits the limit
+    "limit-after-commit": (limit_at(2), "usage_limit", True, "five_hour"),
+}
+
+
+def oauth_env(bed, claude_bin, model) -> dict[str, str]:
+    env = use_claude(bed, claude_bin, model, CCCI_LIMIT_MARGIN_MAX=str(MARGIN), CCCI_BACKOFF_BASE="3")
+    env.update(claude_env(model.url, claude_home(bed), oauth=True))
+    env.pop("ANTHROPIC_API_KEY", None)
+    return env
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("scenario", list(SCENARIOS))
+def test_limit_scenarios_with_the_real_cli(bed, claude_bin, scripted_model, scenario):
+    override, outcome, stalls, kind = SCENARIOS[scenario]
+    model = scripted_model(rule=Roles({("builder", 1): override}))
+    env = oauth_env(bed, claude_bin, model)
+    bed.worker("w1", queues="ccci.control,ccci.builder", beat=True, extra_env=env)
+    bed.cli("start")
+    try:
+        wait_history(bed, 1, timeout=120)
+        loop = rds(bed).hgetall("ccci:loop:default:builder")
+        hist = wait_history(bed, 2, timeout=120)
+    except AssertionError:
+        dump(bed, model)
+        raise
+    bed.cli("stop")
+    h1, h2 = hist[0], hist[1]
+    assert h1["outcome"] == outcome, brief(hist)
+    assert h2["outcome"] == "success", brief(hist)
+    reqs = model.main_requests()
+    assert reqs and all(r["auth"] == "bearer" and "x-api-key" not in r["headers"] for r in reqs)
+    assert OAUTH_TOKEN not in (bed.tmp / "w1.log").read_text()
+    # the session is kept: iteration 2 resumes the conversation of iteration 1
+    assert h1["session"] and resume_arg(argvs(bed)[1]) == h1["session"] == h2["session"], argvs(bed)
+    assert int(loop.get("fail_streak") or 0) == (1 if outcome == "rate_limited" else 0)
+    second_first = requests_of(model, "builder", 2)[0]["time"]
+    if stalls:
+        limited = [r for r in requests_of(model, "builder", 1)][-1]
+        reset = limited["time"] + RESET_IN  # the reset header the server sent (whole seconds)
+        until = float(loop["stalled_until"])
+        assert abs(until - (int(reset) + MARGIN)) <= 10, (until, reset)
+        assert kind in h1["detail"] and f"usage limit ({kind}) resets" in loop["stalled_display"], loop
+        assert "retry at " in loop["stalled_display"] and "(reset + random 5-5 s margin)" in loop["stalled_display"]
+        # nothing reached the API during the stall, and the loop resumed within 10 s of its retry time
+        assert [r for r in reqs if float(h1["end"]) < r["time"] < until] == []
+        assert until <= second_first <= until + 10, (until, second_first)
+        note = "\n".join(str(m) for m in requests_of(model, "builder", 2)[0]["body"]["messages"][-1:])
+        assert f"stopped by a usage limit ({kind})" in note and "same session" in note, note
+    else:
+        assert not loop.get("stalled_until"), loop
+        assert second_first < float(h1["end"]) + 60  # a back-off of seconds, not a stall until a reset hours away
+    if scenario == "limit-after-commit":
+        assert h1["commit"], h1  # the commit made before the limit was pushed
+        assert "## DONE 1" in (bed.clone() / "STATUS.md").read_text()
+        assert f"pushed (up to {h1['commit'][:12]})" in note, note
+    if scenario == "warning-only":  # the CLI did see and report the warning; the loop went on regardless
+        assert '"allowed_warning"' in open(loop["log"]).read()
+    print(scenario, brief([dict(h) for h in raw_history(bed)]))
+
