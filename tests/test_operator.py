@@ -144,8 +144,8 @@ def test_usage_limit_event_stalls_until_reset_then_resumes_with_nudge(bed):
     shown = st["loops"]["builder"]["reason"]
     resets, retry = datetime.fromtimestamp(reported[0], UTC), datetime.fromtimestamp(reset, UTC)
     day = r"(?:\d{4}-\d\d-\d\d )?"  # the date only when it is not today
-    assert re.fullmatch(rf"usage limit \(five_hour\) resets {day}{resets:%H:%M:%S} UTC; retry at {day}{retry:%H:%M:%S} UTC "
-                        r"\(reset \+ random 5-5 s margin\)", shown), shown
+    assert re.fullmatch(rf"usage limit \(five_hour\) resets {day}{resets:%H:%M:%S} UTC; "
+                        rf"retry at {day}{retry:%H:%M:%S} UTC \(reset \+ random 5-5 s margin\)", shown), shown
     nxt = wait_for(lambda: next((e for e in _starts(bed, "builder")[1:]), None), 60, 0.2, "resume after reset")
     assert nxt["t"] >= reset - 0.01, "resumed before the reset time"
     assert "usage limit" in nxt["note"]
