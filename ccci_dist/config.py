@@ -172,8 +172,14 @@ class Settings(BaseSettings):
     )
 
     broker_url: SecretStr | None = Field(
-        None, description="redis:// URL of the broker; unset = embedded local redis-server"
+        None, description="redis:// URL of the broker, or sentinel://H1:26379;sentinel://H2:26379/0 for a Redis "
+                          "Sentinel group; unset = embedded local redis-server"
     )
+    sentinel_master: str = Field("ccci", pattern=r"^[A-Za-z0-9_.-]{1,64}$",
+                                 description="the Sentinel group's master name (sentinel:// broker_url only)")
+    replica_acks: int = Field(0, ge=0, le=16, description="replicas that must hold a claim before its agent starts "
+                                                           "(WAIT); 1 with Sentinel, 0 for a single Redis")
+    replica_ack_timeout: float = Field(2.0, gt=0, le=60, description="seconds a claim waits for replica_acks")
     broker_password_file: Path | None = Field(None, description="file holding the Redis password for broker_url")
     run: str = Field("default", description="run id (one project repo + one plan package)")
     project_repo: str = Field("", description="git URL or path of the project repo (no credentials in it)")

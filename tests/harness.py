@@ -67,7 +67,8 @@ class RedisServer:
     """A private redis-server on a free port with AOF; can be stopped, killed and restarted."""
 
     def __init__(self, workdir: Path, password: str | None = "test-redis-pw", port: int | None = None,
-                 bind: str = "127.0.0.1", netns: str | None = None):
+                 bind: str = "127.0.0.1", netns: str | None = None, extra: tuple[str, ...] = ()):
+        self.extra = extra  # more redis.conf lines (replicaof, min-replicas-to-write, ...)
         self.dir = workdir
         self.dir.mkdir(parents=True, exist_ok=True)
         self.password = password
@@ -89,7 +90,8 @@ class RedisServer:
         lines = [f"port {self.port}", f"bind {self.bind}", f"dir {self.dir}", "appendonly yes",
                  "appendfsync always", 'save ""', f"logfile {self.dir / 'redis.log'}"]
         if self.password:
-            lines.append(f"requirepass {self.password}")
+            lines += [f"requirepass {self.password}", f"masterauth {self.password}"]
+        lines += list(self.extra)
         conf.write_text("\n".join(lines) + "\n")
         cmd = ["redis-server", str(conf)]
         if self.netns:
@@ -115,6 +117,67 @@ class RedisServer:
     def restart(self) -> None:
         self.kill()
         self.start()
+
+
+class SentinelServer:
+    """A Redis Sentinel watching master ``name`` (quorum 2 of 3), fast to declare it down; the same
+    password guards the sentinel, the master and the replicas."""
+
+    def __init__(self, workdir: Path, master: tuple[str, int], password: str, name: str = "ccci",
+                 bind: str = "127.0.0.1", netns: str | None = None, down_after_ms: int = 1000):
+        self.dir, self.master, self.password, self.name = workdir, master, password, name
+        self.bind, self.netns, self.down_after_ms = bind, netns, down_after_ms
+        self.port = free_port()
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"sentinel://:{self.password}@{self.bind}:{self.port}"
+
+    def client(self) -> redis.Redis:
+        return redis.Redis(self.bind, self.port, password=self.password, decode_responses=True,
+                           socket_connect_timeout=0.5, socket_timeout=2)
+
+    def start(self) -> SentinelServer:
+        conf = self.dir / "sentinel.conf"
+        host, port = self.master
+        conf.write_text("\n".join([
+            f"port {self.port}", f"bind {self.bind}", f"dir {self.dir}", f"logfile {self.dir / 'sentinel.log'}",
+            f"requirepass {self.password}", f"sentinel sentinel-pass {self.password}",
+            f"sentinel monitor {self.name} {host} {port} 2", f"sentinel auth-pass {self.name} {self.password}",
+            f"sentinel down-after-milliseconds {self.name} {self.down_after_ms}",
+            f"sentinel failover-timeout {self.name} 5000", f"sentinel parallel-syncs {self.name} 1",
+        ]) + "\n")
+        cmd = ["redis-server", str(conf), "--sentinel"]
+        if self.netns:
+            cmd = ["ip", "netns", "exec", self.netns, *cmd]
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_for(self._ping, 10, what=f"sentinel on port {self.port}")
+        return self
+
+    def _ping(self) -> bool:
+        try:
+            return bool(self.client().ping())
+        except redis.RedisError:
+            return False
+
+    def master_addr(self) -> tuple[str, int] | None:
+        try:
+            got = self.client().execute_command("SENTINEL", "get-master-addr-by-name", self.name)
+        except redis.RedisError:
+            return None
+        return (got[0], int(got[1])) if got else None
+
+    def kill(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+
+def sentinel_url(sentinels: list[SentinelServer], db: int = 0) -> str:
+    """The broker URL of a Sentinel group: every sentinel, ``;``-joined (kombu's form)."""
+    return ";".join(s.url for s in sentinels) + f"/{db}"
 
 
 class Proc:

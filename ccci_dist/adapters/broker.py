@@ -13,10 +13,12 @@ import shutil
 import socket
 import subprocess
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import quote, urlsplit, urlunsplit
+from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 import redis
+from redis.sentinel import Sentinel
 
 from ccci_dist.config import ConfigError, Settings
 
@@ -104,7 +106,10 @@ PASSWORD_FILE_ENV = "CCCI_BROKER_PASSWORD_FILE"
 
 
 def with_password(url: str, password_file: str | os.PathLike[str]) -> str:
-    """``url`` with the Redis password read from ``password_file`` (so it never sits in a config)."""
+    """``url`` with the Redis password read from ``password_file`` (so it never sits in a config).
+
+    A Sentinel URL (``sentinel://H1:26379;sentinel://H2:26379/0``) gets it in every part.
+    """
     try:
         password = Path(password_file).read_text(encoding="utf-8").strip()
     except OSError as exc:
@@ -112,10 +117,38 @@ def with_password(url: str, password_file: str | os.PathLike[str]) -> str:
                           "fix broker_password_file (CCCI_BROKER_PASSWORD_FILE) or its permissions") from exc
     if not password:
         raise ConfigError(f"broker password file {password_file} is empty; write the Redis password into it")
-    parts = urlsplit(url)
-    host = parts.netloc.rpartition("@")[2]
-    user = parts.username or ""
-    return urlunsplit(parts._replace(netloc=f"{quote(user, safe='')}:{quote(password, safe='')}@{host}"))
+
+    def one(part: str) -> str:
+        parts = urlsplit(part)
+        host = parts.netloc.rpartition("@")[2]
+        user = parts.username or ""
+        return urlunsplit(parts._replace(netloc=f"{quote(user, safe='')}:{quote(password, safe='')}@{host}"))
+
+    return ";".join(one(part) for part in url.split(";"))
+
+
+@dataclass(frozen=True)
+class SentinelGroup:
+    """Where a ``sentinel://`` broker URL points: the sentinels, the Redis password and the db."""
+
+    nodes: tuple[tuple[str, int], ...]
+    password: str | None
+    db: int
+
+
+def sentinel_group(url: str) -> SentinelGroup | None:
+    """The Sentinel group of a ``sentinel://`` URL (kombu's ``;``-joined form), else None."""
+    parts = [urlsplit(u.strip()) for u in url.split(";") if u.strip()]
+    if not parts or parts[0].scheme != "sentinel":
+        return None
+    if any(p.scheme != "sentinel" or not p.hostname for p in parts):
+        raise ConfigError("a sentinel broker_url lists sentinels as sentinel://HOST:PORT joined by ';' "
+                          "(e.g. sentinel://pi.lan:26379;sentinel://w1.lan:26379/0)")
+    password = next((unquote(p.password) for p in parts if p.password), None)
+    db_text = next((p.path.strip("/") for p in parts if p.path.strip("/")), "0")
+    if not db_text.isdigit():
+        raise ConfigError(f"sentinel broker_url has db {db_text!r}; end it with /0 (a number)")
+    return SentinelGroup(tuple((p.hostname, p.port or 26379) for p in parts), password, int(db_text))
 
 
 def broker_url(settings: Settings, start: bool = True) -> str:
@@ -132,11 +165,17 @@ def broker_url(settings: Settings, start: bool = True) -> str:
 
 
 def client(settings: Settings, start: bool = True, timeout: float = 10.0) -> redis.Redis:
-    """A redis client for ccci-dist state (same server as the broker).
+    """A redis client for ccci-dist state (same server as the broker; the current master of a
+    Sentinel group, found again after a failover).
 
     Every command is bounded by ``timeout``: over a silently dropped link a read would
     otherwise block until the link returns.
     """
-    return redis.Redis.from_url(broker_url(settings, start=start), decode_responses=True,
-                                socket_connect_timeout=min(5.0, timeout), socket_timeout=timeout,
-                                health_check_interval=30)
+    url = broker_url(settings, start=start)
+    limits = {"socket_connect_timeout": min(5.0, timeout), "socket_timeout": timeout}
+    group = sentinel_group(url)
+    if group is None:
+        return redis.Redis.from_url(url, decode_responses=True, health_check_interval=30, **limits)
+    sentinels = Sentinel(list(group.nodes), sentinel_kwargs={"password": group.password, **limits}, **limits)
+    return sentinels.master_for(settings.sentinel_master, password=group.password, db=group.db,
+                                decode_responses=True, health_check_interval=30, **limits)

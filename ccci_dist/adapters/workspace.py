@@ -156,12 +156,16 @@ class Workspace:
                 raise
             if not before_push():
                 raise PushRefused("fencing token is no longer current")
-            p = subprocess.run([*GIT_ARGV, "push", "-q", self.repo, f"HEAD:refs/heads/{self.branch}"],
+            # The repository is the last fence: the push lands only if the branch still points where
+            # this rebase saw it (compare-and-swap), whatever a Redis failover did to the token.
+            seen = git(self.path, "rev-parse", f"refs/remotes/origin/{self.branch}").strip()
+            p = subprocess.run([*GIT_ARGV, "push", "-q", f"--force-with-lease=refs/heads/{self.branch}:{seen}",
+                                self.repo, f"HEAD:refs/heads/{self.branch}"],
                                cwd=self.path, capture_output=True, text=True, env=_env())
             if p.returncode == 0:
                 git(self.path, "update-ref", f"refs/remotes/origin/{self.branch}", "HEAD")
                 return self.head()
-            if "non-fast-forward" not in p.stderr and "fetch first" not in p.stderr and n == attempts - 1:
+            if not any(w in p.stderr for w in ("non-fast-forward", "fetch first", "stale info")) and n == attempts - 1:
                 raise GitError(f"git push failed: {p.stderr.strip().splitlines()[-1:]}")
             time.sleep(0.2 * (n + 1))
         raise GitError("git push kept losing the race with the other role; will retry next iteration")

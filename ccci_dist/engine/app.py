@@ -10,6 +10,7 @@ from functools import lru_cache
 
 from celery import Celery, signals
 
+from ccci_dist.adapters.broker import sentinel_group
 from ccci_dist.config import CONTROL_QUEUE, Settings, load_config
 from ccci_dist.engine import kombu_patch
 from ccci_dist.state.keys import REDBEAT_PREFIX
@@ -45,7 +46,7 @@ def use_settings(s: Settings) -> Celery:
 def celery_config(s: Settings, broker: str) -> dict:
     """The Celery configuration for settings ``s``; pure, so it can be unit-tested."""
     tick = s.watchdog_interval
-    return {
+    conf = {
         "broker_url": broker,
         "broker_connection_retry_on_startup": True,
         "broker_transport_options": {
@@ -85,6 +86,15 @@ def celery_config(s: Settings, broker: str) -> dict:
             },
         },
     }
+    group = sentinel_group(broker)
+    if group is not None:
+        # kombu and RedBeat find the master through the sentinels, and again after a failover
+        auth = {"password": group.password} if group.password else {}
+        conf["broker_transport_options"].update(master_name=s.sentinel_master, sentinel_kwargs=auth)
+        conf["redbeat_redis_url"] = "redis-sentinel://" + ";".join(f"{h}:{p}" for h, p in group.nodes)
+        conf["redbeat_redis_options"] = {"sentinels": [list(n) for n in group.nodes], "service_name": s.sentinel_master,
+                                         "db": group.db, "sentinel_kwargs": auth, "socket_timeout": 5, **auth}
+    return conf
 
 
 @app.on_configure.connect
@@ -110,7 +120,8 @@ def _password(url: str) -> str | None:
     from urllib.parse import urlsplit
 
     try:
-        return urlsplit(url).password
+        group = sentinel_group(url)
+        return group.password if group is not None else urlsplit(url).password
     except ValueError:
         return None
 

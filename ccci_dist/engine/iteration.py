@@ -32,7 +32,7 @@ from ccci_dist.engine.notify import notify
 from ccci_dist.logsetup import log_context, prune_logs
 from ccci_dist.state.lease import Heartbeat
 from ccci_dist.state.models import LoopState, RunState
-from ccci_dist.state.store import STOPPED, Claimed, Store
+from ccci_dist.state.store import NOT_REPLICATED, STOPPED, Claimed, Store
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +48,7 @@ def get_store(s: Settings | None = None, purpose: str = "main") -> Store:
     s = s or settings()
     if purpose not in _stores:
         timeout = max(0.25, s.lease_ttl / 4) if purpose == "heartbeat" else 10.0
-        _stores[purpose] = Store(client(s, timeout=timeout))
+        _stores[purpose] = Store(client(s, timeout=timeout), s.replica_acks, s.replica_ack_timeout)
     return _stores[purpose]
 
 
@@ -116,6 +116,9 @@ def run_iteration(self, run: str, role: str) -> str:
     try:
         claimed = store.claim_and_read(run, role, task_id, owner, s.lease_ttl, hostname())
         claim = claimed.claim
+        if claim.reason == NOT_REPLICATED:  # given back: the same task claims the same iteration again
+            log.warning("claim of %s/%s not on a replica within %.1fs; retrying", run, role, s.replica_ack_timeout)
+            raise self.retry(countdown=1, max_retries=None)
         if not claim.ok:
             log.info("iteration %s for %s/%s not run: %s", task_id, run, role, claim.reason)
             return f"skipped:{claim.reason}"

@@ -8,6 +8,7 @@ fencing token, so a stale iteration (its lease lapsed) can write nothing.
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import Callable
 from importlib import resources
@@ -44,6 +45,7 @@ from ccci_dist.state.keys import (
 from ccci_dist.state.models import Claim, LoopState, RunState
 
 ACTIVE, STOPPED, DONE, PAUSED = "active", "stopped", "done", "paused"
+log = logging.getLogger(__name__)
 
 # What callers catch: the broker is unreachable, refused the password, or timed out.
 BrokerError = redis.RedisError
@@ -56,9 +58,10 @@ def lua(name: str) -> str:
     return resources.files("ccci_dist.state").joinpath("scripts", f"{name}.lua").read_text(encoding="utf-8")
 
 
-CLAIM, PENDING_INBOX, RENEW, FENCE_OK, FINISH, ENQUEUE, REQUEUE, RELEASE, SET_PHASE, INBOX_ADD_ONCE = (
+CLAIM, PENDING_INBOX, RENEW, FENCE_OK, FINISH, ENQUEUE, REQUEUE, RELEASE, SET_PHASE, INBOX_ADD_ONCE, UNCLAIM = (
     lua(n) for n in ("claim", "pending_inbox", "renew", "fence_ok", "finish", "enqueue", "requeue", "release",
-                     "set_phase", "inbox_add_once"))
+                     "set_phase", "inbox_add_once", "unclaim"))
+NOT_REPLICATED = "not_replicated"
 
 
 class Claimed(NamedTuple):
@@ -86,8 +89,12 @@ class Store:
         return cls(redis.Redis.from_url(url, decode_responses=True, socket_connect_timeout=timeout,
                                         socket_timeout=timeout))
 
-    def __init__(self, r: redis.Redis):
+    def __init__(self, r: redis.Redis, replica_acks: int = 0, replica_timeout: float = 2.0):
         self.r = r
+        # A claim counts only once this many replicas hold it (WAIT): after a Sentinel failover the
+        # new master then has the lease and the token, so no token is ever handed out twice.
+        self.replica_acks, self.replica_timeout_ms = replica_acks, int(replica_timeout * 1000)
+        self._unclaim = r.register_script(UNCLAIM)
         self._claim = r.register_script(CLAIM)
         self._pending_inbox = r.register_script(PENDING_INBOX)
         self._renew = r.register_script(RENEW)
@@ -159,8 +166,23 @@ class Store:
         for reply in (result, run_hash, loop, inbox):
             if isinstance(reply, Exception):
                 raise reply
-        return Claimed(Claim.from_reply(result), RunState.from_hash(run_hash), LoopState.from_hash(loop),
+        claim = Claim.from_reply(result)
+        if claim.ok and not self.replicated():
+            # Not durable: a failover now could hand this token out again. Give the claim back;
+            # the caller retries the same task, which claims the same iteration.
+            self._unclaim(keys=[k_lease(run, role), k_next(run, role)], args=[owner, task_id])
+            claim = Claim(False, reason=NOT_REPLICATED)
+        return Claimed(claim, RunState.from_hash(run_hash), LoopState.from_hash(loop),
                        [(mid, f.get("text", "")) for mid, f in _pairs(inbox)])
+
+    def replicated(self) -> bool:
+        """Whether the writes so far reached ``replica_acks`` replicas (or as many as are connected:
+        with none, no failover can lose them). Always True when ``replica_acks`` is 0."""
+        if not self.replica_acks:
+            return True
+        role = self.r.execute_command("ROLE")
+        need = min(self.replica_acks, len(role[2]) if role and role[0] == "master" else 0)
+        return need == 0 or int(self.r.wait(need, self.replica_timeout_ms)) >= need
 
     def renew(self, run: str, role: str, owner: str, ttl: float) -> bool:
         return bool(self._renew(keys=[k_lease(run, role)], args=[owner, int(ttl * 1000)]))
@@ -181,7 +203,10 @@ class Store:
         args = [token, owner, json.dumps(loop_fields), json.dumps(history), next_task, f"{time.time():.3f}",
                 json.dumps(run_fields or {}), inbox_ack, self.STREAM_MAXLEN,
                 json.dumps({"add": nudges[0], "seen": nudges[1]}) if nudges is not None else ""]
-        return bool(self._finish(keys=keys, args=args))
+        done = bool(self._finish(keys=keys, args=args))
+        if done and not self.replicated():  # kept on the master; a failover now may lose this record
+            log.warning("finish of %s/%s not yet on %d replica(s)", run, role, self.replica_acks)
+        return done
 
     def try_enqueue(self, run: str, role: str, task_id: str, queue: str) -> bool:
         keys = [k_loop(run, role), k_lease(run, role), k_next(run, role)]
