@@ -179,3 +179,91 @@ def test_agent_env_drops_secrets_by_any_name_case_and_by_value(tmp_path, monkeyp
     assert env["HARMLESS"] == "keep me"
     for leaked in ("BROKER-PW-a81f", "NOTIFY-PW-0c3d", "6390", str(pw_file)):
         assert leaked not in blob, leaked
+
+
+# ---------------------------------------------------------------------------------------------------------
+# 5-7. state import: the whole file validated first, only ccci-dist's own keys, all or nothing, a backup
+
+
+def _seed(r: redis.Redis) -> None:
+    r.flushall()
+    r.hset("ccci:run:r1", mapping={"status": "active", "phase": "1"})
+    r.sadd("ccci:runs", "r1")
+    r.rpush("ccci:history:r1", "a", "b")
+    r.zadd("ccci:sched:r1", {"builder": 5.0})
+    r.set("ccci:fence:r1:builder", "7")
+    r.xadd("ccci:events:r1", {"kind": "started"}, id="5-1")
+    r.set("ccci:lease:r1:builder", "w1", px=60000)  # ephemeral: never exported, never clobbered by validation
+    r.set("unrelated", "x")
+
+
+def _snap(r: redis.Redis) -> dict:
+    return {k: r.dump(k) for k in r.scan_iter(count=1000)}
+
+
+def _doc(keys: object) -> dict:
+    return {"format": "ccci-dist-state", "version": 1, "keys": keys}
+
+
+GOOD = {"ccci:run:r2": {"type": "hash", "value": {"status": "active"}, "pttl": None},
+        "ccci:events:r2": {"type": "stream", "value": [["1-1", {"k": "v"}]], "pttl": None}}
+BAD_FILES = {
+    "stream-id-0-0": (_doc({**GOOD, "ccci:log:r2": {"type": "stream", "value": [["0-0", {"a": "b"}]]}}),
+                      ["ccci:log:r2", "0-0"]),
+    "foreign-queue-key": (_doc({**GOOD, "ccci.builder": {"type": "list", "value": ['{"body": "x"}']},
+                                "other:key": {"type": "string", "value": "x"}}), ["ccci.builder", "other:key"]),
+    "ephemeral-lease": (_doc({"ccci:lease:r1:builder": {"type": "string", "value": "me"}}), ["ccci:lease:r1:builder"]),
+    "keys-as-list": (_doc([["ccci:run:r2", {"type": "hash", "value": {}}]]), ["keys must be an object"]),
+    "item-without-type": (_doc({"ccci:run:r2": {"value": {"a": "b"}}}), ["ccci:run:r2", "type"]),
+    "hash-as-string": (_doc({"ccci:run:r2": {"type": "hash", "value": "status=active"}}), ["ccci:run:r2", "hash"]),
+    "zset-score-nan": (_doc({"ccci:z": {"type": "zset", "value": [["m", "NaN"]]}}), ["ccci:z", "zset"]),
+    "stream-ids-backwards": (_doc({"ccci:s": {"type": "stream", "value": [["2-0", {"a": "b"}], ["1-0", {"a": "b"}]]}}),
+                             ["ccci:s", "1-0"]),
+    "not-an-object": ([1, 2, 3], ["not a ccci-dist state file"]),
+}
+
+
+@pytest.fixture
+def import_bed(tmp_path, redis_url):
+    b = Bed(tmp_path, redis_url, tmp_path / "no-repo")
+    r = redis.Redis.from_url(redis_url, decode_responses=True)
+    _seed(r)
+    return b, r
+
+
+@pytest.mark.parametrize("case", list(BAD_FILES))
+def test_bad_state_file_is_one_error_line_and_changes_nothing(import_bed, case):
+    b, r = import_bed
+    doc, words = BAD_FILES[case]
+    f = b.tmp / "state.json"
+    f.write_text(json.dumps(doc))
+    before = _snap(r)
+    p = b.cli("state", "import", "--force", str(f), check=False)
+    lines = p.stderr.strip().splitlines()
+    assert p.returncode == 2, (case, p.returncode, p.stderr)
+    assert len(lines) == 1 and lines[0].startswith("error: "), (case, p.stderr)
+    for w in words:
+        assert w in lines[0], (case, w, lines[0])
+    assert _snap(r) == before, f"{case}: Redis changed"
+    assert not (b.tmp / "state" / "backups").exists() or not any((b.tmp / "state" / "backups").iterdir())
+
+
+def test_force_import_backs_up_then_replaces_everything_at_once(import_bed):
+    b, r = import_bed
+    before_export = b.tmp / "before.json"
+    b.cli("state", "export", str(before_export))
+    f = b.tmp / "state.json"
+    f.write_text(json.dumps(_doc(GOOD)))
+    p = b.cli("state", "import", "--force", str(f))
+    backup = Path(p.stdout.split("keys to ")[1].split()[0])
+    assert backup.is_file() and backup.stat().st_mode & 0o077 == 0, p.stdout
+    assert json.loads(backup.read_text())["keys"] == json.loads(before_export.read_text())["keys"]
+    keys = {k for k in r.scan_iter("ccci:*")}
+    assert keys == {"ccci:run:r2", "ccci:events:r2"}, keys  # the old leases went with the old state
+    assert r.get("unrelated") == "x"
+    assert r.xrange("ccci:events:r2") == [("1-1", {"k": "v"})]
+    # the backup restores the previous state exactly
+    b.cli("state", "import", "--force", str(backup))
+    again = b.tmp / "again.json"
+    b.cli("state", "export", str(again))
+    assert json.loads(again.read_text())["keys"] == json.loads(before_export.read_text())["keys"]
