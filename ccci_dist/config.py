@@ -229,6 +229,15 @@ class Settings(BaseSettings):
     def _run_id(cls, v: str) -> str:
         return check_name(v)
 
+    @field_validator("broker_url")
+    @classmethod
+    def _broker_scheme(cls, v: SecretStr | None) -> SecretStr | None:
+        if v is not None and v.get_secret_value():
+            scheme = v.get_secret_value().partition("://")[0].lower()
+            if scheme not in ("redis", "rediss", "unix"):
+                raise ValueError(f"the broker URL must start with redis://, rediss:// or unix:// (not {scheme[:20]}://)")
+        return v
+
     @field_validator("min_interval", "queues")
     @classmethod
     def _role_keys(cls, v: dict[str, Any]) -> dict[str, Any]:

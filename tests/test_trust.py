@@ -267,3 +267,84 @@ def test_force_import_backs_up_then_replaces_everything_at_once(import_bed):
     again = b.tmp / "again.json"
     b.cli("state", "export", str(again))
     assert json.loads(again.read_text())["keys"] == json.loads(before_export.read_text())["keys"]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# 8 + 10. bad config and bad CLI input: one `error:` line (exit 2), no traceback, nothing changed
+
+CONFIG_ROWS = {
+    "vm-typo": ('[vm]\nsudo_pasword_file = "/x"\n', ["vm.sudo_pasword_file", "did you mean vm.sudo_password_file"]),
+    "quiet-typo": ('[quiet_hours]\nstrat = "01:00"\nend = "02:00"\n', ["quiet_hours.strat", "quiet_hours.start"]),
+    "quiet-25-99": ('[quiet_hours]\nstart = "25:99"\nend = "01:00"\n', ["quiet_hours.start", "HH:MM"]),
+    "quiet-half": ('[quiet_hours]\nstart = "01:00"\n', ["both start and end"]),
+    "lease-inf": ("lease_ttl = inf\n", ["lease_ttl", "finite"]),
+    "lease-1e308": ("lease_ttl = 1e308\n", ["lease_ttl", "3600"]),
+    "watchdog-over-lease": ("lease_ttl = 5\nwatchdog_interval = 20\n", ["watchdog_interval", "lease_ttl"]),
+    "top-typo": ("leese_ttl = 5\n", ["did you mean lease_ttl"]),
+    "repo-credentials": ('project_repo = "https://u:TOKEN-x1@example.org/r.git"\n', ["--allow-inline-credentials"]),
+}
+
+
+@pytest.mark.parametrize("row", list(CONFIG_ROWS))
+def test_bad_config_section_or_bound_is_one_error_line(tmp_path, row):
+    import os
+    import subprocess
+    import sys
+
+    text, words = CONFIG_ROWS[row]
+    f = tmp_path / "c.toml"
+    f.write_text(text)
+    env = {k: v for k, v in os.environ.items() if not k.upper().startswith("CCCI_")}
+    p = subprocess.run([sys.executable, "-m", "ccci_dist", "--config", str(f), "config", "show"],
+                       capture_output=True, text=True, env=env, timeout=60)
+    lines = p.stderr.strip().splitlines()
+    assert p.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: "), (row, p.stderr)
+    for w in words:
+        assert w in lines[0], (row, w, lines[0])
+    assert "TOKEN-x1" not in p.stderr + p.stdout
+
+
+CLI_ROWS = {
+    "logs-negative-n": (["logs", "builder", "-n", "-1"], ["-1"]),
+    "history-limit-0": (["history", "--limit", "0"], ["--limit"]),
+    "history-limit-negative": (["history", "--limit", "-1"], ["--limit"]),
+    "run-dotdot": (["--run", "..", "status"], ["--run"]),
+    "run-dotdot-enqueue": (["--run", "..", "enqueue", "phase", "1"], ["--run"]),
+    "run-10k": (["--run", "r" * 10_000, "start"], ["--run", "64"]),
+    "run-slash": (["--run", "a/b", "start"], ["--run"]),
+    "broker-http": (["--broker", "http://x", "status"], ["broker"]),
+    "repo-missing": (["start"], ["git"]),
+    "unknown-command": (["frobnicate"], ["frobnicate"]),
+}
+
+
+@pytest.mark.parametrize("row", list(CLI_ROWS))
+def test_bad_cli_input_is_one_error_line_and_changes_nothing(tmp_path, redis_url, row):
+    args, words = CLI_ROWS[row]
+    b = Bed(tmp_path, redis_url, tmp_path / "no-such-repo.git")
+    r = redis.Redis.from_url(redis_url, decode_responses=True)
+    r.hset("ccci:run:default", mapping={"status": "stopped"})
+    before = _snap(r)
+    p = b.cli(*args, check=False)
+    lines = p.stderr.strip().splitlines()
+    assert p.returncode == 2, (row, p.returncode, p.stderr[-2000:])
+    assert len(lines) == 1 and lines[0].startswith("error: "), (row, p.stderr[-3000:])
+    assert "Traceback" not in p.stderr + p.stdout
+    for w in words:
+        assert w in lines[0], (row, w, lines[0])
+    assert _snap(r) == before, f"{row} changed Redis"
+    assert not (tmp_path / "ws").exists() and not (tmp_path / "builder").exists()
+
+
+def test_unexpected_error_is_one_line_with_the_traceback_in_the_log(tmp_path, redis_url):
+    b = Bed(tmp_path, redis_url, tmp_path / "repo")
+    state = tmp_path / "state"
+    state.mkdir()
+    (state / "logs").write_text("a file where the log dir would go")
+    bad_export = tmp_path / "export-dir"
+    bad_export.mkdir()
+    p = b.cli("state", "export", str(bad_export), check=False)  # a directory: IsADirectoryError at the rename
+    assert p.returncode in (1, 2) and "Traceback" not in p.stderr, p.stderr
+    assert len(p.stderr.strip().splitlines()) == 1 and p.stderr.startswith("error: "), p.stderr
+    d = b.cli("--debug", "state", "export", str(bad_export), check=False)
+    assert "Traceback" in d.stderr and d.stderr.strip().splitlines()[-1].startswith("error: ")

@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import os
 import sys
+import time
+from pathlib import Path
 from typing import Any
 
 import click
@@ -65,8 +68,84 @@ def _not_installed(cmd_name: str, reason: str) -> click.Command:
                          params=[click.Argument(["args"], nargs=-1, type=click.UNPROCESSED)])
 
 
+# Exceptions that mean "the input was wrong" (exit 2); anything else is a runtime failure (exit 1).
+BAD_INPUT = {"ConfigError", "ProfileError", "RunError", "StateError", "InboxError", "PackageError", "GitError",
+             "ValidationError", "UnicodeDecodeError"}
+
+
+def _error_log() -> Path:
+    """Where an unexpected error's traceback goes: <state_dir>/logs/cli-errors.log."""
+    base = os.environ.get("CCCI_STATE_DIR") or "~/.local/state/ccci-dist"
+    return Path(base).expanduser() / "logs" / "cli-errors.log"
+
+
+def _clean(text: str) -> str:
+    from ccci_dist.config import mask_url_text
+    from ccci_dist.logsetup import mask
+
+    return mask(mask_url_text(text))
+
+
+def _report(exc: BaseException, debug: bool) -> int:
+    """One `error:` line for ``exc``; its traceback to the log file (or the terminal with --debug)."""
+    import errno
+    import traceback
+
+    name = type(exc).__name__
+    text = " ".join(str(exc).split()) or name
+    bad_input = name in BAD_INPUT or isinstance(exc, OSError) and exc.errno == errno.ENAMETOOLONG
+    if name in ("ConnectionError", "TimeoutError", "BusyLoadingError") and "redis" in type(exc).__module__:
+        text = f"cannot reach the broker ({text}); check broker_url and that Redis is running"
+    trace = _clean("".join(traceback.format_exception(exc)))
+    where = ""
+    if debug:
+        sys.stderr.write(trace)
+    elif not bad_input:
+        try:
+            log = _error_log()
+            log.parent.mkdir(parents=True, exist_ok=True)
+            with open(os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600), "a") as f:
+                f.write(f"--- {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())} {' '.join(sys.argv[1:])[:500]}\n")
+                f.write(trace)
+            where = f" (traceback in {log}; or rerun with --debug)"
+        except OSError:
+            where = " (rerun with --debug for the traceback)"
+    hint = "" if bad_input else f"{name}: "
+    click.echo(_clean(f"error: {hint}{text[:2000]}{where}"), err=True)
+    return 2 if bad_input else 1
+
+
 class LazyGroup(click.Group):
     """A group whose sub-commands are imported on first use."""
+
+    def main(self, args: Any = None, *pos: Any, **kwargs: Any) -> Any:  # type: ignore[override]
+        """Run the CLI: any exception becomes one `error:` line (exit 2 bad input, 1 runtime)."""
+        argv = list(sys.argv[1:] if args is None else args)
+        debug = "--debug" in argv or os.environ.get("CCCI_DEBUG") == "1"
+        kwargs["standalone_mode"] = False
+        try:
+            rv = super().main(argv, *pos, **kwargs)
+        except click.exceptions.NoArgsIsHelpError as exc:
+            click.echo(exc.ctx.get_help() if exc.ctx else str(exc))
+            sys.exit(0)
+        except click.ClickException as exc:
+            hint = ""
+            ctx = getattr(exc, "ctx", None)
+            if isinstance(exc, click.UsageError) and ctx is not None:
+                hint = f"; see `{ctx.command_path} --help`"
+            click.echo(_clean(f"error: {' '.join(exc.format_message().split())}{hint}"), err=True)
+            sys.exit(exc.exit_code if exc.exit_code else 2)
+        except click.Abort:
+            click.echo("error: aborted", err=True)
+            sys.exit(1)
+        except SystemExit:
+            raise
+        except KeyboardInterrupt:
+            click.echo("error: interrupted", err=True)
+            sys.exit(130)
+        except Exception as exc:  # the one place every other failure becomes one line
+            sys.exit(_report(exc, debug))
+        sys.exit(rv if isinstance(rv, int) else 0)
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted(set(super().list_commands(ctx)) | set(COMMANDS))
@@ -130,10 +209,11 @@ def _print_version(ctx: click.Context, _param: click.Parameter, value: bool) -> 
               help="Accept credentials inside project_repo (stripped before they are stored or shown).")
 @click.option("--state-dir", type=click.Path(file_okay=False), help="State dir override.")
 @click.option("--workspace-dir", type=click.Path(file_okay=False), help="Workspace dir override.")
+@click.option("--debug", is_flag=True, help="Print the traceback of an unexpected error (else it goes to a log file).")
 @click.option("--version", is_flag=True, expose_value=False, is_eager=True, callback=_print_version,
               help="Show the version and the git commit it was built from, and exit.")
 @click.pass_context
-def main(ctx: click.Context, config_file: str | None, **overrides: Any) -> None:
+def main(ctx: click.Context, config_file: str | None, debug: bool, **overrides: Any) -> None:
     """ccci-dist: run a plan package's Builder and Reviewer agent loops on Celery + Redis.
 
     Typical use: `ccci-dist plan check PLAN`, `ccci-dist start`, `ccci-dist status`.

@@ -128,7 +128,8 @@ def status_cmd(obj: Ctx, as_json: bool, schema: bool, watch: bool, run_opt: str 
 
 
 @click.command("history")
-@click.option("--limit", default=50, show_default=True, help="Show the newest N iterations.")
+@click.option("--limit", default=50, show_default=True, type=click.IntRange(min=1),
+              help="Show the newest N iterations.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON lines.")
 @pass_ctx
 def history_cmd(obj: Ctx, limit: int, as_json: bool) -> None:
@@ -152,9 +153,11 @@ def history_cmd(obj: Ctx, limit: int, as_json: bool) -> None:
 @click.command("logs")
 @click.argument("role")
 @click.option("-f", "--follow", is_flag=True, help="Keep following the live iteration's output.")
-@click.option("-n", "--lines", default=50, show_default=True, help="Lines of backlog to show.")
+@click.option("-n", "--lines", default=50, show_default=True, type=click.IntRange(min=0),
+              help="Lines of backlog to show.")
 @click.option("--raw", is_flag=True, help="Print the agent's raw stream-json lines.")
-@click.option("--iteration", "number", type=int, metavar="N", help="Show iteration N's whole log (from any host).")
+@click.option("--iteration", "number", type=click.IntRange(min=1), metavar="N",
+              help="Show iteration N's whole log (from any host).")
 @pass_ctx
 def logs_cmd(obj: Ctx, role: str, follow: bool, lines: int, raw: bool, number: int | None) -> None:
     """Show ROLE's agent output, rendered for people (through Redis, so it works from any host)."""

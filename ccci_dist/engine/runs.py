@@ -45,7 +45,7 @@ def start_run(store: Store, s: Settings, *, resume: bool = False, phase: str | N
     if phase is not None and phase not in pkg.phase_order:
         raise RunError(f"unknown phase {phase!r}; the plan's phases are {', '.join(pkg.phase_order)}")
     docs = None
-    if resume or phase is None and not existing.exists:
+    if phase is None and (resume or not existing.phase):
         docs = docs_from_repo(s, s.repo_url, s.branch, run)
     if phase is None:
         if resume or not existing.phase:
