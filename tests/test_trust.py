@@ -348,3 +348,29 @@ def test_unexpected_error_is_one_line_with_the_traceback_in_the_log(tmp_path, re
     assert len(p.stderr.strip().splitlines()) == 1 and p.stderr.startswith("error: "), p.stderr
     d = b.cli("--debug", "state", "export", str(bad_export), check=False)
     assert "Traceback" in d.stderr and d.stderr.strip().splitlines()[-1].startswith("error: ")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# 9. an exception inside an iteration, even inside its finishing, is recorded in history and backed off
+
+
+def test_exception_in_the_finishing_is_recorded_and_backed_off(tmp_path, redis_url, remote_repo):
+    b = Bed(tmp_path, redis_url, remote_repo, CCCI_BACKOFF_BASE="60", CCCI_BACKOFF_MAX="600")
+    b.cli("start")
+    r = redis.Redis.from_url(redis_url, decode_responses=True)
+    r.hset("ccci:loop:default:builder", "cost_total", "not-a-number")  # a corrupt field _finish reads
+    b.worker("w1")
+
+    def crash_row():
+        rows = [json.loads(line) for line in b.cli("history", "--json").stdout.splitlines()]
+        return next((x for x in rows if x["role"] == "builder" and x["outcome"] == "crash"), None)
+
+    row = wait_for(crash_row, 90, 0.3, "the crash in history")
+    assert "ValueError" in row["detail"], row
+    loop = r.hgetall("ccci:loop:default:builder")
+    assert loop["last_outcome"] == "crash" and loop["fail_streak"] == "1", loop
+    assert float(loop["not_before"]) - float(row["end"]) >= 30, "not backed off like a crash"
+    wait_for(lambda: not r.exists("ccci:lease:default:builder"), 30, 0.2, "the lease released")
+    rows = [json.loads(line) for line in b.cli("history", "--json").stdout.splitlines()]
+    assert len([x for x in rows if x["role"] == "builder"]) == 1, "restarted without backing off"
+    b.close()

@@ -170,13 +170,35 @@ class Iteration:
             return self._execute(claimed.inbox, probe)
         except Exception as exc:  # record, back off, never spin; the lease tells the watchdog
             log.exception("iteration crashed in the runner")
-            self._finish(IterationResult(), Outcome(kind="crash", action="backoff",
-                                                    detail=f"runner: {exc.__class__.__name__}: {exc}"[:300]),
-                         base="", pushed="", violations=[], inbox_last="")
+            detail = f"runner: {exc.__class__.__name__}: {exc}"[:300]
+            try:
+                self._finish(IterationResult(), Outcome(kind="crash", action="backoff", detail=detail),
+                             base="", pushed="", violations=[], inbox_last="")
+            except Exception as again:  # the bug is in the finishing itself: record it plainly
+                log.exception("recording the crash failed; recording it without the finishing rules")
+                self._record_crash(f"{detail}; finishing: {again.__class__.__name__}: {again}"[:300])
+            self.failed = True
             return "crash"
         finally:
             hb.close()
             self._archive_log()
+
+    def _record_crash(self, detail: str) -> None:
+        """The smallest fenced finish: a history row naming the error, and a back-off like any crash."""
+        now = datetime.now(UTC)
+        try:
+            streak = int(self.loop.get("fail_streak") or 0) + 1
+        except ValueError:
+            streak = 1
+        wait = backoff_seconds(streak, base=self.s.backoff_base, cap=self.s.backoff_max)
+        fields = {"iteration": self.number, "last_outcome": "crash", "last_detail": detail, "fail_streak": streak,
+                  "ended_at": f"{now.timestamp():.3f}", "stalled_until": "",
+                  "not_before": f"{now.timestamp() + wait:.3f}", "next_reason": f"back-off after {streak} failure(s)"}
+        history = {"role": self.role, "iteration": self.number, "attempt": self.attempt,
+                   "host": self.owner.split("/")[0], "start": f"{self.started.timestamp():.6f}",
+                   "end": f"{now.timestamp():.6f}", "outcome": "crash", "detail": detail, "token": self.token}
+        self.store.finish(self.run, self.role, self.token, self.owner, {k: str(v) for k, v in fields.items()},
+                          {k: str(v) for k, v in history.items()})
 
     def _archive_log(self) -> None:
         """Keep this iteration's agent log in Redis (compressed, capped), readable from any host."""
