@@ -358,7 +358,7 @@ def test_exception_in_the_finishing_is_recorded_and_backed_off(tmp_path, redis_u
     b = Bed(tmp_path, redis_url, remote_repo, CCCI_BACKOFF_BASE="60", CCCI_BACKOFF_MAX="600")
     b.cli("start")
     r = redis.Redis.from_url(redis_url, decode_responses=True)
-    r.hset("ccci:loop:default:builder", "cost_total", "not-a-number")  # a corrupt field _finish reads
+    r.hset("ccci:run:default", "docs", "{not json")  # a corrupt field only the finishing reads
     b.worker("w1")
 
     def crash_row():
@@ -366,7 +366,7 @@ def test_exception_in_the_finishing_is_recorded_and_backed_off(tmp_path, redis_u
         return next((x for x in rows if x["role"] == "builder" and x["outcome"] == "crash"), None)
 
     row = wait_for(crash_row, 90, 0.3, "the crash in history")
-    assert "ValueError" in row["detail"], row
+    assert "JSONDecodeError" in row["detail"], row
     loop = r.hgetall("ccci:loop:default:builder")
     assert loop["last_outcome"] == "crash" and loop["fail_streak"] == "1", loop
     assert float(loop["not_before"]) - float(row["end"]) >= 30, "not backed off like a crash"

@@ -186,10 +186,7 @@ class Iteration:
     def _record_crash(self, detail: str) -> None:
         """The smallest fenced finish: a history row naming the error, and a back-off like any crash."""
         now = datetime.now(UTC)
-        try:
-            streak = int(self.loop.get("fail_streak") or 0) + 1
-        except ValueError:
-            streak = 1
+        streak = self.loop.fail_streak + 1
         wait = backoff_seconds(streak, base=self.s.backoff_base, cap=self.s.backoff_max)
         fields = {"iteration": self.number, "last_outcome": "crash", "last_detail": detail, "fail_streak": streak,
                   "ended_at": f"{now.timestamp():.3f}", "stalled_until": "",
