@@ -7,6 +7,7 @@ The example counts are fixed (``EXAMPLES``) so the README's proof table can stat
 
 from __future__ import annotations
 
+import base64
 import json
 import math
 import string
@@ -35,8 +36,9 @@ stream_id = st.one_of(st.sampled_from(["0-0", "0-1", "1-1", "5-0", "184467440737
 json_scalar = st.one_of(st.none(), st.booleans(), st.integers(-5, 5), st.floats(allow_nan=True), text)
 json_any = st.recursive(json_scalar, lambda c: st.one_of(st.lists(c, max_size=3),
                                                          st.dictionaries(text, c, max_size=3)), max_leaves=8)
+blob = st.binary(max_size=16).map(lambda b: {"base64": base64.b64encode(b).decode()})
 value_for = {
-    "string": text,
+    "string": st.one_of(text, blob, st.just({"base64": "not base64!"})),
     "hash": st.dictionaries(text, text, max_size=3),
     "set": st.lists(text, max_size=3, unique=True),
     "list": st.lists(text, max_size=3),
@@ -64,6 +66,12 @@ def _snap(r: redis.Redis) -> dict:
 
 
 def _normal(kind: str, value):
+    if kind == "string" and isinstance(value, dict):
+        raw = base64.b64decode(value["base64"])
+        try:
+            return raw.decode()
+        except UnicodeDecodeError:
+            return value
     if kind == "set":
         return sorted(value)
     if kind == "zset":

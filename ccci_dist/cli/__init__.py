@@ -70,7 +70,7 @@ def _not_installed(cmd_name: str, reason: str) -> click.Command:
 
 # Exceptions that mean "the input was wrong" (exit 2); anything else is a runtime failure (exit 1).
 BAD_INPUT = {"ConfigError", "ProfileError", "RunError", "StateError", "InboxError", "PackageError", "GitError",
-             "ValidationError", "UnicodeDecodeError"}
+             "ValidationError"}
 
 
 def _error_log() -> Path:

@@ -12,6 +12,7 @@ over the live keys and deletes the rest. A failure before that MULTI leaves Redi
 
 from __future__ import annotations
 
+import base64
 import math
 import re
 import secrets
@@ -45,41 +46,77 @@ def _keep(key: str) -> bool:
     return key.startswith(PREFIX) and not key.startswith(EPHEMERAL) and not key.startswith(STAGING)
 
 
+def _raw(r: redis.Redis) -> redis.Redis:
+    """A client on the same server that returns bytes (some values, like archived logs, are binary)."""
+    kwargs = {k: v for k, v in r.connection_pool.connection_kwargs.items() if k != "decode_responses"}
+    return redis.Redis(connection_pool=redis.ConnectionPool(connection_class=r.connection_pool.connection_class,
+                                                            decode_responses=False, **kwargs))
+
+
+def _text(b: bytes) -> Any:
+    """A value as JSON: its text when it is UTF-8, else ``{"base64": ...}``."""
+    try:
+        return b.decode("utf-8")
+    except UnicodeDecodeError:
+        return {"base64": base64.b64encode(b).decode()}
+
+
+def _is_value(v: Any) -> bool:
+    if isinstance(v, str):
+        return True
+    if isinstance(v, dict) and set(v) == {"base64"} and isinstance(v["base64"], str):
+        try:
+            base64.b64decode(v["base64"], validate=True)
+            return True
+        except ValueError:
+            return False
+    return False
+
+
+def _bytes(v: Any) -> Any:
+    return base64.b64decode(v["base64"]) if isinstance(v, dict) else v
+
+
 def dump(target: Any) -> dict[str, Any]:
     """All persistent ccci-dist keys as plain JSON data (``target``: a Store or a redis client)."""
-    r = _client(target)
+    r = _raw(_client(target))
     keys: dict[str, Any] = {}
-    for key in sorted(r.scan_iter(match=PATTERN, count=1000)):
-        if not _keep(key):
-            continue
-        kind = r.type(key)
-        if kind == "string":
-            value: Any = r.get(key)
-        elif kind == "hash":
-            value = r.hgetall(key)
-        elif kind == "set":
-            value = sorted(r.smembers(key))
-        elif kind == "list":
-            value = r.lrange(key, 0, -1)
-        elif kind == "zset":
-            value = r.zrange(key, 0, -1, withscores=True)
-        elif kind == "stream":
-            value = [[i, f] for i, f in r.xrange(key)]
-        else:
-            continue
-        ttl = r.pttl(key)
-        keys[key] = {"type": kind, "value": value, "pttl": ttl if ttl and ttl > 0 else None}
+    try:
+        for bkey in sorted(r.scan_iter(match=PATTERN, count=1000)):
+            key = bkey.decode(errors="replace")
+            if not _keep(key):
+                continue
+            kind = r.type(bkey).decode()
+            if kind == "string":
+                value: Any = _text(r.get(bkey) or b"")
+            elif kind == "hash":
+                value = {f.decode(errors="replace"): _text(v) for f, v in r.hgetall(bkey).items()}
+            elif kind == "set":
+                value = [_text(m) for m in sorted(r.smembers(bkey))]
+            elif kind == "list":
+                value = [_text(m) for m in r.lrange(bkey, 0, -1)]
+            elif kind == "zset":
+                value = [[_text(m), sc] for m, sc in r.zrange(bkey, 0, -1, withscores=True)]
+            elif kind == "stream":
+                value = [[i.decode(), {f.decode(errors="replace"): _text(v) for f, v in fl.items()}]
+                         for i, fl in r.xrange(bkey)]
+            else:
+                continue
+            ttl = r.pttl(bkey)
+            keys[key] = {"type": kind, "value": value, "pttl": ttl if ttl and ttl > 0 else None}
+    finally:
+        r.close()
     return {"format": FORMAT, "version": VERSION, "exported_at": time.time(), "keys": keys}
 
 
 def _strs(key: str, value: Any, what: str) -> list[str]:
-    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+    if not isinstance(value, list) or not all(_is_value(v) for v in value):
         raise StateError(f"key {key!r}: {what} value must be a list of strings; fix the file or export it again")
     return value
 
 
 def _str_map(key: str, value: Any, what: str) -> dict[str, str]:
-    if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
+    if not isinstance(value, dict) or not all(_is_value(v) for v in value.values()):
         raise StateError(f"key {key!r}: {what} must map field names to strings; fix the file or export it again")
     return value
 
@@ -94,7 +131,7 @@ def _check_item(key: str, item: Any) -> tuple[str, Any, int | None]:
     if pttl is not None and (isinstance(pttl, bool) or not isinstance(pttl, int) or not 0 < pttl < 2**62):
         raise StateError(f"key {key!r}: pttl must be a positive number of milliseconds or null; fix the file")
     if kind == "string":
-        if not isinstance(value, str):
+        if not _is_value(value):
             raise StateError(f"key {key!r}: string value must be a string; fix the file")
     elif kind == "hash":
         _str_map(key, value, "hash value")
@@ -102,7 +139,7 @@ def _check_item(key: str, item: Any) -> tuple[str, Any, int | None]:
         _strs(key, value, kind)
     elif kind == "zset":
         if not isinstance(value, list) or not all(
-                isinstance(m, list) and len(m) == 2 and isinstance(m[0], str)
+                isinstance(m, list) and len(m) == 2 and _is_value(m[0])
                 and isinstance(m[1], int | float) and not isinstance(m[1], bool) and math.isfinite(m[1])
                 for m in value):
             raise StateError(f"key {key!r}: zset value must be a list of [member, finite score]; fix the file")
@@ -146,18 +183,18 @@ def validate(doc: Any) -> dict[str, tuple[str, Any, int | None]]:
 
 def _write(pipe: Any, key: str, kind: str, value: Any) -> None:
     if kind == "string":
-        pipe.set(key, value)
+        pipe.set(key, _bytes(value))
     elif kind == "hash" and value:
-        pipe.hset(key, mapping=value)
+        pipe.hset(key, mapping={f: _bytes(v) for f, v in value.items()})
     elif kind == "set" and value:
-        pipe.sadd(key, *value)
+        pipe.sadd(key, *map(_bytes, value))
     elif kind == "list" and value:
-        pipe.rpush(key, *value)
+        pipe.rpush(key, *map(_bytes, value))
     elif kind == "zset" and value:
-        pipe.zadd(key, {m: s for m, s in value})
+        pipe.zadd(key, {_bytes(m): s for m, s in value})
     elif kind == "stream":
         for entry_id, fields in value:
-            pipe.xadd(key, fields, id=entry_id)
+            pipe.xadd(key, {f: _bytes(v) for f, v in fields.items()}, id=entry_id)
 
 
 def load(target: Any, doc: Any, force: bool = False) -> int:
