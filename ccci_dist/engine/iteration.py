@@ -22,6 +22,7 @@ from ccci_dist.adapters.agent import AgentProcess, IterationResult, agent_kind, 
 from ccci_dist.adapters.broker import client
 from ccci_dist.adapters.workspace import GitError, Probe, PushRefused, Workspace, isolation_violations
 from ccci_dist.config import Settings, hostname
+from ccci_dist.core.limits import backoff_seconds
 from ccci_dist.core.outcome import Outcome, classify
 from ccci_dist.core.policy import LoopFacts, Ran, decide
 from ccci_dist.core.prompt import assemble
