@@ -17,6 +17,8 @@ command -v systemd-analyze >/dev/null || pkgs+=(systemd)
 command -v debootstrap >/dev/null || [ -x /usr/sbin/debootstrap ] || pkgs+=(debootstrap)
 command -v systemd-nspawn >/dev/null || pkgs+=(systemd-container)
 command -v npm >/dev/null || pkgs+=(nodejs npm)
+# tests/test_web.py drives Debian's chromium with Playwright (no browser download)
+command -v chromium >/dev/null || pkgs+=(chromium)
 python3 -c 'import venv, ensurepip' 2>/dev/null || pkgs+=(python3-venv)
 if [ "${#pkgs[@]}" -gt 0 ]; then
   echo "installing Debian packages: ${pkgs[*]}"

@@ -304,7 +304,7 @@ def _act(ctx: dict, prompt: str, role: str, fault: str, session: str, started: f
     recent = _safe_git("log", "-3", "--format=%h %s") or "(empty)"
     _emit({"type": "user", "message": {"content": [{"type": "tool_result", "tool_use_id": "t1", "content": recent}]}})
     _work(float(arg) if name == "slow" else float(os.environ.get("CCCI_DEMO_SLEEP", "0")))
-    text = builder(ctx, prompt, name) if role == "builder" else reviewer(ctx, prompt, name)
+    text = builder(ctx, prompt, name) if role == "builder" else reviewer(ctx, prompt, fault if name == "fail" else name)
     _emit({"type": "assistant", "message": {"content": [{"type": "text", "text": text}]}})
     _emit(_result(session, started, text, prompt))
     return 0

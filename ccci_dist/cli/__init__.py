@@ -39,6 +39,7 @@ COMMANDS: dict[str, str] = {
     "worker": "ccci_dist.cli.workers:worker_cmd",
     "beat": "ccci_dist.cli.workers:beat_cmd",
     "flower": "ccci_dist.cli.flower:flower_cmd",
+    "web": "ccci_dist.web.cli:web_cmd",
     "systemd": "ccci_dist.cli.systemd:systemd_group",
 }
 

@@ -9,8 +9,6 @@ patterns must be anchored regexes (``.*@example\\.org$``), translated to Flower'
 
 from __future__ import annotations
 
-import ipaddress
-import os
 import re
 import sys
 from pathlib import Path
@@ -19,46 +17,14 @@ from typing import Any
 import click
 
 from ccci_dist.config import ConfigError
+from ccci_dist.engine.access import is_loopback, read_basic_auth
 
-LOOPBACK_NAMES = {"localhost", "localhost.localdomain", "ip6-localhost"}
 # Flower options this command owns; passing them through would bypass its checks.
 MANAGED = {"address", "port", "basic_auth", "auth", "unix_socket", "auth_provider", "oauth2_key",
            "oauth2_secret", "oauth2_redirect_uri", "conf", "url_prefix", "debug"}
 _EMAIL_RE = re.compile(r"^[A-Za-z0-9!#%&'+/=?^_`{}~-]+(?:\\\.[A-Za-z0-9!#%&'+/=?^_`{}~-]+)*"
                        r"@[A-Za-z0-9-]+(?:\\\.[A-Za-z0-9-]+)+\$$")
 _WILDCARD_RE = re.compile(r"^\^?\.\*@[A-Za-z0-9-]+(?:\\\.[A-Za-z0-9-]+)+\$$")
-
-
-def is_loopback(address: str) -> bool:
-    """True if ``address`` only listens on this host ('' and 0.0.0.0 mean every interface)."""
-    if address.lower() in LOOPBACK_NAMES:
-        return True
-    try:
-        return ipaddress.ip_address(address.strip("[]")).is_loopback
-    except ValueError:
-        return False
-
-
-def read_basic_auth(path: str | os.PathLike[str]) -> str:
-    """Credentials from a ``user:password`` file (one pair per line) as Flower's comma list."""
-    p = Path(path).expanduser()
-    try:
-        text = p.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(f"cannot read --basic-auth-file {p}: {exc.strerror}; fix the path or its permissions") \
-            from exc
-    except UnicodeDecodeError as exc:
-        raise ConfigError(f"--basic-auth-file {p} is not UTF-8; re-save it as UTF-8") from exc
-    pairs = [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
-    if not pairs:
-        raise ConfigError(f"--basic-auth-file {p} is empty; write one user:password line into it")
-    for n, pair in enumerate(pairs, 1):
-        user, sep, password = pair.partition(":")
-        if not sep or not user or not password:
-            raise ConfigError(f"--basic-auth-file {p} line {n} is not user:password; write it as user:password")
-        if "," in pair:
-            raise ConfigError(f"--basic-auth-file {p} line {n} contains ','; Flower splits on ',', pick another")
-    return ",".join(pairs)
 
 
 def flower_auth_pattern(pattern: str) -> str:

@@ -2,22 +2,15 @@
 
 from __future__ import annotations
 
-from datetime import datetime
-
 from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
-from ccci_dist.core.cockpit import ago
+from ccci_dist.core.cockpit import ago, when
 from ccci_dist.engine.status import RunStatus
 
 STATE_STYLE = {"running": "green", "queued": "green", "scheduled": "cyan", "due": "cyan", "stalled": "yellow",
                "paused": "yellow", "stopped": "red", "done": "bold green", "active": "green", "stuck": "bold red"}
-
-
-def when(dt: datetime | None) -> str:
-    """A time in the local zone, with the zone's name."""
-    return dt.astimezone().strftime("%Y-%m-%d %H:%M:%S %Z") if dt else "—"
 
 
 def _style(state: str) -> str:

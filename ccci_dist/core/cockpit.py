@@ -8,7 +8,7 @@ injected, so every case is a table test.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 # Effective loop states (the words `status` prints and `--json` carries).
 RUNNING, QUEUED, SCHEDULED, STALLED, DUE = "running", "queued", "scheduled", "stalled", "due"
@@ -140,7 +140,10 @@ def expires_in(verified_at: datetime | None, freshness: timedelta, now: datetime
     return None if verified_at is None else (verified_at + freshness - now).total_seconds()
 
 
-def _at(ts: float) -> str:
-    from datetime import UTC
+def when(dt: datetime | None) -> str:
+    """A time in the local zone, with the zone's name ('—' for none)."""
+    return dt.astimezone().strftime("%Y-%m-%d %H:%M:%S %Z") if dt else "—"
 
-    return datetime.fromtimestamp(ts, UTC).astimezone().strftime("%Y-%m-%d %H:%M:%S %Z")
+
+def _at(ts: float) -> str:
+    return when(datetime.fromtimestamp(ts, UTC))

@@ -92,7 +92,8 @@ def render_line(line: str) -> list[Piece]:
                               f"turns {ev.get('num_turns', '?')} · ${float(ev.get('total_cost_usd') or 0):.4f}"))
     elif kind == "system":
         if ev.get("subtype") == "init":
-            out.append(("other", f"session {ev.get('session_id', '?')} · model {ev.get('model', '?')}"))
+            model = f" · model {ev['model']}" if ev.get("model") else ""
+            out.append(("other", f"session {ev.get('session_id', '?')}{model}"))
     elif kind in ("item.completed", "item.started"):
         item = ev.get("item") or {}
         itype = item.get("type")

@@ -238,7 +238,7 @@ def _plan_views(plan: PlanPackage | None, docs: MachineDocs, phase: str, now: da
     items = []
     for it in plan.dod:
         v = docs.reviews.get(it.id)
-        left = cockpit.expires_in(v.at if v else None, freshness, now)
+        left = cockpit.expires_in(v.at if v and v.verdict == "VERIFIED" else None, freshness, now)
         items.append(ItemView(item=it.id, text=it.text[:120], verdict=v.verdict if v else "unverified",
                               verified_at=v.at if v else None, commit=v.commit[:12] if v else "",
                               expires_in=None if left is None else round(left, 1),

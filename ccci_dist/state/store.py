@@ -459,3 +459,12 @@ class Store:
     def loop_field(self, run: str, role: str, field: str) -> str | None:
         return self.r.hget(k_loop(run, role), field)
 
+
+    def reactivate_loop(self, run: str, role: str) -> None:
+        """An operator starts one stopped loop again (its run becomes active if it was stopped)."""
+        pipe = self.r.pipeline()
+        pipe.hset(k_loop(run, role), mapping={"state": ACTIVE, "stop_reason": "", "not_before": "",
+                                              "stalled_until": "", "fail_streak": 0})
+        pipe.execute()
+        if self.r.hget(k_run(run), "status") == STOPPED:
+            self.r.hset(k_run(run), "status", ACTIVE)
