@@ -101,11 +101,11 @@ def stop_run(store: Store, run: str, role: str | None = None) -> list[str]:
 def start_loop(store: Store, s: Settings, run: str, role: str) -> None:
     """Start one stopped loop of an existing run again and enqueue its next iteration."""
     rh = store.run(run)
-    if not rh:
+    if not rh.exists:
         raise RunError(f"no run {run!r}; see `ccci-dist status` for the runs")
     if role not in store.roles(run):
         raise RunError(f"unknown role {role!r}; this run's roles are {', '.join(store.roles(run))}")
-    if rh.get("status") == DONE:
+    if rh.status == DONE:
         raise RunError(f"run {run!r} is DONE; `ccci-dist start` starts it again")
     store.reactivate_loop(run, role)
     store.event(run, "started", role=role)
