@@ -4,7 +4,6 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from ccci_dist.adapters.workspace import isolation_violations
 from ccci_dist.config import QuietHours
 from ccci_dist.core.schedule import next_midnight, next_start, quiet_until
 
@@ -69,11 +68,3 @@ def test_quiet_hours_in_a_local_zone():
 
 def test_next_midnight():
     assert next_midnight(NOW) == datetime(2026, 11, 27, tzinfo=UTC)
-
-
-def test_isolation_rules():
-    paths = ["REVIEW.md", "review/**"]
-    assert isolation_violations("reviewer", ["REVIEW.md", "review/a/b.md"], paths) == []
-    assert isolation_violations("reviewer", ["REVIEW.md", "STATUS.md"], paths) == ["STATUS.md"]
-    assert isolation_violations("builder", ["src/x.py", "REVIEW.md", "review/n.md"], paths) == [
-        "REVIEW.md", "review/n.md"]

@@ -8,7 +8,6 @@ under ``refs/ccci/abandoned/`` rather than lost.
 
 from __future__ import annotations
 
-import fnmatch
 import os
 import shutil
 import subprocess
@@ -123,6 +122,16 @@ class Workspace:
         """Files touched by commits since ``base`` (committed work only)."""
         out = git(self.path, "diff", "--name-only", f"{base}..HEAD")
         return [line for line in out.splitlines() if line]
+
+    def outside(self, base: str, pathspecs: list[str]) -> list[str]:
+        """Files changed by commits since ``base`` that ``pathspecs`` (git pathspecs, glob magic)
+        do not cover: git itself does the matching. No pathspecs: every changed file."""
+        changed = self.changed_files(base)
+        if not changed or not pathspecs:
+            return changed
+        covered = set(git(self.path, "--glob-pathspecs", "diff", "--name-only", f"{base}..HEAD", "--",
+                          *pathspecs).splitlines())
+        return [f for f in changed if f not in covered]
 
     def commits_since(self, base: str) -> int:
         if self._head_from_files() == base:  # the common case, an agent that committed nothing
@@ -253,16 +262,6 @@ class Probe:
 
 class PushRefused(Exception):
     """The iteration is stale: its fencing token is no longer current."""
-
-
-def isolation_violations(role: str, files: list[str], reviewer_paths: list[str]) -> list[str]:
-    """Files this role may not change: the reviewer only its own paths; the builder none of them."""
-    def reviewer_owned(path: str) -> bool:
-        return any(fnmatch.fnmatch(path, pat) or path == pat.rstrip("/*") for pat in reviewer_paths)
-
-    if role == "reviewer":
-        return [f for f in files if not reviewer_owned(f)]
-    return [f for f in files if reviewer_owned(f)]
 
 
 def read_remote_file(repo: str, branch: str, name: str, cache_dir, timeout: float = 60) -> str | None:

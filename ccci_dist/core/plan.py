@@ -2,7 +2,8 @@
 
 Layout::
 
-    package.toml            name, phase order, roles, optional [prompts] role -> path
+    package.toml            name, phase order, roles (names, or [roles.<name>] tables: see
+                            core/roles.py), optional [prompts] role -> path
     plan.md                 mission; a "## 2" / "Definition of Done" section with D1..Dn
     plan-phase<ID>-<slug>.md  one per phase; its own items "<ID>.<n>"
     prompts/<role>.md       role prompts (paths may point outside the package)
@@ -21,6 +22,7 @@ from pathlib import Path
 from pydantic import BaseModel, Field
 
 from ccci_dist.config import name_problem
+from ccci_dist.core.roles import RoleSpec, default_role, parse_roles, role_spec
 
 DEFAULT_PHASES = ["1c", "1b", "1d", "1e", "2", "2b", "3", "4"]
 DEFAULT_ROLES = ["builder", "reviewer"]
@@ -53,6 +55,11 @@ class PlanPackage(BaseModel):
     roles: list[str]
     prompts: dict[str, Path]
     dod: list[Item]
+    specs: list[RoleSpec] = Field(default_factory=list)
+
+    def spec(self, role: str) -> RoleSpec:
+        """The role's spec (its default when the package names roles without tables)."""
+        return role_spec(self.specs, role)
 
     def phase(self, phase_id: str) -> Phase:
         for p in self.phases:
@@ -141,8 +148,10 @@ def load_package(root: str | Path) -> PlanPackage:
                 defects.append(f"package.toml is not valid TOML ({exc}); fix the syntax")
     name = str(meta.get("name") or root.name)
     order = [str(p) for p in meta.get("phases", DEFAULT_PHASES)]
-    roles = [str(r) for r in meta.get("roles", DEFAULT_ROLES)]
-    prompt_paths = {str(k): str(v) for k, v in meta.get("prompts", {}).items()}
+    specs = parse_roles(meta.get("roles", DEFAULT_ROLES), defects)
+    roles = [r.name for r in specs]
+    prompt_paths = {r.name: r.prompt for r in specs if r.prompt}
+    prompt_paths |= {str(k): str(v) for k, v in meta.get("prompts", {}).items()}
 
     seen: set[str] = set()
     for pid in order:
@@ -211,7 +220,7 @@ def load_package(root: str | Path) -> PlanPackage:
 
     if defects:
         raise PackageError(defects)
-    return PlanPackage(root=root, name=name, phases=phases, roles=roles, prompts=prompts, dod=dod)
+    return PlanPackage(root=root, name=name, phases=phases, roles=roles, prompts=prompts, dod=dod, specs=specs)
 
 
 def snapshot(pkg: PlanPackage) -> dict:
@@ -220,6 +229,7 @@ def snapshot(pkg: PlanPackage) -> dict:
         "name": pkg.name,
         "order": pkg.phase_order,
         "roles": pkg.roles,
+        "specs": [r.model_dump(mode="json") for r in pkg.specs],
         "phases": {
             p.id: {"title": p.title, "text": pkg.read(p.file), "items": [i.model_dump() for i in p.items]}
             for p in pkg.phases
@@ -229,6 +239,14 @@ def snapshot(pkg: PlanPackage) -> dict:
     }
 
 
+def specs_of(data: dict) -> list[RoleSpec]:
+    """The role specs of a snapshot; snapshots from before role tables carry names only, and
+    their roles get the defaults."""
+    if "specs" in data:
+        return [RoleSpec(**r) for r in data["specs"]]
+    return [default_role(r) for r in data["roles"]]
+
+
 def from_snapshot(data: dict) -> PlanPackage:
     """Rebuild a ``PlanPackage`` (for the pure phase/DONE logic) from a snapshot."""
     phases = [
@@ -236,6 +254,7 @@ def from_snapshot(data: dict) -> PlanPackage:
               items=[Item(**i) for i in data["phases"][pid]["items"]])
         for pid in data["order"]
     ]
+    specs = specs_of(data)
     return PlanPackage(root=Path("."), name=data["name"], phases=phases, roles=data["roles"],
                        prompts={r: Path(f"{r}.md") for r in data["roles"]},
-                       dod=[Item(**i) for i in data["dod"]])
+                       dod=[Item(**i) for i in data["dod"]], specs=specs)

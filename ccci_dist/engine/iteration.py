@@ -20,13 +20,14 @@ from typing import Any
 
 from ccci_dist.adapters.agent import AgentProcess, IterationResult, agent_kind, build_command
 from ccci_dist.adapters.broker import client
-from ccci_dist.adapters.workspace import GitError, Probe, PushRefused, Workspace, isolation_violations
+from ccci_dist.adapters.workspace import GitError, Probe, PushRefused, Workspace
 from ccci_dist.config import Settings, hostname
 from ccci_dist.core.limits import backoff_seconds
 from ccci_dist.core.outcome import Outcome, classify
+from ccci_dist.core.plan import specs_of
 from ccci_dist.core.policy import LoopFacts, Ran, decide
 from ccci_dist.core.prompt import assemble
-from ccci_dist.core.roles import default_role
+from ccci_dist.core.roles import RoleSpec, allowed_paths, role_spec
 from ccci_dist.core.schedule import next_midnight
 from ccci_dist.engine.app import app, settings
 from ccci_dist.engine.notify import notify
@@ -151,6 +152,8 @@ class Iteration:
         self.sync_ms = 0.0
         self.loop = LoopState()
         self.resumed = ""  # the session this iteration's agent resumed, if any
+        self.specs: list[RoleSpec] = []
+        self.spec = role_spec([], role)
         self.failed = False  # its outcome is a failure (Flower shows the task as failed)
 
     # The heartbeat calls this from its thread the moment the lease is lost or stop is set.
@@ -213,6 +216,8 @@ class Iteration:
         assert hb is not None
         run_hash, loop = self.run_hash, self.loop
         plan = json.loads(run_hash.plan)
+        self.specs = specs_of(plan)
+        self.spec = role_spec(self.specs, self.role)
         ws = Workspace(self.s.workspace_dir / self.run / self.role, run_hash.repo, run_hash.branch)
         t0 = time.perf_counter()
         base = ws.sync(f"{self.role}-{self.number}", probe)
@@ -250,7 +255,7 @@ class Iteration:
         outcome = self._classify(res)
         pushed, violations = "", []
         if not res.killed and ws.commits_since(base):
-            violations = isolation_violations(self.role, ws.changed_files(base), self.s.reviewer_paths)
+            violations = ws.outside(base, allowed_paths(self.spec, self.specs, self.s.reviewer_paths))
             if not violations:
                 try:
                     pushed = ws.push(lambda: self.store.fence_ok(self.run, self.role, self.token, self.owner))
@@ -274,7 +279,7 @@ class Iteration:
                 violations: list[str], inbox_last: str, ws: Workspace | None = None) -> str:
         now = datetime.now(UTC)
         loop = self.loop  # as claimed: streak and cost change only through this loop's fenced finishes
-        d = decide(outcome, LoopFacts(fail_streak=loop.fail_streak), default_role(self.role), self.s, now,
+        d = decide(outcome, LoopFacts(fail_streak=loop.fail_streak), self.spec, self.s, now,
                    ran=Ran(number=self.number, started=self.started, violations=tuple(violations),
                            pushed=pushed))
         fields: dict[str, Any] = {

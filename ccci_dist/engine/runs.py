@@ -53,9 +53,10 @@ def start_run(store: Store, s: Settings, *, resume: bool = False, phase: str | N
             phase = resolve_phase(pkg, docs) or pkg.phase_order[-1]
         else:
             phase = existing.phase
+    queues = {**{r.name: r.queue for r in pkg.specs if r.queue}, **s.queues}  # the operator's config wins
     fields = {
         "repo": s.repo_url, "branch": s.branch, "plan": json.dumps(snap), "plan_dir": str(Path(s.plan_dir)),
-        "roles": json.dumps(pkg.roles), "status": ACTIVE, "phase": phase, "queues": json.dumps(s.queues),
+        "roles": json.dumps(pkg.roles), "status": ACTIVE, "phase": phase, "queues": json.dumps(queues),
         "paused_until": "", "pause_reason": "", "started_at": f"{time.time():.3f}",
     }
     if docs is not None:

@@ -21,7 +21,7 @@ from ccci_dist.adapters.workspace import read_remote_file
 from ccci_dist.config import CONTROL_QUEUE, Settings, hostname
 from ccci_dist.core.phases import MachineDocs
 from ccci_dist.core.plan import PlanPackage, from_snapshot
-from ccci_dist.core.roles import default_role
+from ccci_dist.core.roles import RoleSpec
 from ccci_dist.core.tick import LoopSeen, RunSeen, decide_loop, decide_run
 from ccci_dist.engine.app import app, settings
 from ccci_dist.engine.iteration import get_store, iteration_queue, send_iteration
@@ -92,13 +92,13 @@ def tick_run(store: Store, s: Settings, run: str, now: datetime) -> None:
         notify("phase_advanced", f"{run}: phase {d.advance_to}",
                f"phase {d.phase} is complete; now on phase {d.advance_to}")
     for role in plan.roles:
-        tick_loop(store, s, run, role, rh, now)
+        tick_loop(store, s, run, plan.spec(role), rh, now)
 
 
-def tick_loop(store: Store, s: Settings, run: str, role: str, rh: RunState, now: datetime) -> None:
+def tick_loop(store: Store, s: Settings, run: str, spec: RoleSpec, rh: RunState, now: datetime) -> None:
     """Gather one loop's state, decide (core.tick.decide_loop) and apply."""
+    role = spec.name
     loop = store.loop(run, role)
-    spec = default_role(role)
     active = loop.state == ACTIVE
     paced = active and bool(spec.waits_for) and bool(s.reviewer_every)
     seen = LoopSeen(active=active, lease_ms=store.lease_pttl(run, role) if active else -2,

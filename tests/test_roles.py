@@ -1,0 +1,139 @@
+"""Roles as data: package.toml role tables, their defaults (today's builder and reviewer), the
+paths a role may change evaluated by git itself, and no role-name literal in engine/ or adapters/."""
+
+from __future__ import annotations
+
+import ast
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+from harness import ROOT, project_repo
+
+from ccci_dist.adapters.workspace import Workspace
+from ccci_dist.core.plan import PackageError, from_snapshot, load_package, snapshot
+from ccci_dist.core.roles import RoleSpec, allowed_paths, default_role, parse_duration
+
+PKG = ROOT / "ccci_dist"
+ROLE_NAMES = {"builder", "reviewer", "supervisor"}
+# The demo agent is the stand-in for a coding agent: like a real one it plays the role its prompt
+# names. It is not engine code deciding by a role's name.
+AGENT_STAND_IN = PKG / "adapters" / "demo_agent.py"
+
+
+def test_no_role_name_literal_in_engine_or_adapters():
+    found = []
+    for layer in ("engine", "adapters"):
+        for path in sorted((PKG / layer).rglob("*.py")):
+            if path == AGENT_STAND_IN:
+                continue
+            for node in ast.walk(ast.parse(path.read_text())):
+                if isinstance(node, ast.Constant) and node.value in ROLE_NAMES:
+                    found.append(f"{path.relative_to(PKG)}:{node.lineno} {node.value!r}")
+    assert not found, "role names are data (core/roles.py), not literals:\n" + "\n".join(found)
+
+
+def _package(tmp: Path, toml: str, prompts: tuple[str, ...] = ("builder", "reviewer")) -> Path:
+    shutil.copytree(ROOT / "examples" / "tiny-plan", tmp / "p")
+    (tmp / "p" / "package.toml").write_text(toml)
+    for role in prompts:
+        (tmp / "p" / "prompts" / f"{role}.md").write_text(f"You are the {role}.\n")
+    return tmp / "p"
+
+
+def test_old_packages_load_with_todays_roles():
+    pkg = load_package(ROOT / "examples" / "tiny-plan")
+    assert pkg.roles == ["builder", "reviewer"]
+    assert pkg.specs == [default_role("builder"), default_role("reviewer")]
+    assert pkg.spec("reviewer").waits_for == "builder" and not pkg.spec("builder").waits_for
+    # a snapshot from before role tables (names only) gets the same defaults
+    old = {k: v for k, v in snapshot(pkg).items() if k != "specs"}
+    assert from_snapshot(old).specs == pkg.specs
+
+
+def test_role_tables(tmp_path):
+    root = _package(tmp_path, '''name = "t"
+phases = ["1", "2"]
+[roles.builder]
+[roles.reviewer]
+paths = ["REVIEW.md", "notes/*.md"]
+[roles.supervisor]
+prompt = "prompts/supervisor.md"
+paths = []
+every = "2h"
+on = ["reboot", "stalled"]
+agent = "opus"
+queue = "ccci.sup"
+''', prompts=("builder", "reviewer", "supervisor"))
+    pkg = load_package(root)
+    assert pkg.roles == ["builder", "reviewer", "supervisor"]
+    sup = pkg.spec("supervisor")
+    assert sup == RoleSpec(name="supervisor", prompt="prompts/supervisor.md", paths=(), every=7200.0,
+                           on=("reboot", "stalled"), agent="opus", queue="ccci.sup", waits_for="builder")
+    assert sup.woken and not pkg.spec("builder").woken
+    assert pkg.spec("reviewer").paths == ("REVIEW.md", "notes/*.md")
+    assert pkg.spec("reviewer").waits_for == "builder"  # defaults kept where the table is silent
+    assert from_snapshot(snapshot(pkg)).specs == pkg.specs  # workers on any host see the same roles
+
+
+@pytest.mark.parametrize("table, expected", [
+    ('[roles.builder]\ncolour = "red"', "unknown key roles.builder.colour"),
+    ('[roles.builder]\n[roles.reviewer]\nwaits_for = "tester"', "waits_for names 'tester'"),
+    ('[roles.builder]\nevery = "soon"', "roles.builder.every in package.toml: 'soon' is not a duration"),
+    ('[roles.builder]\non = ["lunch"]', "unknown 'lunch'; use some of reboot, phase_advanced"),
+    ('[roles.builder]\npaths = "src"', "roles.builder.paths in package.toml must be a list of strings"),
+    ('[roles.builder]\nverbs = ["MERGED"]', "unknown 'MERGED'; use some of DONE, VERIFIED, FAILED"),
+    ('roles = "builder"', "roles in package.toml must be a list of names or [roles.<name>] tables"),
+])
+def test_bad_role_tables_name_the_problem_and_the_fix(tmp_path, table, expected):
+    with pytest.raises(PackageError) as err:
+        load_package(_package(tmp_path, f'name = "t"\nphases = ["1", "2"]\n{table}\n'))
+    assert any(expected in d for d in err.value.defects), err.value.defects
+
+
+def test_parse_duration():
+    assert [parse_duration(x) for x in ("90s", "15m", "2h", "1d", 30)] == [90, 900, 7200, 86400, 30]
+    for bad in ("2 weeks", "", "0h", -1, True):
+        with pytest.raises(ValueError):
+            parse_duration(bad)
+
+
+CHANGES = ["REVIEW.md", "review/a/b.md", "STATUS.md", "src/x.py", "src/REVIEW.md", "docs/a.md", "docs/deep/b.md"]
+
+
+@pytest.fixture
+def committed(tmp_path):
+    """A clone whose last commit (after ``base``) changes every file in CHANGES."""
+    with project_repo(tmp_path) as bare:
+        ws = Workspace(tmp_path / "clone", str(bare))
+        base = ws.sync("t")
+        for rel in CHANGES:
+            (ws.path / rel).parent.mkdir(parents=True, exist_ok=True)
+            (ws.path / rel).write_text("x\n")
+        subprocess.run(["git", "add", "-A"], cwd=ws.path, check=True)
+        subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@e", "commit", "-qm", "c"], cwd=ws.path,
+                       check=True)
+        yield ws, base
+
+
+def test_paths_a_role_may_change_are_git_pathspecs(committed):
+    ws, base = committed
+    specs = [default_role("builder"), default_role("reviewer"), RoleSpec(name="supervisor", paths=())]
+    reviewer_paths = ["REVIEW.md", "review/**"]
+
+    def outside(role: RoleSpec) -> list[str]:
+        return ws.outside(base, allowed_paths(role, specs, reviewer_paths))
+
+    # today's rules: the reviewer only its own paths, the builder anything but those
+    assert outside(specs[1]) == ["STATUS.md", "docs/a.md", "docs/deep/b.md", "src/REVIEW.md", "src/x.py"]
+    assert outside(specs[0]) == ["REVIEW.md", "review/a/b.md"]
+    assert outside(specs[2]) == sorted(CHANGES)  # may push nothing
+    # git's glob semantics, not fnmatch's: '*' stays inside a folder (fnmatch would allow docs/deep/b.md)
+    docs = RoleSpec(name="writer", paths=("docs/*.md",))
+    assert ws.outside(base, allowed_paths(docs, specs, reviewer_paths)) == [
+        "REVIEW.md", "STATUS.md", "docs/deep/b.md", "review/a/b.md", "src/REVIEW.md", "src/x.py"]
+    # a role with no paths of its own may change what no other role owns (a third role's paths too)
+    owner = RoleSpec(name="writer", paths=("docs/**",))
+    assert ws.outside(base, allowed_paths(specs[0], [*specs, owner], reviewer_paths)) == [
+        "REVIEW.md", "docs/a.md", "docs/deep/b.md", "review/a/b.md"]
