@@ -19,6 +19,8 @@ command -v systemd-nspawn >/dev/null || pkgs+=(systemd-container)
 command -v npm >/dev/null || pkgs+=(nodejs npm)
 # tests/test_web.py drives Debian's chromium with Playwright (no browser download)
 command -v chromium >/dev/null || pkgs+=(chromium)
+# tests/test_compose.py runs the compose stack on a real Docker engine (started by the test if down)
+command -v dockerd >/dev/null || [ -x /usr/sbin/dockerd ] || pkgs+=(docker.io)
 python3 -c 'import venv, ensurepip' 2>/dev/null || pkgs+=(python3-venv)
 if [ "${#pkgs[@]}" -gt 0 ]; then
   echo "installing Debian packages: ${pkgs[*]}"

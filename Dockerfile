@@ -1,0 +1,46 @@
+# ccci-dist image for compose.yml (beat, worker, Flower): Debian-slim Python, a non-root user.
+#
+#   docker compose build                                  # from the package index
+#   docker compose build --build-arg AGENT_CLIS="@anthropic-ai/claude-code @openai/codex"
+#
+# BASE: any Debian-based image with python3 (>= 3.11) and python3-venv. The tests pass a base
+# made locally from a debootstrap rootfs. WHEELS=1 installs from ./.wheels only (no index), for
+# builds without a reachable package index: put ccci-dist's and its dependencies' wheels there
+# (`pip wheel -w .wheels '.[all]'`).
+ARG BASE=python:3.11-slim-bookworm
+FROM ${BASE}
+
+ARG AGENT_CLIS=""
+ARG WHEELS=""
+ENV PATH=/opt/ccci-dist/bin:$PATH \
+    PYTHONUNBUFFERED=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    CCCI_STATE_DIR=/var/lib/ccci-dist
+
+# git for the loops' clones; node/npm only when agent CLIs are wanted
+RUN set -eu; need=""; \
+    command -v git >/dev/null || need="$need git ca-certificates"; \
+    [ -z "$AGENT_CLIS" ] || command -v npm >/dev/null || need="$need nodejs npm"; \
+    if [ -n "$need" ]; then \
+      apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $need \
+      && rm -rf /var/lib/apt/lists/*; \
+    fi; \
+    if [ -n "$AGENT_CLIS" ]; then npm install -g --no-audit --no-fund $AGENT_CLIS && npm cache clean --force; fi; \
+    useradd --system --create-home --home-dir /var/lib/ccci-dist --shell /usr/sbin/nologin ccci
+
+COPY . /src
+RUN set -eu; python3 -m venv /opt/ccci-dist; \
+    if [ -n "$WHEELS" ]; then \
+      /opt/ccci-dist/bin/pip install --no-cache-dir --no-index --find-links /src/.wheels 'ccci-dist[all]'; \
+    else \
+      /opt/ccci-dist/bin/pip install --no-cache-dir '/src[all]'; \
+    fi; \
+    mkdir -p /app && cp -r /src/workers /src/examples /app/ && rm -rf /src; \
+    install -d -o ccci -g ccci /var/lib/ccci-dist/workspaces; \
+    ccci-dist --version
+
+USER ccci
+WORKDIR /var/lib/ccci-dist
+# the beat's check; compose.yml gives each service its own (worker --ping, Flower /healthcheck)
+HEALTHCHECK --interval=30s --timeout=15s --start-period=30s --retries=3 CMD ["ccci-dist", "--version"]
+CMD ["ccci-dist", "--help"]

@@ -1,0 +1,109 @@
+"""A real Docker engine and the compose stack for tests/test_compose.py.
+
+- ``ensure_engine()``: ``docker info`` works, else start ``dockerd`` (Debian's docker.io) and
+  wait for its socket. The engine keeps running for later tests and runs.
+- ``base_image()``: no registry is reachable, so the Dockerfile's BASE is made here: the cached
+  Debian rootfs of tests/rootfs.py (python3, python3-venv, redis-server, git), imported once as
+  ``ccci-dist-base:<rootfs key>`` (kept in the engine for later runs).
+- ``stack_dir()``: a copy of the checkout's files with ``.wheels`` (ccci-dist's wheel and its
+  dependencies' from the wheelhouse: pip in a container has no CA bundle), secrets and ``.env``.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from harness import ROOT
+from rootfs import BASE_PACKAGES, CACHE_DIR, ensure_rootfs, rootfs_key
+from wheelhouse import WHEELHOUSE, build, fill_wheelhouse
+
+COMPOSE = shutil.which("docker-compose") or str(Path(sys.executable).parent / "docker-compose")
+
+
+def docker(*args: str, check: bool = True, timeout: float = 300, **kw) -> subprocess.CompletedProcess:
+    r = subprocess.run(["docker", *args], capture_output=True, text=True, timeout=timeout, **kw)
+    if check and r.returncode != 0:
+        raise AssertionError(f"docker {' '.join(args)}: {r.stderr.strip()[-2000:]}")
+    return r
+
+
+def ensure_engine(timeout: float = 60) -> None:
+    """A Docker engine answers on the default socket (started here if none runs)."""
+    if docker("info", check=False, timeout=30).returncode == 0:
+        return
+    assert shutil.which("dockerd"), "dockerd not installed (apt-get install docker.io; tests/run.sh does)"
+    CACHE_DIR.mkdir(parents=True, exist_ok=True)
+    with open(CACHE_DIR / "dockerd.log", "ab") as log:
+        subprocess.Popen(["dockerd"], stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                         start_new_session=True)
+    deadline = time.monotonic() + timeout
+    while docker("info", check=False, timeout=30).returncode != 0:
+        assert time.monotonic() < deadline, f"dockerd did not answer in {timeout}s; see {CACHE_DIR / 'dockerd.log'}"
+        time.sleep(0.5)
+
+
+def base_image() -> str:
+    """The locally made Debian base image's tag (imported from the cached rootfs on first use)."""
+    tag = f"ccci-dist-base:{rootfs_key(BASE_PACKAGES)}"
+    if docker("image", "inspect", tag, check=False).returncode != 0:
+        root = ensure_rootfs(BASE_PACKAGES)
+        tar = subprocess.Popen(["tar", "-C", str(root), "-c", "."], stdout=subprocess.PIPE)
+        docker("import", "-", tag, stdin=tar.stdout)
+        assert tar.wait() == 0
+    return tag
+
+
+def _wheels(into: Path, dist: Path, base: str) -> None:
+    """ccci-dist's wheel plus every dependency of ``[all]`` for ``base``'s Python, in ``into``.
+
+    Resolved for the image's Python version (Debian's 3.11.2 needs async-timeout, 3.11.7 not),
+    offline from the wheelhouse when it has them, else filling it from the index first.
+    """
+    wheel, _ = build(dist)
+    into.mkdir()
+    shutil.copy(wheel, into)
+    version = docker("run", "--rm", base, "python3", "-c", "import platform; print(platform.python_version())",
+                     timeout=120).stdout.strip()
+
+    def download(dest: Path, offline: bool) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            # platform and ABI are this host's: the base is the same Debian release on the same machine
+            [sys.executable, "-m", "pip", "download", "-q", "--only-binary=:all:", "--python-version", version,
+             *(["--no-index"] if offline else []), "--find-links", str(WHEELHOUSE), "--dest", str(dest),
+             # pip evaluates python_full_version markers for this host's Python, not the target's:
+             # redis wants async-timeout below 3.11.3 (Debian bookworm has 3.11.2)
+             f"{wheel}[all]", "async-timeout>=4.0.3"], capture_output=True, text=True, timeout=900)
+
+    if download(into, offline=True).returncode != 0:
+        fill_wheelhouse(Path(sys.executable), f"{wheel}[all]")  # sdist-only dependencies become wheels
+        WHEELHOUSE.mkdir(parents=True, exist_ok=True)
+        r = download(WHEELHOUSE, offline=False)
+        for own in WHEELHOUSE.glob("ccci_dist-*.whl"):
+            own.unlink()
+        assert r.returncode == 0, r.stderr[-2000:]
+        r = download(into, offline=True)
+        assert r.returncode == 0, r.stderr[-2000:]
+
+
+def stack_dir(tmp: Path, env: dict[str, str], secrets: dict[str, str]) -> Path:
+    """The project folder compose runs in: the checkout's files, .wheels, ccci-secrets/, .env."""
+    proj = tmp / "stack"
+    files = subprocess.run(["git", "-C", str(ROOT), "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+                           capture_output=True, check=True).stdout.decode().split("\0")
+    for rel in filter(None, files):
+        src = ROOT / rel
+        if src.is_file() and "node_modules" not in rel:
+            (proj / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, proj / rel)
+    _wheels(proj / ".wheels", tmp / "dist", env["CCCI_BASE"])
+    (proj / "ccci-secrets").mkdir(mode=0o700)
+    for name, value in secrets.items():
+        (proj / "ccci-secrets" / name).write_text(value + "\n")
+        os.chmod(proj / "ccci-secrets" / name, 0o644)  # read by the non-root services (compose bind-mounts it)
+    (proj / ".env").write_text("".join(f"{k}={v}\n" for k, v in env.items()))
+    return proj
