@@ -58,7 +58,7 @@ def base_image() -> str:
     return tag
 
 
-def _wheels(into: Path, dist: Path, base: str) -> None:
+def wheels_for(into: Path, dist: Path, base: str) -> None:
     """ccci-dist's wheel plus every dependency of ``[all]`` for ``base``'s Python, in ``into``.
 
     Resolved for the image's Python version (Debian's 3.11.2 needs async-timeout, 3.11.7 not),
@@ -77,7 +77,9 @@ def _wheels(into: Path, dist: Path, base: str) -> None:
              *(["--no-index"] if offline else []), "--find-links", str(WHEELHOUSE), "--dest", str(dest),
              # pip evaluates python_full_version markers for this host's Python, not the target's:
              # redis wants async-timeout below 3.11.3 (Debian bookworm has 3.11.2)
-             f"{wheel}[all]", "async-timeout>=4.0.3"], capture_output=True, text=True, timeout=900)
+             f"{wheel}[all]", "async-timeout>=4.0.3",
+             "setuptools>=68", "wheel"],  # the build backend too, for `pip install -e .` offline
+            capture_output=True, text=True, timeout=900)
 
     if download(into, offline=True).returncode != 0:
         fill_wheelhouse(Path(sys.executable), f"{wheel}[all]")  # sdist-only dependencies become wheels
@@ -90,17 +92,22 @@ def _wheels(into: Path, dist: Path, base: str) -> None:
         assert r.returncode == 0, r.stderr[-2000:]
 
 
-def stack_dir(tmp: Path, env: dict[str, str], secrets: dict[str, str]) -> Path:
-    """The project folder compose runs in: the checkout's files, .wheels, ccci-secrets/, .env."""
-    proj = tmp / "stack"
+def copy_checkout(dest: Path) -> Path:
+    """The checkout's files (tracked and new, not ignored: no .venv, no node_modules) copied to ``dest``."""
     files = subprocess.run(["git", "-C", str(ROOT), "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
                            capture_output=True, check=True).stdout.decode().split("\0")
     for rel in filter(None, files):
         src = ROOT / rel
         if src.is_file() and "node_modules" not in rel:
-            (proj / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(src, proj / rel)
-    _wheels(proj / ".wheels", tmp / "dist", env["CCCI_BASE"])
+            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dest / rel)
+    return dest
+
+
+def stack_dir(tmp: Path, env: dict[str, str], secrets: dict[str, str]) -> Path:
+    """The project folder compose runs in: the checkout's files, .wheels, ccci-secrets/, .env."""
+    proj = copy_checkout(tmp / "stack")
+    wheels_for(proj / ".wheels", tmp / "dist", env["CCCI_BASE"])
     (proj / "ccci-secrets").mkdir(mode=0o700)
     for name, value in secrets.items():
         (proj / "ccci-secrets" / name).write_text(value + "\n")
