@@ -156,15 +156,3 @@ def test_stale_iteration_cannot_push(bed):
              15, 0.2, "the stale iteration to be refused")
     log = git("log", "--format=%s", "main", cwd=bed.repo)
     assert log.count("builder: phase 1 work") == 1, log
-
-
-def test_enqueue_phase_starts_the_run_there(bed):
-    bed.worker("w1", beat=True)
-    assert "set to phase 2" in bed.cli("enqueue", "phase", "2").stdout
-    first = wait_for(lambda: next((e for e in bed.agent_events() if e["event"] == "start"
-                                   and e["role"] == "builder"), None), 30, 0.1, "first builder iteration")
-    assert bed.status()["phase"] == "2"
-    bed.wait_status(lambda st: "## DONE 2" in (bed.clone() / "STATUS.md").read_text()
-                    if (bed.clone() / "STATUS.md").exists() else False, 30, "phase 2 built")
-    assert "## DONE 1" not in (bed.clone() / "STATUS.md").read_text()
-    assert first["iteration"] == "1"

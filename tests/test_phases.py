@@ -110,3 +110,18 @@ def test_grammar_lines_examples_parse():
     docs = parse_docs("\n".join(examples), "\n".join(examples))
     assert docs.done_phases == ["2b"]
     assert docs.reviews["2b.3"].at == NOW
+
+
+def test_forbidden_paths_match_like_gitignore_and_default_to_the_hardened_gitignore():
+    from pathlib import Path
+
+    from ccci_dist.core.plan import DEFAULT_FORBIDDEN_PATHS, forbidden_hits
+
+    files = [".claude/settings.json", "a/.sops/k.yaml", "cc-ci-secrets/token", "x/foo.tmp.1", "id.key", ".env",
+             "src/main.py", "docs/claude.md", "secrets.md", "notes.tmp", "README.md", "sub/.env"]
+    assert forbidden_hits(files, DEFAULT_FORBIDDEN_PATHS) == [
+        ".claude/settings.json", "a/.sops/k.yaml", "cc-ci-secrets/token", "x/foo.tmp.1", "id.key", ".env", "sub/.env"]
+    assert forbidden_hits(["build/out.bin", "src/build/x"], ["/build/out.bin"]) == ["build/out.bin"]
+    scaffold = Path(__file__).resolve().parent.parent / "ccci_dist" / "data" / "scaffold" / "gitignore"
+    listed = [line for line in scaffold.read_text().splitlines() if line and not line.startswith("#")]
+    assert listed == DEFAULT_FORBIDDEN_PATHS

@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from ccci_dist.config import Settings
-from ccci_dist.core.phases import MachineDocs, Verification, advance_phase
+from ccci_dist.core.phases import MachineDocs, Verification
 from ccci_dist.core.plan import from_snapshot
 from ccci_dist.core.roles import default_role
 from ccci_dist.core.tick import LoopSeen, LoopTick, RunSeen, RunTick, decide_loop, decide_run, paced_due
@@ -51,6 +51,17 @@ RUN_CASES = {
                                                     RunTick(live=True, phase="1")),
     "no phase stored: the first": (RunSeen(active=True), docs("1", "1.1"), RunTick(live=True, phase="1",
                                                                                      advance_to="2")),
+    "a later FAILED on an earlier phase: back": (RunSeen(active=True, phase="3"), docs("1 2", "2.1", failed="1.1"),
+                                                 RunTick(live=True, phase="3", advance_to="1")),
+    "2 done before 1 (a jump): back to 1": (RunSeen(active=True, phase="2"), docs("2", "2.1"),
+                                            RunTick(live=True, phase="2", advance_to="1")),
+    "target phase first": (RunSeen(active=True, phase="1", target="3"), docs(), RunTick(live=True, phase="1",
+                                                                                          advance_to="3")),
+    "target incomplete: stay on it": (RunSeen(active=True, phase="3", target="3"), docs(),
+                                      RunTick(live=True, phase="3")),
+    "target complete: back to the earliest incomplete, target cleared": (
+        RunSeen(active=True, phase="3", target="3"), docs("3", "3.1"),
+        RunTick(live=True, phase="3", advance_to="1", done_target="3")),
 }
 
 
@@ -67,9 +78,9 @@ def test_a_run_without_a_plan_only_resumes():
 
 
 def test_advance_phase_rule():
-    assert advance_phase(PLAN, docs("1", "1.1"), "1") == "2"
-    assert advance_phase(PLAN, docs("1 2 3", "1.1 2.1 3.1"), "3") is None  # last one: DONE decides
-    assert advance_phase(PLAN, docs("1", "1.1"), "9") is None  # a phase not in the order stays
+    assert decide_run(RunSeen(active=True, phase="1"), PLAN, docs("1", "1.1"), S, NOW).advance_to == "2"
+    # a phase not in the order: the earliest incomplete one
+    assert decide_run(RunSeen(active=True, phase="9"), PLAN, docs("1", "1.1"), S, NOW).advance_to == "2"
 
 
 B, R = default_role("builder"), default_role("reviewer")

@@ -15,7 +15,9 @@ Test switches:
 Faults: crash | hang | nonjson | exit1 | auth | violate | limit:SECS | limit_text:TEXT | slow:SECS |
         echo:FILE (print FILE's text as a tool result, then work normally) |
         fail:ITEM (reviewer: write a FAILED line for ITEM, then work normally) |
-        idle (do nothing: no commit, no change to the machine docs)
+        idle (do nothing: no commit, no change to the machine docs) |
+        secrets (leave secret-looking files in the clone, then work normally) |
+        secrets_force (``git add -f`` secret-looking files and commit them, then work normally)
 
 The builder fixes each item the prompt's "What blocks DONE" section lists as FAILED (a
 ``fixed`` line in its work file); the reviewer re-verifies a failed item once it is fixed.
@@ -38,6 +40,9 @@ from ccci_dist.core.phases import FAILED, VERIFIED, done_line, parse_review, par
 from ccci_dist.core.prompt import BLOCKERS_HEADING, INBOX_HEADING, parse_context
 
 COMMAND = f"{sys.executable} -m ccci_dist.adapters.demo_agent"  # how the demo and tests run it
+
+
+SECRET_FILES = (".claude/settings.json", ".sops/key.yaml", "cc-ci-secrets/token", "foo.tmp.1")
 
 
 def _emit(ev: dict) -> None:
@@ -295,6 +300,12 @@ def _act(ctx: dict, prompt: str, role: str, fault: str, session: str, started: f
     if name == "idle":  # an agent with nothing to do: no commit, no change to the machine docs
         _emit(_result(session, started, "nothing to do", prompt))
         return 0
+    if name in ("secrets", "secrets_force"):
+        for path in SECRET_FILES:
+            _append(path, "not for the repo\n")
+        if name == "secrets_force":
+            _git("add", "-f", *SECRET_FILES)
+            _git("commit", "-q", "-m", "demo: commit secrets by force")
     if name == "echo":  # a tool result that quotes a file: must never be read as a limit
         _emit({"type": "user", "message": {"content": [{"type": "tool_result", "content": _read(arg)}]}})
     # what a real agent shows first: a look at the clone (so `logs -f` has a tool call to render)
@@ -304,7 +315,7 @@ def _act(ctx: dict, prompt: str, role: str, fault: str, session: str, started: f
     recent = _safe_git("log", "-3", "--format=%h %s") or "(empty)"
     _emit({"type": "user", "message": {"content": [{"type": "tool_result", "tool_use_id": "t1", "content": recent}]}})
     _work(float(arg) if name == "slow" else float(os.environ.get("CCCI_DEMO_SLEEP", "0")))
-    text = builder(ctx, prompt, name) if role == "builder" else reviewer(ctx, prompt, fault if name == "fail" else name)
+    text = builder(ctx, prompt, fault) if role == "builder" else reviewer(ctx, prompt, fault)
     _emit({"type": "assistant", "message": {"content": [{"type": "text", "text": text}]}})
     _emit(_result(session, started, text, prompt))
     return 0

@@ -107,6 +107,15 @@ class Workspace:
         git(self.path, "clean", "-q", "-fd")
         return self.head()
 
+    def exclude(self, patterns: list[str]) -> None:
+        """Keep ``patterns`` out of ``git add`` in this clone (``.git/info/exclude``, rewritten only
+        when it changed); the push check refuses what an agent forces in anyway."""
+        path = self.path / ".git" / "info" / "exclude"
+        text = "# ccci-dist: forbidden paths (never committed)\n" + "".join(f"{p}\n" for p in patterns)
+        if not path.exists() or path.read_text() != text:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text)
+
     def hand_to(self, user: str) -> None:
         """Give the clone to the agent's user (the runner's fetch and rebase leave root-owned files)."""
         subprocess.run(["chown", "-R", f"{user}:", str(self.path)], check=True, capture_output=True, timeout=300)
@@ -132,6 +141,11 @@ class Workspace:
         covered = set(git(self.path, "--glob-pathspecs", "diff", "--name-only", f"{base}..HEAD", "--",
                           *pathspecs).splitlines())
         return [f for f in changed if f not in covered]
+
+    def files_in_commits(self, base: str) -> list[str]:
+        """Every file any commit since ``base`` touched (also those a later commit removed again)."""
+        out = git(self.path, "log", "--name-only", "--format=", f"{base}..HEAD")
+        return sorted({line for line in out.splitlines() if line})
 
     def commits_since(self, base: str) -> int:
         if self._head_from_files() == base:  # the common case, an agent that committed nothing

@@ -29,6 +29,7 @@ COMMANDS: dict[str, str] = {
     "stop": "ccci_dist.cli.loops:stop_cmd",
     "enqueue": "ccci_dist.cli.loops:enqueue_group",
     "status": "ccci_dist.cli.loops:status_cmd",
+    "forget": "ccci_dist.cli.loops:forget_cmd",
     "history": "ccci_dist.cli.loops:history_cmd",
     "logs": "ccci_dist.cli.loops:logs_cmd",
     "demo": "ccci_dist.cli.demo:demo_cmd",

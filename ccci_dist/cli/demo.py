@@ -1,7 +1,9 @@
 """``ccci-dist demo``: the whole system on one machine in under a minute.
 
-A throwaway project repo, ``examples/tiny-plan``, the bundled demo agent, the embedded
-Redis, and a real Celery worker with embedded beat, shown live until DONE.
+A throwaway project repo, ``examples/tiny-plan``, the bundled demo agent, an embedded Redis of
+its own (under ``<state_dir>/demo``, never the configured broker: the demo's worker must not
+work on, nor the demo reset, any other run), and a real Celery worker with embedded beat,
+shown live until DONE.
 """
 
 from __future__ import annotations
@@ -73,18 +75,23 @@ def demo_cmd(obj: Ctx, plan_dir: Path | None, timeout: float) -> None:
     repo = _seed_repo(work)
     overrides = {
         "run": "demo", "project_repo": str(repo), "plan_dir": str(plan_dir.resolve()),
-        "workspace_dir": str(work / "workspaces"), "agent_command": DEMO_AGENT,
-        "agent_flags": "", "watchdog_interval": 1.0, "lease_ttl": 5.0, "notify_urls": [],
+        "state_dir": str(work), "workspace_dir": str(work / "workspaces"), "agent_command": DEMO_AGENT,
+        "agent_flags": "", "watchdog_interval": 1.0, "lease_ttl": 5.0,
     }
     try:
-        s = load_config(obj.config_file, **{**obj.overrides, **overrides})
+        # its own embedded Redis: "" is no broker_url, whatever the config or CCCI_BROKER_URL say
+        s = load_config(obj.config_file, **{**obj.overrides, **overrides, "broker_url": "",
+                                            "broker_password_file": "", "notify_urls": []})
         store = Store(client(s))
     except ConfigError as exc:
         fail(str(exc))
     use_settings(s)
-    store.forget_run("demo")  # only the demo's own keys: a run named demo-keep stays
-    env = {**os.environ, **{f"CCCI_{k.upper()}": str(v) for k, v in overrides.items() if k != "notify_urls"},
-           "CCCI_STATE_DIR": str(s.state_dir), "CCCI_NOTIFY_URLS": "[]"}
+    if store.live_roles("demo"):
+        fail("a demo is already running (run demo has a live iteration); wait for it or `ccci-dist --run demo stop`")
+    store.forget_run("demo")  # the demo's own earlier run, in the demo's own Redis
+    env = {**os.environ, **{f"CCCI_{k.upper()}": str(v) for k, v in overrides.items()},
+           "CCCI_NOTIFY_URLS": "[]"}
+    env.pop("CCCI_BROKER_PASSWORD_FILE", None)
     from ccci_dist.adapters.broker import broker_url
 
     env["CCCI_BROKER_URL"] = broker_url(s)
@@ -125,3 +132,5 @@ def demo_cmd(obj: Ctx, plan_dir: Path | None, timeout: float) -> None:
     if st is None or st.status != "done":
         fail(f"demo did not reach DONE in {timeout:.0f}s (status {st and st.status}); see {worker_log}", code=1)
     console.print(f"[green]DONE[/] in {elapsed:.1f}s: {len(hist)} iterations; the project repo is {repo}")
+    console.print(f"The demo's own redis-server is still running (state in {work / 'redis'}); "
+                  f"`ccci-dist --state-dir {work} down` stops it.", soft_wrap=True)

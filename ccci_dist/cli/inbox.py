@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from datetime import UTC, datetime
 
@@ -49,15 +50,21 @@ def send_cmd(obj: Ctx, to: str, message: str) -> None:
 
 @inbox_group.command("list")
 @click.option("--role", help="Only this role's messages.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object per message.")
 @pass_ctx
-def list_cmd(obj: Ctx, role: str | None) -> None:
+def list_cmd(obj: Ctx, role: str | None, as_json: bool) -> None:
     """Show every message with pending/delivered state and timestamps."""
     from ccci_dist.cli.loops import open_store
 
-    s, store = open_store(obj)
+    s, store = open_store(obj, readonly=True)
     roles = _roles(store, s.run)
     if role is not None and role not in roles:
         fail(f"unknown role {role!r}; use one of {', '.join(roles)}")
+    if as_json:
+        for r in roles if role is None else [role]:
+            for m in listing(store, s.run, r):
+                click.echo(json.dumps(m))
+        return
     t = Table("id", "to", "from", "sent (UTC)", "state", "delivered (UTC)", "iter", "message",
               title=f"INBOX of {s.run}")
     for r in roles if role is None else [role]:

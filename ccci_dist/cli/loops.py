@@ -15,23 +15,31 @@ from ccci_dist.cli import Ctx, fail, pass_ctx
 from ccci_dist.config import ConfigError, Settings
 from ccci_dist.core.plan import PackageError
 from ccci_dist.engine.runs import RunError, start_run, stop_run
-from ccci_dist.state.store import BrokerAuthError, BrokerError, Store
+from ccci_dist.state.store import BrokerAuthError, BrokerError, BrokerUnreachable, Store
+
+NO_BROKER = "no broker running; `ccci-dist up` starts the embedded one"
 
 
-def open_store(obj: Ctx) -> tuple[Settings, Store]:
-    """Settings and a Store for this command; errors become one clear line."""
+def open_store(obj: Ctx, readonly: bool = False) -> tuple[Settings, Store]:
+    """Settings and a Store for this command; errors become one clear line. A ``readonly``
+    command never starts anything: without a running broker it says so."""
     from ccci_dist.adapters.broker import client
     from ccci_dist.engine.app import use_settings
 
     s = obj.settings
     use_settings(s)
+    embedded = s.broker_url is None or not s.broker_url.get_secret_value()
     try:
-        store = Store(client(s))
+        store = Store(client(s, start=not readonly))
         store.ping()
     except ConfigError as exc:
-        fail(str(exc))
+        fail(NO_BROKER if readonly and embedded else str(exc), code=1 if readonly and embedded else 2)
     except BrokerAuthError:
         fail("the broker refused the password; check broker_url (or CCCI_BROKER_URL)")
+    except BrokerUnreachable:
+        if readonly and embedded:
+            fail(NO_BROKER, code=1)
+        fail("cannot reach the broker (ConnectionError); start Redis or fix broker_url")
     except BrokerError as exc:
         fail(f"cannot reach the broker ({exc.__class__.__name__}); start Redis or fix broker_url")
     return s, store
@@ -47,13 +55,46 @@ def _guard(fn, *args, **kw):
 
 
 @click.command("start")
-@click.option("--resume", is_flag=True, help="Resolve the phase from the repo's machine docs (RESUME_PHASE).")
+@click.option("--resume", is_flag=True, help="Re-derive the phase from the repo's machine docs (RESUME_PHASE).")
+@click.option("--reconfigure", is_flag=True,
+              help="Change an existing run's repo, branch, plan package or queues to what the config says.")
+@click.option("--yes", is_flag=True, help="With --reconfigure: do not ask for confirmation.")
 @pass_ctx
-def start_cmd(obj: Ctx, resume: bool) -> None:
-    """Start (or restart) the configured run's loops."""
+def start_cmd(obj: Ctx, resume: bool, reconfigure: bool, yes: bool) -> None:
+    """Start (or restart) the configured run's loops. An existing run keeps its identity."""
     s, store = open_store(obj)
-    info = _guard(start_run, store, s, resume=resume, nudge="startup" if resume else None)
-    click.echo(f"run {info['run']} started at phase {info['phase']} with roles {', '.join(info['roles'])}")
+    if reconfigure:
+        _confirm_reconfigure(s, store, yes)
+    info = _guard(start_run, store, s, resume=resume, nudge="startup" if resume else None, reconfigure=reconfigure)
+    _report_kept(info)
+    paused = " (paused until its pause ends)" if info.get("paused") else ""
+    click.echo(f"run {info['run']} started at phase {info['phase']} with roles {', '.join(info['roles'])}{paused}")
+
+
+def _confirm_reconfigure(s: Settings, store: Store, yes: bool) -> None:
+    """Print what --reconfigure changes (old -> new) and ask unless ``yes``."""
+    from ccci_dist.engine.runs import identity_changes
+
+    changes = identity_changes(store, s)
+    if not changes:
+        click.echo(f"run {s.run}: the config matches the run; nothing to reconfigure")
+        return
+    for field, old, new in changes:
+        click.echo(f"run {s.run}: {field} {old or '-'} -> {new or '-'}")
+    if yes:
+        return
+    try:
+        ok = click.confirm(f"reconfigure run {s.run}?", default=False)
+    except click.exceptions.Abort:
+        ok = False
+    if not ok:
+        fail(f"run {s.run} not reconfigured; nothing changed (pass --yes to skip the question)", code=1)
+
+
+def _report_kept(info: dict) -> None:
+    for field, old, new in info.get("kept", []):
+        click.echo(f"note: run {info['run']} keeps its {field} {old or '-'} (the config says {new or '-'}; "
+                   "`ccci-dist start --reconfigure` changes it)")
 
 
 @click.command("stop")
@@ -73,11 +114,13 @@ def enqueue_group() -> None:
 
 @enqueue_group.command("phase")
 @click.argument("phase_id")
+@click.option("--reopen", is_flag=True, help="Work on a phase of a run that is already DONE.")
 @pass_ctx
-def enqueue_phase(obj: Ctx, phase_id: str) -> None:
-    """Start (or restart) the run at PHASE_ID."""
+def enqueue_phase(obj: Ctx, phase_id: str, reopen: bool) -> None:
+    """Work on PHASE_ID now; the run comes back to earlier incomplete phases once it is complete."""
     s, store = open_store(obj)
-    info = _guard(start_run, store, s, phase=phase_id)
+    info = _guard(start_run, store, s, phase=phase_id, reopen=reopen, must_exist=True)
+    _report_kept(info)
     click.echo(f"run {info['run']} set to phase {info['phase']}")
 
 
@@ -101,7 +144,7 @@ def status_cmd(obj: Ctx, as_json: bool, schema: bool, watch: bool, run_opt: str 
     if schema:
         click.echo(json.dumps(status_schema(), indent=2))
         return
-    s, store = open_store(obj)
+    s, store = open_store(obj, readonly=True)
     only = run_opt or obj.overrides.get("run")
     if only and only not in store.runs():
         fail(f"no run {only!r}; runs: {', '.join(store.runs()) or 'none yet (`ccci-dist start` creates one)'}")
@@ -114,7 +157,11 @@ def status_cmd(obj: Ctx, as_json: bool, schema: bool, watch: bool, run_opt: str 
         return
     console = Console()
     if not watch:
-        console.print(render_all(read()))
+        shown = read()
+        console.print(render_all(shown))
+        for run in sorted(set([only] if only else store.runs()) - {st.run for st in shown}):
+            console.print(f"run {run}: no readable state (partial or foreign keys); "
+                          f"`ccci-dist forget {run}` removes it", soft_wrap=True)
         return
     from rich.live import Live
 
@@ -127,6 +174,28 @@ def status_cmd(obj: Ctx, as_json: bool, schema: bool, watch: bool, run_opt: str 
         pass
 
 
+@click.command("forget")
+@click.argument("run")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@pass_ctx
+def forget_cmd(obj: Ctx, run: str, yes: bool) -> None:
+    """Remove RUN and all its state (history, events, INBOX, logs, costs). Refused while it runs."""
+    from ccci_dist.engine.runs import forget_run
+
+    s, store = open_store(obj)
+    if run not in store.runs() and not store.run(run).exists:
+        fail(f"no run {run!r}; see `ccci-dist status` for the runs")
+    if not yes:
+        try:
+            ok = click.confirm(f"forget run {run} and all its history?", default=False)
+        except click.exceptions.Abort:
+            ok = False
+        if not ok:
+            fail(f"run {run} not forgotten; nothing changed (pass --yes to skip the question)", code=1)
+    n = _guard(forget_run, store, run)
+    click.echo(f"forgot run {run} ({n} keys)")
+
+
 @click.command("history")
 @click.option("--limit", default=50, show_default=True, type=click.IntRange(min=1),
               help="Show the newest N iterations.")
@@ -134,7 +203,7 @@ def status_cmd(obj: Ctx, as_json: bool, schema: bool, watch: bool, run_opt: str 
 @pass_ctx
 def history_cmd(obj: Ctx, limit: int, as_json: bool) -> None:
     """List the run's iterations (from its Redis history stream)."""
-    s, store = open_store(obj)
+    s, store = open_store(obj, readonly=True)
     rows = store.history(s.run)[-limit:]
     if as_json:
         for row in rows:
@@ -164,7 +233,7 @@ def logs_cmd(obj: Ctx, role: str, follow: bool, lines: int, raw: bool, number: i
     from ccci_dist.cli.log_view import print_pieces
     from ccci_dist.core.logview import render_entry, render_line
 
-    s, store = open_store(obj)
+    s, store = open_store(obj, readonly=True)
     roles = store.roles(s.run)
     if role not in roles:
         fail(f"unknown role {role!r}; this run's roles are {', '.join(roles) or 'none (start the run first)'}")

@@ -25,7 +25,7 @@ def export_cmd(obj: Ctx, file: Path) -> None:
     """Write every ccci-dist key to FILE (JSON, written atomically, mode 0600)."""
     from ccci_dist.cli.loops import open_store
 
-    _, store = open_store(obj)
+    _, store = open_store(obj, readonly=True)
     doc = dump(store)
     _write_private(file, doc)
     click.echo(f"exported {len(doc['keys'])} keys to {file}")

@@ -70,6 +70,8 @@ def render_run(st: RunStatus) -> RenderableType:
             t.add_row(it.item, it.verdict, when(it.verified_at), it.commit[:8], left, style=style)
         parts.append(t)
     parts.append(Text(f"blocks DONE: {st.blocks_done or 'nothing'}", style="yellow" if st.blocks_done else "green"))
+    for m in st.undelivered:
+        parts.append(Text(f"undelivered INBOX message [{m['id']}] to {m['role']}: {m['text'][:100]}", style="yellow"))
     c = st.cost
     money = f"cost: today ${c.today:.2f} · 7 days ${c.last_7_days:.2f} · total ${c.total:.2f}"
     if c.daily_budget is not None:

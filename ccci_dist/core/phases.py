@@ -196,12 +196,3 @@ def missing_for_done(
 def is_done(plan: PlanPackage, docs: MachineDocs, now: datetime, freshness: timedelta) -> bool:
     """DONE: every phase complete and every DoD item re-verified within ``freshness``."""
     return not missing_for_done(plan, docs, now, freshness)
-
-
-def advance_phase(plan: PlanPackage, docs: MachineDocs, current: str) -> str | None:
-    """The phase a run moves to from ``current``, or None to stay: once ``current`` is complete,
-    the first later phase in the order that is not complete."""
-    if current not in plan.phase_order or not phase_complete(plan, docs, current):
-        return None
-    later = plan.phase_order[plan.phase_order.index(current) + 1:]
-    return next((p for p in later if not phase_complete(plan, docs, p)), None)

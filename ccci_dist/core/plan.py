@@ -15,6 +15,7 @@ problem and the fix; callers treat any defect as fatal (exit 2).
 
 from __future__ import annotations
 
+import fnmatch
 import re
 import tomllib
 from pathlib import Path
@@ -26,6 +27,9 @@ from ccci_dist.core.roles import RoleSpec, default_role, parse_roles, role_spec
 
 DEFAULT_PHASES = ["1c", "1b", "1d", "1e", "2", "2b", "3", "4"]
 DEFAULT_ROLES = ["builder", "reviewer"]
+# Paths no commit may add (gitignore-style; a trailing / is a directory anywhere in the tree):
+# the seed's hardened .gitignore. A package may set its own with forbidden_paths = [...].
+DEFAULT_FORBIDDEN_PATHS = [".sops/", "*-secrets/", ".claude/", "*.tmp.*", "*.key", "*.pem", ".env"]
 PHASE_ID_RE = re.compile(r"^[0-9A-Za-z]+$")
 PHASE_FILE_RE = re.compile(r"^plan-phase(?P<id>[0-9A-Za-z]+)-(?P<slug>[^/]+)\.md$")
 DOD_HEADING_RE = re.compile(r"^##\s+(?:2\b|.*definition of done)", re.IGNORECASE)
@@ -60,6 +64,7 @@ class PlanPackage(BaseModel):
     def spec(self, role: str) -> RoleSpec:
         """The role's spec (its default when the package names roles without tables)."""
         return role_spec(self.specs, role)
+    forbidden_paths: list[str] = Field(default_factory=lambda: list(DEFAULT_FORBIDDEN_PATHS))
 
     def phase(self, phase_id: str) -> Phase:
         for p in self.phases:
@@ -152,6 +157,11 @@ def load_package(root: str | Path) -> PlanPackage:
     roles = [r.name for r in specs]
     prompt_paths = {r.name: r.prompt for r in specs if r.prompt}
     prompt_paths |= {str(k): str(v) for k, v in meta.get("prompts", {}).items()}
+    forbidden = meta.get("forbidden_paths", DEFAULT_FORBIDDEN_PATHS)
+    if not isinstance(forbidden, list) or not all(isinstance(p, str) and p.strip() for p in forbidden):
+        defects.append("forbidden_paths in package.toml must be a list of non-empty strings; "
+                       "e.g. forbidden_paths = [\".sops/\", \"*.key\"]")
+        forbidden = DEFAULT_FORBIDDEN_PATHS
 
     seen: set[str] = set()
     for pid in order:
@@ -220,7 +230,8 @@ def load_package(root: str | Path) -> PlanPackage:
 
     if defects:
         raise PackageError(defects)
-    return PlanPackage(root=root, name=name, phases=phases, roles=roles, prompts=prompts, dod=dod, specs=specs)
+    return PlanPackage(root=root, name=name, phases=phases, roles=roles, prompts=prompts, dod=dod, specs=specs,
+                       forbidden_paths=[str(p) for p in forbidden])
 
 
 def snapshot(pkg: PlanPackage) -> dict:
@@ -236,6 +247,7 @@ def snapshot(pkg: PlanPackage) -> dict:
         },
         "dod": [i.model_dump() for i in pkg.dod],
         "prompts": {role: pkg.read(path) for role, path in pkg.prompts.items()},
+        "forbidden_paths": pkg.forbidden_paths,
     }
 
 
@@ -257,4 +269,24 @@ def from_snapshot(data: dict) -> PlanPackage:
     specs = specs_of(data)
     return PlanPackage(root=Path("."), name=data["name"], phases=phases, roles=data["roles"],
                        prompts={r: Path(f"{r}.md") for r in data["roles"]},
-                       dod=[Item(**i) for i in data["dod"]], specs=specs)
+                       dod=[Item(**i) for i in data["dod"]], specs=specs,
+                       forbidden_paths=data.get("forbidden_paths", DEFAULT_FORBIDDEN_PATHS))
+
+
+def forbidden_hits(files: list[str], patterns: list[str]) -> list[str]:
+    """The files matching a forbidden pattern (gitignore-style: ``dir/`` matches a directory at any
+    depth, ``*.key`` a name at any depth, a pattern with an inner ``/`` the path from the root)."""
+    def hit(path: str) -> bool:
+        parts = path.split("/")
+        for pat in patterns:
+            if pat.endswith("/"):
+                if any(fnmatch.fnmatchcase(d, pat.rstrip("/")) for d in parts[:-1]):
+                    return True
+            elif "/" in pat.strip("/"):
+                if fnmatch.fnmatchcase(path, pat.lstrip("/")):
+                    return True
+            elif fnmatch.fnmatchcase(parts[-1], pat.lstrip("/")):
+                return True
+        return False
+
+    return [f for f in files if hit(f)]

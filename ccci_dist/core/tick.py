@@ -8,7 +8,7 @@ from datetime import datetime, timedelta
 from typing import Literal
 
 from ccci_dist.config import Settings
-from ccci_dist.core.phases import MachineDocs, advance_phase, is_done
+from ccci_dist.core.phases import MachineDocs, is_done, phase_complete, working_phase
 from ccci_dist.core.plan import PlanPackage
 from ccci_dist.core.roles import RoleSpec
 
@@ -21,6 +21,7 @@ class RunSeen:
     paused: bool = False
     paused_until: float | None = None  # epoch seconds
     phase: str = ""  # the stored phase pointer ("" = the first phase)
+    target: str = ""  # the phase `enqueue phase` asked for ("" = none)
 
 
 @dataclass(frozen=True)
@@ -31,19 +32,25 @@ class RunTick:
     live: bool = False  # tick its loops
     done: bool = False  # DONE holds: tear the loops down
     phase: str = ""  # the phase in force
-    advance_to: str = ""  # move the pointer from ``phase`` to this one
+    advance_to: str = ""  # move the pointer from ``phase`` to this one (forward or back)
+    done_target: str = ""  # the operator's target phase is complete: clear it
 
 
 def decide_run(run: RunSeen, plan: PlanPackage | None, docs: MachineDocs, settings: Settings,
                now: datetime) -> RunTick:
-    """Resume an ended pause, then (for an active run with a plan) DONE or the next phase."""
+    """Resume an ended pause, then (for an active run with a plan) DONE or the working phase,
+    re-derived from the docs every tick: the target while it is incomplete, else the earliest
+    incomplete phase in sequence (so the pointer goes back when a phase loses a verification)."""
     resume = run.paused and now.timestamp() >= (run.paused_until or 0)
     if not (run.active or resume) or plan is None:
         return RunTick(resume=resume)
     if is_done(plan, docs, now, timedelta(hours=settings.done_freshness_hours)):
         return RunTick(resume=resume, done=True)
     phase = run.phase or plan.phase_order[0]
-    return RunTick(resume=resume, live=True, phase=phase, advance_to=advance_phase(plan, docs, phase) or "")
+    want = working_phase(plan, docs, run.target or None) or phase
+    done_target = run.target if run.target and phase_complete(plan, docs, run.target) else ""
+    return RunTick(resume=resume, live=True, phase=phase, advance_to="" if want == phase else want,
+                   done_target=done_target)
 
 
 @dataclass(frozen=True)

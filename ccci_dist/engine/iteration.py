@@ -15,7 +15,7 @@ import pwd
 import subprocess
 import time
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from ccci_dist.adapters.agent import AgentProcess, IterationResult, agent_kind, build_command
@@ -24,7 +24,8 @@ from ccci_dist.adapters.workspace import GitError, Probe, PushRefused, Workspace
 from ccci_dist.config import Settings, hostname
 from ccci_dist.core.limits import backoff_seconds
 from ccci_dist.core.outcome import Outcome, classify
-from ccci_dist.core.plan import specs_of
+from ccci_dist.core.phases import MachineDocs, blockers, working_phase
+from ccci_dist.core.plan import DEFAULT_FORBIDDEN_PATHS, forbidden_hits, from_snapshot, specs_of
 from ccci_dist.core.policy import LoopFacts, Ran, decide
 from ccci_dist.core.prompt import assemble
 from ccci_dist.core.roles import RoleSpec, allowed_paths, role_spec
@@ -32,6 +33,7 @@ from ccci_dist.core.schedule import next_midnight
 from ccci_dist.engine.app import app, settings
 from ccci_dist.engine.notify import notify
 from ccci_dist.logsetup import log_context, prune_logs
+from ccci_dist.state.inbox_store import stream_order as _sid
 from ccci_dist.state.lease import Heartbeat
 from ccci_dist.state.models import LoopState, RunState
 from ccci_dist.state.store import NOT_REPLICATED, STOPPED, Claimed, Store
@@ -155,6 +157,7 @@ class Iteration:
         self.specs: list[RoleSpec] = []
         self.spec = role_spec([], role)
         self.failed = False  # its outcome is a failure (Flower shows the task as failed)
+        self.base_docs: MachineDocs | None = None  # the machine docs at the synced base
 
     # The heartbeat calls this from its thread the moment the lease is lost or stop is set.
     def _on_lost(self, why: str) -> None:
@@ -222,11 +225,19 @@ class Iteration:
         t0 = time.perf_counter()
         base = ws.sync(f"{self.role}-{self.number}", probe)
         self.sync_ms = (time.perf_counter() - t0) * 1000
+        forbidden = plan.get("forbidden_paths", DEFAULT_FORBIDDEN_PATHS)
+        ws.exclude(forbidden)
         if self.s.agent_user:
             ws.hand_to(self.s.agent_user)
         nudges = self.nudges_seen = list(loop.nudges)
-        prompt = assemble(role=self.role, run=self.run, iteration=self.number, phase=run_hash.phase,
-                          plan=plan, inbox=inbox, nudges=nudges)
+        phase, blocking = self._progress(ws, base, plan)
+        # Messages an earlier prompt carried but no iteration acknowledged (it crashed or was cut off).
+        carried = loop.inbox_carried
+        repeats = {mid for mid, _ in inbox if carried and _sid(mid) <= _sid(carried)}
+        if inbox:
+            self.store.note_inbox_carried(self.run, self.role, inbox[-1][0])
+        prompt = assemble(role=self.role, run=self.run, iteration=self.number, phase=phase,
+                          plan=plan, inbox=inbox, nudges=nudges, blockers=blocking, repeats=repeats)
         session = loop.session_id if self.s.agent_resume and not loop.fresh_session else None
         self.resumed = session or ""
         argv = build_command(self.s.agent_command, self.s.agent_flags, session or None, self.s.agent_user)
@@ -256,6 +267,8 @@ class Iteration:
         pushed, violations = "", []
         if not res.killed and ws.commits_since(base):
             violations = ws.outside(base, allowed_paths(self.spec, self.specs, self.s.reviewer_paths))
+            # a secret committed and removed again is still in the history a push would publish
+            violations += [f"{f} (forbidden path)" for f in forbidden_hits(ws.files_in_commits(base), forbidden)]
             if not violations:
                 try:
                     pushed = ws.push(lambda: self.store.fence_ok(self.run, self.role, self.token, self.owner))
@@ -270,6 +283,18 @@ class Iteration:
         inbox_last = inbox[-1][0] if inbox and outcome.kind == "success" else ""
         return self._finish(res, outcome, base=base, pushed=pushed, violations=violations, inbox_last=inbox_last,
                             ws=ws)
+
+    def _progress(self, ws: Workspace, base: str, plan: dict) -> tuple[str, list[str] | None]:
+        """The working phase and what blocks DONE, from the machine docs at ``base`` (re-derived
+        every iteration, like the watchdog does every tick)."""
+        try:
+            self.base_docs = ws.docs(base)
+        except (GitError, OSError, subprocess.SubprocessError):
+            return self.run_hash.phase, None
+        pkg = from_snapshot(plan)
+        phase = working_phase(pkg, self.base_docs, self.run_hash.target_phase or None)
+        blocking = blockers(pkg, self.base_docs, datetime.now(UTC), timedelta(hours=self.s.done_freshness_hours))
+        return phase or self.run_hash.phase, blocking
 
     def _classify(self, res: IterationResult) -> Outcome:
         return classify(res.result, res.rate_limit_events, res.exit_code, res.killed, res.stderr_tail,
@@ -322,7 +347,8 @@ class Iteration:
         mirrored = json.loads(self.run_hash.docs or "{}").get("commit")
         if ws is not None and outcome.kind != "lease_lost" and (pushed or base) != mirrored:
             try:
-                run_fields["docs"] = ws.docs(pushed or base).model_dump_json()
+                docs = self.base_docs if not pushed and self.base_docs is not None else ws.docs(pushed or base)
+                run_fields["docs"] = docs.model_dump_json()
             except (GitError, OSError, subprocess.SubprocessError):
                 pass
         if res.total_cost_usd and self.store.fence_ok(self.run, self.role, self.token, self.owner):

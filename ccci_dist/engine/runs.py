@@ -10,9 +10,10 @@ from typing import Any
 
 from ccci_dist.adapters.workspace import Workspace, configure_git_auth
 from ccci_dist.config import Settings
-from ccci_dist.core.phases import MachineDocs, resolve_phase
+from ccci_dist.core.phases import MachineDocs, working_phase
 from ccci_dist.core.plan import load_package, snapshot
-from ccci_dist.state.store import ACTIVE, DONE, Store
+from ccci_dist.state.models import RunState
+from ccci_dist.state.store import ACTIVE, DONE, PAUSED, Store
 
 
 class RunError(Exception):
@@ -26,48 +27,104 @@ def docs_from_repo(s: Settings, repo: str, branch: str, run: str) -> MachineDocs
     return ws.docs(ws.sync("resolve"))
 
 
+IDENTITY = ("repo", "branch", "plan_dir", "queues")
+
+
+def configured_identity(s: Settings) -> dict[str, str]:
+    """What the config says a run is: its repo, branch, plan package and queues."""
+    return {"repo": s.repo_url if s.project_repo else "", "branch": s.branch,
+            "plan_dir": str(Path(s.plan_dir).expanduser().resolve()) if s.plan_dir else "",
+            "queues": json.dumps(s.queues, sort_keys=True)}
+
+
+def _identity_of(existing: RunState) -> dict[str, str]:
+    return {"repo": existing.repo, "branch": existing.branch, "plan_dir": existing.plan_dir,
+            "queues": json.dumps(existing.queues, sort_keys=True)}
+
+
+def identity_changes(store: Store, s: Settings, run: str | None = None) -> list[tuple[str, str, str]]:
+    """(field, run's value, config's value) for each identity field where an existing run and the
+    config disagree; empty for a new run."""
+    existing = store.run(run or s.run)
+    if not existing.exists:
+        return []
+    new, have = configured_identity(s), _identity_of(existing)
+    out = []
+    for field in IDENTITY:
+        old = have[field]
+        if field == "queues":  # only what the config sets counts; the package's role queues fill the rest
+            merged = {**existing.queues, **s.queues}
+            if merged != existing.queues:
+                out.append((field, old, json.dumps(merged, sort_keys=True)))
+            continue
+        same = old == new[field] or (
+            field == "plan_dir" and old and new[field] and Path(old).expanduser().resolve() == Path(new[field]))
+        if not same:
+            out.append((field, old, new[field]))
+    return out
+
+
 def start_run(store: Store, s: Settings, *, resume: bool = False, phase: str | None = None,
-              nudge: str | None = None) -> dict[str, Any]:
+              nudge: str | None = None, reconfigure: bool = False, reopen: bool = False,
+              must_exist: bool = False) -> dict[str, Any]:
     """Create or restart the configured run and enqueue each role's first iteration.
 
-    ``resume`` resolves the phase from the repo's machine docs (first phase not complete);
-    ``phase`` forces one. Otherwise a new run starts at the first phase and an existing one
-    keeps its phase.
+    An existing run keeps its repo, branch, plan package and queues whatever the config says,
+    unless ``reconfigure``. ``resume`` re-derives the phase from the repo's machine docs;
+    ``phase`` sets the operator's target phase (worked on until complete; a DONE run only with
+    ``reopen``). A pending usage-limit stall or budget pause is kept.
     """
-    if s.plan_dir is None:
-        raise RunError("no plan package configured; set plan_dir in ccci-dist.toml or CCCI_PLAN_DIR")
-    if not s.project_repo:
-        raise RunError("no project repo configured; set project_repo in ccci-dist.toml or CCCI_PROJECT_REPO")
-    pkg = load_package(s.plan_dir)
-    snap = snapshot(pkg)
     run = s.run
     existing = store.run(run)
+    if must_exist and not existing.exists:
+        known = ", ".join(store.runs()) or "none yet"
+        raise RunError(f"no run {run!r} (runs: {known}); `ccci-dist start` creates it, or pick one with --run")
+    if phase is not None and existing.status == DONE and not reopen:
+        raise RunError(f"run {run!r} is DONE; pass --reopen to work on phase {phase} again")
+    changes = identity_changes(store, s, run)
+    ident = configured_identity(s)
+    if existing.exists and not reconfigure:
+        have = _identity_of(existing)
+        ident = {f: have[f] if existing.exists and (f != "plan_dir" or have[f]) else ident[f] for f in IDENTITY}
+    if not ident["plan_dir"]:
+        raise RunError("no plan package configured; set plan_dir in ccci-dist.toml or CCCI_PLAN_DIR")
+    if not ident["repo"]:
+        raise RunError("no project repo configured; set project_repo in ccci-dist.toml or CCCI_PROJECT_REPO")
+    pkg = load_package(ident["plan_dir"])
+    snap = snapshot(pkg)
     if phase is not None and phase not in pkg.phase_order:
         raise RunError(f"unknown phase {phase!r}; the plan's phases are {', '.join(pkg.phase_order)}")
     docs = None
     if phase is None and (resume or not existing.phase):
-        docs = docs_from_repo(s, s.repo_url, s.branch, run)
+        docs = docs_from_repo(s, ident["repo"], ident["branch"], run)
+    target = phase if phase is not None else ("" if resume else existing.target_phase)
     if phase is None:
-        if resume or not existing.phase:
-            assert docs is not None
-            phase = resolve_phase(pkg, docs) or pkg.phase_order[-1]
+        if docs is not None:
+            phase = working_phase(pkg, docs) or pkg.phase_order[-1]
         else:
-            phase = existing.phase
-    queues = {**{r.name: r.queue for r in pkg.specs if r.queue}, **s.queues}  # the operator's config wins
+            phase = existing.phase or pkg.phase_order[0]
+    now = time.time()
+    paused = existing.status == PAUSED and (existing.paused_until or 0) > now
+    if not existing.exists or reconfigure:  # the package's role queues, the operator's config winning
+        ident["queues"] = json.dumps({**{r.name: r.queue for r in pkg.specs if r.queue}, **s.queues}, sort_keys=True)
     fields = {
-        "repo": s.repo_url, "branch": s.branch, "plan": json.dumps(snap), "plan_dir": str(Path(s.plan_dir)),
-        "roles": json.dumps(pkg.roles), "status": ACTIVE, "phase": phase, "queues": json.dumps(queues),
-        "paused_until": "", "pause_reason": "", "started_at": f"{time.time():.3f}",
+        **ident, "plan": json.dumps(snap), "roles": json.dumps(pkg.roles), "status": PAUSED if paused else ACTIVE,
+        "phase": phase, "target_phase": target, "started_at": f"{now:.3f}",
     }
+    if not paused:  # a budget pause ends at its time, not when the operator restarts
+        fields.update(paused_until="", pause_reason="")
     if docs is not None:
         fields["docs"] = docs.model_dump_json()
     store.start_run(run, fields, pkg.roles, nudge)
-    store.event(run, "started", phase=phase, resume=int(resume))
+    store.event(run, "started", phase=phase, resume=int(resume), target=target)
+    if reconfigure and changes:
+        store.event(run, "reconfigured", **{f: f"{old} -> {new}" for f, old, new in changes})
     from ccci_dist.engine.notify import notify
 
-    notify("run_started", f"{run}: started at phase {phase}", f"roles {', '.join(pkg.roles)}; repo {s.repo_url}")
+    notify("run_started", f"{run}: started at phase {phase}", f"roles {', '.join(pkg.roles)}; repo {ident['repo']}")
     kick(store, s, run)
-    return {"run": run, "phase": phase, "roles": pkg.roles}
+    return {"run": run, "phase": phase, "roles": pkg.roles, "paused": paused,
+            "kept": [] if reconfigure else changes, "changed": changes if reconfigure else []}
 
 
 def kick(store: Store, s: Settings, run: str) -> int:
@@ -111,3 +168,14 @@ def start_loop(store: Store, s: Settings, run: str, role: str) -> None:
     store.reactivate_loop(run, role)
     store.event(run, "started", role=role)
     kick(store, s, run)
+
+
+def forget_run(store: Store, run: str) -> int:
+    """Remove a run and all its keys; refused while one of its iterations is live."""
+    if run not in store.runs() and not store.run(run).exists:
+        raise RunError(f"no run {run!r}; see `ccci-dist status` for the runs")
+    if live := store.live_roles(run):
+        raise RunError(f"run {run!r} has a live iteration ({', '.join(live)}); "
+                       f"`ccci-dist --run {run} stop` first, then forget it")
+    n = store.forget_run(run)
+    return n

@@ -8,6 +8,7 @@ datetimes (ISO 8601 with offset in JSON), durations and ages are seconds, money 
 from __future__ import annotations
 
 import json
+import logging
 import time
 from datetime import UTC, datetime, timedelta
 from typing import Literal
@@ -18,7 +19,10 @@ from ccci_dist.config import Settings
 from ccci_dist.core import cockpit
 from ccci_dist.core.phases import MachineDocs, missing_for_done, phase_complete
 from ccci_dist.core.plan import PlanPackage, from_snapshot
+from ccci_dist.state.inbox_store import undelivered
 from ccci_dist.state.store import Store
+
+log = logging.getLogger(__name__)
 
 COST_DAYS = 14  # days of per-day cost the model carries (the dashboard's chart)
 
@@ -124,6 +128,10 @@ class RunStatus(BaseModel):
     pause_reason: str = ""
     items: list[ItemView]
     blocks_done: str = Field(description="what stands between the run and DONE, one line ('' = nothing)")
+    target_phase: str = Field("", description="the phase `enqueue phase` asked for, worked on until complete")
+    undelivered: list[dict[str, str]] = Field(
+        default_factory=list, description="INBOX messages no iteration acknowledged (id, role, text): at DONE, "
+        "messages that will never be delivered")
     cost: Cost
     loops: dict[str, Loop]
     liveness: Liveness
@@ -210,13 +218,19 @@ def run_status(store: Store, s: Settings, run: str, now: float | None = None,
     k = order.index(phase) + 1 if phase in order else 0
     header = f"run {run}: {state}" + (f" ({rh.pause_reason})" if rh.pause_reason else "")
     header += f" · phase {phase} ({k} of {len(order)})"
+    target = rh.target_phase
+    if target and target != phase:
+        header += f" · target {target}"
+    left = undelivered(store, run, list(loops)) if rh.status == "done" else []
+    if left:
+        header += f" · {len(left)} INBOX message(s) never delivered"
     if not live.watchdog.running and rh.status in ("active", "paused"):
         header += f" · {live.watchdog.words}"
     return RunStatus(
         run=run, generated_at=now_dt, status=rh.status or "?", state=state, header=header, phase=phase,
         phase_index=k, phase_count=len(order), phases=phases, deferred=docs.deferred,
         pause_reason=rh.pause_reason, items=items, blocks_done=blocks, cost=cost, loops=loops,
-        liveness=live,
+        liveness=live, target_phase=target, undelivered=left,
     )
 
 
@@ -224,7 +238,12 @@ def all_status(store: Store, s: Settings, runs: list[str] | None = None, now: fl
     """Status of ``runs`` (default: every run), sharing one liveness read."""
     now = time.time() if now is None else now
     live = liveness(store, s, now)
-    out = [run_status(store, s, r, now, live) for r in (store.runs() if runs is None else runs)]
+    out = []
+    for r in store.runs() if runs is None else runs:
+        try:
+            out.append(run_status(store, s, r, now, live))
+        except (ValueError, TypeError, KeyError) as exc:  # a partial or foreign run: shown elsewhere, never a crash
+            log.warning("run %s has unreadable state (%s); `ccci-dist forget %s` removes it", r, exc, r)
     return [st for st in out if st is not None]
 
 

@@ -26,7 +26,7 @@ from ccci_dist.core.tick import LoopSeen, RunSeen, decide_loop, decide_run
 from ccci_dist.engine.app import app, settings
 from ccci_dist.engine.iteration import get_store, iteration_queue, send_iteration
 from ccci_dist.engine.notify import notify
-from ccci_dist.state.inbox_store import INBOX_FILE, ingest_inbox_file
+from ccci_dist.state.inbox_store import INBOX_FILE, ingest_inbox_file, undelivered
 from ccci_dist.state.models import RunState
 from ccci_dist.state.store import ACTIVE, PAUSED, Store
 
@@ -74,7 +74,7 @@ def tick_run(store: Store, s: Settings, run: str, now: datetime) -> None:
     plan = _plan(rh.plan) if rh.plan else None
     docs = MachineDocs.model_validate_json(rh.docs) if rh.docs else MachineDocs()
     seen = RunSeen(active=rh.status == ACTIVE, paused=rh.status == PAUSED, paused_until=rh.paused_until,
-                   phase=rh.phase)
+                   phase=rh.phase, target=rh.target_phase)
     d = decide_run(seen, plan, docs, s, now)
     if d.resume:
         store.resume_run(run)
@@ -87,10 +87,13 @@ def tick_run(store: Store, s: Settings, run: str, now: datetime) -> None:
     if d.done:
         finish_run(store, run, plan.roles)
         return
-    if d.advance_to and store.advance_phase(run, d.phase, d.advance_to):
-        store.event(run, "phase_advanced", phase=d.advance_to, previous=d.phase)
-        notify("phase_advanced", f"{run}: phase {d.advance_to}",
-               f"phase {d.phase} is complete; now on phase {d.advance_to}")
+    if (d.advance_to or d.done_target) and store.advance_phase(run, d.phase, d.advance_to or d.phase,
+                                                               d.done_target) and d.advance_to:
+        order = plan.phase_order
+        back = d.phase in order and d.advance_to in order and order.index(d.advance_to) < order.index(d.phase)
+        why = f"phase {d.advance_to} is incomplete again" if back else f"phase {d.phase} is complete"
+        store.event(run, "phase_advanced", phase=d.advance_to, previous=d.phase, back=int(back))
+        notify("phase_advanced", f"{run}: phase {d.advance_to}", f"{why}; now on phase {d.advance_to}")
     for role in plan.roles:
         tick_loop(store, s, run, plan.spec(role), rh, now)
 
@@ -191,5 +194,10 @@ def vm_health_task() -> bool:
 def finish_run(store: Store, run: str, roles: list[str]) -> None:
     """DONE holds: stop every loop for good (running agents see the state change and end)."""
     store.mark_done(run, roles)
-    store.event(run, "done")
-    notify("done", f"{run}: DONE", "every phase is complete and every DoD item was re-verified recently")
+    left = undelivered(store, run, roles)
+    store.event(run, "done", undelivered=len(left))
+    body = "every phase is complete and every DoD item was re-verified recently"
+    if left:
+        body += f"; {len(left)} INBOX message(s) were never delivered: " + "; ".join(
+            f"[{m['id']}] to {m['role']}: {m['text'][:80]}" for m in left[:10])
+    notify("done", f"{run}: DONE", body)

@@ -49,9 +49,13 @@ def send(store: Store, run: str, roles: list[str], text: str, sender: str = "cli
     return store.inbox_add(run, roles, text, sender)
 
 
-def _sid(mid: str) -> tuple[int, int]:
+def stream_order(mid: str) -> tuple[int, int]:
+    """A stream id as a sortable pair."""
     ms, _, seq = mid.partition("-")
     return int(ms), int(seq or 0)
+
+
+_sid = stream_order
 
 
 def listing(store: Store, run: str, role: str) -> list[dict]:
@@ -67,6 +71,16 @@ def listing(store: Store, run: str, role: str) -> list[dict]:
                      "state": "delivered" if delivered else "pending", "delivered_at": ack[0] if delivered else "",
                      "iteration": ack[1] if delivered else "", "text": f.get("text", "")})
     return rows
+
+
+def undelivered(store: Store, run: str, roles: list[str]) -> list[dict]:
+    """Messages of the run's loops that no iteration acknowledged (id, role, text)."""
+    out = []
+    for role in roles:
+        acked = stream_order(store.loop_field(run, role, "inbox_acked") or "0-0")
+        out += [{"id": mid, "role": role, "text": f.get("text", "")}
+                for mid, f in store.inbox(run, role) if stream_order(mid) > acked]
+    return out
 
 
 def split_entries(text: str) -> list[str]:

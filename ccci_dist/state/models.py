@@ -62,6 +62,7 @@ class LoopState(_HashModel):
     fresh_session: bool = False
     thread_tokens: str = ""
     inbox_acked: str = ""
+    inbox_carried: str = ""  # the newest INBOX message a prompt carried (acknowledged or not)
     last_outcome: str = ""
     last_detail: str = ""
     last_commit: str = ""
@@ -87,6 +88,7 @@ class RunState(_HashModel):
     branch: str = "main"
     status: str = ""
     phase: str = ""
+    target_phase: str = ""  # the phase `enqueue phase` asked for, worked on until complete
     plan: str = ""  # JSON snapshot of the plan package (parsed by core.plan.from_snapshot)
     plan_dir: str = ""
     roles: list[str] = []

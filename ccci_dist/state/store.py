@@ -49,7 +49,8 @@ log = logging.getLogger(__name__)
 
 # What callers catch: the broker is unreachable, refused the password, or timed out.
 BrokerError = redis.RedisError
-BrokerAuthError = redis.AuthenticationError
+BrokerAuthError = redis.AuthenticationError  # a BrokerUnreachable too: catch it first
+BrokerUnreachable = redis.ConnectionError
 BrokerTimeout = redis.TimeoutError
 
 
@@ -364,9 +365,19 @@ class Store:
         self.r.hset(k_run(run), mapping={"status": PAUSED, "paused_until": f"{until:.3f}", "pause_reason": reason})
         return changed
 
-    def advance_phase(self, run: str, expected: str, phase: str) -> bool:
-        """Set the run's phase to ``phase`` if it is still ``expected`` (two watchdogs, or an operator)."""
-        return bool(self._set_phase(keys=[k_run(run)], args=[expected, phase]))
+    def advance_phase(self, run: str, expected: str, phase: str, done_target: str = "") -> bool:
+        """Set the run's phase to ``phase`` if it is still ``expected`` (two watchdogs, or an operator);
+        clear the operator's target phase when it is ``done_target`` (that phase is complete)."""
+        return bool(self._set_phase(keys=[k_run(run)], args=[expected, phase, done_target]))
+
+    def note_inbox_carried(self, run: str, role: str, last_id: str) -> None:
+        """Remember the newest INBOX message a prompt carried: if that iteration never acknowledges
+        it (crash, lost host), the next prompt marks it as a repeat."""
+        self.r.hset(k_loop(run, role), "inbox_carried", last_id)
+
+    def live_roles(self, run: str) -> list[str]:
+        """Roles of ``run`` whose lease is held: an iteration is live."""
+        return sorted(k.rsplit(":", 1)[1] for k in self.r.scan_iter(match=k_lease(run, "*"), count=1000))
 
     def mark_restart(self, run: str, role: str) -> int:
         """Count an interrupted iteration's restart and queue the restart nudge; returns the count."""
@@ -381,15 +392,19 @@ class Store:
         self.r.hset(k_loop(run, role), mapping={k: str(v) for k, v in fields.items()})
 
     def start_run(self, run: str, fields: dict[str, str], roles: list[str], nudge: str | None) -> None:
-        """Write a started run and make each of its loops active (keeping iteration counts)."""
+        """Write a started run and make each of its loops active (keeping iteration counts and a
+        usage-limit stall that has not ended)."""
         pipe = self.r.pipeline()
         pipe.sadd(k_runs(), run)
         pipe.hset(k_run(run), mapping=fields)
         pipe.hsetnx(k_run(run), "created_at", f"{time.time():.3f}")
+        now = time.time()
         for role in roles:
             key = k_loop(run, role)
-            pipe.hset(key, mapping={"state": ACTIVE, "role": role, "stop_reason": "", "not_before": "",
-                                    "stalled_until": "", "fail_streak": 0})
+            fields_ = {"state": ACTIVE, "role": role, "stop_reason": "", "fail_streak": 0}
+            if float(self.r.hget(key, "stalled_until") or 0) <= now:  # a usage limit resets when it resets
+                fields_.update(not_before="", stalled_until="")
+            pipe.hset(key, mapping=fields_)
             pipe.hsetnx(key, "iteration", 0)
             if nudge:
                 pending = json.loads(self.r.hget(key, "nudges") or "[]")
@@ -411,7 +426,8 @@ class Store:
         pipe = self.r.pipeline()
         pipe.hset(k_run(run), mapping={"status": DONE, "done_at": f"{time.time():.3f}"})
         for role in roles:
-            pipe.hset(k_loop(run, role), "state", DONE)
+            # an iteration cut off by DONE never records its end: the loop must not look running forever
+            pipe.hset(k_loop(run, role), mapping={"state": DONE, "running": ""})
             pipe.delete(k_next(run, role))
         pipe.execute()
 

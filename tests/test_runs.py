@@ -1,0 +1,235 @@
+"""Runs that can be left alone: phases re-derived from the machine docs (they go back), runs that
+keep their identity. Real redis-server, real Celery worker + beat, real git remotes, demo agent."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+import redis
+from harness import ROOT, project_repo, wait_for
+
+pytestmark = pytest.mark.slow
+
+
+def _r(bed) -> redis.Redis:
+    return redis.Redis.from_url(bed.env["CCCI_BROKER_URL"], decode_responses=True)
+
+
+def _builder_starts(bed) -> list[dict]:
+    return [e for e in bed.agent_events() if e["event"] == "start" and e["role"] == "builder"]
+
+
+def test_enqueued_phase_then_back_to_the_earlier_incomplete_one(bed):
+    """`enqueue phase 2` works on 2 first; once 2 is complete the run goes back to 1 (not on, not
+    stuck on 2) and reaches DONE."""
+    bed.faults(builder=["hang"], reviewer=["hang"])
+    bed.worker("w1", beat=True)
+    bed.cli("start")
+    wait_for(lambda: _builder_starts(bed), 30, 0.1, "first builder iteration")
+    bed.cli("stop")
+    assert "set to phase 2" in bed.cli("enqueue", "phase", "2").stdout
+    bed.wait_status(lambda st: st["status"] == "done", 120, "run DONE")
+    phases = [e["phase"] for e in _builder_starts(bed)[1:]]
+    assert phases[0] == "2", phases
+    assert "1" in phases[phases.index("2"):], phases
+    back = [e for e in bed.python("from ccci_dist.engine.iteration import get_store\n"
+                                  "import json; print(json.dumps(get_store().events('default', 'phase_advanced')))"
+                                  ).splitlines()]
+    events = json.loads(back[-1])
+    assert any(e["phase"] == "1" and e["previous"] == "2" and e["back"] == "1" for e in events), events
+
+
+def test_late_failed_item_sends_the_run_back_and_every_prompt_lists_it(bed):
+    """A FAILED line for a phase-1 item written while the run is on phase 2: the working phase goes
+    back to 1, the builder's prompt lists the failure, the builder fixes it, the run reaches DONE."""
+    bed.faults(builder=["@2 slow:4"], reviewer=["@2 fail:1.1"])  # the reviewer sees phase 2 under way
+    bed.worker("w1", beat=True)
+    bed.cli("start")
+    bed.wait_status(lambda st: st["status"] == "done", 120, "run DONE")
+    starts = _builder_starts(bed)
+    listed = [e for e in starts if "1.1: FAILED" in e.get("blockers", "")]
+    assert listed, [e.get("blockers") for e in starts]
+    assert listed[0]["phase"] == "1", listed[0]
+    repo = bed.clone()
+    assert "- 1.1: fixed " in (repo / "work" / "phase-1.md").read_text()
+    review = (repo / "REVIEW.md").read_text()
+    assert review.index("FAILED 1.1") < review.rindex("VERIFIED 1.1")
+
+
+def test_enqueue_phase_on_unknown_run_is_refused(bed):
+    p = bed.cli("enqueue", "phase", "2", check=False, env={"CCCI_RUN": "nosuch"})
+    assert p.returncode == 2, p
+    assert p.stderr.startswith("error: no run 'nosuch'") and p.stderr.count("\n") == 1, p.stderr
+    assert not _r(bed).exists("ccci:run:nosuch")
+
+
+def test_run_keeps_its_identity_unless_reconfigured(bed, tmp_path):
+    r = _r(bed)
+    bed.cli("start")
+    before = r.hgetall("ccci:run:default")
+    with project_repo(tmp_path / "other") as other:
+        cc_ci = str(ROOT / "examples" / "cc-ci-plan")
+        elsewhere = {"CCCI_PROJECT_REPO": str(other), "CCCI_PLAN_DIR": cc_ci}
+        # enqueue phase from a shell configured for another repo and plan: the run stays put
+        out = bed.cli("enqueue", "phase", "2", env=elsewhere).stdout
+        assert "keeps its repo" in out and "--reconfigure" in out, out
+        after = r.hgetall("ccci:run:default")
+        assert (after["repo"], after["plan_dir"], json.loads(after["plan"])["name"]) == (
+            before["repo"], before["plan_dir"], "tiny")
+        assert after["target_phase"] == "2"
+        # start: the same
+        bed.cli("start", env=elsewhere)
+        assert r.hget("ccci:run:default", "repo") == before["repo"]
+        # --reconfigure asks; no answer: nothing changes
+        p = bed.cli("start", "--reconfigure", env=elsewhere, check=False, input="")
+        assert p.returncode == 1, p
+        assert f"repo {bed.repo} -> {other}" in p.stdout and f"-> {cc_ci}" in p.stdout, p.stdout
+        assert r.hget("ccci:run:default", "repo") == before["repo"]
+        # --yes: changed
+        out = bed.cli("start", "--reconfigure", "--yes", env=elsewhere).stdout
+        assert f"repo {bed.repo} -> {other}" in out
+        after = r.hgetall("ccci:run:default")
+        assert after["repo"] == str(other) and json.loads(after["plan"])["name"] == "cc-ci"
+        assert any(f["kind"] == "reconfigured" for _, f in r.xrange("ccci:events:default"))
+
+
+def test_enqueue_phase_on_a_done_run_needs_reopen(bed):
+    bed.cli("start")
+    r = _r(bed)
+    r.hset("ccci:run:default", "status", "done")
+    p = bed.cli("enqueue", "phase", "1", check=False)
+    assert p.returncode == 2 and "is DONE; pass --reopen" in p.stderr, p
+    assert r.hget("ccci:run:default", "status") == "done"
+    bed.cli("enqueue", "phase", "1", "--reopen")
+    assert r.hget("ccci:run:default", "status") == "active"
+
+
+def test_resume_keeps_a_usage_limit_stall_and_a_budget_pause(bed):
+    bed.cli("start")
+    r = _r(bed)
+    until = time.time() + 3600
+    r.hset("ccci:loop:default:builder", mapping={"stalled_until": f"{until:.3f}", "not_before": f"{until:.3f}"})
+    r.hset("ccci:run:default", mapping={"status": "paused", "paused_until": f"{until:.3f}",
+                                        "pause_reason": "daily budget $1.00 reached"})
+    out = bed.cli("start", "--resume").stdout
+    assert "paused" in out
+    rh, loop = r.hgetall("ccci:run:default"), r.hgetall("ccci:loop:default:builder")
+    assert rh["status"] == "paused" and rh["pause_reason"].startswith("daily budget")
+    assert float(loop["stalled_until"]) == pytest.approx(until) and float(loop["not_before"]) == pytest.approx(until)
+
+
+def _keys(r: redis.Redis, run: str) -> set[str]:
+    return {k for k in r.scan_iter(match="ccci:*") if f":{run}:" in k or k.endswith(f":{run}")}
+
+
+def test_demo_touches_only_its_own_run_and_forget_removes_a_run(bed):
+    r = _r(bed)
+    keep = {"CCCI_RUN": "demo-keep"}
+    bed.cli("start", env=keep)  # no worker: the run exists with its queued iterations
+    bed.cli("inbox", "send", "keep me", env=keep)
+    r.xadd("ccci:history:demo-keep", {"role": "builder", "iteration": "1", "outcome": "success"})
+    r.sadd("ccci:runs", "ghost")  # a partial run: listed, no state
+    r.hset("ccci:run:half", mapping={"status": "active", "phase": "1"})
+    r.sadd("ccci:runs", "half")
+    before = {k: r.type(k) for k in _keys(r, "demo-keep")}
+    assert len(before) >= 5, before
+    st = bed.cli("status").stdout  # never a crash on partial or foreign state
+    assert "run ghost: no readable state (partial or foreign keys); `ccci-dist forget ghost` removes it" in st, st
+    assert "run half: " in st and "run demo-keep: " in st
+    assert {"half", "demo-keep"} <= {s["run"] for s in json.loads(bed.cli("status", "--json").stdout)}
+
+    out = bed.cli("demo", "--timeout", "150").stdout
+    assert "DONE" in out
+    # the demo ran on a redis-server of its own and says how to stop it
+    down = out.split("`ccci-dist ", 1)[1].split("`", 1)[0].split()
+    assert down[0] == "--state-dir" and down[2] == "down", out
+    assert "embedded redis stopped" in bed.cli(*down).stdout
+    assert not r.exists("ccci:run:demo")
+    assert {k: r.type(k) for k in _keys(r, "demo-keep")} == before
+    assert r.xlen("ccci:history:demo-keep") == 1 and r.hget("ccci:run:demo-keep", "status") == "active"
+
+    # forget: refused while an iteration is live, asks otherwise, then removes every key
+    r.set("ccci:lease:demo-keep:builder", "host/1/t", px=60_000)
+    p = bed.cli("forget", "demo-keep", "--yes", check=False)
+    assert p.returncode == 2 and "has a live iteration (builder)" in p.stderr, p
+    r.delete("ccci:lease:demo-keep:builder")
+    p = bed.cli("forget", "demo-keep", check=False, input="")
+    assert p.returncode == 1 and "not forgotten" in p.stderr
+    assert r.exists("ccci:run:demo-keep")
+    bed.cli("start", env={"CCCI_RUN": "demo"})
+    demo_keys = _keys(r, "demo")
+    assert "forgot run demo-keep" in bed.cli("forget", "demo-keep", "--yes").stdout
+    assert not _keys(r, "demo-keep") and "demo-keep" not in r.smembers("ccci:runs")
+    assert demo_keys and _keys(r, "demo") == demo_keys  # the other run is untouched
+    for gone in ("ghost", "half"):
+        bed.cli("forget", gone, "--yes")
+    assert bed.cli("forget", "nosuch", "--yes", check=False).returncode == 2
+    bed.cli("status")
+
+
+def test_read_only_commands_never_start_a_broker(tmp_path):
+    """status, history, logs, inbox list, state export and config show on a state dir without a running
+    embedded redis-server start nothing; they say how to start one."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CCCI_")}
+    env.update(CCCI_STATE_DIR=str(tmp_path / "state"), COLUMNS="200")
+
+    def cli(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "ccci_dist", *args], capture_output=True, text=True,
+                              env=env, cwd=tmp_path, timeout=60)
+
+    reads = [("status",), ("status", "--json"), ("history",), ("logs", "builder"), ("inbox", "list"),
+             ("state", "export", str(tmp_path / "x.json"))]
+    redis_dir = tmp_path / "state" / "redis"
+    for args in reads:
+        p = cli(*args)
+        assert p.returncode == 1, (args, p)
+        assert p.stderr == "error: no broker running; `ccci-dist up` starts the embedded one\n", (args, p.stderr)
+        assert not (redis_dir / "redis.pid").exists(), args
+    assert cli("config", "show").returncode == 0
+    assert not (tmp_path / "x.json").exists()
+    # after up and down: still nothing started by a read
+    assert cli("up").returncode == 0
+    assert cli("down").returncode == 0
+    wait_for(lambda: not (redis_dir / "redis.pid").exists(), 10, 0.05, "the embedded redis to stop")
+    for args in reads:
+        p = cli(*args)
+        assert p.returncode == 1 and "no broker running" in p.stderr, (args, p)
+    assert not (redis_dir / "redis.pid").exists()
+
+
+def test_forbidden_paths_never_reach_the_remote(bed):
+    """Each clone excludes the forbidden paths; a commit forcing them in is refused before the push,
+    kept under refs/ccci/abandoned, reported, and the agent is told."""
+    import subprocess
+
+    from ccci_dist.adapters.demo_agent import SECRET_FILES
+
+    bed.faults(builder=["secrets", "secrets_force"], reviewer=["hang"])
+    bed.worker("w1", beat=True)
+    bed.cli("start")
+    r = _r(bed)
+
+    def history():
+        return [f for _, f in r.xrange("ccci:history:default") if f.get("role") == "builder"]
+
+    wait_for(lambda: len(history()) >= 3, 60, 0.2, "three builder iterations")
+    h = history()
+    assert not h[0]["violations"] and h[0]["commit"], h[0]  # untracked secrets: excluded, work pushed
+    assert all(f"{p} (forbidden path)" in h[1]["violations"] for p in SECRET_FILES), h[1]
+    assert not h[1]["commit"]
+    pushed = subprocess.run(["git", "log", "--all", "--name-only", "--format="], cwd=bed.repo, text=True,
+                            capture_output=True, check=True).stdout
+    assert not set(SECRET_FILES) & set(pushed.split()), pushed
+    clone = bed.tmp / "ws" / "default" / "builder"
+    assert ".claude/" in (clone / ".git" / "info" / "exclude").read_text()
+    refs = subprocess.run(["git", "for-each-ref", "refs/ccci/abandoned"], cwd=clone, text=True,
+                          capture_output=True, check=True).stdout
+    assert refs.strip(), "the refused commits are kept"
+    starts = _builder_starts(bed)
+    assert "NOT pushed" in starts[2]["note"] and ".claude/settings.json" in starts[2]["note"]
