@@ -12,7 +12,7 @@ from rich.table import Table
 
 from ccci_dist.cli import Ctx, fail, pass_ctx
 from ccci_dist.state.inbox_store import InboxError, listing, send, targets, validate
-from ccci_dist.state.store import Store
+from ccci_dist.state.store import NotReplicated, Store
 
 
 def _roles(store: Store, run: str) -> list[str]:
@@ -44,7 +44,10 @@ def send_cmd(obj: Ctx, to: str, message: str) -> None:
         roles = targets(_roles(store, s.run), to)
     except InboxError as exc:
         fail(str(exc))
-    ids = send(store, s.run, roles, text)
+    try:
+        ids = send(store, s.run, roles, text)
+    except NotReplicated as exc:
+        fail(f"{exc}; check the replica (`redis-cli ROLE`) and send it again", code=1)
     click.echo(f"queued for {', '.join(roles)}: {', '.join(ids)}")
 
 

@@ -30,7 +30,7 @@ def open_store(obj: Ctx, readonly: bool = False) -> tuple[Settings, Store]:
     use_settings(s)
     embedded = s.broker_url is None or not s.broker_url.get_secret_value()
     try:
-        store = Store(client(s, start=not readonly))
+        store = Store(client(s, start=not readonly), s.replica_acks, s.replica_ack_timeout)
         store.ping()
     except ConfigError as exc:
         fail(NO_BROKER if readonly and embedded else str(exc), code=1 if readonly and embedded else 2)

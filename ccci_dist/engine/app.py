@@ -90,8 +90,13 @@ def celery_config(s: Settings, broker: str) -> dict:
     if group is not None:
         # kombu and RedBeat find the master through the sentinels, and again after a failover
         auth = {"password": group.password} if group.password else {}
-        conf["broker_transport_options"].update(master_name=s.sentinel_master, sentinel_kwargs=auth)
-        conf["redbeat_redis_url"] = "redis-sentinel://" + ";".join(f"{h}:{p}" for h, p in group.nodes)
+        # A master cut off by a partition drops packets silently: bounded reads notice it and ask the
+        # sentinels for the new one instead of waiting on the dead link forever.
+        conf["broker_transport_options"].update(master_name=s.sentinel_master, sentinel_kwargs=auth,
+                                                socket_timeout=10, socket_connect_timeout=5, socket_keepalive=True,
+                                                health_check_interval=10)
+        host, port = group.nodes[0]  # RedBeat reads only the scheme; the sentinels come from the options
+        conf["redbeat_redis_url"] = f"redis-sentinel://{host}:{port}/{group.db}"
         conf["redbeat_redis_options"] = {"sentinels": [list(n) for n in group.nodes], "service_name": s.sentinel_master,
                                          "db": group.db, "sentinel_kwargs": auth, "socket_timeout": 5, **auth}
     return conf

@@ -65,6 +65,10 @@ CLAIM, PENDING_INBOX, RENEW, FENCE_OK, FINISH, ENQUEUE, REQUEUE, RELEASE, SET_PH
 NOT_REPLICATED = "not_replicated"
 
 
+class NotReplicated(redis.RedisError):
+    """A write that ``replica_acks`` replicas did not confirm in time."""
+
+
 class Claimed(NamedTuple):
     """What an iteration learns when it claims its loop."""
 
@@ -458,11 +462,15 @@ class Store:
 
     # -- inbox ------------------------------------------------------------------------
     def inbox_add(self, run: str, roles: list[str], text: str, sender: str) -> list[str]:
-        """Queue ``text`` for each role atomically; returns the stream ids."""
+        """Queue ``text`` for each role atomically; returns the stream ids. Raises ``NotReplicated``
+        when ``replica_acks`` replicas did not confirm it (a failover could lose it: send it again)."""
         pipe = self.r.pipeline(transaction=True)
         for role in roles:
             pipe.xadd(k_inbox(run, role), {"text": text, "from": sender, "at": f"{time.time():.3f}"})
-        return pipe.execute()
+        ids = pipe.execute()
+        if not self.replicated():
+            raise NotReplicated(f"message {', '.join(ids)} is not yet on a replica; a failover now could lose it")
+        return ids
 
     def inbox_add_once(self, run: str, roles: list[str], digest: str, text: str) -> bool:
         """Queue an INBOX.md entry for ``roles`` unless its ``digest`` was seen before."""
