@@ -89,7 +89,8 @@ def hab(tmp_path):
                       CCCI_LEASE_TTL="6", CCCI_WATCHDOG_INTERVAL="1") as tb:
         _redis(tb.sched)
         _redis(tb.w1, replica_of=tb.sched)
-        wait_for(lambda: _local(tb.sched).info("replication")["min_slaves_good_slaves"] == 1, 30, 0.1, "replica in sync")
+        wait_for(lambda: _local(tb.sched).info("replication")["min_slaves_good_slaves"] == 1, 30, 0.1,
+                 "replica in sync")
         for h in (tb.sched, tb.w1, tb.w2):
             _sentinel(h, tb.sched)
 
