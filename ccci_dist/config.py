@@ -234,8 +234,9 @@ class Settings(BaseSettings):
     def _broker_scheme(cls, v: SecretStr | None) -> SecretStr | None:
         if v is not None and v.get_secret_value():
             scheme = v.get_secret_value().partition("://")[0].lower()
-            if scheme not in ("redis", "rediss", "unix"):
-                raise ValueError(f"the broker URL must start with redis://, rediss:// or unix:// (not {scheme[:20]}://)")
+            if scheme not in ("redis", "rediss", "unix", "sentinel"):
+                raise ValueError("the broker URL must start with redis://, rediss://, unix:// or sentinel:// "
+                                 f"(not {scheme[:20]}://)")
         return v
 
     @field_validator("min_interval", "queues")
