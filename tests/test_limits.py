@@ -245,3 +245,96 @@ def test_stall_nudge_says_what_happened():
 ])
 def test_backoff_after_counts_cli_retries_and_honours_retry_after(failures, retry_after, retried, expected):
     assert backoff_after(failures, 30, 3600, retry_after, retried) == expected
+
+
+# --- rows that kill the mutants tests/mutation.sh found surviving (tests/MUTATION.md) ------------
+
+KINDS = [
+    ("seven_day", "weekly"), ("seven_day_opus", "weekly"), ("opus_weekly", "weekly"), ("overage", "extra_usage"),
+    ("extra_credits", "extra_usage"), ("five_hour", "five_hour"), ("FIVE_HOUR", "five_hour"),
+    ("unknown", "unknown"), ("per_minute", "per_minute"), ("", "unknown"),
+]
+
+
+@pytest.mark.parametrize("raw,kind", KINDS)
+def test_normal_kind(raw, kind):
+    from ccci_dist.core.limits import _normal_kind
+
+    assert _normal_kind(raw) == kind
+
+
+TEXT_KINDS = [
+    ("5-hour limit reached · resets 3pm (UTC)", "five_hour"),
+    ("Your five-hour limit reached · resets 3pm (UTC)", "five_hour"),
+    ("5 hour limit reached · resets 3pm (UTC)", "five_hour"),
+    ("You've hit your session limit · resets 3pm (UTC)", "five_hour"),
+    ("You've hit your weekly limit · resets 3pm (UTC)", "weekly"),
+    ("You've hit your Opus limit · resets 3pm (UTC)", "weekly"),
+    ("You've hit your Sonnet limit · resets 3pm (UTC)", "weekly"),
+    ("You're out of extra usage · resets 3pm (UTC)", "extra_usage"),
+    ("You've hit your limit · resets 3pm (UTC)", "unknown"),
+]
+
+
+@pytest.mark.parametrize("text,kind", TEXT_KINDS)
+def test_kind_from_the_limit_text(text, kind):
+    info = parse_limit_text(text, NOW)
+    assert info is not None and info.kind == kind and info.resets_at == utc("2026-02-03T15:00")
+
+
+@pytest.mark.parametrize("quote", ["\u2019", "\u2018", "\u02bc", "'"])
+def test_every_apostrophe_form(quote):
+    info = parse_limit_text(f"You{quote}ve hit your limit · resets 3pm (UTC)", NOW)
+    assert info is not None and info.resets_at == utc("2026-02-03T15:00")
+
+
+def test_a_naive_now_is_utc():
+    naive = NOW.replace(tzinfo=None)
+    assert parse_limit_text("You've hit your limit · resets 3pm (UTC)", naive) == \
+        parse_limit_text("You've hit your limit · resets 3pm (UTC)", NOW)
+    info = parse_limit_text("You've hit your usage limit. Try again in 2h.", naive)
+    assert info is not None and info.resets_at == utc("2026-02-03T14:00")
+
+
+def test_an_unwrapped_rate_limit_event_and_the_milliseconds_edge():
+    bare = {"status": "rejected", "resetsAt": 1770130800, "rateLimitType": "five_hour"}
+    info = from_rate_limit_event(bare)
+    assert info is not None and info.resets_at == utc("2026-02-03T15:00") and info.kind == "five_hour"
+    # seconds up to 1e11 are seconds (year 5138); above, milliseconds
+    assert from_rate_limit_event({**bare, "resetsAt": 1e11}).resets_at.year == 5138
+    assert from_rate_limit_event({**bare, "resetsAt": 1e11 + 1000}).resets_at.year == 1973
+    overage = {"status": "rejected", "resetsAt": 1770130800, "overageStatus": "rejected"}
+    assert from_rate_limit_event(overage).kind == "extra_usage"
+    assert from_rate_limit_event({"status": "rejected", "resetsAt": 1770130800}) is None
+
+
+EDGES = [
+    ("1pm", "You've hit your limit · resets 1pm (UTC)", NOW, "2026-02-03T13:00"),
+    ("23:30", "Usage limit reached — resets 23:30 (UTC)", NOW, "2026-02-03T23:30"),
+    ("24:00-no-time", "Usage limit reached — resets 24:00 (UTC)", NOW, None),
+    ("15:59", "Usage limit reached — resets 15:59 (UTC)", NOW, "2026-02-03T15:59"),
+    ("15:60-no-time", "Usage limit reached — resets 15:60 (UTC)", NOW, None),
+    ("p.m.", "You've hit your limit · resets 3:30 p.m. (UTC)", NOW, "2026-02-03T15:30"),
+    # exactly PAST_GRACE ago is still "just reset" (today), with and without a date
+    ("grace-edge", "You've hit your limit · resets 11:55am (UTC)", NOW, "2026-02-03T11:55"),
+    ("grace-edge-dated", "You've hit your limit · resets Feb 3, 11:55am (UTC)", NOW, "2026-02-03T11:55"),
+    ("dated-just-ahead", "You've hit your limit · resets Feb 3, 12:03pm (UTC)", NOW, "2026-02-03T12:03"),
+    # a now with seconds: the printed minute is the reset, not the minute plus now's seconds
+    ("now-seconds", "You've hit your limit · resets 3pm (UTC)", NOW.replace(second=30, microsecond=5),
+     "2026-02-03T15:00"),
+    ("seconds-unit", "You've hit your usage limit. Try again in 30 seconds.", NOW, "2026-02-03T12:00:30"),
+    ("minutes-unit", "You've hit your usage limit. Try again in 7 mins.", NOW, "2026-02-03T12:07"),
+    ("under-minute-capitals", "You've hit your usage limit. Try again in Less Than A Minute.", NOW,
+     "2026-02-03T12:01"),
+]
+
+
+@pytest.mark.parametrize("text,now,expected", [r[1:] for r in EDGES], ids=[r[0] for r in EDGES])
+def test_clock_and_duration_edges(text, now, expected):
+    info = parse_limit_text(text, now, local_tz=UTC)
+    assert (info.resets_at if info else None) == (utc(expected) if expected else None)
+
+
+def test_a_duration_keeps_the_named_limit_kind():
+    info = parse_limit_text("5-hour limit reached · resets in 2h", NOW)
+    assert info is not None and info.kind == "five_hour" and info.resets_at == utc("2026-02-03T14:00")
