@@ -15,10 +15,9 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-from harness import ROOT
+from harness import ROOT, wait_for
 from rootfs import BASE_PACKAGES, CACHE_DIR, ensure_rootfs, rootfs_key
 from wheelhouse import WHEELHOUSE, build, fill_wheelhouse
 
@@ -41,10 +40,8 @@ def ensure_engine(timeout: float = 60) -> None:
     with open(CACHE_DIR / "dockerd.log", "ab") as log:
         subprocess.Popen(["dockerd"], stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                          start_new_session=True)
-    deadline = time.monotonic() + timeout
-    while docker("info", check=False, timeout=30).returncode != 0:
-        assert time.monotonic() < deadline, f"dockerd did not answer in {timeout}s; see {CACHE_DIR / 'dockerd.log'}"
-        time.sleep(0.5)
+    wait_for(lambda: docker("info", check=False, timeout=30).returncode == 0, timeout, 0.5,
+             f"dockerd to answer; see {CACHE_DIR / 'dockerd.log'}")
 
 
 def base_image() -> str:
