@@ -80,6 +80,9 @@ def test_unit_contents(tmp_path):
     assert unit(out / "ccci-dist-beat.service")["Service"]["ExecStart"] == f"{PREFIX}/bin/ccci-dist beat"
     boot = unit(out / "ccci-dist-boot.service")["Service"]
     assert boot["Type"] == "oneshot" and boot["RemainAfterExit"] == "yes" and "Restart" not in boot
+    # systemd's own boot id: in a container the service's /proc view can be the host's
+    # (tests/test_systemd_bed.py::test_reboot_mid_iteration_is_recorded_once_and_resumes)
+    assert boot["ExecStart"] == f"{PREFIX}/bin/ccci-dist boot --boot-id %b"
     assert "\nEnvironment=CCCI_FLOWER_ADDRESS=127.0.0.1\n" in (out / "ccci-dist-flower.service").read_text()
 
 
@@ -98,6 +101,49 @@ def test_bad_input_one_line_exit_2_nothing_written(tmp_path, args, needle):
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and needle in lines[0], r.stderr
     assert not out.exists()
+
+
+def test_agent_user_worker_is_root_bounded_and_agents_get_their_own_home(tmp_path):
+    agent = next(p for p in pwd.getpwall() if p.pw_uid not in (0, os.getuid()) and p.pw_dir.startswith("/"))
+    out = render(tmp_path, "--agent-user", agent.pw_name)
+    worker = unit(out / "ccci-dist-worker@.service")["Service"]
+    assert worker["User"] == "root" and worker["Group"] == "root"
+    assert worker["CapabilityBoundingSet"].split() == ["CAP_SETUID", "CAP_SETGID", "CAP_CHOWN", "CAP_DAC_OVERRIDE",
+                                                       "CAP_FOWNER", "CAP_KILL", "CAP_SYS_PTRACE"]
+    assert f"CCCI_AGENT_USER={agent.pw_name}" in (out / "ccci-dist-worker@.service").read_text()
+    assert worker["ReadWritePaths"].split()[-1] == f"-{agent.pw_dir}"
+    for name in ("ccci-dist-beat.service", "ccci-dist-flower.service", "ccci-dist-boot.service"):
+        s = unit(out / name)["Service"]
+        assert s["User"] == USER and s["CapabilityBoundingSet"] == "" and s["PrivateUsers"] == "yes"
+    plain_dir = render(tmp_path / "plain")
+    plain = unit(plain_dir / "ccci-dist-worker@.service")["Service"]
+    assert plain["User"] == USER and plain["CapabilityBoundingSet"] == ""
+    assert "\nEnvironment=CCCI_AGENT_USER=\n" in (plain_dir / "ccci-dist-worker@.service").read_text()
+
+
+@pytest.mark.parametrize("agent,needle", [("no-such-user-ccci", "does not exist"),
+                                          ("root", "must be a user of its own"),
+                                          (USER, "must be a user of its own")])
+def test_bad_agent_user_one_line_exit_2(tmp_path, agent, needle):
+    out = tmp_path / "units"
+    r = cli("systemd", "render", "--user", USER, "--prefix", str(PREFIX), "--agent-user", agent, "--out", str(out))
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and len(lines) == 1 and needle in lines[0], r.stderr
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("value", ["e79095d03c0b4c658ad6007d55abc0d8", "E79095D0-3C0B-4C65-8AD6-007D55ABC0D8"])
+def test_boot_id_from_systemd_is_the_proc_form(value):
+    from ccci_dist.engine.boot import normalize_boot_id
+
+    assert normalize_boot_id(value) == "e79095d0-3c0b-4c65-8ad6-007d55abc0d8"
+
+
+@pytest.mark.parametrize("value", ["", "%b", "not-a-uuid", "e79095d0-3c0b"])
+def test_bad_boot_id_one_line_exit_2(value):
+    r = cli("boot", "--boot-id", value)
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and len(lines) == 1 and lines[0].startswith("error:") and "boot id" in lines[0], r.stderr
 
 
 def test_install_without_running_systemd_says_so(tmp_path):

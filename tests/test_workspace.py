@@ -2,6 +2,13 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import stat
+import subprocess
+import tempfile
+from pathlib import Path
+
 import pytest
 from harness import git
 
@@ -117,3 +124,32 @@ def test_a_probe_for_another_remote_is_not_trusted(remote_repo, tmp_path):
     probe = Probe.start(ws.path)
     probe.discard()
     assert all(p.returncode is not None for p in probe.procs)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="chown to another user needs root")
+def test_hand_to_lets_the_agent_reach_its_clone_and_nothing_above_the_workspace_root(remote_repo):
+    base = Path(tempfile.mkdtemp(prefix="ccci-hand-to-"))  # tmp_path's parents are 0700
+    try:
+        base.chmod(0o755)
+        outside = base / "state"
+        root = outside / "workspaces"
+        ws = Workspace(root / "run" / "builder", str(remote_repo))
+        old = os.umask(0o027)  # the systemd unit's
+        try:
+            outside.mkdir(mode=0o750)
+            ws.sync("test")
+        finally:
+            os.umask(old)
+
+        def agent_can_write() -> bool:
+            return subprocess.run(["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", "test", "-w",
+                                   str(ws.path / "README.md")]).returncode == 0
+
+        assert not agent_can_write()
+        ws.hand_to("nobody", root)
+        assert not agent_can_write()  # the state folder above the root still shuts it out (README: 0751)
+        outside.chmod(0o751)
+        assert agent_can_write()
+        assert stat.S_IMODE(root.stat().st_mode) == 0o751 and stat.S_IMODE((root / "run").stat().st_mode) == 0o751
+    finally:
+        shutil.rmtree(base)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import stat
 import subprocess
 import time
 from pathlib import Path
@@ -116,9 +117,20 @@ class Workspace:
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(text)
 
-    def hand_to(self, user: str) -> None:
-        """Give the clone to the agent's user (the runner's fetch and rebase leave root-owned files)."""
+    def hand_to(self, user: str, root: Path | None = None) -> None:
+        """Give the clone to the agent's user (the runner's fetch and rebase leave root-owned files).
+
+        With ``root`` (the workspace folder), the folders from ``root`` down to the clone get the
+        search bit for others, so the agent can reach its clone: the worker made them with its
+        umask (0027 under the systemd unit). They stay unlistable; only the clone is the agent's.
+        """
         subprocess.run(["chown", "-R", f"{user}:", str(self.path)], check=True, capture_output=True, timeout=300)
+        if root is None or root not in self.path.parents:
+            return
+        for folder in (self.path.parent, *[p for p in self.path.parent.parents if root in p.parents or p == root]):
+            mode = folder.stat().st_mode
+            if not mode & stat.S_IXOTH:
+                folder.chmod(stat.S_IMODE(mode) | stat.S_IXOTH)
 
     def head(self) -> str:
         return git(self.path, "rev-parse", "HEAD")

@@ -8,23 +8,30 @@ from ccci_dist.adapters.workspace import GitError
 from ccci_dist.cli import Ctx, fail, pass_ctx
 from ccci_dist.config import ConfigError, Settings, hostname
 from ccci_dist.core.plan import PackageError
-from ccci_dist.engine.boot import REBOOTS_FILE, record_reboot
+from ccci_dist.engine.boot import REBOOTS_FILE, normalize_boot_id, record_reboot
 from ccci_dist.engine.runs import RunError, start_run
 from ccci_dist.state.store import ACTIVE, PAUSED, Store
 
 
 @click.command("boot")
+@click.option("--boot-id", default=None, metavar="UUID",
+              help="The boot id as systemd sees it (the unit passes %b); default: read boot_id_path.")
 @pass_ctx
-def boot_cmd(obj: Ctx) -> None:
+def boot_cmd(obj: Ctx, boot_id: str | None) -> None:
     """Record a reboot (only if the kernel boot id changed) and resume the run from the machine docs."""
     from ccci_dist.cli.loops import open_store
     from ccci_dist.engine.notify import notify_sync
 
+    if boot_id is not None:
+        try:
+            boot_id = normalize_boot_id(boot_id)
+        except ConfigError as exc:
+            fail(str(exc))
     s, store = open_store(obj)
     if not s.project_repo:
         fail("no project repo configured; set project_repo in ccci-dist.toml or CCCI_PROJECT_REPO")
     try:
-        recorded, boot_id = record_reboot(s, s.repo_url, s.branch, s.run)
+        recorded, boot_id = record_reboot(s, s.repo_url, s.branch, s.run, boot_id=boot_id)
     except (ConfigError, GitError) as exc:
         fail(str(exc), code=1)
     if recorded:

@@ -1,7 +1,8 @@
 """``ccci-dist systemd render``: the unit templates in ``systemd/`` filled in for one host.
 
 Placeholders: ``@CCCI_DIST@`` (``PREFIX/bin/ccci-dist``), ``@USER@``, ``@GROUP@``, ``@HOME@``,
-``@STATE_DIR@``, ``@WORKSPACE_DIR@``, ``@PROFILES_DIR@``, ``@ENV_FILE@``. Every check runs
+``@STATE_DIR@``, ``@WORKSPACE_DIR@``, ``@PROFILES_DIR@``, ``@ENV_FILE@``, and for the worker
+``@WORKER_USER@``, ``@WORKER_GROUP@``, ``@WORKER_CAPS@``, ``@AGENT_USER@``, ``@AGENT_HOME@``. Every check runs
 before anything is written, so a bad flag leaves no half-rendered set behind.
 """
 
@@ -57,15 +58,33 @@ def _abs(label: str, value: Path) -> Path:
     return Path(os.path.normpath(text))
 
 
-def render_units(user: str, prefix: Path, profiles_dir: Path | None = None, state_dir: Path = DEFAULT_STATE_DIR,
-                 workspace_dir: Path | None = None, env_file: Path = DEFAULT_ENV_FILE) -> dict[str, str]:
-    """Unit name -> rendered text; raise :class:`ConfigError` (one line) on a bad user or path."""
+# A worker whose agents run as another user: what it needs of root, and nothing else (the
+# template's comment says what each is for).
+AGENT_USER_CAPS = "CAP_SETUID CAP_SETGID CAP_CHOWN CAP_DAC_OVERRIDE CAP_FOWNER CAP_KILL CAP_SYS_PTRACE"
+
+
+def _user(flag: str, name: str) -> pwd.struct_passwd:
     try:
-        pw = pwd.getpwnam(user)
+        return pwd.getpwnam(name)
     except KeyError:
-        raise ConfigError(f"user {user!r} does not exist; create it (useradd --system --create-home {user}) "
-                          "or pass an existing --user") from None
+        raise ConfigError(f"user {name!r} does not exist; create it (useradd --system --create-home {name}) "
+                          f"or pass an existing {flag}") from None
+
+
+def render_units(user: str, prefix: Path, profiles_dir: Path | None = None, state_dir: Path = DEFAULT_STATE_DIR,
+                 workspace_dir: Path | None = None, env_file: Path = DEFAULT_ENV_FILE,
+                 agent_user: str | None = None) -> dict[str, str]:
+    """Unit name -> rendered text; raise :class:`ConfigError` (one line) on a bad user or path.
+
+    With ``agent_user`` the worker runs as root bounded to :data:`AGENT_USER_CAPS` and starts
+    each agent as that user; otherwise worker and agents run as ``user`` with no capabilities.
+    """
+    pw = _user("--user", user)
     group = grp.getgrgid(pw.pw_gid).gr_name
+    agent = _user("--agent-user", agent_user) if agent_user else None
+    if agent is not None and (agent.pw_uid == 0 or agent.pw_uid == pw.pw_uid):
+        raise ConfigError(f"--agent-user {agent_user!r} must be a user of its own, not root or --user; "
+                          f"create one (useradd --system --create-home ccci-agent)")
     prefix = _abs("--prefix", prefix)
     binary = prefix / "bin" / "ccci-dist"
     if not os.access(binary, os.X_OK):
@@ -76,10 +95,14 @@ def render_units(user: str, prefix: Path, profiles_dir: Path | None = None, stat
     profiles_dir = _abs("--profiles-dir", profiles_dir or shipped_profiles())
     env_file = _abs("--env-file", env_file)
     home = _abs("home of " + user, Path(pw.pw_dir))
+    agent_home = _abs("home of " + agent.pw_name, Path(agent.pw_dir)) if agent else home
     values = {
         "@CCCI_DIST@": str(binary), "@USER@": user, "@GROUP@": group, "@HOME@": str(home),
         "@STATE_DIR@": str(state_dir), "@WORKSPACE_DIR@": str(workspace_dir),
         "@PROFILES_DIR@": str(profiles_dir), "@ENV_FILE@": str(env_file),
+        "@WORKER_USER@": "root" if agent else user, "@WORKER_GROUP@": "root" if agent else group,
+        "@AGENT_USER@": agent.pw_name if agent else "", "@AGENT_HOME@": str(agent_home),
+        "@WORKER_CAPS@": AGENT_USER_CAPS if agent else "",
     }
     src = template_dir()
     out: dict[str, str] = {}
@@ -131,16 +154,18 @@ def systemd_group() -> None:
               help="Optional KEY=VALUE file for secrets and settings (mode 0640).")
 @click.option("--out", "out_dir", type=click.Path(path_type=Path, file_okay=False), default=Path("systemd-units"),
               show_default=True, help="Folder to write the rendered units to.")
+@click.option("--agent-user", default=None,
+              help="Run agents as this user (workers then run as root with a few capabilities).")
 @click.option("--install", is_flag=True, help="Also copy them to /etc/systemd/system and run systemctl daemon-reload.")
 @click.option("--unit-dir", type=click.Path(path_type=Path, file_okay=False), default=SYSTEM_UNIT_DIR,
               hidden=True)
 def render_cmd(user: str, prefix: Path, profiles_dir: Path | None, state_dir: Path, workspace_dir: Path | None,
-               env_file: Path, out_dir: Path, install: bool, unit_dir: Path) -> None:
+               env_file: Path, out_dir: Path, agent_user: str | None, install: bool, unit_dir: Path) -> None:
     """Render the units for this host (and optionally install them)."""
     from ccci_dist.cli import fail
 
     try:
-        units = render_units(user, prefix, profiles_dir, state_dir, workspace_dir, env_file)
+        units = render_units(user, prefix, profiles_dir, state_dir, workspace_dir, env_file, agent_user)
     except ConfigError as exc:
         fail(str(exc))
     paths = write_units(units, out_dir)

@@ -9,6 +9,7 @@ machine docs with a nudge telling each agent to announce itself and report the r
 from __future__ import annotations
 
 import re
+import uuid
 from datetime import UTC, datetime
 
 from ccci_dist.adapters.workspace import Workspace, configure_git_auth, git
@@ -39,9 +40,21 @@ def add_row(text: str, boot_id: str, previous: str | None, host: str, now: datet
     return base + f"| {now:%Y-%m-%d %H:%M:%S} | {boot_id} | {previous or '-'} | {host} |\n"
 
 
-def record_reboot(s: Settings, repo: str, branch: str, run: str, now: datetime | None = None) -> tuple[bool, str]:
-    """Append a REBOOTS.md row if the boot id is new; returns (recorded, boot id)."""
-    boot_id = read_boot_id(s)
+def normalize_boot_id(value: str) -> str:
+    """A boot id in /proc's dashed form (systemd's ``%b`` is the same UUID without dashes)."""
+    try:
+        return str(uuid.UUID(value.strip()))
+    except ValueError:
+        raise ConfigError(f"boot id {value!r} is not a UUID; pass the kernel boot id (systemd's %b)") from None
+
+
+def record_reboot(s: Settings, repo: str, branch: str, run: str, now: datetime | None = None,
+                  boot_id: str | None = None) -> tuple[bool, str]:
+    """Append a REBOOTS.md row if the boot id is new; returns (recorded, boot id).
+
+    ``boot_id`` (as systemd sees it) overrides reading ``boot_id_path``.
+    """
+    boot_id = normalize_boot_id(boot_id) if boot_id else read_boot_id(s)
     configure_git_auth(s.project_repo, s.git_credential_file)
     ws = Workspace(s.state_dir / "boot" / run, repo, branch)
     ws.sync("boot")

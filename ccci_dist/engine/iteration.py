@@ -228,7 +228,7 @@ class Iteration:
         forbidden = plan.get("forbidden_paths", DEFAULT_FORBIDDEN_PATHS)
         ws.exclude(forbidden)
         if self.s.agent_user:
-            ws.hand_to(self.s.agent_user)
+            ws.hand_to(self.s.agent_user, self.s.workspace_dir)
         nudges = self.nudges_seen = list(loop.nudges)
         phase, blocking = self._progress(ws, base, plan)
         # Messages an earlier prompt carried but no iteration acknowledged (it crashed or was cut off).
