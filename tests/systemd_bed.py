@@ -66,7 +66,7 @@ def build_wheels(dest: Path, rootfs: Path) -> tuple[Path, Path]:
     subprocess.run([*pip, "--no-deps", "-w", str(own), str(ROOT)], check=True, capture_output=True, timeout=600)
     WHEEL_CACHE.mkdir(parents=True, exist_ok=True)
     r = subprocess.run([*pip, "-w", str(WHEEL_CACHE), "--find-links", str(WHEEL_CACHE), "--find-links", str(own),
-                        str(next(own.glob("ccci_dist-*.whl")))], capture_output=True, text=True, timeout=900)
+                        f"{next(own.glob('ccci_dist-*.whl'))}[all]"], capture_output=True, text=True, timeout=900)
     if r.returncode != 0:
         raise RootfsUnavailable(f"pip wheel of the dependencies failed: {r.stderr.strip()[-500:]}")
     for stale in WHEEL_CACHE.glob("ccci_dist-*.whl"):
@@ -194,12 +194,11 @@ class Machine:
 
     # --- deploy (the README's steps) ------------------------------------------------------------
     def install(self, wheels: tuple[Path, Path]) -> None:
-        """Before the first boot: wheels, plan, profiles and demo settings into the image."""
+        """Before the first boot: the wheels and the plan into the image."""
         own, deps = wheels
         for src, name in ((own, "own"), (deps, "deps")):
             shutil.copytree(src, self.file(f"/opt/wheels/{name}"), dirs_exist_ok=True)
         shutil.copytree(ROOT / "examples" / "tiny-plan", self.file("/opt/ccci-dist-plans/tiny-plan"))
-        shutil.copytree(ROOT / "workers", self.file(f"{PREFIX}-workers"))
 
     def deploy(self, env: dict[str, str], redis_port: int) -> None:
         """The README's deploy section, run as root in the booted container."""
@@ -207,21 +206,12 @@ class Machine:
 useradd --system --create-home --home-dir {STATE_DIR} ccci
 useradd --system --create-home --home-dir /home/{AGENT_USER} {AGENT_USER}
 python3 -m venv {PREFIX}
-{PREFIX}/bin/pip install -q --no-index --find-links /opt/wheels/deps --find-links /opt/wheels/own ccci-dist
+{PREFIX}/bin/pip install -q --no-index --find-links /opt/wheels/deps --find-links /opt/wheels/own 'ccci-dist[all]'
 rm -rf /opt/wheels
-mv {PREFIX}-workers {PREFIX}/workers
 install -d -o ccci -g ccci -m 0750 /etc/ccci-dist
 install -d -o ccci -g ccci -m 0751 {STATE_DIR}
 install -d -m 1777 {DEMO_DIR}
 """, timeout=600)
-        # TODO(pkg, issue 17): the wheel does not carry the unit templates yet; render looks in
-        # PREFIX/share/ccci-dist/systemd as its second place. Remove once the wheel ships them.
-        share = self.file(f"{PREFIX}/share/ccci-dist/systemd")
-        probe = f"{PREFIX}/bin/ccci-dist systemd render --user ccci --prefix {PREFIX} --out /tmp/probe"
-        if self.sh(probe, check=False).returncode != 0:
-            share.mkdir(parents=True, exist_ok=True)
-            for unit in (ROOT / "systemd").iterdir():
-                shutil.copy(unit, share / unit.name)
         password = "bed-redis-" + os.urandom(6).hex()
         self.file("/etc/ccci-dist/redis_password").write_text(password)
         with open(self.file("/etc/redis/redis.conf"), "a") as conf:
