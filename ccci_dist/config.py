@@ -209,6 +209,9 @@ class Settings(BaseSettings):
     quiet_hours: QuietHours = Field(default_factory=QuietHours)
     daily_budget_usd: float = Field(0.0, ge=0, le=1e9, description="0 = no budget")
     failure_notify_after: int = Field(3, ge=1, le=10_000)
+    no_progress_limit: int = Field(
+        5, ge=0, le=10_000, description="pause a loop after this many iterations in a row with no new commit and "
+        "no change to the machine docs, or this many identical errors in a row (0 = never)")
     backoff_base: float = Field(30.0, gt=0, le=86400, description="first back-off after a failure, seconds")
     backoff_max: float = Field(3600.0, gt=0, le=7 * 86400)
     limit_margin_max: float = Field(90.0, ge=5, le=86400, description="random wait after a limit reset, seconds")

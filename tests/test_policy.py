@@ -164,3 +164,31 @@ def test_stall_nudge_says_what_happened_and_what_was_pushed():
     assert note.startswith("Your previous iteration was stopped by a usage limit (five_hour); the commits you made "
                            "before it were pushed (up to 0123456789ab).")
     assert "same session" in note and "could not be resumed" not in note
+
+
+def test_breaker_no_progress_and_repeated_error():
+    from ccci_dist.core.policy import breaker
+
+    ok, err = o("success", "continue"), o("api_error", "backoff", detail="500 internal")
+    ran = Ran(number=1, started=NOW, progressed=False)
+    # idle iterations: trips on the limit-th one, not before
+    assert breaker(ok, LoopFacts(idle_streak=3), ran, 5).trip == ""
+    assert breaker(ok, LoopFacts(idle_streak=4), ran, 5).trip == "no_progress"
+    # progress resets the count; limit 0 never trips
+    assert breaker(ok, LoopFacts(idle_streak=4), Ran(number=1, started=NOW), 5).idle_streak == 0
+    assert breaker(ok, LoopFacts(idle_streak=400), ran, 0).trip == ""
+    # the same error N times; a different one starts over
+    key = "api_error: 500 internal"
+    assert breaker(err, LoopFacts(error_key=key, error_streak=4), Ran(number=1, started=NOW), 5).trip == (
+        "repeated_error")
+    other = breaker(err, LoopFacts(error_key="api_error: 502", error_streak=4), Ran(number=1, started=NOW), 5)
+    assert (other.trip, other.error_streak) == ("", 1)
+    # a usage-limit stall or a lost lease counts for nothing
+    stall = Outcome(kind="usage_limit", action="stall", limit=LimitInfo(resets_at=NOW + timedelta(hours=1)))
+    assert breaker(stall, LoopFacts(idle_streak=4), ran, 5).trip == ""
+    assert breaker(o("lease_lost", "stop"), LoopFacts(idle_streak=4), ran, 5).trip == ""
+    # decide: a tripped breaker pauses, notifies with what to do next, and enqueues nothing
+    d = decide(ok, LoopFacts(idle_streak=4), BUILDER, S, NOW, ran=ran)
+    assert d.pause_reason == "no_progress" and not d.enqueue_next
+    [n] = [n for n in d.notices if n.event == "loop_paused"]
+    assert "INBOX" in n.body and "ccci-dist start" in n.body

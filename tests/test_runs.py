@@ -233,3 +233,55 @@ def test_forbidden_paths_never_reach_the_remote(bed):
     assert refs.strip(), "the refused commits are kept"
     starts = _builder_starts(bed)
     assert "NOT pushed" in starts[2]["note"] and ".claude/settings.json" in starts[2]["note"]
+
+
+def _kinds_of(receiver) -> list[str]:
+    return [m["json"]["title"] + " " + m["json"].get("body", "") for m in receiver.messages]
+
+
+def test_breaker_pauses_idle_loops_then_an_inbox_message_wakes_them(bed, receiver):
+    """A builder that never commits and a reviewer that never changes REVIEW.md: both loops pause
+    with no_progress within no_progress_limit iterations each, notify, show it in status and
+    history, and an INBOX message wakes them."""
+    limit = 3
+    bed.env.update({"CCCI_DEMO_FAULT": "idle", "CCCI_NO_PROGRESS_LIMIT": str(limit),
+                    "CCCI_NOTIFY_URLS": json.dumps([receiver.url()])})
+    bed.worker("w1", beat=True)
+    bed.cli("start")
+    st = bed.wait_status(lambda st: all(lp["state"] == "paused" for lp in st["loops"].values()), 90,
+                         "both loops paused")
+    for lp in st["loops"].values():
+        assert lp["reason"].startswith("no_progress"), lp
+        assert "INBOX" in lp["next_action"] and "ccci-dist start" in lp["next_action"], lp
+    r = _r(bed)
+    hist = [f for _, f in r.xrange("ccci:history:default")]
+    for role in ("builder", "reviewer"):
+        mine = [h for h in hist if h["role"] == role]
+        assert len(mine) == limit, (role, mine)
+        assert mine[-1]["paused"] == "no_progress" and not any(h["paused"] for h in mine[:-1])
+    assert "paused: no_progress" in bed.cli("history", env={"COLUMNS": "250"}).stdout
+    wait_for(lambda: sum("paused: no_progress" in t for t in _kinds_of(receiver)) == 2, 20, 0.2,
+             "two loop_paused notifications")
+    time.sleep(3)  # several watchdog ticks: nothing runs while paused
+    assert len([f for _, f in r.xrange("ccci:history:default")]) == len(hist)
+
+    mid = bed.cli("inbox", "send", "wake up").stdout.strip().rsplit(" ", 1)[1]
+    wait_for(lambda: sum(mid in e["inbox"] for e in bed.agent_events() if e["event"] == "start") == 2, 60, 0.2,
+             "both loops run again with the message")
+    resumed = [f for _, f in r.xrange("ccci:events:default") if f["kind"] == "resumed"]
+    assert {e["role"] for e in resumed} == {"builder", "reviewer"}, resumed
+    assert all("INBOX" in e["reason"] for e in resumed)
+    # still nothing done: they pause again after the limit
+    bed.wait_status(lambda st: all(lp["state"] == "paused" for lp in st["loops"].values()), 90, "paused again")
+
+
+def test_breaker_trips_on_the_same_error_again_and_again(bed, receiver):
+    bed.env.update({"CCCI_NO_PROGRESS_LIMIT": "3", "CCCI_NOTIFY_URLS": json.dumps([receiver.url()])})
+    bed.faults(builder=["exit1"] * 20, reviewer=["hang"])
+    bed.worker("w1", beat=True)
+    bed.cli("start")
+    st = bed.wait_status(lambda st: st["loops"]["builder"]["state"] == "paused", 90, "builder paused")
+    assert st["loops"]["builder"]["reason"].startswith("repeated_error"), st["loops"]["builder"]
+    builder = [f for _, f in _r(bed).xrange("ccci:history:default") if f["role"] == "builder"]
+    assert [h["outcome"] for h in builder] == ["api_error"] * 3 and builder[-1]["paused"] == "repeated_error"
+    wait_for(lambda: any("paused: repeated_error" in t for t in _kinds_of(receiver)), 20, 0.2, "notification")

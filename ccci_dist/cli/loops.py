@@ -213,8 +213,9 @@ def history_cmd(obj: Ctx, limit: int, as_json: bool) -> None:
               title=f"history of run {s.run} ({len(rows)} shown)")
     for h in rows:
         secs = float(h.get("end") or 0) - float(h.get("start") or 0)
+        outcome = h.get("outcome", "") + (f" (paused: {h['paused']})" if h.get("paused") else "")
         t.add_row(h.get("role", ""), h.get("iteration", ""), h.get("attempt", ""), h.get("host", ""),
-                  _ago(h.get("start")), f"{secs:.1f}", h.get("exit", ""), h.get("outcome", ""),
+                  _ago(h.get("start")), f"{secs:.1f}", h.get("exit", ""), outcome,
                   f"${float(h.get('cost') or 0):.4f}", h.get("turns", ""), (h.get("commit") or "")[:10])
     Console().print(t)
 

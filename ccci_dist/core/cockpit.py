@@ -44,6 +44,7 @@ class LoopFacts:
     paused_until: float = 0.0
     pause_reason: str = ""
     gated: bool = False  # reviewer_every holds this loop until the builder has done enough
+    breaker: str = ""  # no_progress | repeated_error: the loop's own pause (stored_state paused)
 
 
 @dataclass(frozen=True)
@@ -99,6 +100,13 @@ def describe_loop(f: LoopFacts) -> LoopWords:
         return LoopWords(STOPPED, reason, STOP_ADVICE.get(why, f"fix the cause, then {START_HINT}"))
     if f.run_status == "stopped":
         return LoopWords(STOPPED, "the run is stopped", START_HINT)
+    if f.stored_state == PAUSED:
+        from ccci_dist.core.policy import BREAKER_NEXT
+
+        why = {"no_progress": "no progress (no new commit, no change to the machine docs)",
+               "repeated_error": "the same error again and again"}.get(f.breaker, f.breaker or "paused")
+        reason = f"{f.breaker}: {why}" + (f" — {f.last_detail}" if f.breaker == "repeated_error" else "")
+        return LoopWords(PAUSED, reason, f"nothing needed: {BREAKER_NEXT}")
     if f.lease_ms == -1 or f.lease_ms > 0:
         return LoopWords(RUNNING, "an iteration holds the lease", "nothing: it is working")
     if f.run_status == PAUSED:

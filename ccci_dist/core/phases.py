@@ -127,6 +127,15 @@ def working_phase(plan: PlanPackage, docs: MachineDocs, target: str | None = Non
     return resolve_phase(plan, docs)
 
 
+def docs_fingerprint(docs: MachineDocs) -> str:
+    """What the machine docs say (DONE lines, newest verdicts, DEFERRED count), not which commit
+    says it: equal fingerprints mean no change to the machine docs."""
+    import hashlib
+
+    body = docs.model_dump_json(include={"done_phases", "reviews", "deferred"})
+    return hashlib.sha256(body.encode()).hexdigest()[:16]
+
+
 def done_line(phase: str) -> str:
     """The STATUS.md line that marks ``phase`` finished by the builder."""
     return f"{DONE_MARK} {phase}"

@@ -27,6 +27,9 @@ class LoopFacts:
     """The loop's state as claimed, as far as the policy reads it."""
 
     fail_streak: int = 0
+    idle_streak: int = 0  # iterations in a row with no new commit and no change to the machine docs
+    error_key: str = ""  # the last error outcome (kind and detail)
+    error_streak: int = 0  # that same error, this many times in a row
 
 
 @dataclass(frozen=True)
@@ -36,6 +39,7 @@ class Ran:
     number: int
     started: datetime
     violations: tuple[str, ...] = ()
+    progressed: bool = True  # it pushed a commit, or the machine docs changed since the loop's last iteration
     pushed: str = ""  # the commit pushed, if any
 
 
@@ -63,7 +67,46 @@ class Decision:
     stalled_display: str = ""
     stop_reason: str = ""  # non-empty: the loop stops for good, for this reason
     enqueue_next: bool = False  # send the successor now rather than leave it to the watchdog
+    idle_streak: int = 0
+    error_key: str = ""
+    error_streak: int = 0
+    pause_reason: str = ""  # no_progress | repeated_error: the breaker paused the loop
     notices: tuple[Notice, ...] = field(default_factory=tuple)
+
+
+@dataclass(frozen=True)
+class Breaker:
+    """The no-progress circuit breaker's verdict on one iteration."""
+
+    idle_streak: int
+    error_key: str
+    error_streak: int
+    trip: str = ""  # "" | no_progress | repeated_error
+
+
+def breaker(outcome: Outcome, loop: LoopFacts, ran: Ran, limit: int) -> Breaker:
+    """Count iterations without progress and identical errors in a row; trip at ``limit`` (0 = never).
+    A usage-limit stall, a lost lease and an operator stop are no one's lack of progress."""
+    if outcome.kind in ("stopped", "lease_lost") or (outcome.action == "stall" and outcome.limit is not None):
+        return Breaker(loop.idle_streak, loop.error_key, loop.error_streak)
+    idle = 0 if ran.progressed else loop.idle_streak + 1
+    ok = outcome.action in ("continue", "resume")
+    key = "" if ok else f"{outcome.kind}: {outcome.detail[:200]}"
+    same = (loop.error_streak + 1 if key == loop.error_key else 1) if key else 0
+    trip = ""
+    if limit and same >= limit:
+        trip = "repeated_error"
+    elif limit and idle >= limit:
+        trip = "no_progress"
+    return Breaker(idle, key, same, trip)
+
+
+BREAKER_WORDS = {
+    "no_progress": "no new commit and no change to the machine docs in {n} iterations",
+    "repeated_error": "the same error {n} times in a row",
+}
+BREAKER_NEXT = ("it resumes when the other role pushes, an INBOX message arrives (`ccci-dist inbox send ...`), "
+                "or on `ccci-dist start`")
 
 
 def decide(outcome: Outcome, loop: LoopFacts, role: RoleSpec, settings: Settings, now: datetime, *,
@@ -111,6 +154,12 @@ def decide(outcome: Outcome, loop: LoopFacts, role: RoleSpec, settings: Settings
     reason = start_reason(at, not_before=not_before, quiet=s.quiet_hours, why_not_before=why)
     # A paced role is enqueued by the watchdog, which counts the progress of the role it waits for.
     paced = bool(role.waits_for) and s.reviewer_every > 0
+    b = breaker(outcome, loop, ran, s.no_progress_limit)
+    if b.trip and not stop_reason:
+        n = b.error_streak if b.trip == "repeated_error" else b.idle_streak
+        detail = f"; last: {outcome.detail[:200]}" if b.trip == "repeated_error" else ""
+        notices.append(Notice("loop_paused", f"paused: {b.trip}",
+                              f"{BREAKER_WORDS[b.trip].format(n=n)}{detail}; {BREAKER_NEXT}"))
     return Decision(
         fail_streak=streak,
         # lease_lost is not this loop's fault: the successor re-runs this number.
@@ -118,6 +167,7 @@ def decide(outcome: Outcome, loop: LoopFacts, role: RoleSpec, settings: Settings
         fresh_session=fresh, nudges=tuple(nudges), keep_nudges=keep_nudges, not_before=at,
         next_reason=reason,
         stalled_until=stalled_until, stalled_display=display, stop_reason=stop_reason,
-        enqueue_next=at is None and not paced and ok and outcome.kind != "lease_lost",
-        notices=tuple(notices),
+        enqueue_next=at is None and not paced and ok and outcome.kind != "lease_lost" and not b.trip,
+        notices=tuple(notices), idle_streak=b.idle_streak, error_key=b.error_key, error_streak=b.error_streak,
+        pause_reason="" if stop_reason else b.trip,
     )

@@ -110,3 +110,15 @@ def decide_loop(loop: LoopSeen, role: RoleSpec, settings: Settings, now: datetim
             return LoopTick(why=f"waits for {role.waits_for}")
         mark_seen = loop.waited_done
     return LoopTick(action="enqueue", restart=loop.running is not None, mark_seen=mark_seen)
+
+
+def wake_reason(pause_reason: str, paused_commit: str, repo_commit: str, pending_inbox: int) -> str:
+    """Why a loop the breaker paused wakes now ("" = it stays paused): the repo moved on (the other
+    role pushed) or an INBOX message waits. ``ccci-dist start`` wakes it too (it reactivates loops)."""
+    if not pause_reason:
+        return ""
+    if pending_inbox:
+        return f"{pending_inbox} INBOX message(s) arrived"
+    if repo_commit and repo_commit != paused_commit:
+        return f"the repo moved on to {repo_commit[:10]}"
+    return ""

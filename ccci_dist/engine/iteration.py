@@ -24,7 +24,7 @@ from ccci_dist.adapters.workspace import GitError, Probe, PushRefused, Workspace
 from ccci_dist.config import Settings, hostname
 from ccci_dist.core.limits import backoff_seconds
 from ccci_dist.core.outcome import Outcome, classify
-from ccci_dist.core.phases import MachineDocs, blockers, working_phase
+from ccci_dist.core.phases import MachineDocs, blockers, docs_fingerprint, working_phase
 from ccci_dist.core.plan import DEFAULT_FORBIDDEN_PATHS, forbidden_hits, from_snapshot, specs_of
 from ccci_dist.core.policy import LoopFacts, Ran, decide
 from ccci_dist.core.prompt import assemble
@@ -36,7 +36,7 @@ from ccci_dist.logsetup import log_context, prune_logs
 from ccci_dist.state.inbox_store import stream_order as _sid
 from ccci_dist.state.lease import Heartbeat
 from ccci_dist.state.models import LoopState, RunState
-from ccci_dist.state.store import NOT_REPLICATED, STOPPED, Claimed, Store
+from ccci_dist.state.store import NOT_REPLICATED, PAUSED, STOPPED, Claimed, Store
 
 log = logging.getLogger(__name__)
 
@@ -304,9 +304,13 @@ class Iteration:
                 violations: list[str], inbox_last: str, ws: Workspace | None = None) -> str:
         now = datetime.now(UTC)
         loop = self.loop  # as claimed: streak and cost change only through this loop's fenced finishes
-        d = decide(outcome, LoopFacts(fail_streak=loop.fail_streak), self.spec, self.s, now,
+        seen = docs_fingerprint(self.base_docs) if self.base_docs is not None else ""
+        # the first iteration has nothing to compare with: only a push counts as its progress
+        progressed = bool(pushed) or not seen or bool(loop.docs_seen) and seen != loop.docs_seen
+        d = decide(outcome, LoopFacts(fail_streak=loop.fail_streak, idle_streak=loop.idle_streak,
+                                      error_key=loop.error_key, error_streak=loop.error_streak), self.spec, self.s, now,
                    ran=Ran(number=self.number, started=self.started, violations=tuple(violations),
-                           pushed=pushed))
+                           pushed=pushed, progressed=progressed))
         fields: dict[str, Any] = {
             "iteration": d.iteration, "last_outcome": outcome.kind, "last_detail": outcome.detail,
             "last_exit": "" if res.exit_code is None else res.exit_code, "ended_at": f"{now.timestamp():.3f}",
@@ -325,6 +329,10 @@ class Iteration:
         if d.stop_reason:
             fields["state"] = STOPPED
             fields["stop_reason"] = d.stop_reason
+        fields.update(idle_streak=d.idle_streak, error_key=d.error_key, error_streak=d.error_streak,
+                      docs_seen=seen)
+        if d.pause_reason:  # the breaker: no more iterations until the other role pushes, INBOX or start
+            fields.update(state=PAUSED, pause_reason=d.pause_reason, paused_commit=pushed or base)
         if d.not_before is not None:
             fields["not_before"] = f"{d.not_before.timestamp():.3f}"
         fields["next_reason"] = d.next_reason
@@ -341,7 +349,7 @@ class Iteration:
             "detail": outcome.detail[:300], "cost": f"{res.total_cost_usd:.6f}", "turns": res.num_turns,
             "tokens_in": tokens_in, "tokens_out": tokens_out,
             "session": res.session_id, "base": base, "commit": pushed, "violations": ",".join(violations),
-            "inbox_acked": inbox_last, "token": self.token, "sync_ms": f"{self.sync_ms:.1f}",
+            "inbox_acked": inbox_last, "paused": d.pause_reason, "token": self.token, "sync_ms": f"{self.sync_ms:.1f}",
         }
         run_fields: dict[str, str] = {}
         mirrored = json.loads(self.run_hash.docs or "{}").get("commit")

@@ -22,7 +22,7 @@ from ccci_dist.config import CONTROL_QUEUE, Settings, hostname
 from ccci_dist.core.phases import MachineDocs
 from ccci_dist.core.plan import PlanPackage, from_snapshot
 from ccci_dist.core.roles import RoleSpec
-from ccci_dist.core.tick import LoopSeen, RunSeen, decide_loop, decide_run
+from ccci_dist.core.tick import LoopSeen, RunSeen, decide_loop, decide_run, wake_reason
 from ccci_dist.engine.app import app, settings
 from ccci_dist.engine.iteration import get_store, iteration_queue, send_iteration
 from ccci_dist.engine.notify import notify
@@ -102,6 +102,14 @@ def tick_loop(store: Store, s: Settings, run: str, spec: RoleSpec, rh: RunState,
     """Gather one loop's state, decide (core.tick.decide_loop) and apply."""
     role = spec.name
     loop = store.loop(run, role)
+    if loop.state == PAUSED:
+        commit = json.loads(rh.docs or "{}").get("commit", "")
+        why = wake_reason(loop.pause_reason, loop.paused_commit, commit, store.inbox_pending(run, role))
+        if not why or not store.wake_loop(run, role):
+            return
+        store.event(run, "resumed", role=role, reason=why, after=loop.pause_reason)
+        notify("loop_resumed", f"{run}/{role}: resumed", f"paused for {loop.pause_reason}; {why}")
+        loop = store.loop(run, role)
     active = loop.state == ACTIVE
     paced = active and bool(spec.waits_for) and bool(s.reviewer_every)
     seen = LoopSeen(active=active, lease_ms=store.lease_pttl(run, role) if active else -2,

@@ -74,6 +74,12 @@ class LoopState(_HashModel):
     violation: str = ""
     builder_seen: int = 0
     stop_reason: str = ""
+    pause_reason: str = ""  # no_progress | repeated_error (the breaker), while state is paused
+    paused_commit: str = ""  # the repo commit the loop last saw when it paused: a newer one wakes it
+    idle_streak: int = 0
+    error_key: str = ""
+    error_streak: int = 0
+    docs_seen: str = ""  # fingerprint of the machine docs at the loop's last iteration
 
     @field_validator("nudges", mode="before")
     @classmethod

@@ -379,6 +379,20 @@ class Store:
         it (crash, lost host), the next prompt marks it as a repeat."""
         self.r.hset(k_loop(run, role), "inbox_carried", last_id)
 
+    def inbox_pending(self, run: str, role: str) -> int:
+        """How many INBOX messages of the loop no iteration acknowledged."""
+        acked = self.r.hget(k_loop(run, role), "inbox_acked") or "0-0"
+        return len(self.r.xrange(k_inbox(run, role), f"({acked}", "+"))
+
+    def wake_loop(self, run: str, role: str) -> bool:
+        """Make a loop the breaker paused active again (its counts start over); False if it is not paused."""
+        key = k_loop(run, role)
+        if self.r.hget(key, "state") != PAUSED:
+            return False
+        self.r.hset(key, mapping={"state": ACTIVE, "pause_reason": "", "idle_streak": 0, "error_streak": 0,
+                                  "error_key": ""})
+        return True
+
     def live_roles(self, run: str) -> list[str]:
         """Roles of ``run`` whose lease is held: an iteration is live."""
         return sorted(k.rsplit(":", 1)[1] for k in self.r.scan_iter(match=k_lease(run, "*"), count=1000))
@@ -405,7 +419,8 @@ class Store:
         now = time.time()
         for role in roles:
             key = k_loop(run, role)
-            fields_ = {"state": ACTIVE, "role": role, "stop_reason": "", "fail_streak": 0}
+            fields_ = {"state": ACTIVE, "role": role, "stop_reason": "", "fail_streak": 0, "pause_reason": "",
+                       "idle_streak": 0, "error_streak": 0, "error_key": ""}
             if float(self.r.hget(key, "stalled_until") or 0) <= now:  # a usage limit resets when it resets
                 fields_.update(not_before="", stalled_until="")
             pipe.hset(key, mapping=fields_)
