@@ -427,3 +427,61 @@ def test_exception_in_the_finishing_is_recorded_and_backed_off(tmp_path, redis_u
     rows = [json.loads(line) for line in b.cli("history", "--json").stdout.splitlines()]
     assert len([x for x in rows if x["role"] == "builder"]) == 1, "restarted without backing off"
     b.close()
+
+
+# ---------------------------------------------------------------------------------------------------------
+# 11. an agent that prints 50 MB: the worker's memory and the disk stay bounded
+
+LOUD_AGENT = r'''
+import json, sys
+sys.stdin.read()
+print(json.dumps({"type": "system", "subtype": "init", "session_id": "loud-1"}), flush=True)
+chunk = json.dumps({"type": "assistant", "message": {"content": "x" * 1000}}) + "\n"
+out = sys.stdout
+for _ in range(45_000):          # ~45 MB of ordinary event lines
+    out.write(chunk)
+out.write("y" * 5_000_000 + "\n")  # and one 5 MB line
+out.write(json.dumps({"type": "result", "subtype": "success", "is_error": False, "num_turns": 1,
+                      "result": "loud", "session_id": "loud-1", "total_cost_usd": 0.01}) + "\n")
+out.flush()
+'''
+
+
+def _kib(pid: int, field: str) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise AssertionError(field)
+
+
+def test_a_50_mb_agent_costs_the_worker_under_50_mb_and_the_disk_stays_capped(tmp_path, redis_url, remote_repo):
+    import sys
+
+    agent = tmp_path / "loud_agent.py"
+    agent.write_text(LOUD_AGENT)
+    cap = 2_000_000
+    b = Bed(tmp_path, redis_url, remote_repo, CCCI_AGENT_COMMAND=f"{sys.executable} {agent}",
+            CCCI_LOG_MAX_BYTES=str(cap), CCCI_STALL_LIMIT="600")
+    w = b.worker("w1", queues="ccci.control,ccci.builder")
+    wait_for(lambda: " ready." in w.output(), 60, 0.2, "worker ready")
+    before = _kib(w.pid, "VmRSS")
+    b.cli("start")
+
+    def builder_row():
+        rows = [json.loads(line) for line in b.cli("history", "--json").stdout.splitlines()]
+        return next((x for x in rows if x["role"] == "builder"), None)
+
+    row = wait_for(builder_row, 240, 0.5, "the loud iteration in history")
+    peak = _kib(w.pid, "VmHWM")
+    b.close()
+    assert row["session"] == "loud-1", row  # the result line after 50 MB was still parsed
+    growth_mb = (peak - before) / 1024
+    print(f"worker RSS before {before / 1024:.0f} MB, peak {peak / 1024:.0f} MB, growth {growth_mb:.0f} MB")
+    assert growth_mb < 50, f"the worker grew by {growth_mb:.0f} MB for a 50 MB agent"
+    logs = [p for p in (tmp_path / "state" / "logs").rglob("*") if p.is_file()]
+    total = sum(p.stat().st_size for p in logs)
+    print(f"logs on disk: {total} bytes in {len(logs)} files (cap {cap})")
+    it_log = next(p for p in logs if p.name.endswith(".jsonl"))
+    assert it_log.stat().st_size <= cap + 200, it_log.stat().st_size
+    assert "log capped at" in it_log.read_text(errors="replace")[-300:]
+    assert total <= 2 * cap, total

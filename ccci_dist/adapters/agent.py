@@ -28,7 +28,7 @@ import subprocess
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -115,21 +115,24 @@ def marked_pids(mark: str) -> list[int]:
     return found
 
 
-def _events(lines: list[str], res: IterationResult) -> Iterator[dict[str, Any]]:
-    """The JSON object events among ``lines``; other non-blank lines are counted, not fatal."""
-    for line in lines:
-        line = line.strip()
-        if not line:
-            continue
-        try:
-            ev = json.loads(line)
-        except ValueError:
-            ev = None
-        if not isinstance(ev, dict):
-            res.non_json_lines += 1
-            continue
-        res.events += 1
-        yield ev
+MAX_LINE = 1 << 20  # characters of one output line kept for parsing and the log; the rest is dropped
+KEEP_EVENTS = 100  # rate-limit / retry events kept per iteration (the newest)
+
+
+def _event(line: str, res: IterationResult) -> dict[str, Any] | None:
+    """The JSON object event on ``line``; other non-blank lines are counted, not fatal."""
+    line = line.strip()
+    if not line:
+        return None
+    try:
+        ev = json.loads(line)
+    except ValueError:
+        ev = None
+    if not isinstance(ev, dict):
+        res.non_json_lines += 1
+        return None
+    res.events += 1
+    return ev
 
 
 def _fold_result(res: IterationResult) -> IterationResult:
@@ -150,21 +153,54 @@ def _fold_result(res: IterationResult) -> IterationResult:
     return res
 
 
-def parse_stream(lines: list[str]) -> IterationResult:
+class StreamFolder:
+    """Folds an agent's stream-json output one line at a time, keeping only what the result needs
+    (an agent that prints gigabytes costs the runner no memory)."""
+
+    def __init__(self, kind: str = "claude"):
+        self.kind, self.res = kind, IterationResult()
+        self._codex = {"text": "", "error": "", "turns": 0, "failed": False, "usage": {}}
+
+    def feed(self, line: str) -> None:
+        ev = _event(line, self.res)
+        if ev is None:
+            return
+        if self.kind == "codex":
+            _fold_codex_event(ev, self.res, self._codex)
+        else:
+            _fold_claude_event(ev, self.res)
+
+    def result(self, stderr: str = "") -> IterationResult:
+        if self.kind == "codex":
+            return _finish_codex(self.res, self._codex, stderr)
+        return _fold_result(self.res)
+
+
+def _keep(events: list[dict[str, Any]], ev: dict[str, Any]) -> None:
+    events.append(ev)
+    if len(events) > KEEP_EVENTS:
+        del events[0]
+
+
+def _fold_claude_event(ev: dict[str, Any], res: IterationResult) -> None:
+    kind = ev.get("type")
+    if kind == "rate_limit_event":
+        _keep(res.rate_limit_events, ev)
+    elif kind == "system" and ev.get("subtype") == "api_retry":
+        _keep(res.api_retries, ev)
+        res.session_id = res.session_id or str(ev.get("session_id") or "")
+    elif kind == "system" and ev.get("session_id"):
+        res.session_id = res.session_id or str(ev["session_id"])
+    elif kind == "result":
+        res.result = ev
+
+
+def parse_stream(lines: Iterable[str]) -> IterationResult:
     """Fold Claude Code stream-json lines into an ``IterationResult``."""
-    res = IterationResult()
-    for ev in _events(lines, res):
-        kind = ev.get("type")
-        if kind == "rate_limit_event":
-            res.rate_limit_events.append(ev)
-        elif kind == "system" and ev.get("subtype") == "api_retry":
-            res.api_retries.append(ev)
-            res.session_id = res.session_id or str(ev.get("session_id") or "")
-        elif kind == "system" and ev.get("session_id"):
-            res.session_id = res.session_id or str(ev["session_id"])
-        elif kind == "result":
-            res.result = ev
-    return _fold_result(res)
+    folder = StreamFolder("claude")
+    for line in lines:
+        folder.feed(line)
+    return folder.result()
 
 
 _STATUS_RE = re.compile(r"\b(?:status:?\s*)?([45]\d\d)\b(?=\s+[A-Z]|\s*$|,)")
@@ -172,30 +208,37 @@ _STATUS_RE = re.compile(r"\b(?:status:?\s*)?([45]\d\d)\b(?=\s+[A-Z]|\s*$|,)")
 _CODEX_NO_THREAD = re.compile(r"no rollout found for thread id (\S+)", re.IGNORECASE)
 
 
-def parse_codex_stream(lines: list[str], stderr: str = "") -> IterationResult:
+def parse_codex_stream(lines: Iterable[str], stderr: str = "") -> IterationResult:
     """Fold ``codex exec --json`` events (thread.started, item.completed, turn.completed,
     turn.failed, error) into the same ``IterationResult`` as Claude Code's stream, with a
     synthesised ``result`` object so one classifier serves both. A resume of a thread Codex does
     not have (told on ``stderr`` only) becomes Claude Code's "No conversation found" result."""
-    res = IterationResult()
-    text, error, turns, failed = "", "", 0, False
-    usage: dict[str, int] = {}
-    for ev in _events(lines, res):
-        kind = ev.get("type")
-        if kind == "thread.started":
-            res.session_id = str(ev.get("thread_id") or "")
-        elif kind == "item.completed" and (ev.get("item") or {}).get("type") == "agent_message":
-            text = str(ev["item"].get("text") or "")
-        elif kind == "turn.completed":  # usage: the thread's running total (a resumed thread counts again)
-            turns += 1
-            for k, v in (ev.get("usage") or {}).items():
-                if isinstance(v, int):
-                    usage[k] = usage.get(k, 0) + v
-        elif kind == "turn.failed":
-            failed = True
-            error = str((ev.get("error") or {}).get("message") or error)
-        elif kind == "error":
-            error = str(ev.get("message") or error)
+    folder = StreamFolder("codex")
+    for line in lines:
+        folder.feed(line)
+    return folder.result(stderr)
+
+
+def _fold_codex_event(ev: dict[str, Any], res: IterationResult, st: dict[str, Any]) -> None:
+    kind = ev.get("type")
+    if kind == "thread.started":
+        res.session_id = str(ev.get("thread_id") or "")
+    elif kind == "item.completed" and (ev.get("item") or {}).get("type") == "agent_message":
+        st["text"] = str(ev["item"].get("text") or "")
+    elif kind == "turn.completed":  # usage: the thread's running total (a resumed thread counts again)
+        st["turns"] += 1
+        for k, v in (ev.get("usage") or {}).items():
+            if isinstance(v, int):
+                st["usage"][k] = st["usage"].get(k, 0) + v
+    elif kind == "turn.failed":
+        st["failed"] = True
+        st["error"] = str((ev.get("error") or {}).get("message") or st["error"])
+    elif kind == "error":
+        st["error"] = str(ev.get("message") or st["error"])
+
+
+def _finish_codex(res: IterationResult, st: dict[str, Any], stderr: str) -> IterationResult:
+    text, error, turns, failed, usage = st["text"], st["error"], st["turns"], st["failed"], st["usage"]
     if turns or failed or error:
         status = _STATUS_RE.search(error) if failed else None
         res.result = {
@@ -226,7 +269,7 @@ class AgentProcess:
 
     def __init__(self, argv: list[str], prompt: str, cwd: Path, log_path: Path,
                  env: dict[str, str] | None = None, on_line: Callable[[str], None] | None = None,
-                 kill_grace: float = 1.0, kind: str = "claude"):
+                 kill_grace: float = 1.0, kind: str = "claude", max_log_bytes: int = 50 * 1024 * 1024):
         self.argv, self.prompt, self.cwd, self.log_path = argv, prompt, cwd, log_path
         self.mark = uuid.uuid4().hex
         self.kind = kind
@@ -234,7 +277,11 @@ class AgentProcess:
         self.on_line = on_line
         self.kill_grace = kill_grace
         self.proc: subprocess.Popen | None = None
-        self.lines: list[str] = []
+        self.folder = StreamFolder(kind)
+        self.max_log_bytes = max_log_bytes
+        self.logged = 0  # characters written to the log
+        self.capped = False
+        self.dropped = 0  # characters not written (log capped, or past MAX_LINE on one line)
         self.last_event = time.monotonic()
         self.killed: str | None = None
         self._kill_lock = threading.Lock()
@@ -292,16 +339,40 @@ class AgentProcess:
         except (BrokenPipeError, OSError):
             pass
 
-    def _read(self) -> None:
+    def _lines(self) -> Iterator[str]:
+        """The agent's output lines, each cut to MAX_LINE characters (the rest of a longer line is
+        read and dropped), so one enormous line never sits in memory."""
         assert self.proc and self.proc.stdout
+        out = self.proc.stdout
+        while True:
+            line = out.readline(MAX_LINE)
+            if not line:
+                return
+            if len(line) == MAX_LINE and not line.endswith("\n"):
+                while (rest := out.readline(MAX_LINE)) and not rest.endswith("\n"):
+                    self.dropped += len(rest)
+                self.dropped += len(rest)
+                line += "\n"
+            yield line
+
+    def _read(self) -> None:
         with open(self.log_path, "a", encoding="utf-8") as log:
-            for line in self.proc.stdout:
+            for line in self._lines():
                 # The CLI announces each of its own API retries, then sleeps in silence: the stall
                 # clock starts after the announced delay (a 529 storm is `overloaded`, not a stall).
                 self.last_event = time.monotonic() + retry_delay(line)
-                self.lines.append(line)
-                log.write(line)
-                log.flush()
+                self.folder.feed(line)
+                if self.logged + len(line) <= self.max_log_bytes:
+                    log.write(line)
+                    log.flush()
+                    self.logged += len(line)
+                else:
+                    if not self.capped:
+                        self.capped = True
+                        log.write(f"[ccci-dist: log capped at {self.max_log_bytes} bytes (log_max_bytes); "
+                                  "further output is not written]\n")
+                        log.flush()
+                    self.dropped += len(line)
                 if self.on_line:
                     try:
                         self.on_line(line)
@@ -407,7 +478,7 @@ class AgentProcess:
             # id may be reused once the leader is reaped.
             threading.Thread(target=self._kill_marked, name="agent-reap", daemon=True).start()
         stderr_tail = self.stderr_tail()
-        res = parse_codex_stream(self.lines, stderr_tail) if self.kind == "codex" else parse_stream(self.lines)
+        res = self.folder.result(stderr_tail)
         res.exit_code = self.proc.returncode if self.killed is None else None
         res.killed = self.killed
         res.stderr_tail = stderr_tail

@@ -209,7 +209,9 @@ class Iteration:
         if not self.log_path or not os.path.exists(self.log_path):
             return
         try:
-            with open(self.log_path, "rb") as fh:
+            with open(self.log_path, "rb") as fh:  # only the tail the archive keeps: never the whole file
+                size = os.fstat(fh.fileno()).st_size
+                fh.seek(max(0, size - self.store.ITERATION_LOG_MAX - 1))
                 self.store.save_iteration_log(self.run, self.role, self.number, fh.read())
         except Exception as exc:  # the file on this host still has it
             log.warning("iteration log not archived: %s", exc.__class__.__name__)
@@ -243,12 +245,14 @@ class Iteration:
         argv = build_command(self.s.agent_command, self.s.agent_flags, session or None, self.s.agent_user)
         log_path = self.s.state_dir / "logs" / self.run / self.role / f"{self.number:06d}-{self.attempt}.jsonl"
         self.log_path = str(log_path)
-        if self.number % 20 == 1:  # cheap enough, and bounded: age and size limits from config
-            prune_logs(log_path.parent, self.s.log_max_age_days, self.s.log_max_bytes)
+        # Before every run: the run's logs stay within log_max_bytes in total (oldest pruned first; live ones kept),
+        # and each iteration's log is capped at the same size by AgentProcess.
+        prune_logs(log_path.parent.parent, self.s.log_max_age_days, self.s.log_max_bytes)
         write_log = self.store.log_writer(self.run, self.role)
         self.agent = AgentProcess(argv, prompt, ws.path, log_path, env=agent_env(self.s, self.run, self.role),
                                   on_line=lambda line: write_log({"n": self.number, "line": line[:4000]}),
-                                  kill_grace=self.s.kill_grace, kind=agent_kind(self.s.agent_command))
+                                  kill_grace=self.s.kill_grace, kind=agent_kind(self.s.agent_command),
+                                  max_log_bytes=self.s.log_max_bytes)
         if self.lost:
             return self._finish(IterationResult(killed=self.lost), self._classify(IterationResult(killed=self.lost)),
                                 base=base, pushed="", violations=[], inbox_last="")
