@@ -245,8 +245,10 @@ class Iteration:
         argv = build_command(self.s.agent_command, self.s.agent_flags, session or None, self.s.agent_user)
         log_path = self.s.state_dir / "logs" / self.run / self.role / f"{self.number:06d}-{self.attempt}.jsonl"
         self.log_path = str(log_path)
-        # Before every run: the run's logs stay within log_max_bytes in total (oldest pruned first; live ones kept),
-        # and each iteration's log is capped at the same size by AgentProcess.
+        # Before every run, oldest first: this role's finished logs (none is live: one iteration per loop) and
+        # then the run's (other roles' live logs kept) are pruned to log_max_bytes; each iteration's own log is
+        # capped at the same size by AgentProcess, so a role never holds more than twice that.
+        prune_logs(log_path.parent, self.s.log_max_age_days, self.s.log_max_bytes, keep_recent_s=0)
         prune_logs(log_path.parent.parent, self.s.log_max_age_days, self.s.log_max_bytes)
         write_log = self.store.log_writer(self.run, self.role)
         self.agent = AgentProcess(argv, prompt, ws.path, log_path, env=agent_env(self.s, self.run, self.role),
