@@ -366,7 +366,7 @@ CLI_ROWS = {
     "run-10k": (["--run", "r" * 10_000, "start"], ["--run", "64"]),
     "run-slash": (["--run", "a/b", "start"], ["--run"]),
     "broker-http": (["--broker", "http://x", "status"], ["broker"]),
-    "repo-missing": (["start"], ["git"]),
+    "repo-missing": (["--run", "fresh", "start"], ["git"]),
     "unknown-command": (["frobnicate"], ["frobnicate"]),
 }
 
