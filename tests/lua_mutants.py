@@ -20,7 +20,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPTS = ("claim", "fence_ok", "finish")
-TESTS = ["tests/test_store.py", "tests/test_fence.py", "tests/test_state_models.py"]
+TESTS = ["tests/test_store.py", "tests/test_fence.py", "tests/test_state_models.py", "tests/test_lua_rules.py"]
 
 SWAPS = [("~=", "=="), ("==", "~="), (" and ", " or "), (" or ", " and "), ("not ", ""), ("return 0", "return 1"),
          ("return 1", "return 0"), ("{0, ", "{1, "), ("+ 1", "+ 0"), ("'NX', ", ""), (">", "<"), ("<", ">")]

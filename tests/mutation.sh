@@ -61,7 +61,7 @@ for m in "${modules[@]}"; do
 
 [tool.mutmut]
 source_paths = ["ccci_dist/core/$m.py"]
-also_copy = ["ccci_dist/", "tests/", "examples/", "prompts/", "compose.yml", "workers/", "systemd/"]
+also_copy = ["ccci_dist/", "tests/", "examples/", "prompts/", "docs/", "compose.yml", "workers/", "systemd/"]
 pytest_add_cli_args = ["-p", "no:randomly", "-p", "no:cacheprovider", "-q", "-x"]
 pytest_add_cli_args_test_selection = [${sel%, }]
 EOF
