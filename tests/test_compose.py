@@ -44,12 +44,12 @@ def local(argv: list[str]) -> list[str]:
 
 
 def test_every_service_has_restart_and_healthcheck():
-    assert set(SERVICES) == {"redis", "beat", "worker", "flower"}
+    assert set(SERVICES) == {"redis", "beat", "worker", "flower", "web"}
     for name, svc in SERVICES.items():
         assert svc.get("restart") in ("always", "unless-stopped"), name
         hc = svc.get("healthcheck") or {}
         assert hc.get("test") and hc.get("interval") and hc.get("retries"), name
-    for name in ("beat", "worker", "flower"):
+    for name in ("beat", "worker", "flower", "web"):
         svc = SERVICES[name]
         assert svc["depends_on"]["redis"]["condition"] == "service_healthy"
         assert svc["environment"]["CCCI_BROKER_PASSWORD_FILE"] == "/run/secrets/redis_password"
@@ -67,8 +67,9 @@ def test_redis_aof_and_password_from_secret():
     assert "/run/secrets/redis_password" in svc["healthcheck"]["test"][1]
 
 
-def test_flower_has_auth_and_loopback_publish():
-    svc = SERVICES["flower"]
+@pytest.mark.parametrize("name", ["flower", "web"])
+def test_flower_has_auth_and_loopback_publish(name):
+    svc = SERVICES[name]
     cmd = svc["command"]
     assert cmd[cmd.index("--basic-auth-file") + 1] == "/run/secrets/flower_basic_auth"
     assert "flower_basic_auth" in svc["secrets"]

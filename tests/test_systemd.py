@@ -48,7 +48,7 @@ def test_rendered_units_pass_systemd_analyze_verify(tmp_path):
     out = render(tmp_path)
     names = sorted(p.name for p in out.iterdir())
     assert names == ["ccci-dist-beat.service", "ccci-dist-boot.service", "ccci-dist-flower.service",
-                     "ccci-dist-worker@.service"]
+                     "ccci-dist-web.service", "ccci-dist-worker@.service"]
     targets = [str(out / n) for n in names if "@" not in n] + [str(out / "ccci-dist-worker@pi.service")]
     r = subprocess.run(["systemd-analyze", "verify", "--man=no", *targets], capture_output=True, text=True,
                        timeout=60)
@@ -70,7 +70,7 @@ def test_unit_contents(tmp_path):
     assert worker["ReadWritePaths"].split() == ["-/var/lib/ccci-test", "-/var/lib/ccci-test/workspaces",
                                                 f"-{home}"]
     for name in ("ccci-dist-worker@.service", "ccci-dist-beat.service", "ccci-dist-flower.service",
-                 "ccci-dist-boot.service"):
+                 "ccci-dist-boot.service", "ccci-dist-web.service"):
         cp = unit(out / name)
         s = cp["Service"]
         assert s["NoNewPrivileges"] == "yes" and s["ProtectSystem"] == "strict" and s["PrivateTmp"] == "yes"
@@ -84,6 +84,9 @@ def test_unit_contents(tmp_path):
     # (tests/test_systemd_bed.py::test_reboot_mid_iteration_is_recorded_once_and_resumes)
     assert boot["ExecStart"] == f"{PREFIX}/bin/ccci-dist boot --boot-id %b"
     assert "\nEnvironment=CCCI_FLOWER_ADDRESS=127.0.0.1\n" in (out / "ccci-dist-flower.service").read_text()
+    web = unit(out / "ccci-dist-web.service")["Service"]
+    assert web["ExecStart"] == f"{PREFIX}/bin/ccci-dist web" and "\nEnvironment=CCCI_WEB_ADDRESS=127.0.0.1\n" in \
+        (out / "ccci-dist-web.service").read_text()
 
 
 @pytest.mark.parametrize("args,needle", [

@@ -23,7 +23,7 @@ from ccci_dist.config import ConfigError
 from ccci_dist.data import data_dir
 
 UNITS = ("ccci-dist-beat.service", "ccci-dist-worker@.service", "ccci-dist-flower.service",
-         "ccci-dist-boot.service")
+         "ccci-dist-boot.service", "ccci-dist-web.service")
 SYSTEM_UNIT_DIR = Path("/etc/systemd/system")
 DEFAULT_STATE_DIR = Path("/var/lib/ccci-dist")
 DEFAULT_ENV_FILE = Path("/etc/ccci-dist/env")
@@ -138,7 +138,7 @@ def systemd_running() -> bool:
 
 @click.group("systemd")
 def systemd_group() -> None:
-    """Render and install the systemd units (beat, worker@PROFILE, flower, boot)."""
+    """Render and install the systemd units (beat, worker@PROFILE, flower, web, boot)."""
 
 
 @systemd_group.command("render")
