@@ -507,3 +507,19 @@ class Store:
         pipe.execute()
         if self.r.hget(k_run(run), "status") == STOPPED:
             self.r.hset(k_run(run), "status", ACTIVE)
+
+    def history_pages(self, run: str, want: int, keep, chunk: int = 1000) -> list[dict[str, str]]:
+        """Newest-first history entries for which ``keep(entry)`` holds, at most ``want``, read in
+        chunks so a page of a long history does not read all of it."""
+        out: list[dict[str, str]] = []
+        end = "+"
+        while len(out) < want:
+            got = self.r.xrevrange(k_history(run), max=end, count=chunk)
+            for i, f in got:
+                row = dict(f, id=i)
+                if keep(row):
+                    out.append(row)
+            if len(got) < chunk:
+                break
+            end = "(" + got[-1][0]
+        return out[:want]

@@ -30,7 +30,7 @@ from ccci_dist.core.logview import render_entry
 from ccci_dist.engine.runs import RunError, start_loop, start_run, stop_run
 from ccci_dist.engine.status import StatusList, all_status, run_status
 from ccci_dist.logsetup import mask
-from ccci_dist.state.inbox_store import InboxError, listing, send, targets, validate
+from ccci_dist.state.inbox_store import InboxError, send, targets, validate
 from ccci_dist.state.store import Store
 
 HERE = Path(__file__).resolve().parent
@@ -134,20 +134,25 @@ class RunsHandler(Base):
 class RunHandler(Base):
     def get(self, run: str) -> None:
         st = self.run_or_404(run)
-        inbox = {role: listing(self.store, run, role)[-10:] for role in st.loops}
+        recent = self.store.history_since(run, count=TIMELINE_ENTRIES, reverse=True)
+        inbox = {role: _inbox(self.store, run, role, recent) for role in st.loops}
         self.render("run.html", st=st, inbox=inbox, note=self.get_query_argument("note", ""),
-                    timeline=_timeline(self.store, run))
+                    timeline=_timeline(recent))
 
 
 class HistoryHandler(Base):
     def get(self, run: str) -> None:
         self.run_or_404(run)
         f = {k: self.get_query_argument(k, "") for k in ("role", "outcome", "host")}
-        page = max(0, int(self.get_query_argument("page", "0") or 0))
-        rows = [h for h in self.store.history_since(run, reverse=True)
-                if all(not v or h.get(k) == v for k, v in f.items())]
+        try:
+            page = max(0, int(self.get_query_argument("page", "0") or 0))
+        except ValueError:
+            page = 0
+        want = (page + 1) * HISTORY_PAGE + 1  # newest first, read in chunks only as far as this page needs
+        rows = [h for h in self.store.history_pages(run, want, lambda h: all(not v or h.get(k) == v
+                                                                               for k, v in f.items()))]
         self.render("history.html", run=run, rows=rows[page * HISTORY_PAGE:(page + 1) * HISTORY_PAGE],
-                    total=len(rows), page=page, pages=max(1, -(-len(rows) // HISTORY_PAGE)), f=f)
+                    page=page, more=len(rows) > (page + 1) * HISTORY_PAGE, f=f)
 
 
 class ApiStatus(Base):
@@ -166,7 +171,7 @@ class ApiTimeline(Base):
     def get(self, run: str) -> None:
         self.run_or_404(run)
         self.set_header("Content-Type", "application/json")
-        self.finish(json.dumps(_timeline(self.store, run)))
+        self.finish(json.dumps(_timeline(self.store.history_since(run, count=TIMELINE_ENTRIES, reverse=True))))
 
 
 class Action(Base):
@@ -223,8 +228,27 @@ class LogStream(Base):
         self.finish()
 
 
-def _timeline(store: Store, run: str) -> list[dict[str, Any]]:
-    rows = store.history_since(run, count=TIMELINE_ENTRIES, reverse=True)
+def _inbox(store: Store, run: str, role: str, recent: list[dict[str, str]], keep: int = 10) -> list[dict[str, Any]]:
+    """The loop's newest INBOX messages: delivered or pending, with the delivering iteration if it is
+    among the recent ones (the full `inbox list` reads the whole history; a page must not)."""
+    acked = _sid(store.loop_field(run, role, "inbox_acked") or "0-0")
+    acks = sorted((_sid(h["inbox_acked"]), h.get("iteration", "")) for h in recent
+                  if h.get("role") == role and h.get("inbox_acked"))
+    out = []
+    for mid, f in store.inbox(run, role)[-keep:]:
+        delivered = _sid(mid) <= acked
+        it = next((n for sid, n in acks if sid >= _sid(mid)), "") if delivered else ""
+        out.append({"id": mid, "state": "delivered" if delivered else "pending", "iteration": it,
+                    "text": f.get("text", ""), "from": f.get("from", "")})
+    return out
+
+
+def _sid(mid: str) -> tuple[int, int]:
+    a, _, b = mid.partition("-")
+    return int(a or 0), int(b or 0)
+
+
+def _timeline(rows: list[dict[str, str]]) -> list[dict[str, Any]]:
     return [{"role": h.get("role", ""), "n": h.get("iteration", ""), "host": h.get("host", ""),
              "start": float(h.get("start") or 0), "end": float(h.get("end") or 0), "outcome": h.get("outcome", ""),
              "ok": h.get("outcome", "") in OUTCOME_OK, "cost": float(h.get("cost") or 0)} for h in rows[::-1]]
