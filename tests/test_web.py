@@ -75,6 +75,7 @@ def browser():
 def live_run(bed):
     """A demo run that finishes phase 1 and then keeps iterating in phase 2 (the builder idles)."""
     bed.env["CCCI_DEMO_SLEEP"] = "0.4"
+    bed.env["CCCI_NO_PROGRESS_LIMIT"] = "0"  # the idling builder must keep iterating (no breaker)
     bed.env["CCCI_NOTIFY_URLS"] = json.dumps([f"json://127.0.0.1:9/{CANARY}"])
     bed.faults(builder=["@2 idle"] * 400, reviewer=["@2 fail:D2"])
     bed.worker("w1", beat=True)
