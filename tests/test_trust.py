@@ -485,3 +485,28 @@ def test_a_50_mb_agent_costs_the_worker_under_50_mb_and_the_disk_stays_capped(tm
     assert it_log.stat().st_size <= cap + 200, it_log.stat().st_size
     assert "log capped at" in it_log.read_text(errors="replace")[-300:]
     assert total <= 2 * cap, total
+
+
+# ---------------------------------------------------------------------------------------------------------
+# 4 (warning) and 12: a worker whose agents run as its own user says so; `ccci-dist doctor`
+
+
+def test_doctor_reports_each_check_and_the_worker_warns_about_separation(bed):
+    w = bed.worker("w1", beat=True)
+    wait_for(lambda: " ready." in w.output(), 60, 0.2, "worker ready")
+    wait_for(lambda: "agent user separation" in w.output(), 30, 0.2, "the separation warning at start")
+    assert bed.env["CCCI_BROKER_URL"].split(":")[2].split("@")[0] not in w.output()  # the password itself is not
+    bed.cli("start")
+    wait_for(lambda: "PASS  beat" in bed.cli("doctor", check=False).stdout, 60, 0.5, "beat ticking")
+    p = bed.cli("doctor", check=False)
+    out = p.stdout
+    assert p.returncode == 1, out  # the separation check fails on this bed
+    for line in ("PASS  broker: reachable, password set, loopback", "PASS  beat:", "PASS  workers:",
+                 "FAIL  agent user:", "PASS  git:", "PASS  disk:"):
+        assert line in out, (line, out)
+    assert "fix: create a user for agents and set agent_user" in out
+    checks = json.loads(bed.cli("doctor", "--json", check=False).stdout)
+    assert {c["name"] for c in checks} >= {"broker", "beat", "workers", "agent user", "git", "disk"}
+    assert all(c["fix"] for c in checks if not c["ok"])
+    down = bed.cli("doctor", check=False, env={"CCCI_BROKER_URL": "redis://:x@127.0.0.1:1/0"})
+    assert down.returncode == 1 and "FAIL  broker: not reachable" in down.stdout, down.stdout + down.stderr

@@ -65,6 +65,11 @@ def _env() -> dict[str, str]:
     return {**os.environ, **{k: v for k, v in GIT_ENV.items() if k not in os.environ}, **_auth_env}
 
 
+def git_env() -> dict[str, str]:
+    """The environment this process's git calls run with (identity, no prompts, configured auth)."""
+    return _env()
+
+
 def git(cwd: Path, *args: str, check: bool = True, timeout: float = 300) -> str:
     p = subprocess.run([*GIT_ARGV, *args], cwd=cwd, capture_output=True, text=True, env=_env(), timeout=timeout)
     if check and p.returncode != 0:

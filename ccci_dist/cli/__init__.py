@@ -37,6 +37,7 @@ COMMANDS: dict[str, str] = {
     "boot": "ccci_dist.cli.boot:boot_cmd",
     "vm": "ccci_dist.cli.vm:vm_group",
     "state": "ccci_dist.cli.state:state_group",
+    "doctor": "ccci_dist.cli.doctor:doctor_cmd",
     "worker": "ccci_dist.cli.workers:worker_cmd",
     "beat": "ccci_dist.cli.workers:beat_cmd",
     "flower": "ccci_dist.cli.flower:flower_cmd",

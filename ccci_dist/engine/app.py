@@ -131,6 +131,22 @@ def _password(url: str) -> str | None:
         return None
 
 
+@signals.worker_ready.connect
+def _warn_separation(**_: object) -> None:
+    """A worker whose agents would run as its own user while it holds secrets says so at start."""
+    import logging
+
+    from ccci_dist.engine.doctor import separation_problem
+
+    s = settings()
+    holds = bool(_password(app.conf.broker_url or "") or s.notify_urls or s.vm.sudo_password_file
+                 or s.git_credential_file)
+    problem = separation_problem(s, holds)
+    if problem:
+        logging.getLogger("ccci_dist.worker").warning(
+            "agent user separation: %s; set agent_user to a separate user (see `ccci-dist doctor`)", problem)
+
+
 @signals.setup_logging.connect
 def _logging(loglevel: str | None = None, **_: object) -> None:
     from ccci_dist.logsetup import configure_logging
