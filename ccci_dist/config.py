@@ -13,7 +13,7 @@ import os
 import re
 import socket
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
@@ -160,6 +160,39 @@ class QuietHours(_Section):
         return self
 
 
+class AgentProfile(_Section):
+    """A named agent: the command, its flags and environment, and where its credential comes from.
+
+    ``credential``: ``inherit`` (the worker's environment as it is: the default, and what the
+    ``default`` profile does), ``login`` (a subscription login in ``home``, default the agent user's HOME, as
+    ``claude login`` leaves it), ``oauth_token_file`` (a ``claude setup-token`` token, read at each
+    start into ``CLAUDE_CODE_OAUTH_TOKEN``), ``api_key_file`` (read into ``ANTHROPIC_API_KEY``, or
+    ``OPENAI_API_KEY`` for a Codex command) or ``codex_login`` (``codex login`` in ``codex_home``).
+    A credential never sits in this file or in Redis: only the path of the file holding it.
+    """
+
+    command: str = DEFAULT_AGENT_COMMAND
+    flags: str = ""
+    env: dict[str, str] = Field(default_factory=dict, description="extra environment (no secrets: use a file)")
+    credential: Literal["inherit", "login", "oauth_token_file", "api_key_file", "codex_login"] = "inherit"
+    home: Path | None = Field(None, description="HOME of the logged-in account (login); default the agent user's")
+    secret_file: Path | None = Field(None, description="file holding the token or API key (*_file credentials)")
+    codex_home: Path | None = Field(None, description="CODEX_HOME holding a `codex login` (codex_login)")
+
+    @field_validator("home", "secret_file", "codex_home", mode="after")
+    @classmethod
+    def _expand(cls, v: Path | None) -> Path | None:
+        return v.expanduser() if v is not None else None
+
+    @model_validator(mode="after")
+    def _credential_source(self) -> AgentProfile:
+        if self.credential in ("oauth_token_file", "api_key_file") and self.secret_file is None:
+            raise ValueError(f"credential = {self.credential!r} needs secret_file (the file holding it)")
+        if self.credential == "codex_login" and self.codex_home is None:
+            raise ValueError("credential = 'codex_login' needs codex_home (the CODEX_HOME of a `codex login`)")
+        return self
+
+
 class Settings(BaseSettings):
     """The effective ccci-dist configuration."""
 
@@ -195,6 +228,12 @@ class Settings(BaseSettings):
     agent_flags: str = Field("", description="extra agent flags, e.g. permission flags")
     agent_user: str = Field("", description="run the agent as this user (setpriv); needed for some flags as root")
     agent_resume: bool = Field(True, description="continue each role's agent session")
+    agents: dict[str, AgentProfile] = Field(
+        default_factory=dict, description="named agent profiles; 'default' is agent_command/agent_flags")
+    role_agents: dict[str, list[str]] = Field(
+        default_factory=dict, description="role -> [primary profile, fallback profiles...]")
+    agent_fallback: bool = Field(
+        False, description="on a usage limit, continue on the role's first fallback profile that is not limited")
     lease_ttl: float = Field(10.0, gt=0.5, le=3600, description="seconds")
     watchdog_interval: float = Field(5.0, gt=0.1, le=3600, description="seconds; at most lease_ttl")
     iteration_time_limit: float = Field(7200.0, gt=0, le=7 * 86400, description="seconds")
@@ -256,6 +295,19 @@ class Settings(BaseSettings):
             if not (math.isfinite(seconds) and 0 <= seconds <= 7 * 86400):
                 raise ValueError(f"min_interval for {role} must be between 0 and 604800 seconds")
         return v
+
+    @model_validator(mode="after")
+    def _profiles_known(self) -> Settings:
+        for role, names in self.role_agents.items():
+            check_name(role, "role name")
+            if not names:
+                raise ValueError(f"role_agents.{role} is empty; name at least its primary profile")
+            for name in names:
+                if name != "default" and name not in self.agents:
+                    known = ", ".join(sorted(["default", *self.agents]))
+                    raise ValueError(f"role_agents.{role} names the unknown agent profile {name!r}; "
+                                     f"define [agents.{name}] or use one of: {known}")
+        return self
 
     @model_validator(mode="after")
     def _consistent(self) -> Settings:

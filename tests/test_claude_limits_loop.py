@@ -12,6 +12,7 @@ and the session kept (the next iteration resumes the same conversation).
 
 from __future__ import annotations
 
+import json
 import time
 from typing import Any
 
@@ -20,6 +21,7 @@ import pytest
 pytest.register_assert_rewrite("claude_fixtures")
 
 from claude_fixtures import OAUTH_TOKEN, claude_env  # noqa: E402
+from harness import wait_for  # noqa: E402
 from scripted_model.server import throttled, unified_headers, usage_limit  # noqa: E402
 from test_claude_loop import (  # noqa: E402
     Roles,
@@ -127,3 +129,70 @@ def test_limit_scenarios_with_the_real_cli(bed, claude_bin, scripted_model, scen
         assert '"allowed_warning"' in open(loop["log"]).read()
     print(scenario, brief([dict(h) for h in raw_history(bed)]))
 
+
+
+# ---------------------------------------------------------------- quota-aware fallback across accounts
+
+@pytest.mark.timeout(300)
+def test_fallback_to_another_account_and_back_after_the_reset(bed, claude_bin, scripted_model):
+    """builder = [a, b], fallback on. Account a (its own token and API server) hits its session limit in
+    iteration 1; iteration 2 runs at once on b in a fresh session with a handoff note; once a's window has
+    reset an iteration runs on a again (fresh, with a note); history shows each iteration's profile."""
+    a = scripted_model(rule=Roles({("builder", 1): limit_at(0)}))
+    b = scripted_model(rule=Roles())
+    env = use_claude(bed, claude_bin, a, CCCI_LIMIT_MARGIN_MAX=str(MARGIN), CCCI_MIN_INTERVAL='{"builder": 3}')
+    profiles = {}
+    for name, model in (("a", a), ("b", b)):
+        token = bed.tmp / f"token-{name}"
+        token.write_text(f"sk-ant-oat01-account-{name}\n")
+        token.chmod(0o600)
+        home = bed.tmp / f"home-{name}"
+        home.mkdir()
+        profiles[name] = {"command": env_command(bed), "flags": "--allowedTools Bash Edit Write",
+                          "credential": "oauth_token_file", "secret_file": str(token), "home": str(home),
+                          "env": {"ANTHROPIC_BASE_URL": model.url}}
+    env.update({"CCCI_AGENTS": json.dumps(profiles), "CCCI_ROLE_AGENTS": json.dumps({"builder": ["a", "b"]}),
+                "CCCI_AGENT_FALLBACK": "true"})
+    bed.worker("w1", queues="ccci.control,ccci.builder", beat=True, extra_env=env)
+    bed.cli("start")
+    try:
+        wait_for(lambda: any(h.get("profile") == "a" for h in raw_history(bed)[1:]), 200, 0.5,
+                 "an iteration back on profile a")
+    except AssertionError:
+        dump(bed, a)
+        dump(bed, b)
+        raise
+    bed.cli("stop")
+    hist = raw_history(bed)
+    print("FALLBACK", [(h["iteration"], h.get("profile"), h["outcome"]) for h in hist])
+    h1 = hist[0]
+    assert (h1["profile"], h1["outcome"]) == ("a", "usage_limit"), hist
+    window = rds(bed).hgetall("ccci:agent_window:a")
+    until = float(window["limited_until"])
+    assert window["limit_kind"] == "five_hour"
+    # iteration 2 ran on b within one iteration, before a's reset: no stall
+    h2 = hist[1]
+    assert (h2["profile"], h2["outcome"]) == ("b", "success") and float(h2["start"]) < until, hist
+    first_b = b.main_requests()[0]
+    assert first_b["auth"] == "bearer"
+    note_b = json.dumps(first_b["body"]["messages"])
+    assert "taking over this role's work from agent profile 'a'" in note_b and "fresh session" in note_b
+    assert "#1 a usage_limit" in note_b
+    assert resume_arg(argvs(bed)[1]) is None  # a fresh session: b cannot resume a's conversation
+    # nothing went to account a while it was limited
+    assert [r for r in a.main_requests() if float(h1["end"]) < r["time"] < until] == []
+    # back on a after the reset, fresh, with a note saying why
+    back = next(h for h in hist[1:] if h["profile"] == "a")
+    assert float(back["start"]) >= until and back["outcome"] == "success", hist
+    assert all(h["profile"] == "b" for h in hist[1:hist.index(back)])
+    note_a = json.dumps(requests_of(a, "builder", int(back["iteration"]))[0]["body"]["messages"])
+    assert "back to the primary" in note_a and "from agent profile 'b'" in note_a
+    # the tokens were read from their files: never in Redis, the logs or a task message
+    for name in ("a", "b"):
+        assert f"account-{name}" not in (bed.tmp / "w1.log").read_text()
+
+
+
+def env_command(bed) -> str:
+    """The agent command use_claude configured (the argv-recording wrapper around the real CLI)."""
+    return bed.env["CCCI_AGENT_COMMAND"]

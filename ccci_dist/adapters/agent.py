@@ -34,6 +34,9 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
+from ccci_dist.config import AgentProfile
+from ccci_dist.logsetup import register_secret
+
 SETPRIV = shutil.which("setpriv")
 
 
@@ -96,6 +99,45 @@ def build_command(agent_command: str, agent_flags: str = "", session_id: str | N
     if user:
         argv = ["setpriv", f"--reuid={user}", f"--regid={user}", "--init-groups", "--", *argv]
     return argv
+
+
+# Credentials a profile replaces: whatever the worker's environment carried for another account.
+_CLAUDE_CREDS = ("ANTHROPIC_API_KEY", "ANTHROPIC_AUTH_TOKEN", "CLAUDE_CODE_OAUTH_TOKEN")
+_CODEX_CREDS = ("OPENAI_API_KEY", "CODEX_API_KEY")
+
+
+def _read_secret(path: Path | None, name: str) -> str:
+    try:
+        value = path.read_text().strip() if path else ""
+    except OSError as exc:
+        raise RuntimeError(f"agent profile {name}: cannot read secret_file {path}: {exc.strerror}") from None
+    if not value:
+        raise RuntimeError(f"agent profile {name}: secret_file {path} is empty")
+    register_secret(value)  # masked in every log line from now on
+    return value
+
+
+def profile_env(profile: AgentProfile, name: str, env: dict[str, str]) -> dict[str, str]:
+    """``env`` with ``profile``'s credential and environment: the worker's own credentials for another
+    account are removed, the profile's are read from their files at each start (never stored)."""
+    codex = agent_kind(profile.command) == "codex"
+    out = dict(env)
+    if profile.credential == "inherit":
+        out.update(profile.env)
+        return out
+    for key in (*_CLAUDE_CREDS, *_CODEX_CREDS):
+        out.pop(key, None)
+    if profile.home is not None:
+        out["HOME"] = str(profile.home)
+        out["CLAUDE_CONFIG_DIR"] = str(profile.home / ".claude")
+    if profile.credential == "oauth_token_file":
+        out["CLAUDE_CODE_OAUTH_TOKEN"] = _read_secret(profile.secret_file, name)
+    elif profile.credential == "api_key_file":
+        out["OPENAI_API_KEY" if codex else "ANTHROPIC_API_KEY"] = _read_secret(profile.secret_file, name)
+    elif profile.credential == "codex_login" and profile.codex_home is not None:
+        out["CODEX_HOME"] = str(profile.codex_home)
+    out.update(profile.env)
+    return out
 
 
 def marked_pids(mark: str) -> list[int]:

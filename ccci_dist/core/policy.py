@@ -11,7 +11,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from ccci_dist.config import Settings
-from ccci_dist.core.limits import backoff_after, describe_stall, schedule_after_limit, stall_nudge
+from ccci_dist.core.limits import backoff_after, clock, describe_stall, schedule_after_limit, stall_nudge
 from ccci_dist.core.outcome import Outcome
 from ccci_dist.core.prompt import NUDGES
 from ccci_dist.core.roles import RoleSpec
@@ -110,8 +110,11 @@ BREAKER_NEXT = ("it resumes when the other role pushes, an INBOX message arrives
 
 
 def decide(outcome: Outcome, loop: LoopFacts, role: RoleSpec, settings: Settings, now: datetime, *,
-           ran: Ran, rng: Any = random) -> Decision:
-    """The loop's next step after ``ran`` came to ``outcome`` (``rng`` spreads limit retries)."""
+           ran: Ran, rng: Any = random, fallback: str = "") -> Decision:
+    """The loop's next step after ``ran`` came to ``outcome`` (``rng`` spreads limit retries).
+
+    ``fallback``: the agent profile the role continues on when this was a usage limit and quota-aware
+    fallback found one that is not limited (see core/agents.py); then the loop does not stall."""
     s = settings
     ok = outcome.action in ("continue", "resume")
     # A usage-limit stall is not a failure: the streak, and so the session, stay as they were.
@@ -131,7 +134,12 @@ def decide(outcome: Outcome, loop: LoopFacts, role: RoleSpec, settings: Settings
     not_before: datetime | None = None
     stalled_until: datetime | None = None
     display = ""
-    if outcome.action == "stall" and outcome.limit is not None:
+    if limited and fallback:
+        assert outcome.limit is not None
+        notices.append(Notice("limit_stall", f"usage limit; continuing on agent profile {fallback}",
+                              f"usage limit ({outcome.limit.kind}) resets "
+                              f"{clock(outcome.limit.resets_at, outcome.limit.zone, now)}"))
+    elif outcome.action == "stall" and outcome.limit is not None:
         not_before = stalled_until = schedule_after_limit(outcome.limit, margin_max=s.limit_margin_max, rng=rng)
         display = describe_stall(outcome.limit, stalled_until, s.limit_margin_max, now)
         nudges.append(stall_nudge(outcome.limit, stalled_until, ran.pushed, session_kept=not fresh))
@@ -151,6 +159,7 @@ def decide(outcome: Outcome, loop: LoopFacts, role: RoleSpec, settings: Settings
     at = next_start(now=now, started=ran.started, min_interval=s.min_interval.get(role.name, 0.0),
                     quiet=s.quiet_hours, not_before=not_before)
     why = "usage limit reset" if stalled_until is not None else f"back-off after {streak} failure(s)"
+    goes_on = ok or bool(limited and fallback)
     reason = start_reason(at, not_before=not_before, quiet=s.quiet_hours, why_not_before=why)
     # A paced role is enqueued by the watchdog, which counts the progress of the role it waits for.
     paced = bool(role.waits_for) and s.reviewer_every > 0
@@ -167,7 +176,7 @@ def decide(outcome: Outcome, loop: LoopFacts, role: RoleSpec, settings: Settings
         fresh_session=fresh, nudges=tuple(nudges), keep_nudges=keep_nudges, not_before=at,
         next_reason=reason,
         stalled_until=stalled_until, stalled_display=display, stop_reason=stop_reason,
-        enqueue_next=at is None and not paced and ok and outcome.kind != "lease_lost" and not b.trip,
+        enqueue_next=at is None and not paced and goes_on and outcome.kind != "lease_lost" and not b.trip,
         notices=tuple(notices), idle_streak=b.idle_streak, error_key=b.error_key, error_streak=b.error_streak,
         pause_reason="" if stop_reason else b.trip,
     )

@@ -18,11 +18,12 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from ccci_dist.adapters.agent import AgentProcess, IterationResult, agent_kind, build_command
+from ccci_dist.adapters.agent import AgentProcess, IterationResult, agent_kind, build_command, profile_env
 from ccci_dist.adapters.broker import client
 from ccci_dist.adapters.workspace import GitError, Probe, PushRefused, Workspace
 from ccci_dist.config import Settings, hostname
-from ccci_dist.core.limits import backoff_seconds
+from ccci_dist.core import agents
+from ccci_dist.core.limits import backoff_seconds, clock
 from ccci_dist.core.outcome import Outcome, classify
 from ccci_dist.core.phases import MachineDocs, blockers, docs_fingerprint, working_phase
 from ccci_dist.core.plan import DEFAULT_FORBIDDEN_PATHS, forbidden_hits, from_snapshot, specs_of
@@ -156,6 +157,10 @@ class Iteration:
         self.resumed = ""  # the session this iteration's agent resumed, if any
         self.specs: list[RoleSpec] = []
         self.spec = role_spec([], role)
+        self.profile = ""  # the agent profile this iteration runs (core/agents.py), once picked
+        self.kind = agent_kind(s.agent_command)
+        self.windows: dict[str, agents.ProfileWindow] = {}
+        self.rate_events: list[dict[str, Any]] = []
         self.failed = False  # its outcome is a failure (Flower shows the task as failed)
         self.base_docs: MachineDocs | None = None  # the machine docs at the synced base
 
@@ -238,11 +243,17 @@ class Iteration:
         repeats = {mid for mid, _ in inbox if carried and _sid(mid) <= _sid(carried)}
         if inbox:
             self.store.note_inbox_carried(self.run, self.role, inbox[-1][0])
+        handoff = self._pick_profile()
         prompt = assemble(role=self.role, run=self.run, iteration=self.number, phase=phase,
-                          plan=plan, inbox=inbox, nudges=nudges, blockers=blocking, repeats=repeats)
-        session = loop.session_id if self.s.agent_resume and not loop.fresh_session else None
+                          plan=plan, inbox=inbox, nudges=[*nudges, *([handoff] if handoff else [])],
+                          blockers=blocking, repeats=repeats)
+        # another profile is another account (or vendor): its sessions are not this one's
+        fresh = loop.fresh_session or bool(handoff)
+        session = loop.session_id if self.s.agent_resume and not fresh else None
         self.resumed = session or ""
-        argv = build_command(self.s.agent_command, self.s.agent_flags, session or None, self.s.agent_user)
+        prof = agents.profile(self.s, self.profile)
+        argv = build_command(prof.command, prof.flags, session or None, self.s.agent_user)
+        self.kind = agent_kind(prof.command)
         log_path = self.s.state_dir / "logs" / self.run / self.role / f"{self.number:06d}-{self.attempt}.jsonl"
         self.log_path = str(log_path)
         # Before every run, oldest first: this role's finished logs (none is live: one iteration per loop) and
@@ -251,9 +262,10 @@ class Iteration:
         prune_logs(log_path.parent, self.s.log_max_age_days, self.s.log_max_bytes, keep_recent_s=0)
         prune_logs(log_path.parent.parent, self.s.log_max_age_days, self.s.log_max_bytes)
         write_log = self.store.log_writer(self.run, self.role)
-        self.agent = AgentProcess(argv, prompt, ws.path, log_path, env=agent_env(self.s, self.run, self.role),
+        env = profile_env(prof, self.profile, agent_env(self.s, self.run, self.role))
+        self.agent = AgentProcess(argv, prompt, ws.path, log_path, env=env,
                                   on_line=lambda line: write_log({"n": self.number, "line": line[:4000]}),
-                                  kill_grace=self.s.kill_grace, kind=agent_kind(self.s.agent_command),
+                                  kill_grace=self.s.kill_grace, kind=self.kind,
                                   max_log_bytes=self.s.log_max_bytes)
         if self.lost:
             return self._finish(IterationResult(killed=self.lost), self._classify(IterationResult(killed=self.lost)),
@@ -302,6 +314,38 @@ class Iteration:
         blocking = blockers(pkg, self.base_docs, datetime.now(UTC), timedelta(hours=self.s.done_freshness_hours))
         return phase or self.run_hash.phase, blocking
 
+    def _pick_profile(self) -> str:
+        """Choose this iteration's agent profile; on a switch, the handoff note for the fresh session."""
+        names = agents.chain(self.s, self.role, self.spec.agent)
+        self.windows = {n: agents.ProfileWindow.model_validate(h)
+                        for n, h in self.store.agent_windows(names).items()}
+        now = time.time()
+        self.profile = agents.pick(self.s, self.role, self.windows, now, self.spec.agent)
+        previous = self.loop.agent_profile or self.profile
+        if previous == self.profile:
+            return ""
+        was = self.windows.get(previous, agents.ProfileWindow())
+        why = (f"its usage limit ({was.limit_kind or 'usage limit'}) holds until "
+               f"{clock(datetime.fromtimestamp(was.limited_until, UTC), None)}" if was.limited_until > now
+               else "its usage limit has reset: back to the primary")
+        rows = [h for h in self.store.history_since(self.run, count=40, reverse=True) if h.get("role") == self.role]
+        outcomes = [f"#{h.get('iteration')} {h.get('profile') or '?'} {h.get('outcome')}"
+                    + (f" (pushed {h['commit'][:10]})" if h.get("commit") else "") for h in rows[:5]]
+        return agents.handoff_nudge(previous, self.profile, why, outcomes)
+
+    def _fallback(self, outcome: Outcome, now: datetime) -> str:
+        """Record what the iteration learnt of its profile's window; on a usage limit with fallback on,
+        the profile the role continues on ("" if none: the loop stalls)."""
+        limited = outcome.action == "stall" and outcome.limit is not None
+        until = outcome.limit.resets_at if limited and outcome.limit is not None else None
+        self.store.record_agent_window(self.profile, agents.window_fields(
+            self.rate_events, until, outcome.limit.kind if outcome.limit else "", now))
+        if until is None or not self.s.agent_fallback:
+            return ""
+        windows = {**self.windows, self.profile: agents.ProfileWindow(limited_until=until.timestamp())}
+        other = agents.pick(self.s, self.role, windows, now.timestamp(), self.spec.agent)
+        return "" if other == self.profile else other
+
     def _classify(self, res: IterationResult) -> Outcome:
         return classify(res.result, res.rate_limit_events, res.exit_code, res.killed, res.stderr_tail,
                         datetime.now(UTC), retries=res.api_retries)
@@ -313,17 +357,19 @@ class Iteration:
         seen = docs_fingerprint(self.base_docs) if self.base_docs is not None else ""
         # the first iteration has nothing to compare with: only a push counts as its progress
         progressed = bool(pushed) or not seen or bool(loop.docs_seen) and seen != loop.docs_seen
+        self.rate_events = res.rate_limit_events
+        fallback = self._fallback(outcome, now) if self.profile and outcome.kind != "lease_lost" else ""
         d = decide(outcome, LoopFacts(fail_streak=loop.fail_streak, idle_streak=loop.idle_streak,
                                       error_key=loop.error_key, error_streak=loop.error_streak), self.spec, self.s, now,
                    ran=Ran(number=self.number, started=self.started, violations=tuple(violations),
-                           pushed=pushed, progressed=progressed))
+                           pushed=pushed, progressed=progressed), fallback=fallback)
         fields: dict[str, Any] = {
             "iteration": d.iteration, "last_outcome": outcome.kind, "last_detail": outcome.detail,
             "last_exit": "" if res.exit_code is None else res.exit_code, "ended_at": f"{now.timestamp():.3f}",
             "fail_streak": d.fail_streak, "stalled_until": "", "not_before": "",
             "cost_total": f"{loop.cost_total + res.total_cost_usd:.6f}",
             "violation": ",".join(violations), "log": self.log_path,
-            "fresh_session": "1" if d.fresh_session else "",
+            "fresh_session": "1" if d.fresh_session else "", "agent_profile": self.profile or loop.agent_profile,
         }
         if inbox_last:
             fields["inbox_acked_at"] = f"{now.timestamp():.3f}"
@@ -356,6 +402,7 @@ class Iteration:
             "tokens_in": tokens_in, "tokens_out": tokens_out,
             "session": res.session_id, "base": base, "commit": pushed, "violations": ",".join(violations),
             "inbox_acked": inbox_last, "paused": d.pause_reason, "token": self.token, "sync_ms": f"{self.sync_ms:.1f}",
+            "profile": self.profile,
         }
         run_fields: dict[str, str] = {}
         mirrored = json.loads(self.run_hash.docs or "{}").get("commit")
@@ -402,7 +449,7 @@ class Iteration:
         """This run's input and output tokens. Codex reports its thread's running total: a run
         that resumed the thread counts what it added to the total the loop saw last."""
         used_in, used_out = int(res.usage.get("input_tokens") or 0), int(res.usage.get("output_tokens") or 0)
-        if agent_kind(self.s.agent_command) != "codex" or not res.session_id or "input_tokens" not in res.usage:
+        if self.kind != "codex" or not res.session_id or "input_tokens" not in res.usage:
             return used_in, used_out
         fields["thread_tokens"] = f"{res.session_id} {used_in} {used_out}"
         thread, seen_in, seen_out = (loop.thread_tokens.split() + ["", "0", "0"])[:3]

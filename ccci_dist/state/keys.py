@@ -93,6 +93,11 @@ def k_cost(run: str, day: str) -> str:
     return f"{P}cost:{run}:{day}"
 
 
+def k_agent_window(profile: str) -> str:
+    """One agent profile's quota window (shared by every run, role and host using the profile)."""
+    return f"{P}agent_window:{profile}"
+
+
 def k_worker(node: str) -> str:
     return f"{P}worker:{node}"
 

@@ -60,6 +60,7 @@ class LoopState(_HashModel):
     nudges: list[str] = []
     session_id: str = ""
     fresh_session: bool = False
+    agent_profile: str = ""  # the agent profile of the last iteration (core/agents.py)
     thread_tokens: str = ""
     inbox_acked: str = ""
     inbox_carried: str = ""  # the newest INBOX message a prompt carried (acknowledged or not)

@@ -25,6 +25,7 @@ from ccci_dist.state.keys import (
     WATCHDOG_LAST,
     WATCHDOG_LOCK,
     WATCHDOG_TICKS,
+    k_agent_window,
     k_cost,
     k_events,
     k_fence,
@@ -139,6 +140,19 @@ class Store:
     def events(self, run: str, kind: str | None = None) -> list[dict[str, str]]:
         out = [dict(f, id=i) for i, f in self.r.xrange(k_events(run))]
         return [e for e in out if kind is None or e.get("kind") == kind]
+
+    # -- agent profiles' quota windows ---------------------------------------------------------
+    def record_agent_window(self, profile: str, fields: dict[str, str]) -> None:
+        """Merge what an iteration learnt of ``profile``'s window (limited until, last warning, utilisation)."""
+        if fields:
+            self.r.hset(k_agent_window(profile), mapping=fields)
+
+    def agent_windows(self, profiles: list[str]) -> dict[str, dict[str, str]]:
+        """The recorded windows of ``profiles`` (absent ones are left out)."""
+        pipe = self.r.pipeline()
+        for name in profiles:
+            pipe.hgetall(k_agent_window(name))
+        return {name: h for name, h in zip(profiles, pipe.execute(), strict=True) if h}
 
     def history(self, run: str) -> list[dict[str, str]]:
         return [dict(f, id=i) for i, f in self.r.xrange(k_history(run))]
