@@ -253,7 +253,10 @@ class Settings(BaseSettings):
         "no change to the machine docs, or this many identical errors in a row (0 = never)")
     backoff_base: float = Field(30.0, gt=0, le=86400, description="first back-off after a failure, seconds")
     backoff_max: float = Field(3600.0, gt=0, le=7 * 86400)
-    limit_margin_max: float = Field(90.0, ge=5, le=86400, description="random wait after a limit reset, seconds")
+    limit_margin_max: float = Field(
+        90.0, ge=5, le=86400, description="after a usage limit the loop retries at the reset plus a random 5..this "
+                                          "many seconds, so loops and hosts on one account do not all retry in the "
+                                          "same second (README: limit rules)")
     queues: dict[str, str] = Field(default_factory=dict, description="role -> queue")
     inbox_poll_interval: float = Field(30.0, ge=0, le=86400, description="seconds between INBOX.md checks; 0 = off")
     log_max_age_days: float = Field(14.0, gt=0, le=3650)

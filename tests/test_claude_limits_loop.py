@@ -45,10 +45,10 @@ RESET_IN = 20  # seconds from the limited request to the window's reset
 MARGIN = 5
 
 
-def limit_at(step: int, claim: str = "five_hour", overage: str | None = None):
+def limit_at(step: int, claim: str = "five_hour", overage: str | None = None, reset_in: float = RESET_IN):
     """Override: answer the builder's ``step``-th request of the iteration with a usage limit."""
     def override(body: dict[str, Any], s: int):
-        return usage_limit(claim, time.time() + RESET_IN, overage=overage) if s == step else None
+        return usage_limit(claim, time.time() + reset_in, overage=overage) if s == step else None
     return override
 
 
@@ -138,7 +138,7 @@ def test_fallback_to_another_account_and_back_after_the_reset(bed, claude_bin, s
     """builder = [a, b], fallback on. Account a (its own token and API server) hits its session limit in
     iteration 1; iteration 2 runs at once on b in a fresh session with a handoff note; once a's window has
     reset an iteration runs on a again (fresh, with a note); history shows each iteration's profile."""
-    a = scripted_model(rule=Roles({("builder", 1): limit_at(0)}))
+    a = scripted_model(rule=Roles({("builder", 1): limit_at(0, reset_in=45)}))
     b = scripted_model(rule=Roles())
     env = use_claude(bed, claude_bin, a, CCCI_LIMIT_MARGIN_MAX=str(MARGIN), CCCI_MIN_INTERVAL='{"builder": 3}')
     profiles = {}
@@ -156,6 +156,11 @@ def test_fallback_to_another_account_and_back_after_the_reset(bed, claude_bin, s
     bed.worker("w1", queues="ccci.control,ccci.builder", beat=True, extra_env=env)
     bed.cli("start")
     try:
+        wait_history(bed, 2, timeout=120)
+        # status shows the profile in use and account a's window while it is limited
+        st = bed.status()
+        assert st["loops"]["builder"]["agent_profile"] == "b", st["loops"]
+        assert [w.split(" until ")[0] for w in st["agent_windows"]] == ["a: limited (five_hour)"], st
         wait_for(lambda: any(h.get("profile") == "a" for h in raw_history(bed)[1:]), 200, 0.5,
                  "an iteration back on profile a")
     except AssertionError:

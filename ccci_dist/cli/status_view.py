@@ -59,8 +59,12 @@ def render_run(st: RunStatus) -> RenderableType:
         parts.append(Text(last, overflow="ellipsis", no_wrap=True))
         if lp.next_start:
             parts.append(Text(f"  starts {when(lp.next_start)} ({lp.next_reason or 'scheduled'})"))
+        if lp.agent_profile and lp.agent_profile != "default":
+            parts.append(Text(f"  agent: {lp.agent_profile}"))
         parts.append(Text(f"  cost today ${lp.cost_today:.4f} · total ${lp.cost_total:.4f}"
                           f" · restarts {lp.restarts}", style="dim"))
+    for w in st.agent_windows:
+        parts.append(Text(f"agent quota {w}", overflow="ellipsis", no_wrap=True))
     if st.items:
         t = Table("item", "verdict", "verified at", "commit", "expires in", title="Definition of Done",
                   title_justify="left", padding=(0, 1))

@@ -16,7 +16,7 @@ from typing import Literal
 from pydantic import BaseModel, Field, TypeAdapter
 
 from ccci_dist.config import Settings
-from ccci_dist.core import cockpit
+from ccci_dist.core import agents, cockpit
 from ccci_dist.core.phases import MachineDocs, missing_for_done, phase_complete
 from ccci_dist.core.plan import PlanPackage, from_snapshot
 from ccci_dist.state.inbox_store import undelivered
@@ -81,6 +81,7 @@ class Loop(BaseModel):
     violation: str = ""
     cost_today: float
     cost_total: float
+    agent_profile: str = Field("", description="the agent profile of its last iteration")
 
 
 class PhaseView(BaseModel):
@@ -134,6 +135,9 @@ class RunStatus(BaseModel):
         "messages that will never be delivered")
     cost: Cost
     loops: dict[str, Loop]
+    agent_windows: list[str] = Field(
+        default_factory=list, description="each agent profile's recorded quota window (shared by all runs): "
+                                          "limited until, last warning, utilisation")
     liveness: Liveness
 
 
@@ -203,7 +207,7 @@ def run_status(store: Store, s: Settings, run: str, now: float | None = None,
             next_reason=lp.next_reason if (lp.not_before or 0) > now else "",
             fail_streak=lp.fail_streak, restarts=lp.restarts,
             violation=lp.violation, cost_today=round(today.get(role, 0.0), 6),
-            cost_total=round(lp.cost_total, 6),
+            cost_total=round(lp.cost_total, 6), agent_profile=lp.agent_profile,
         )
     phase = rh.phase
     phases, items, blocks = _plan_views(plan, docs, phase, now_dt, timedelta(hours=s.done_freshness_hours))
@@ -230,6 +234,8 @@ def run_status(store: Store, s: Settings, run: str, now: float | None = None,
         run=run, generated_at=now_dt, status=rh.status or "?", state=state, header=header, phase=phase,
         phase_index=k, phase_count=len(order), phases=phases, deferred=docs.deferred,
         pause_reason=rh.pause_reason, items=items, blocks_done=blocks, cost=cost, loops=loops,
+        agent_windows=[agents.describe_window(n, agents.ProfileWindow.model_validate(w), now)
+                       for n, w in sorted(store.agent_windows().items())],
         liveness=live, target_phase=target, undelivered=left,
     )
 

@@ -147,8 +147,11 @@ class Store:
         if fields:
             self.r.hset(k_agent_window(profile), mapping=fields)
 
-    def agent_windows(self, profiles: list[str]) -> dict[str, dict[str, str]]:
-        """The recorded windows of ``profiles`` (absent ones are left out)."""
+    def agent_windows(self, profiles: list[str] | None = None) -> dict[str, dict[str, str]]:
+        """The recorded windows of ``profiles`` (default: every profile with one; absent ones are left out)."""
+        if profiles is None:
+            prefix = k_agent_window("")
+            profiles = sorted(k[len(prefix):] for k in self.r.scan_iter(match=prefix + "*", count=500))
         pipe = self.r.pipeline()
         for name in profiles:
             pipe.hgetall(k_agent_window(name))
