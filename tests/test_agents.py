@@ -1,0 +1,108 @@
+"""core.agents: which agent profile a role runs, quota windows, handoff notes; adapters.agent.profile_env:
+the credential a profile puts in the agent's environment (pure, no processes)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pytest
+
+from ccci_dist.adapters.agent import profile_env
+from ccci_dist.config import AgentProfile, Settings
+from ccci_dist.core import agents
+from ccci_dist.core.agents import ProfileWindow
+
+NOW = 1_800_000_000.0
+PROFILES = {"a": {"command": "claude -p"}, "b": {"command": "claude -p"},
+            "c": {"command": "codex exec --json", "credential": "codex_login", "codex_home": "/x"}}
+
+
+def settings(fallback: bool, chain=("a", "b", "c")) -> Settings:
+    return Settings(agents=PROFILES, role_agents={"builder": list(chain)}, agent_fallback=fallback)
+
+
+def limited(until: float) -> ProfileWindow:
+    return ProfileWindow(limited_until=until)
+
+
+PICKS = [
+    # (fallback, windows, picked)
+    (False, {}, "a"),
+    (False, {"a": limited(NOW + 60)}, "a"),  # off by default: a limited primary stalls, no switch
+    (True, {}, "a"),
+    (True, {"a": limited(NOW + 60)}, "b"),
+    (True, {"a": limited(NOW + 60), "b": limited(NOW + 10)}, "c"),
+    (True, {"a": limited(NOW - 1), "b": limited(NOW + 10)}, "a"),  # back to the primary after its reset
+    (True, {n: limited(NOW + 60) for n in "abc"}, "a"),  # all limited: the primary (its limit stalls)
+]
+
+
+@pytest.mark.parametrize("fallback,windows,picked", PICKS)
+def test_pick(fallback, windows, picked):
+    assert agents.pick(settings(fallback), "builder", windows, NOW) == picked
+
+
+def test_chain_defaults():
+    s = Settings(agents=PROFILES)
+    assert agents.chain(s, "reviewer") == ["default"]
+    assert agents.chain(s, "reviewer", package_agent="b") == ["b"]  # the package's role names its profile
+    assert agents.chain(settings(True), "builder", package_agent="b") == ["a", "b", "c"]  # the config wins
+    assert agents.profile(s, "default").command == s.agent_command
+    with pytest.raises(ValueError, match=r"agent profile 'zz' is not defined; add \[agents.zz\]"):
+        agents.profile(s, "zz")
+
+
+def test_unknown_profile_in_role_agents_is_a_config_error():
+    with pytest.raises(ValueError, match="role_agents.builder names the unknown agent profile 'x'"):
+        Settings(role_agents={"builder": ["x"]})
+    with pytest.raises(ValueError, match="needs secret_file"):
+        AgentProfile(credential="api_key_file")
+
+
+def test_window_fields_from_events():
+    now = datetime.fromtimestamp(NOW, UTC)
+    warn = {"type": "rate_limit_event", "rate_limit_info": {"status": "allowed_warning", "rateLimitType": "five_hour",
+                                                            "utilization": 0.91}}
+    assert agents.window_fields([warn], None, "", now) == {"warned_at": f"{NOW:.3f}", "warning_kind": "five_hour",
+                                                          "utilization": "0.91"}
+    until = datetime.fromtimestamp(NOW + 3600, UTC)
+    assert agents.window_fields([], until, "weekly", now) == {"limited_until": f"{NOW + 3600:.3f}",
+                                                              "limit_kind": "weekly"}
+    line = agents.describe_window("a", ProfileWindow(limited_until=NOW + 3600, limit_kind="weekly",
+                                                     warned_at=NOW, utilization=0.91, warning_kind="five_hour"), NOW)
+    assert line == ("a: limited (weekly) until 2027-01-15 09:00:00 UTC; last warning 2027-01-15 08:00:00 UTC "
+                    "(five_hour, 91% used)")
+
+
+def test_handoff_nudge():
+    note = agents.handoff_nudge("a", "b", "its usage limit (five_hour) holds until 18:00:00 UTC",
+                                ["#3 a usage_limit", "#2 a success (pushed abc)"])
+    assert "from agent profile 'a'" in note and "as 'b'" in note and "fresh session" in note
+    assert "#3 a usage_limit; #2 a success (pushed abc)" in note and "INBOX" in note
+
+
+BASE = {"PATH": "/bin", "ANTHROPIC_API_KEY": "worker-key", "CLAUDE_CODE_OAUTH_TOKEN": "worker-token",
+        "OPENAI_API_KEY": "worker-openai", "HOME": "/root"}
+
+
+def test_profile_env_credentials(tmp_path):
+    secret = tmp_path / "s"
+    secret.write_text("the-secret\n")
+    inherit = profile_env(AgentProfile(env={"X": "1"}), "d", BASE)
+    assert inherit == {**BASE, "X": "1"}
+    login = profile_env(AgentProfile(credential="login", home=tmp_path / "h"), "a", BASE)
+    assert login == {"PATH": "/bin", "HOME": str(tmp_path / "h"), "CLAUDE_CONFIG_DIR": str(tmp_path / "h" / ".claude")}
+    token = profile_env(AgentProfile(credential="oauth_token_file", secret_file=secret), "b", BASE)
+    assert token == {"PATH": "/bin", "HOME": "/root", "CLAUDE_CODE_OAUTH_TOKEN": "the-secret"}
+    key = profile_env(AgentProfile(credential="api_key_file", secret_file=secret), "k", BASE)
+    assert key == {"PATH": "/bin", "HOME": "/root", "ANTHROPIC_API_KEY": "the-secret"}
+    codex_key = profile_env(AgentProfile(command="codex exec --json", credential="api_key_file", secret_file=secret),
+                            "ck", BASE)
+    assert codex_key == {"PATH": "/bin", "HOME": "/root", "OPENAI_API_KEY": "the-secret"}
+    codex = profile_env(AgentProfile(command="codex exec", credential="codex_login", codex_home=tmp_path), "c", BASE)
+    assert codex == {"PATH": "/bin", "HOME": "/root", "CODEX_HOME": str(tmp_path)}
+
+
+def test_profile_env_unreadable_secret_names_the_profile(tmp_path):
+    with pytest.raises(RuntimeError, match=r"agent profile b: cannot read secret_file .*/missing"):
+        profile_env(AgentProfile(credential="oauth_token_file", secret_file=tmp_path / "missing"), "b", BASE)
