@@ -129,3 +129,42 @@ def test_status_json_is_typed_and_run_is_honoured(bed):
     assert json.loads(bed.cli("status", "--json", "--run", "default").stdout)[0]["run"] == "default"
     bad = bed.cli("status", "--run", "nope", check=False)
     assert bad.returncode == 2 and bad.stderr.startswith("error: no run 'nope'") and "Traceback" not in bad.stderr
+
+
+def test_status_watch_redraws_in_a_terminal(bed):
+    """--watch in a real pseudo-terminal: the view is redrawn (a new 'as of' time) without scrolling."""
+    import os
+    import pty
+    import re
+    import select
+    import subprocess
+    import sys
+
+    from harness import wait_for
+
+    bed.worker("w1", beat=True)
+    bed.cli("start")
+    main, sub = pty.openpty()
+    p = subprocess.Popen([sys.executable, "-m", "ccci_dist", "status", "--watch"], stdin=sub, stdout=sub, stderr=sub,
+                         env={**os.environ, **bed.env, "COLUMNS": "80", "LINES": "60", "TERM": "xterm"},
+                         cwd=bed.tmp, start_new_session=True)
+    os.close(sub)
+    seen = bytearray()
+
+    def redrawn() -> bool:
+        while select.select([main], [], [], 0.1)[0]:
+            try:
+                seen.extend(os.read(main, 65536))
+            except OSError:
+                break
+        return len(set(re.findall(rb"as of (\S+ \S+)", bytes(seen)))) >= 2
+
+    try:
+        wait_for(redrawn, 30, 0.2, "two renders of status --watch")
+    finally:
+        p.kill()
+        p.wait(10)
+        os.close(main)
+    text = bytes(seen)
+    assert b"\x1b[2K" in text or b"\x1b[1A" in text  # rich Live moves the cursor up and redraws in place
+    assert b"Traceback" not in text
