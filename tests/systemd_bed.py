@@ -25,11 +25,11 @@ from pathlib import Path
 
 from harness import ROOT, free_port, wait_for
 from rootfs import BASE_PACKAGES, RootfsUnavailable, ensure_rootfs
+from wheelhouse import WHEELHOUSE, fill_wheelhouse
 
 PACKAGES = BASE_PACKAGES
 PREFIX = "/opt/ccci-dist"
 STATE_DIR = "/var/lib/ccci-dist"
-WHEEL_CACHE = Path(os.environ.get("CCCI_ROOTFS_CACHE", "/var/cache/ccci-dist-tests")) / "wheels"
 UNITS = ["ccci-dist-beat", "ccci-dist-flower", "ccci-dist-worker@pi", "ccci-dist-worker@builder-host",
          "ccci-dist-boot"]
 PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -50,7 +50,7 @@ def can_run() -> str | None:
 
 
 def build_wheels(dest: Path, rootfs: Path) -> tuple[Path, Path]:
-    """(this checkout's wheel dir, its dependencies' wheel dir); dependency wheels are cached.
+    """(this checkout's wheel dir, its dependencies' wheel dir: tests/wheelhouse.py's, shared).
 
     Built with the host's Debian python3, which must be the container's (same release): requirement
     markers such as ``python_full_version < "3.11.3"`` are resolved for the interpreter pip runs on.
@@ -62,16 +62,13 @@ def build_wheels(dest: Path, rootfs: Path) -> tuple[Path, Path]:
         raise RootfsUnavailable(f"host /usr/bin/python3 ({host or 'missing'}) is not the container's ({inside}); "
                                 "run the bed on a Debian host of the same release")
     own = dest / "own"
-    pip = ["/usr/bin/python3", "-m", "pip", "wheel", "-q", "--disable-pip-version-check"]
-    subprocess.run([*pip, "--no-deps", "-w", str(own), str(ROOT)], check=True, capture_output=True, timeout=600)
-    WHEEL_CACHE.mkdir(parents=True, exist_ok=True)
-    r = subprocess.run([*pip, "-w", str(WHEEL_CACHE), "--find-links", str(WHEEL_CACHE), "--find-links", str(own),
-                        f"{next(own.glob('ccci_dist-*.whl'))}[all]"], capture_output=True, text=True, timeout=900)
-    if r.returncode != 0:
-        raise RootfsUnavailable(f"pip wheel of the dependencies failed: {r.stderr.strip()[-500:]}")
-    for stale in WHEEL_CACHE.glob("ccci_dist-*.whl"):
-        stale.unlink()
-    return own, WHEEL_CACHE
+    subprocess.run(["/usr/bin/python3", "-m", "pip", "wheel", "-q", "--disable-pip-version-check", "--no-deps",
+                    "-w", str(own), str(ROOT)], check=True, capture_output=True, timeout=600)
+    try:
+        fill_wheelhouse(Path("/usr/bin/python3"), f"{next(own.glob('ccci_dist-*.whl'))}[all]")
+    except AssertionError as exc:
+        raise RootfsUnavailable(f"pip wheel of the dependencies failed: {exc}") from None
+    return own, WHEELHOUSE
 
 
 class Machine:
@@ -227,7 +224,8 @@ install -d -m 1777 {DEMO_DIR}
         self.sh(f"""set -e
 chown ccci:ccci /etc/ccci-dist/redis_password /etc/ccci-dist/env
 chmod 0600 /etc/ccci-dist/redis_password; chmod 0640 /etc/ccci-dist/env
-systemctl restart redis-server
+systemctl reset-failed redis-server  # it failed at boot on the host's 6379 before its port was set
+systemctl restart redis-server || {{ journalctl -u redis-server --no-pager -n 30; exit 1; }}
 {PREFIX}/bin/ccci-dist systemd render --user ccci --agent-user {AGENT_USER} --prefix {PREFIX} --out /root/units \
     --install
 """)

@@ -61,6 +61,18 @@ class Bed:
     def reboot_rows(self, run: str) -> list[str]:
         return [ln for ln in self.show_file(run, "REBOOTS.md").splitlines() if ln.startswith("| 20")]
 
+    def wait(self, pred, timeout: float, what: str, run: str):
+        """``wait`` for ``pred``; on a timeout, say what the run and its agents were doing."""
+        try:
+            return wait(pred, timeout, what)
+        except AssertionError as exc:
+            m = self.machine
+            assert m is not None
+            events = [e for e in m.agent_events() if e["run"] == run][-8:]
+            st = m.ccci("status", "--run", run, check=False).stdout[-3000:]
+            journal = m.sh(f"journalctl -u {BUILDER} --no-pager -n 15", check=False).stdout[-4000:]
+            raise AssertionError(f"{exc}\nagent events: {events}\nstatus:\n{st}\n{BUILDER}:\n{journal}") from None
+
     def start(self, run: str, faults: dict | None = None) -> None:
         m = self.machine
         assert m is not None
@@ -114,7 +126,7 @@ def test_units_start_and_a_run_reaches_done(bed):
             f"journalctl -u {unit} --no-pager | tail -30", check=False).stdout)
     # the boot unit recorded the first boot and resumed the configured run t1, which finishes
     assert len(bed.reboot_rows("t1")) == 1
-    wait(lambda: m.status("t1")["status"] == "done", 180, "run t1 DONE")
+    bed.wait(lambda: m.status("t1")["status"] == "done", 180, "run t1 DONE", "t1")
     status = m.sh(f"systemctl status {BUILDER} --no-pager", check=False).stdout
     assert "active (running)" in status
     assert "Status: \"consuming as" in status, status  # the worker's sd_notify STATUS= text
@@ -127,19 +139,20 @@ def test_kill_9_of_the_worker_restarts_it_and_the_loop_goes_on(bed):
     bed.start("t2", {"builder": ["slow:30"]})
 
     def running_builder():
-        starts = {e["pid"]: e for e in m.agent_events() if e["run"] == "t2" and e["role"] == "builder"}
-        stops = {e["pid"] for e in m.agent_events() if e["event"] == "stop"}
+        events = [e for e in m.agent_events() if e["run"] == "t2" and e["role"] == "builder"]
+        starts = {e["pid"]: e for e in events}
+        stops = {e["pid"] for e in events if e["event"] == "stop"}
         live = [p for p, e in starts.items() if e["event"] == "start" and p not in stops]
         return live[0] if live else None
 
-    agent = wait(running_builder, 60, "a builder agent of t2 at work")
+    agent = bed.wait(running_builder, 60, "a builder agent of t2 at work", "t2")
     m.sh(f"kill -9 {old_main}")
     wait(lambda: not m.pid_alive(agent), 30, "the orphaned agent gone with its worker")
     gone = now()
     wait(lambda: int(m.show(BUILDER, "NRestarts")["NRestarts"]) == before + 1
          and m.show(BUILDER, "SubState")["SubState"] == "running", 60, "systemd restarted the worker")
     assert int(m.show(BUILDER, "MainPID")["MainPID"]) != old_main
-    wait(lambda: m.status("t2")["status"] == "done", 240, "run t2 DONE after the kill")
+    bed.wait(lambda: m.status("t2")["status"] == "done", 240, "run t2 DONE after the kill", "t2")
     events = [e for e in m.agent_events() if e["run"] == "t2"]
     assert overlap(events, "builder", ends={agent: gone}) == []
     assert overlap(events, "reviewer") == []
@@ -151,16 +164,16 @@ def test_sigstop_of_the_worker_fires_the_watchdog_and_the_lease_hands_the_loop_o
     main = int(m.show(BUILDER, "MainPID")["MainPID"])
     assert m.show(BUILDER, "WatchdogUSec")["WatchdogUSec"] in ("15s", "15000000")
     bed.start("t3", {"builder": ["slow:600"]})
-    agent = wait(lambda: next((e["pid"] for e in m.agent_events()
-                               if e["run"] == "t3" and e["role"] == "builder" and e["event"] == "start"), None),
-                 60, "a builder agent of t3 at work")
+    agent = bed.wait(lambda: next((e["pid"] for e in m.agent_events()
+                                   if e["run"] == "t3" and e["role"] == "builder" and e["event"] == "start"), None),
+                     60, "a builder agent of t3 at work", "t3")
     m.sh(f"kill -STOP {main}")
     wait(lambda: int(m.show(BUILDER, "NRestarts")["NRestarts"]) > before, 120, "the watchdog restart")
     journal = m.sh(f"journalctl -u {BUILDER} --no-pager", check=False).stdout
     assert "Watchdog timeout" in journal, journal[-3000:]
     wait(lambda: not m.pid_alive(agent), 60, "the frozen worker's agent gone")
     gone = now()
-    wait(lambda: m.status("t3")["status"] == "done", 300, "run t3 DONE after the watchdog restart")
+    bed.wait(lambda: m.status("t3")["status"] == "done", 300, "run t3 DONE after the watchdog restart", "t3")
     events = [e for e in m.agent_events() if e["run"] == "t3"]
     assert overlap(events, "builder", ends={agent: gone}) == []
     assert [e for e in events if e["event"] == "start" and e["role"] == "builder" and e["pid"] != agent]
@@ -180,20 +193,27 @@ def test_hardening_leaves_the_work_possible(bed):
     assert clones
     uid = int(m.sh("id -u agent").stdout)
     assert any(c.parent.stat().st_uid == uid for c in clones)
+    # ...and, as that user, reads neither the worker's environment nor the broker password
+    worker = m.show(BUILDER, "MainPID")["MainPID"]
+    for secret in (f"/proc/{worker}/environ", "/etc/ccci-dist/redis_password", "/etc/ccci-dist/env"):
+        r = m.sh(f"cat {secret}", user="agent", check=False)
+        assert r.returncode != 0 and "Permission denied" in r.stderr, (secret, r)
 
 
 def test_reboot_mid_iteration_is_recorded_once_and_resumes(bed):
     m = bed.machine
     repo = bed.repo("t4")
     m.set_env(CCCI_RUN="t4", CCCI_PROJECT_REPO=repo)
-    bed.start("t4", {"builder": ["@2 slow:600"]})
+    # several phase-2 builder iterations are slow until the reboot: with a single entry one run
+    # reached DONE without a slow phase-2 builder (not explained yet; see the report of issue 20)
+    bed.start("t4", {"builder": ["@2 slow:600"] * 4})
 
     def busy_in_phase_2():
         events = [e for e in m.agent_events() if e["run"] == "t4" and e["role"] == "builder"]
         stopped = {e["pid"] for e in events if e["event"] == "stop"}
         return bed.resume_phase("t4") == "2" and any(e["pid"] not in stopped for e in events)
 
-    wait(busy_in_phase_2, 180, "phase 1 complete in t4's docs and its builder at work")
+    bed.wait(busy_in_phase_2, 180, "phase 1 complete in t4's docs and its builder at work", "t4")
     boot_before = m.boot_id()
     rows_before = bed.reboot_rows("t4")
     sent_before = len(bed.receiver.messages)
@@ -211,7 +231,7 @@ def test_reboot_mid_iteration_is_recorded_once_and_resumes(bed):
     nudged = wait(lambda: [e for e in m.agent_events() if e["run"] == "t4" and e["event"] == "start"
                            and "rebooted" in e.get("note", "")], 120, "an agent with the reboot nudge")
     assert nudged
-    wait(lambda: m.status("t4")["status"] == "done", 300, "run t4 DONE after the reboot")
+    bed.wait(lambda: m.status("t4")["status"] == "done", 300, "run t4 DONE after the reboot", "t4")
 
 
 def test_restarts_without_a_reboot_record_nothing(bed):
