@@ -164,18 +164,22 @@ def broker_url(settings: Settings, start: bool = True) -> str:
     return url
 
 
-def client(settings: Settings, start: bool = True, timeout: float = 10.0) -> redis.Redis:
+def client(settings: Settings, start: bool = True, timeout: float = 10.0, name: str | None = None) -> redis.Redis:
     """A redis client for ccci-dist state (same server as the broker; the current master of a
     Sentinel group, found again after a failover).
 
     Every command is bounded by ``timeout``: over a silently dropped link a read would
-    otherwise block until the link returns.
+    otherwise block until the link returns. ``name``: every connection names itself so
+    (CLIENT SETNAME on each connect, so again after a reconnect or a failover).
     """
     url = broker_url(settings, start=start)
-    limits = {"socket_connect_timeout": min(5.0, timeout), "socket_timeout": timeout}
+    limits: dict = {"socket_connect_timeout": min(5.0, timeout), "socket_timeout": timeout}
+    if name:
+        limits["client_name"] = name
     group = sentinel_group(url)
     if group is None:
         return redis.Redis.from_url(url, decode_responses=True, health_check_interval=30, **limits)
-    sentinels = Sentinel(list(group.nodes), sentinel_kwargs={"password": group.password, **limits}, **limits)
+    probe = {k: v for k, v in limits.items() if k != "client_name"}
+    sentinels = Sentinel(list(group.nodes), sentinel_kwargs={"password": group.password, **probe}, **limits)
     return sentinels.master_for(settings.sentinel_master, password=group.password, db=group.db,
                                 decode_responses=True, health_check_interval=30, **limits)

@@ -19,6 +19,7 @@ kombu_patch.apply()  # a worker survives a Redis restart (see kombu_patch)
 
 TASK_MODULES = [
     "ccci_dist.engine.iteration", "ccci_dist.engine.watchdog", "ccci_dist.engine.notify", "ccci_dist.engine.registry",
+    "ccci_dist.engine.liveness",
 ]
 
 app = Celery("ccci_dist", include=TASK_MODULES)

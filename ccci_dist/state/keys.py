@@ -114,3 +114,8 @@ def run_keys_patterns(run: str) -> list[str]:
     per_role = ["loop", "lease", "fence", "next", "inbox", "log", "itlog"]
     return ([f"{P}{kind}:{run}" for kind in per_run] + [f"{P}{kind}:{run}:*" for kind in per_role]
             + [f"{P}cost:{run}:*"])
+
+
+def k_live(holder: str) -> str:
+    """Written every half second by a worker process's liveness connection (``host/pid``)."""
+    return f"{P}live:{holder}"

@@ -35,6 +35,7 @@ from ccci_dist.state.keys import (
     k_inbox_seen,
     k_itlog,
     k_lease,
+    k_live,
     k_log,
     k_loop,
     k_next,
@@ -260,6 +261,30 @@ class Store:
         return [json.loads(v) for v in vals if v]
 
     # -- cockpit reads (status, web) ---------------------------------------------------
+    def live_ping(self, holder: str, px: int) -> None:
+        """The liveness connection's heartbeat: a write, so on a demoted master (a replica after a
+        Sentinel failover) it fails and the Sentinel client reconnects to the new master."""
+        self.r.set(k_live(holder), "1", px=px)
+
+    def client_names(self, prefix: str) -> set[str]:
+        """Names starting with ``prefix`` of the normal clients connected to this Redis."""
+        return {c["name"] for c in self.r.client_list(_type="normal") if c.get("name", "").startswith(prefix)}
+
+    def lease_owners(self) -> dict[tuple[str, str], str]:
+        """Every loop lease held now: (run, role) -> owner."""
+        keys = list(self.r.scan_iter(match=k_lease("*", "*"), count=1000))
+        owners = self.r.mget(keys) if keys else []
+        out: dict[tuple[str, str], str] = {}
+        for k, v in zip(keys, owners, strict=True):
+            run, role = k[len(k_lease("", "")) - 1:].rsplit(":", 1)
+            if v:
+                out[(run, role)] = v
+        return out
+
+    def drop_lease(self, run: str, role: str, owner: str) -> bool:
+        """Delete the loop's lease if ``owner`` still holds it (its holder is gone)."""
+        return bool(self._release(keys=[k_lease(run, role)], args=[owner]))
+
     def lease_pttl(self, run: str, role: str) -> int:
         """Milliseconds left on the loop's lease (-2: none, -1: no expiry)."""
         return int(self.r.pttl(k_lease(run, role)))

@@ -1,0 +1,66 @@
+"""core.liveness.Gone: when a lease holder counts as gone (pure, injected clock)."""
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from ccci_dist.core.liveness import Gone, holder, live_name
+
+
+def test_names():
+    assert holder("w1/123/abc-def") == "w1/123"
+    assert live_name("w1", 123) == "ccci-live:w1/123"
+
+
+def test_gone_after_two_misses_beyond_grace():
+    g = Gone(grace=1.0)
+    assert g.observe({"a/1"}, {"a/1"}, 0.0) == set()
+    assert g.observe(set(), {"a/1"}, 0.25) == set()  # first miss starts the clock
+    assert g.observe(set(), {"a/1"}, 1.0) == set()  # two misses but within the grace
+    assert g.observe(set(), {"a/1"}, 1.3) == {"a/1"}
+
+
+def test_never_seen_alive_is_never_reaped():
+    g = Gone(grace=0.0)
+    for t in range(10):
+        assert g.observe({"b/2"}, {"a/1"}, float(t)) == set()
+
+
+def test_back_in_time_resets():
+    g = Gone(grace=1.0)
+    g.observe({"a/1"}, {"a/1"}, 0.0)
+    g.observe(set(), {"a/1"}, 0.5)
+    g.observe({"a/1"}, {"a/1"}, 0.9)  # reconnected
+    assert g.observe(set(), {"a/1"}, 1.6) == set()
+    assert g.observe(set(), {"a/1"}, 2.2) == set()
+    assert g.observe(set(), {"a/1"}, 2.7) == {"a/1"}
+
+
+def test_failed_read_restarts_the_clock():
+    """A Redis restart: reads fail, then the first good read misses everyone; each gets the full grace."""
+    g = Gone(grace=1.0)
+    g.observe({"a/1"}, {"a/1"}, 0.0)
+    g.observe(set(), {"a/1"}, 0.5)
+    g.failed()
+    assert g.observe(set(), {"a/1"}, 5.0) == set()
+    assert g.observe(set(), {"a/1"}, 5.5) == set()
+    assert g.observe({"a/1"}, {"a/1"}, 5.9) == set()
+
+
+@given(st.lists(st.tuples(st.booleans(), st.floats(0.01, 0.5)), max_size=40), st.floats(0.1, 3.0))
+def test_never_reaped_while_present_within_grace(reads, grace):
+    """Any read pattern: reaped only after >= 2 misses spanning > grace since last present."""
+    g, t, last_present, misses, first_miss = Gone(grace=grace), 0.0, 0.0, 0, None
+    g.observe({"a/1"}, {"a/1"}, t)
+    for present, dt in reads:
+        t += dt
+        out = g.observe({"a/1"} if present else set(), {"a/1"}, t)
+        if present:
+            misses, first_miss = 0, None
+            assert out == set()
+            continue
+        misses += 1
+        first_miss = t if first_miss is None else first_miss
+        if out:
+            assert misses >= 2 and t - first_miss > grace and t - last_present > grace
+            break
+        last_present = last_present if not present else t
