@@ -510,3 +510,31 @@ def test_doctor_reports_each_check_and_the_worker_warns_about_separation(bed):
     assert all(c["fix"] for c in checks if not c["ok"])
     down = bed.cli("doctor", check=False, env={"CCCI_BROKER_URL": "redis://:x@127.0.0.1:1/0"})
     assert down.returncode == 1 and "FAIL  broker: not reachable" in down.stdout, down.stdout + down.stderr
+
+
+# ---------------------------------------------------------------------------------------------------------
+# 15. a Redis outage under a running agent: one line when it starts and one when it ends, per component
+
+
+def test_redis_outage_logs_one_line_at_start_and_one_at_end(tmp_path, fresh_redis, remote_repo):
+    b = Bed(tmp_path, fresh_redis.url, remote_repo, CCCI_LEASE_TTL="30", CCCI_WATCHDOG_INTERVAL="5",
+            CCCI_STALL_LIMIT="120")
+    b.faults(builder=["slow:25"])
+    w = b.worker("w1", queues="ccci.control,ccci.builder")
+    b.cli("start")
+    wait_for(lambda: any(e["role"] == "builder" for e in b.agent_events()), 60, 0.2, "the builder's agent running")
+    fresh_redis.kill()
+    out = lambda: w.output()  # noqa: E731
+    # the outage must outlast many renewal (0.5 s) and mirror (0.2 s) attempts: wait for both components
+    wait_for(lambda: "lease renewal: Redis unreachable" in out() and "live log: Redis unreachable" in out(),
+             30, 0.2, "both outage lines")
+    first = out()
+    fresh_redis.start()
+    wait_for(lambda: "lease renewal: Redis reachable again after" in out()
+             and "live log: Redis reachable again after" in out(), 60, 0.2, "both end lines")
+    text = out()
+    b.close()
+    assert text.count("lease renewal: Redis unreachable") == 1, text[-3000:]
+    assert text.count("live log: Redis unreachable") == 1, text[-3000:]
+    assert "lease renewal failed" not in text and "lines not mirrored to Redis (" not in text
+    assert first.count("Redis unreachable") == 2

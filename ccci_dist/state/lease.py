@@ -17,9 +17,11 @@ from collections.abc import Callable
 import redis
 
 from ccci_dist.state.keys import k_loop
+from ccci_dist.state.outage import OutageLog
 from ccci_dist.state.store import ACTIVE, Store
 
 log = logging.getLogger(__name__)
+OUTAGE = OutageLog(log, "lease renewal")
 
 STOP_POLL = 0.5  # seconds between stop-flag checks: `stop` must end an agent within 2 s
 
@@ -80,8 +82,9 @@ class Heartbeat:
                         self._lose("lease_lost")
                         return
                     last_renew, self.expires = now, now + self.ttl
+                OUTAGE.ok()
             except redis.RedisError as exc:
-                log.warning("lease renewal failed: %s", exc.__class__.__name__)
+                OUTAGE.failed(exc)
             if time.monotonic() >= self.expires:
                 self._lose("lease_lost")
                 return

@@ -14,7 +14,10 @@ import threading
 
 import redis
 
+from ccci_dist.state.outage import OutageLog
+
 log = logging.getLogger(__name__)
+OUTAGE = OutageLog(log, "live log")
 
 MAXLEN = 5000  # entries kept per loop stream (approximate trim)
 BACKLOG = 10000  # lines held for Redis before new ones are dropped
@@ -68,9 +71,10 @@ class LiveLog:
                     pipe.xadd(stream, fields, maxlen=self.maxlen, approximate=True)
                 try:
                     pipe.execute()
+                    OUTAGE.ok()
                 except redis.RedisError as exc:
                     self.dropped += len(lines)
-                    log.warning("live log: %d lines not mirrored to Redis (%s)", len(lines), exc.__class__.__name__)
+                    OUTAGE.failed(exc, lost=len(lines))
             for item in batch:
                 if isinstance(item, threading.Event):
                     item.set()
