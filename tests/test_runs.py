@@ -236,7 +236,7 @@ def test_forbidden_paths_never_reach_the_remote(bed):
 
 
 def _kinds_of(receiver) -> list[str]:
-    return [m["json"]["title"] + " " + m["json"].get("body", "") for m in receiver.messages]
+    return [m["json"]["title"] + " " + m["json"].get("message", "") for m in receiver.messages]
 
 
 def test_breaker_pauses_idle_loops_then_an_inbox_message_wakes_them(bed, receiver):
@@ -285,3 +285,61 @@ def test_breaker_trips_on_the_same_error_again_and_again(bed, receiver):
     builder = [f for _, f in _r(bed).xrange("ccci:history:default") if f["role"] == "builder"]
     assert [h["outcome"] for h in builder] == ["api_error"] * 3 and builder[-1]["paused"] == "repeated_error"
     wait_for(lambda: any("paused: repeated_error" in t for t in _kinds_of(receiver)), 20, 0.2, "notification")
+
+
+def test_cc_ci_plan_reaches_done_with_a_jump_and_a_late_failure(bed):
+    """examples/cc-ci-plan with the demo agent: `enqueue phase 2b` early (2b done before 1d, 1e, 2),
+    a late FAILED on a 1-phase item while phase 2 is under way; the run still reaches DONE and
+    every phase was worked on."""
+    from ccci_dist.core.plan import load_package
+
+    cc_ci = ROOT / "examples" / "cc-ci-plan"
+    order = load_package(cc_ci).phase_order
+    bed.env["CCCI_PLAN_DIR"] = str(cc_ci)
+    bed.faults(builder=["@2 slow:3"], reviewer=["@2 fail:1c.1"])
+    bed.worker("w1", beat=True)
+    bed.cli("start")
+    bed.wait_status(lambda st: st["phase"] == "1b", 120, "phase 1b")
+    assert "set to phase 2b" in bed.cli("enqueue", "phase", "2b").stdout
+    before = len(_builder_starts(bed))
+    bed.wait_status(lambda st: st["status"] == "done", 600, "cc-ci DONE")
+    built = [e["phase"] for e in _builder_starts(bed)]
+    assert set(order) <= set(built), (order, built)
+    # the jump: 2b worked on right after the enqueue, before 2; 1c again after the late FAILED on 1c.1
+    assert "2b" in built[before:before + 3] and built.index("2b") < built.index("2"), (before, built)
+    assert "1c" in built[built.index("2"):], built
+    repo = bed.clone()
+    status = (repo / "STATUS.md").read_text().splitlines()
+    assert all(f"## DONE {p}" in status for p in order)
+    review = (repo / "REVIEW.md").read_text()
+    assert review.index("FAILED 1c.1") < review.rindex("VERIFIED 1c.1")
+    assert "- 1c.1: fixed " in (repo / "work" / "phase-1c.md").read_text()
+
+
+def test_inbox_repeat_mark_and_undelivered_at_done(bed, receiver):
+    """A message whose iteration crashed is marked as a repeat the second time; a message still
+    pending at DONE is listed in the DONE notification, in status and `inbox list --json`; the loop
+    whose iteration DONE cut off shows no running iteration."""
+    bed.env["CCCI_NOTIFY_URLS"] = json.dumps([receiver.url()])
+    bed.faults(builder=["slow:3", "crash", "@2 slow:1", "@2 slow:60"])
+    bed.worker("w1", beat=True)
+    bed.cli("start")
+    wait_for(lambda: _builder_starts(bed), 30, 0.1, "first builder iteration")
+    m1 = bed.cli("inbox", "send", "--to", "builder", "first message").stdout.strip().rsplit(" ", 1)[1]
+    starts = wait_for(lambda: [e for e in _builder_starts(bed) if m1 in e["inbox"]][1:] and
+                      [e for e in _builder_starts(bed) if m1 in e["inbox"]], 60, 0.2, "a second delivery")
+    assert "(repeat:" not in starts[0]["inbox"] and f"[{m1}] (repeat:" in starts[1]["inbox"], starts
+    # the builder's long iteration on phase 2 (waiting for review): a message sent now is never delivered
+    wait_for(lambda: len([e for e in _builder_starts(bed) if e["phase"] == "2"]) >= 2, 60, 0.2,
+             "the builder's second phase-2 iteration")
+    m2 = bed.cli("inbox", "send", "--to", "builder", "too late").stdout.strip().rsplit(" ", 1)[1]
+    st = bed.wait_status(lambda st: st["status"] == "done", 90, "DONE")
+    assert [m["id"] for m in st["undelivered"]] == [m2], st["undelivered"]
+    assert "never delivered" in st["header"]
+    assert st["loops"]["builder"]["state"] == "done"
+    r = _r(bed)
+    assert not r.hget("ccci:loop:default:builder", "running")
+    wait_for(lambda: any("DONE" in t and m2 in t for t in _kinds_of(receiver)), 20, 0.2,
+             f"the DONE notification naming {m2}: {_kinds_of(receiver)}")
+    rows = [json.loads(line) for line in bed.cli("inbox", "list", "--json").stdout.splitlines()]
+    assert {(m["id"], m["state"]) for m in rows} == {(m1, "delivered"), (m2, "pending")}, rows
