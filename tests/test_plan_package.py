@@ -56,7 +56,7 @@ def test_cc_ci_plan_checks_ok():
     res = ccci("plan", "check", str(EXAMPLES / "cc-ci-plan"))
     assert res.returncode == 0, res.stderr
     assert res.stderr == ""
-    assert "ok: 8 phases, 10 DoD items, 2 roles" in res.stdout
+    assert "ok: 8 phases, 10 DoD items, 3 roles" in res.stdout
     for n in range(1, 11):
         assert f"D{n} " in res.stdout
     assert "D11" not in res.stdout
@@ -70,8 +70,12 @@ def test_cc_ci_plan_structure():
     pkg = load_package(EXAMPLES / "cc-ci-plan")
     assert pkg.name == "cc-ci"
     assert pkg.phase_order == CC_CI_PHASES
-    assert pkg.roles == ["builder", "reviewer"]
-    assert pkg.prompts == {"builder": ROOT / "prompts" / "builder.md", "reviewer": ROOT / "prompts" / "adversary.md"}
+    assert pkg.roles == ["builder", "reviewer", "supervisor"]
+    assert pkg.prompts == {"builder": ROOT / "prompts" / "builder.md", "reviewer": ROOT / "prompts" / "adversary.md",
+                           "supervisor": ROOT / "prompts" / "supervisor.md"}
+    sup = pkg.spec("supervisor")
+    assert (sup.paths, sup.every, sup.digest, sup.on) == ((), 7200.0, True, (
+        "reboot", "phase_advanced", "stalled", "done_blocked"))
     assert [i.id for i in pkg.dod] == [f"D{n}" for n in range(1, 11)]
     for ph in pkg.phases:
         ids = [i.id for i in ph.items]

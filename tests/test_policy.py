@@ -118,6 +118,11 @@ def test_quiet_hours_hold_the_next_start_until_they_end():
     assert run(o("crash", "backoff"), s=s).not_before == NOW.replace(hour=13, minute=30)
 
 
+def test_a_woken_role_is_left_to_the_watchdog():
+    assert not run(o("success", "continue"), role=default_role("supervisor")).enqueue_next
+    assert not run(o("success", "continue"), role=RoleSpec(name="w", every=60)).enqueue_next
+
+
 def test_a_paced_role_is_left_to_the_watchdog():
     paced = Settings(reviewer_every=2)
     assert not run(o("success", "continue"), role=REVIEWER, s=paced).enqueue_next

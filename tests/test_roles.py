@@ -70,7 +70,7 @@ queue = "ccci.sup"
     assert pkg.roles == ["builder", "reviewer", "supervisor"]
     sup = pkg.spec("supervisor")
     assert sup == RoleSpec(name="supervisor", prompt="prompts/supervisor.md", paths=(), every=7200.0,
-                           on=("reboot", "stalled"), agent="opus", queue="ccci.sup", waits_for="builder")
+                           on=("reboot", "stalled"), agent="opus", queue="ccci.sup", digest=True)
     assert sup.woken and not pkg.spec("builder").woken
     assert pkg.spec("reviewer").paths == ("REVIEW.md", "notes/*.md")
     assert pkg.spec("reviewer").waits_for == "builder"  # defaults kept where the table is silent

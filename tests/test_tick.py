@@ -10,7 +10,7 @@ import pytest
 from ccci_dist.config import Settings
 from ccci_dist.core.phases import MachineDocs, Verification
 from ccci_dist.core.plan import from_snapshot
-from ccci_dist.core.roles import default_role
+from ccci_dist.core.roles import RoleSpec, default_role
 from ccci_dist.core.tick import LoopSeen, LoopTick, RunSeen, RunTick, decide_loop, decide_run, paced_due
 
 NOW = datetime(2026, 3, 4, 12, 0, 0, tzinfo=UTC)
@@ -83,7 +83,8 @@ def test_advance_phase_rule():
     assert decide_run(RunSeen(active=True, phase="9"), PLAN, docs("1", "1.1"), S, NOW).advance_to == "2"
 
 
-B, R = default_role("builder"), default_role("reviewer")
+B, R, SUP = default_role("builder"), default_role("reviewer"), default_role("supervisor")
+EVERY = RoleSpec(name="watcher", every=7200)
 PACED = Settings(watchdog_interval=5, lease_ttl=10, pickup_timeout=60, reviewer_every=2)
 LOOP_CASES = {
     "idle, due: enqueue": (LoopSeen(active=True), B, S, LoopTick(action="enqueue")),
@@ -105,6 +106,16 @@ LOOP_CASES = {
                             LoopTick(action="enqueue", mark_seen=6)),
     "builder is never paced": (LoopSeen(active=True), B, PACED, LoopTick(action="enqueue")),
     "no reviewer_every: reviewer not paced": (LoopSeen(active=True), R, S, LoopTick(action="enqueue")),
+    "supervisor asleep": (LoopSeen(active=True, ended_at=T - 10), SUP, S,
+                          LoopTick(why="sleeps until its cadence or an event")),
+    "supervisor woken by an event": (LoopSeen(active=True, ended_at=T - 10, woken=True), SUP, S,
+                                     LoopTick(action="enqueue")),
+    "woken, but backing off": (LoopSeen(active=True, woken=True, not_before=T + 5), SUP, S,
+                               LoopTick(why="not before")),
+    "cadence not yet due": (LoopSeen(active=True, ended_at=T - 7199), EVERY, S,
+                            LoopTick(why="sleeps until its cadence or an event")),
+    "cadence due": (LoopSeen(active=True, ended_at=T - 7200), EVERY, S, LoopTick(action="enqueue")),
+    "cadence: never ran": (LoopSeen(active=True), EVERY, S, LoopTick(action="enqueue")),
 }
 
 

@@ -37,7 +37,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from ccci_dist.core.phases import FAILED, VERIFIED, done_line, parse_review, parse_status, review_line
-from ccci_dist.core.prompt import BLOCKERS_HEADING, INBOX_HEADING, parse_context
+from ccci_dist.core.prompt import BLOCKERS_HEADING, DIGEST_HEADING, INBOX_HEADING, parse_context
 
 COMMAND = f"{sys.executable} -m ccci_dist.adapters.demo_agent"  # how the demo and tests run it
 
@@ -247,6 +247,29 @@ def reviewer(ctx: dict, prompt: str, fault: str) -> str:
     return f"verified {len(lines)} items"
 
 
+def _ccci(*args: str) -> str:
+    """Run a ccci-dist command as an agent would (from the clone, in the agent's environment)."""
+    p = subprocess.run([sys.executable, "-m", "ccci_dist", *args], capture_output=True, text=True, timeout=120)
+    return (p.stdout + p.stderr).strip()
+
+
+def supervisor(ctx: dict, prompt: str, fault: str) -> str:
+    """Watch, message and report; never commit. Woken by a stalled loop it tells the builder, after
+    a reboot it announces itself to the operator."""
+    note = _section(prompt, "Note from the runner")
+    digest = _section(prompt, DIGEST_HEADING)
+    done = []
+    if "(stalled)" in note:
+        stalled = note.split("the ", 1)[-1].split(" loop stalled", 1)[0] if " loop stalled" in note else "a"
+        done.append(_ccci("inbox", "send", "--to", "builder",
+                          f"Supervisor: the {stalled} loop stalled; keep going on what you can do meanwhile."))
+    if "(reboot)" in note:
+        first = digest.splitlines()[0] if digest else "no status"
+        done.append(_ccci("notify", "--title", "supervisor is back",
+                          f"Supervisor back after a reboot (iteration {ctx.get('iteration')}). {first}"))
+    return "; ".join(done) or "supervised: nothing to report"
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     session = argv[argv.index("--resume") + 1] if "--resume" in argv else str(uuid.uuid4())
@@ -315,7 +338,10 @@ def _act(ctx: dict, prompt: str, role: str, fault: str, session: str, started: f
     recent = _safe_git("log", "-3", "--format=%h %s") or "(empty)"
     _emit({"type": "user", "message": {"content": [{"type": "tool_result", "tool_use_id": "t1", "content": recent}]}})
     _work(float(arg) if name == "slow" else float(os.environ.get("CCCI_DEMO_SLEEP", "0")))
-    text = builder(ctx, prompt, fault) if role == "builder" else reviewer(ctx, prompt, fault)
+    if role == "supervisor":
+        text = supervisor(ctx, prompt, fault)
+    else:
+        text = builder(ctx, prompt, fault) if role == "builder" else reviewer(ctx, prompt, fault)
     _emit({"type": "assistant", "message": {"content": [{"type": "text", "text": text}]}})
     _emit(_result(session, started, text, prompt))
     return 0

@@ -34,6 +34,7 @@ COMMANDS: dict[str, str] = {
     "logs": "ccci_dist.cli.loops:logs_cmd",
     "demo": "ccci_dist.cli.demo:demo_cmd",
     "inbox": "ccci_dist.cli.inbox:inbox_group",
+    "notify": "ccci_dist.cli.inbox:notify_cmd",
     "boot": "ccci_dist.cli.boot:boot_cmd",
     "vm": "ccci_dist.cli.vm:vm_group",
     "state": "ccci_dist.cli.state:state_group",

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import json
+
 import click
 
 from ccci_dist.adapters.workspace import GitError
 from ccci_dist.cli import Ctx, fail, pass_ctx
 from ccci_dist.config import ConfigError, Settings, hostname
-from ccci_dist.core.plan import PackageError
+from ccci_dist.core.plan import PackageError, specs_of
 from ccci_dist.engine.boot import REBOOTS_FILE, normalize_boot_id, record_reboot
 from ccci_dist.engine.runs import RunError, start_run
+from ccci_dist.engine.supervisor import wake
 from ccci_dist.state.store import ACTIVE, PAUSED, Store
 
 
@@ -40,6 +43,11 @@ def boot_cmd(obj: Ctx, boot_id: str | None) -> None:
         click.echo(f"reboot recorded in {REBOOTS_FILE} (boot id {boot_id})")
     else:
         click.echo(f"boot id {boot_id} already recorded; nothing to record")
+    if recorded and (plan := store.run(s.run).plan):
+        # before the resume, so the iterations it starts carry the wake
+        wake(store, s.run, specs_of(json.loads(plan)), "reboot",
+             f"{hostname()} rebooted (boot id {boot_id[:8]}); announce yourself to the operator with "
+             "`ccci-dist notify`")
     _resume(obj, s, store, recorded)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from datetime import UTC, datetime
 
@@ -11,6 +12,8 @@ from rich.console import Console
 from rich.table import Table
 
 from ccci_dist.cli import Ctx, fail, pass_ctx
+from ccci_dist.engine.notify import notify_sync
+from ccci_dist.engine.supervisor import OUTBOX_ENV, outbox_request
 from ccci_dist.state.inbox_store import InboxError, listing, send, targets, validate
 from ccci_dist.state.store import NotReplicated, Store
 
@@ -39,6 +42,10 @@ def send_cmd(obj: Ctx, to: str, message: str) -> None:
         text = validate(raw)
     except InboxError as exc:
         fail(str(exc))
+    if os.environ.get(OUTBOX_ENV):  # inside an iteration: the runner delivers it after the iteration
+        outbox_request("inbox", to=to, text=text)
+        click.echo(f"queued for {to} (delivered when this iteration ends)")
+        return
     s, store = open_store(obj)
     try:
         roles = targets(_roles(store, s.run), to)
@@ -79,3 +86,27 @@ def list_cmd(obj: Ctx, role: str | None, as_json: bool) -> None:
 
 def _utc(ts: float | str) -> str:
     return datetime.fromtimestamp(float(ts), UTC).strftime("%Y-%m-%d %H:%M:%S") if ts else ""
+
+
+@click.command("notify")
+@click.option("--title", default="report", show_default=True, help="The notification's title.")
+@click.argument("message")
+@pass_ctx
+def notify_cmd(obj: Ctx, title: str, message: str) -> None:
+    """Send MESSAGE (or '-' for stdin) to the operator's notifiers (notify_urls). Inside an
+    iteration (a supervising agent) it is sent when the iteration ends."""
+    raw = sys.stdin.buffer.read() if message == "-" else message.encode("utf-8", "surrogateescape")
+    try:
+        text = validate(raw)
+    except InboxError as exc:
+        fail(str(exc).replace("message", "notification", 1))
+    if os.environ.get(OUTBOX_ENV):
+        outbox_request("notify", title=title, text=text)
+        click.echo("notification queued (sent when this iteration ends)")
+        return
+    from ccci_dist.cli.loops import open_store
+
+    s, _ = open_store(obj)
+    if not notify_sync(s, "role_report", f"{s.run}: {title}", text):
+        fail("no notifier accepted the notification; check notify_urls with `ccci-dist config show`", code=1)
+    click.echo("notification sent")

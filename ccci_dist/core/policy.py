@@ -161,8 +161,9 @@ def decide(outcome: Outcome, loop: LoopFacts, role: RoleSpec, settings: Settings
     why = "usage limit reset" if stalled_until is not None else f"back-off after {streak} failure(s)"
     goes_on = ok or bool(limited and fallback)
     reason = start_reason(at, not_before=not_before, quiet=s.quiet_hours, why_not_before=why)
-    # A paced role is enqueued by the watchdog, which counts the progress of the role it waits for.
-    paced = bool(role.waits_for) and s.reviewer_every > 0
+    # A paced role is enqueued by the watchdog, which counts the progress of the role it waits for;
+    # a woken role (cadence, events) by the watchdog too, when it is due.
+    paced = bool(role.waits_for) and s.reviewer_every > 0 or role.woken
     b = breaker(outcome, loop, ran, s.no_progress_limit)
     if b.trip and not stop_reason:
         n = b.error_streak if b.trip == "repeated_error" else b.idle_streak

@@ -22,6 +22,7 @@ BLOCKERS_HEADING = "## What blocks DONE (all phases)"
 GRAMMAR_HEADING = "## Machine docs (how the runner reads progress)"
 REPEAT = " (repeat: an earlier iteration that carried this message was cut off before it finished)"
 
+DIGEST_HEADING = "## Status digest (from the runner)"
 NUDGES = {
     "restart": "The runner restarted this loop after the previous iteration was interrupted "
                "(worker host lost or killed). Check the repo state and resume where you left off.",
@@ -41,10 +42,11 @@ NUDGES = {
 
 def assemble(*, role: str, run: str, iteration: int, phase: str, plan: dict,
              inbox: Sequence[tuple[str, str]] = (), nudges: Sequence[str] = (),
-             blockers: Sequence[str] | None = None, repeats: Collection[str] = ()) -> str:
+             blockers: Sequence[str] | None = None, repeats: Collection[str] = (), digest: str = "") -> str:
     """Build the iteration prompt. ``inbox`` is (id, text) pairs; ``nudges`` are texts or NUDGES keys;
     ``blockers`` what stands between the run and DONE across all phases (None: not known);
-    ``repeats`` the ids of INBOX messages an earlier, unfinished iteration already carried."""
+    ``repeats`` the ids of INBOX messages an earlier, unfinished iteration already carried;
+    ``digest`` the run's status for a supervising role."""
     ph = plan["phases"].get(phase, {"title": "", "text": "", "items": []})
     items = ",".join(i["id"] for i in ph["items"])
     dod_ids = ",".join(i["id"] for i in plan["dod"])
@@ -62,6 +64,8 @@ def assemble(*, role: str, run: str, iteration: int, phase: str, plan: dict,
     if blockers is not None:
         body = "\n".join(f"- {b}" for b in blockers) if blockers else "- nothing: DONE holds"
         parts.append(f"{BLOCKERS_HEADING}\n\n{body}")
+    if digest:
+        parts.append(f"{DIGEST_HEADING}\n\n{digest}")
     if inbox:
         parts.append(
             f"{INBOX_HEADING}\n\nEach message starts with its id in brackets (like [{EXAMPLE_INBOX_ID}]); "

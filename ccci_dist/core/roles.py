@@ -9,8 +9,7 @@ A plan package declares its roles in ``package.toml``, one table each::
     waits_for = "builder"            # pacing: with reviewer_every = K, once per K builder iterations
     paths = ["REVIEW.md", "review/**"]
     verbs = ["VERIFIED", "FAILED"]
-    [roles.supervisor]
-    paths = []                        # may push nothing
+    [roles.supervisor]                # defaults: paths = [], on = every event, digest = true
     every = "2h"                      # and/or on = ["reboot", "phase_advanced", "stalled", "done_blocked"]
     agent = "claude-opus"             # an agent profile name
 
@@ -27,7 +26,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
-BUILDER, REVIEWER = "builder", "reviewer"
+BUILDER, REVIEWER, SUPERVISOR = "builder", "reviewer", "supervisor"
 EVENTS = ("reboot", "phase_advanced", "stalled", "done_blocked")
 VERBS = ("DONE", "VERIFIED", "FAILED")
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d)\s*$")
@@ -50,11 +49,15 @@ class RoleSpec(BaseModel):
     every: float = 0.0  # cadence in seconds (0 = runs back to back, as builder and reviewer do)
     on: tuple[str, ...] = ()  # events that wake it (see EVENTS)
     agent: str = ""  # agent profile name ("" = the configured agent)
+    digest: bool = False  # its prompt carries the run's status digest (phases, D-items, loops, costs, reboots)
 
     @property
     def woken(self) -> bool:
-        """Runs on a cadence or on events rather than back to back."""
+        """Runs on a cadence or when woken (an event or a nudge), not back to back."""
         return bool(self.every or self.on)
+
+    def wakes_on(self, event: str) -> bool:
+        return event in self.on
 
 
 def default_role(name: str) -> RoleSpec:
@@ -63,6 +66,8 @@ def default_role(name: str) -> RoleSpec:
         return RoleSpec(name=name, verbs=("DONE",))
     if name == REVIEWER:
         return RoleSpec(name=name, waits_for=BUILDER, verbs=("VERIFIED", "FAILED"))
+    if name == SUPERVISOR:  # optional third role: watches, messages the loops, notifies; pushes nothing
+        return RoleSpec(name=name, paths=(), on=EVENTS, digest=True)
     return RoleSpec(name=name, waits_for=BUILDER)  # as before roles were data: held like a reviewer
 
 
@@ -114,6 +119,12 @@ def _role(name: str, raw: dict[str, Any], defects: list[str]) -> RoleSpec | None
         if key not in allowed:
             defects.append(f"unknown key {where} in package.toml; use one of {', '.join(sorted(allowed))}")
             ok = False
+        elif key == "digest":
+            if not isinstance(value, bool):
+                defects.append(f"{where} in package.toml must be true or false")
+                ok = False
+            else:
+                fields[key] = value
         elif key in ("prompt", "queue", "waits_for", "agent"):
             if not isinstance(value, str):
                 defects.append(f"{where} in package.toml must be a string; quote it")

@@ -65,6 +65,8 @@ class LoopSeen:
     running: int | None = None  # an iteration claimed and never finished
     waited_done: int = 0  # iterations finished by the role this one waits for
     seen: int = 0  # of those, how many it had seen at its last paced start
+    ended_at: float | None = None  # when its last iteration ended
+    woken: bool = False  # a wake (event or nudge) is pending for it
 
 
 LoopAction = Literal["wait", "requeue", "enqueue"]
@@ -104,6 +106,10 @@ def decide_loop(loop: LoopSeen, role: RoleSpec, settings: Settings, now: datetim
         return LoopTick(why="queued")
     if t < (loop.not_before or 0):
         return LoopTick(why="not before")
+    if role.woken:  # a cadence and/or events, not back to back
+        if loop.woken or (role.every and t >= (loop.ended_at or 0) + role.every):
+            return LoopTick(action="enqueue", restart=loop.running is not None)
+        return LoopTick(why="sleeps until its cadence or an event")
     mark_seen = None
     if role.waits_for and s.reviewer_every:
         if not paced_due(loop.waited_done, loop.seen, s.reviewer_every):

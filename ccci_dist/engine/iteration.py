@@ -12,10 +12,12 @@ import json
 import logging
 import os
 import pwd
+import shutil
 import subprocess
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 from ccci_dist.adapters.agent import AgentProcess, IterationResult, agent_kind, build_command, profile_env
@@ -27,12 +29,13 @@ from ccci_dist.core.limits import backoff_seconds, clock
 from ccci_dist.core.outcome import Outcome, classify
 from ccci_dist.core.phases import MachineDocs, blockers, docs_fingerprint, working_phase
 from ccci_dist.core.plan import DEFAULT_FORBIDDEN_PATHS, forbidden_hits, from_snapshot, specs_of
-from ccci_dist.core.policy import LoopFacts, Ran, decide
+from ccci_dist.core.policy import Decision, LoopFacts, Ran, decide
 from ccci_dist.core.prompt import assemble
 from ccci_dist.core.roles import RoleSpec, allowed_paths, role_spec
 from ccci_dist.core.schedule import next_midnight
 from ccci_dist.engine.app import app, settings
 from ccci_dist.engine.notify import notify
+from ccci_dist.engine.supervisor import OUTBOX_ENV, apply_outbox, digest, wake
 from ccci_dist.logsetup import log_context, prune_logs
 from ccci_dist.state.inbox_store import stream_order as _sid
 from ccci_dist.state.lease import Heartbeat
@@ -209,6 +212,31 @@ class Iteration:
         self.store.finish(self.run, self.role, self.token, self.owner, {k: str(v) for k, v in fields.items()},
                           {k: str(v) for k, v in history.items()})
 
+    def _outbox(self) -> Path:
+        """An empty folder for this iteration's requests (``ccci-dist inbox send`` / ``notify``)."""
+        path = self.s.state_dir / "outbox" / self.run / self.role / f"{self.number:06d}-{self.attempt}"
+        shutil.rmtree(path, ignore_errors=True)
+        path.mkdir(parents=True)
+        if self.s.agent_user:
+            pw = pwd.getpwnam(self.s.agent_user)
+            os.chown(path, pw.pw_uid, pw.pw_gid)
+        return path
+
+    def _after(self, d: Decision, outcome: Outcome) -> None:
+        """After the fenced finish: carry out the agent's outbox, wake roles that watch for a stall."""
+        path = self.s.state_dir / "outbox" / self.run / self.role / f"{self.number:06d}-{self.attempt}"
+        try:
+            apply_outbox(self.store, self.run, self.role, path, [r.name for r in self.specs])
+        except Exception:  # the iteration is recorded; its requests are lost, not the loop
+            log.exception("could not carry out the iteration's outbox")
+        finally:
+            shutil.rmtree(path, ignore_errors=True)
+        if d.stalled_until is not None or d.stop_reason or d.pause_reason:
+            why = (f"until {d.stalled_display}" if d.stalled_until is not None
+                   else f"stopped: {d.stop_reason}" if d.stop_reason else f"paused: {d.pause_reason}")
+            wake(self.store, self.run, self.specs, "stalled",
+                 f"the {self.role} loop stalled ({outcome.kind}, {why}): {outcome.detail[:200]}", exclude=self.role)
+
     def _archive_log(self) -> None:
         """Keep this iteration's agent log in Redis (compressed, capped), readable from any host."""
         if not self.log_path or not os.path.exists(self.log_path):
@@ -246,7 +274,8 @@ class Iteration:
         handoff = self._pick_profile()
         prompt = assemble(role=self.role, run=self.run, iteration=self.number, phase=phase,
                           plan=plan, inbox=inbox, nudges=[*nudges, *([handoff] if handoff else [])],
-                          blockers=blocking, repeats=repeats)
+                          blockers=blocking, repeats=repeats,
+                          digest=digest(self.store, self.s, self.run) if self.spec.digest else "")
         # another profile is another account (or vendor): its sessions are not this one's
         fresh = loop.fresh_session or bool(handoff)
         session = loop.session_id if self.s.agent_resume and not fresh else None
@@ -263,6 +292,7 @@ class Iteration:
         prune_logs(log_path.parent.parent, self.s.log_max_age_days, self.s.log_max_bytes)
         write_log = self.store.log_writer(self.run, self.role)
         env = profile_env(prof, self.profile, agent_env(self.s, self.run, self.role))
+        env[OUTBOX_ENV] = str(self._outbox())
         self.agent = AgentProcess(argv, prompt, ws.path, log_path, env=env,
                                   on_line=lambda line: write_log({"n": self.number, "line": line[:4000]}),
                                   kill_grace=self.s.kill_grace, kind=self.kind,
@@ -423,6 +453,7 @@ class Iteration:
             return "refused"
         for n in d.notices:
             notify(n.event, f"{self.run}/{self.role}: {n.title}", n.body)
+        self._after(d, outcome)
         self._report(outcome, res, pushed, now)
         if next_task:
             try:

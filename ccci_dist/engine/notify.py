@@ -25,6 +25,7 @@ KINDS = (
     "run_started", "phase_advanced", "loop_restarted", "limit_stall", "repeated_failures", "reboot_recorded",
     "budget_reached", "done", "loop_paused", "loop_resumed",
     "vm_down", "vm_up", "isolation_violation", "auth_failure", "stale_write_refused",
+    "role_report",
 )
 TASK_NAME = "ccci.notify"
 SEND_TIMEOUT = 5.0  # seconds per connect and per read, per notifier

@@ -26,6 +26,7 @@ from ccci_dist.core.tick import LoopSeen, RunSeen, decide_loop, decide_run, wake
 from ccci_dist.engine.app import app, settings
 from ccci_dist.engine.iteration import get_store, iteration_queue, send_iteration
 from ccci_dist.engine.notify import notify
+from ccci_dist.engine.supervisor import wake
 from ccci_dist.state.inbox_store import INBOX_FILE, ingest_inbox_file, undelivered
 from ccci_dist.state.models import RunState
 from ccci_dist.state.store import ACTIVE, PAUSED, Store
@@ -94,6 +95,7 @@ def tick_run(store: Store, s: Settings, run: str, now: datetime) -> None:
         why = f"phase {d.advance_to} is incomplete again" if back else f"phase {d.phase} is complete"
         store.event(run, "phase_advanced", phase=d.advance_to, previous=d.phase, back=int(back))
         notify("phase_advanced", f"{run}: phase {d.advance_to}", f"{why}; now on phase {d.advance_to}")
+        wake(store, run, plan.specs, "phase_advanced", f"{why}; now on phase {d.advance_to}")
     for role in plan.roles:
         tick_loop(store, s, run, plan.spec(role), rh, now)
 
@@ -115,6 +117,7 @@ def tick_loop(store: Store, s: Settings, run: str, spec: RoleSpec, rh: RunState,
     seen = LoopSeen(active=active, lease_ms=store.lease_pttl(run, role) if active else -2,
                     queued=(store.queued_task(run, role) or "") if active else "", next_at=loop.next_at,
                     not_before=loop.not_before, running=loop.running, seen=loop.builder_seen,
+                    ended_at=loop.ended_at, woken=bool(loop.nudges),
                     waited_done=int(store.loop_field(run, spec.waits_for, "iteration") or 0) if paced else 0)
     d = decide_loop(seen, spec, s, now)
     if d.follow_up is not None:

@@ -52,6 +52,7 @@ class LoopState(_HashModel):
     started_at: float | None = None
     task_id: str = ""
     next_at: float | None = None
+    ended_at: float | None = None
     next_queue: str = ""
     not_before: float | None = None
     stalled_until: float | None = None

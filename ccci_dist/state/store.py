@@ -448,6 +448,21 @@ class Store:
             self.r.hset(key, "nudges", json.dumps([*nudges, "restart"]))
         return restarts
 
+    def add_nudge(self, run: str, role: str, nudge: str) -> bool:
+        """Queue ``nudge`` for the loop's next prompt unless it is pending already (atomic against a
+        finishing iteration's rewrite of the list); False if it was."""
+        key = k_loop(run, role)
+
+        def add(pipe: redis.client.Pipeline) -> bool:
+            nudges = json.loads(pipe.hget(key, "nudges") or "[]")
+            if nudge in nudges:
+                return False
+            pipe.multi()
+            pipe.hset(key, "nudges", json.dumps([*nudges, nudge]))
+            return True
+
+        return bool(self.r.transaction(add, key, value_from_callable=True))
+
     def set_loop_fields(self, run: str, role: str, **fields: Any) -> None:
         self.r.hset(k_loop(run, role), mapping={k: str(v) for k, v in fields.items()})
 
