@@ -54,7 +54,8 @@ def test_supervisor_woken_by_a_stalled_loop_messages_the_builder(three_roles):
     store = Store.from_url(bed.env["CCCI_BROKER_URL"])
     sent = store.events("default", "inbox_from_role")
     assert sent and sent[0]["role"] == "supervisor" and sent[0]["to"] == "builder"
-    assert [m["from"] for m in listing(store, "default", "builder")] == ["supervisor"]  # not the operator
+    # (the reviewer, idle while the builder stalls, may be paused by the breaker: another wake, another message)
+    assert {m["from"] for m in listing(store, "default", "builder")} == {"supervisor"}  # not the operator
     assert all(not h.get("commit") for h in _history(bed, "supervisor"))  # it pushed nothing
 
 
