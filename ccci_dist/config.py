@@ -236,6 +236,9 @@ class Settings(BaseSettings):
         False, description="on a usage limit, continue on the role's first fallback profile that is not limited")
     lease_ttl: float = Field(10.0, gt=0.5, le=3600, description="seconds")
     watchdog_interval: float = Field(5.0, gt=0.1, le=3600, description="seconds; at most lease_ttl")
+    lease_watch_grace: float = Field(1.0, ge=0, le=60, description=(
+        "seconds a worker process's liveness connection must be gone before the beat host drops its lease "
+        "and re-runs the loop; 0 turns this off (a dead process then takes the lease TTL)"))
     iteration_time_limit: float = Field(7200.0, gt=0, le=7 * 86400, description="seconds")
     stall_limit: float = Field(900.0, gt=0, le=7 * 86400, description="seconds without an agent event")
     kill_grace: float = Field(1.0, ge=0, le=600, description="SIGTERM→SIGKILL grace, seconds")

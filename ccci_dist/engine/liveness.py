@@ -33,7 +33,6 @@ log = logging.getLogger(__name__)
 
 PING = 0.5  # seconds between writes of the liveness connection
 WATCH = 0.25  # seconds between the watcher's reads
-GRACE = 1.0  # seconds a holder must stay absent (over two reads at least) before its lease goes
 
 _started: dict[str, int] = {}  # what -> the pid it was started in (a forked child starts its own)
 _lock = threading.Lock()
@@ -79,7 +78,7 @@ def _pool_child(**_: object) -> None:  # a prefork child runs the iterations und
 class LeaseWatcher(threading.Thread):
     """Reaps the leases of gone worker processes and re-runs their loops at once."""
 
-    def __init__(self, s: Settings, store: Store, interval: float = WATCH, grace: float = GRACE):
+    def __init__(self, s: Settings, store: Store, interval: float = WATCH, grace: float = 1.0):
         super().__init__(name="ccci-lease-watcher", daemon=True)
         self.s, self.store, self.interval = s, store, interval
         self.gone = Gone(grace=grace)
@@ -124,7 +123,10 @@ def start_watcher(s: Settings | None = None) -> None:
     if not _once("watch"):
         return
     s = s or settings()
-    LeaseWatcher(s, Store(client(s, timeout=5.0), s.replica_acks, s.replica_ack_timeout)).start()
+    if s.lease_watch_grace <= 0:
+        return
+    LeaseWatcher(s, Store(client(s, timeout=5.0), s.replica_acks, s.replica_ack_timeout),
+                 grace=s.lease_watch_grace).start()
 
 
 @beat_init.connect
