@@ -29,7 +29,7 @@ from ccci_dist.engine.notify import notify
 from ccci_dist.engine.supervisor import wake
 from ccci_dist.state.inbox_store import INBOX_FILE, ingest_inbox_file, undelivered
 from ccci_dist.state.models import RunState
-from ccci_dist.state.store import ACTIVE, PAUSED, Store
+from ccci_dist.state.store import ACTIVE, PAUSED, LoopView, RunView, Store
 
 log = logging.getLogger(__name__)
 
@@ -58,20 +58,20 @@ def tick(store: Store, s: Settings, now: datetime | None = None) -> str:
 def _tick(store: Store, s: Settings, now: datetime | None) -> str:
     t0 = time.perf_counter()
     now = now or datetime.now(UTC)
-    for run in store.runs():
+    for view in store.tick_view():  # a constant number of round trips, however many loops
         try:
-            tick_run(store, s, run, now)
+            tick_run(store, s, view, now)
         except Exception:  # one broken run must not stop the others' watchdog
-            log.exception("watchdog failed on run %s", run)
+            log.exception("watchdog failed on run %s", view.run)
     if s.vm.host and s.vm.health_interval and store.vm_check_due(int(s.vm.health_interval * 1000)):
         vm_health_task.apply_async(queue=CONTROL_QUEUE, expires=s.vm.health_interval)
     store.record_tick((time.perf_counter() - t0) * 1000)
     return "ticked"
 
 
-def tick_run(store: Store, s: Settings, run: str, now: datetime) -> None:
-    """Gather one run's state, decide (core.tick.decide_run), apply, then tick its loops."""
-    rh = store.run(run)
+def tick_run(store: Store, s: Settings, view: RunView, now: datetime) -> None:
+    """Decide for one run as the tick read it (core.tick.decide_run), apply, then tick its loops."""
+    run, rh = view.run, view.state
     plan = _plan(rh.plan) if rh.plan else None
     docs = MachineDocs.model_validate_json(rh.docs) if rh.docs else MachineDocs()
     seen = RunSeen(active=rh.status == ACTIVE, paused=rh.status == PAUSED, paused_until=rh.paused_until,
@@ -97,13 +97,14 @@ def tick_run(store: Store, s: Settings, run: str, now: datetime) -> None:
         notify("phase_advanced", f"{run}: phase {d.advance_to}", f"{why}; now on phase {d.advance_to}")
         wake(store, run, plan.specs, "phase_advanced", f"{why}; now on phase {d.advance_to}")
     for role in plan.roles:
-        tick_loop(store, s, run, plan.spec(role), rh, now)
+        tick_loop(store, s, view, plan.spec(role), now)
 
 
-def tick_loop(store: Store, s: Settings, run: str, spec: RoleSpec, rh: RunState, now: datetime) -> None:
-    """Gather one loop's state, decide (core.tick.decide_loop) and apply."""
-    role = spec.name
-    loop = store.loop(run, role)
+def tick_loop(store: Store, s: Settings, view: RunView, spec: RoleSpec, now: datetime) -> None:
+    """Decide for one loop as the tick read it (core.tick.decide_loop) and apply."""
+    run, rh, role = view.run, view.state, spec.name
+    lv = view.loops.get(role) or _read_loop(store, run, role)
+    loop = lv.state
     if loop.state == PAUSED:
         commit = json.loads(rh.docs or "{}").get("commit", "")
         why = wake_reason(loop.pause_reason, loop.paused_commit, commit, store.inbox_pending(run, role))
@@ -111,14 +112,15 @@ def tick_loop(store: Store, s: Settings, run: str, spec: RoleSpec, rh: RunState,
             return
         store.event(run, "resumed", role=role, reason=why, after=loop.pause_reason)
         notify("loop_resumed", f"{run}/{role}: resumed", f"paused for {loop.pause_reason}; {why}")
-        loop = store.loop(run, role)
+        lv = _read_loop(store, run, role)
+        loop = lv.state
     active = loop.state == ACTIVE
+    waited = view.loops.get(spec.waits_for)
     paced = active and bool(spec.waits_for) and bool(s.reviewer_every)
-    seen = LoopSeen(active=active, lease_ms=store.lease_pttl(run, role) if active else -2,
-                    queued=(store.queued_task(run, role) or "") if active else "", next_at=loop.next_at,
-                    not_before=loop.not_before, running=loop.running, seen=loop.builder_seen,
+    seen = LoopSeen(active=active, lease_ms=lv.lease_ms if active else -2, queued=lv.queued if active else "",
+                    next_at=loop.next_at, not_before=loop.not_before, running=loop.running, seen=loop.builder_seen,
                     ended_at=loop.ended_at, woken=bool(loop.nudges),
-                    waited_done=int(store.loop_field(run, spec.waits_for, "iteration") or 0) if paced else 0)
+                    waited_done=(waited.state.iteration if waited else 0) if paced else 0)
     d = decide_loop(seen, spec, s, now)
     if d.follow_up is not None:
         follow_up(store, s, d.follow_up)
@@ -146,6 +148,11 @@ def tick_loop(store: Store, s: Settings, run: str, spec: RoleSpec, rh: RunState,
         notify("loop_restarted", f"{run}/{role} restarted",
                f"iteration {loop.running} on {loop.host or '?'} was interrupted; re-running it")
     send_iteration(run, role, task_id, queue)
+
+
+def _read_loop(store: Store, run: str, role: str) -> LoopView:
+    """One loop read on its own (a loop the tick's view lacks, or one it just woke)."""
+    return LoopView(store.loop(run, role), store.lease_pttl(run, role), store.queued_task(run, role) or "")
 
 
 @lru_cache(maxsize=256)

@@ -71,6 +71,22 @@ class NotReplicated(redis.RedisError):
     """A write that ``replica_acks`` replicas did not confirm in time."""
 
 
+class LoopView(NamedTuple):
+    """A loop as one watchdog tick reads it."""
+
+    state: LoopState
+    lease_ms: int  # the lease's PTTL: -2 none, -1 no expiry
+    queued: str  # the task id of the iteration sent and not yet claimed ("" = none)
+
+
+class RunView(NamedTuple):
+    """A run and its loops as one watchdog tick reads them."""
+
+    run: str
+    state: RunState
+    loops: dict[str, LoopView]
+
+
 class Claimed(NamedTuple):
     """What an iteration learns when it claims its loop."""
 
@@ -118,6 +134,29 @@ class Store:
         return bool(self.r.ping())
 
     # -- runs -------------------------------------------------------------------------
+    def tick_view(self) -> list[RunView]:
+        """Every run with its loops as one watchdog tick needs them, in three round trips whatever
+        the number of runs and loops (the run set; the run hashes; every loop's hash, lease TTL and
+        queued task)."""
+        runs = self.runs()
+        pipe = self.r.pipeline(transaction=False)
+        for run in runs:
+            pipe.hgetall(k_run(run))
+        states = [RunState.from_hash(h) for h in pipe.execute()]
+        pipe = self.r.pipeline(transaction=False)
+        for run, rs in zip(runs, states, strict=True):
+            for role in rs.roles:
+                pipe.hgetall(k_loop(run, role))
+                pipe.pttl(k_lease(run, role))
+                pipe.get(k_next(run, role))
+        replies = iter(pipe.execute())
+        out = []
+        for run, rs in zip(runs, states, strict=True):
+            loops = {role: LoopView(LoopState.from_hash(next(replies)), int(next(replies)), next(replies) or "")
+                     for role in rs.roles}
+            out.append(RunView(run, rs, loops))
+        return out
+
     def runs(self) -> list[str]:
         return sorted(self.r.smembers(k_runs()))
 

@@ -1,0 +1,155 @@
+#!/usr/bin/env python3
+"""Watchdog tick cost against the number of loops (state only: no agents, no workers).
+
+For 10, 100 and 1,000 loops (runs of builder + reviewer, every loop holding a live lease, the
+steady state of a busy deployment) the real ``watchdog.tick`` runs ``--ticks`` times in-process
+against a private redis-server. Figures per size: tick p50/max (ms), Redis round trips per tick,
+and the tick time per loop. The baseline, measured in the same run on the same data, is the
+previous gathering: one round trip per run hash and three or four per loop (``legacy_view``
+below replays it), with the same decisions after it.
+
+Writes bench/results/tick-scale.png (tick time per loop against loops, both gatherings) when
+matplotlib is installed (``pip install matplotlib``; not a ccci-dist dependency).
+
+Usage: tick_scale.py [--ticks 100] [--sizes 10,100,1000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from common import Redis, loadavg, machine, pct, row  # noqa: E402
+
+TINY = HERE.parent / "examples" / "tiny-plan"
+
+
+class RoundTrips:
+    """Counts the requests a redis-py connection sends (a pipeline is one)."""
+
+    def __init__(self) -> None:
+        import redis.connection
+
+        self.n = 0
+        cls = redis.connection.AbstractConnection
+        original = cls.send_packed_command
+
+        def counted(conn, command, check_health=True):
+            self.n += 1
+            return original(conn, command, check_health)
+
+        cls.send_packed_command = counted
+
+
+def seed(store, loops: int) -> None:
+    from ccci_dist.core.plan import load_package, snapshot
+
+    snap = json.dumps(snapshot(load_package(TINY)))
+    r = store.r
+    r.flushdb()
+    pipe = r.pipeline(transaction=False)
+    for i in range(loops // 2):
+        run = f"run-{i:04d}"
+        pipe.sadd("ccci:runs", run)
+        pipe.hset(f"ccci:run:{run}", mapping={"status": "active", "phase": "1", "plan": snap,
+                                             "roles": json.dumps(["builder", "reviewer"]), "repo": "/nonexistent"})
+        for role in ("builder", "reviewer"):
+            pipe.hset(f"ccci:loop:{run}:{role}", mapping={"state": "active", "role": role, "iteration": 3,
+                                                          "running": 4})
+            pipe.set(f"ccci:lease:{run}:{role}", "host/1/task", px=3_600_000)
+    pipe.execute()
+
+
+def legacy_view(store):
+    """The gathering before tick_view: the run set, then each run's hash, then per loop its hash,
+    its lease TTL and its queued task, each a round trip of its own."""
+    from ccci_dist.state.store import LoopView, RunView
+
+    out = []
+    for run in store.runs():
+        rs = store.run(run)
+        loops = {role: LoopView(store.loop(run, role), store.lease_pttl(run, role), store.queued_task(run, role) or "")
+                 for role in rs.roles}
+        out.append(RunView(run, rs, loops))
+    return out
+
+
+def measure(store, s, ticks: int, trips: RoundTrips) -> tuple[list[float], float]:
+    from ccci_dist.engine import watchdog
+
+    now = datetime.now(UTC)
+    times, n0 = [], trips.n
+    for _ in range(ticks):
+        t0 = time.perf_counter()
+        watchdog.tick(store, s, now)
+        times.append((time.perf_counter() - t0) * 1000)
+    return times, (trips.n - n0) / ticks
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--ticks", type=int, default=100)
+    ap.add_argument("--sizes", default="10,100,1000")
+    a = ap.parse_args()
+    sizes = [int(x) for x in a.sizes.split(",")]
+    with tempfile.TemporaryDirectory(prefix="ccci-tick-") as tmp:
+        server = Redis(Path(tmp) / "redis").start()
+        import redis
+
+        from ccci_dist.config import load_config
+        from ccci_dist.engine.app import use_settings
+        from ccci_dist.state.store import Store
+
+        s = load_config(None, broker_url=server.url, watchdog_interval=5.0, lease_ttl=3600.0,
+                        inbox_poll_interval=0.0)
+        use_settings(s)
+        store = Store(redis.Redis.from_url(server.url, decode_responses=True))
+        trips = RoundTrips()
+        print(f"machine: {machine()} · load {loadavg()} · {a.ticks} ticks per size")
+        print(row("loops", "tick p50 ms", "tick max ms", "round trips", "µs per loop", width=34))
+        results = {}
+        for n in sizes:
+            seed(store, n)
+            new, new_rt = measure(store, s, a.ticks, trips)
+            fast = store.tick_view
+            store.tick_view = lambda st=store: legacy_view(st)
+            old, old_rt = measure(store, s, a.ticks, trips)
+            store.tick_view = fast
+            results[n] = (pct(new, 50), pct(old, 50))
+            print(row(f"{n} loops (tick_view)", f"{pct(new, 50):.2f}", f"{max(new):.2f}", f"{new_rt:.0f}",
+                      f"{pct(new, 50) * 1000 / n:.1f}", width=34))
+            print(row(f"{n} loops (baseline: per loop)", f"{pct(old, 50):.2f}", f"{max(old):.2f}", f"{old_rt:.0f}",
+                      f"{pct(old, 50) * 1000 / n:.1f}", width=34))
+        server.stop()
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("(matplotlib not installed: no plot)")
+        return 0
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot(sizes, [results[n][0] * 1000 / n for n in sizes], "o-", label="tick_view (3 round trips)")
+    ax.plot(sizes, [results[n][1] * 1000 / n for n in sizes], "s--", label="baseline (round trips per loop)")
+    ax.set_xscale("log")
+    ax.set_xlabel("loops")
+    ax.set_ylabel("tick time per loop, µs (p50)")
+    ax.set_title("watchdog tick cost per loop")
+    ax.legend()
+    out = HERE / "results" / "tick-scale.png"
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    print(f"plot: {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
