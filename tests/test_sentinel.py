@@ -25,7 +25,9 @@ MASTER = "ccci"
 def group(tmp_path):
     master = RedisServer(tmp_path / "master").start()
     replica = RedisServer(tmp_path / "replica", extra=(f"replicaof 127.0.0.1 {master.port}",)).start()
-    wait_for(lambda: master.client().info("replication")["connected_slaves"] == 1, 20, what="replica in sync")
+    # "online", not just connected: a replica still waiting for its first sync would be promoted empty
+    wait_for(lambda: master.client().info("replication").get("slave0", {}).get("state") == "online", 30,
+             what="replica in sync")
     sentinels = [SentinelServer(tmp_path / f"sentinel{i}", ("127.0.0.1", master.port), master.password).start()
                  for i in range(3)]
 
@@ -98,6 +100,29 @@ def test_a_claim_counts_only_once_a_replica_holds_it(group):
     again = store.claim("r", "builder", "t2", "o2", 30, "h")
     # the same iteration (never finished); the given-back claim counted as an attempt and used a token
     assert again.ok and again.iteration == 1 and again.attempt == 3 and again.token == c_token + 1, again
+
+
+def test_a_claim_waits_for_a_replica_still_in_its_first_sync(tmp_path):
+    """A replica that has connected but not finished its first sync holds nothing: a claim made then is
+    given back (a promotion of that replica would lose it), and goes through once the sync is done."""
+    master = RedisServer(tmp_path / "master", extra=("repl-diskless-sync yes", "repl-diskless-sync-delay 4")).start()
+    try:
+        store = Store(master.client(), replica_acks=1, replica_timeout=0.3)
+        store.r.hset("ccci:loop:r:builder", mapping={"state": "active", "iteration": 0})
+        assert store.try_enqueue("r", "builder", "t1", "q")
+        replica = RedisServer(tmp_path / "replica", extra=(f"replicaof 127.0.0.1 {master.port}",)).start()
+        try:
+            wait_for(lambda: master.client().info("replication")["connected_slaves"] == 1, 10, what="connected")
+            assert master.client().info("replication")["slave0"]["state"] != "online", "the sync delay is the setup"
+            c = store.claim("r", "builder", "t1", "o1", 30, "h")
+            assert (c.ok, c.reason) == (False, NOT_REPLICATED), c
+            wait_for(lambda: master.client().info("replication")["slave0"]["state"] == "online", 30, what="online")
+            assert wait_for(lambda: store.claim("r", "builder", "t1", "o1", 30, "h").ok, 10, 0.5, "the claim")
+            assert replica.client().get("ccci:lease:r:builder") == "o1"
+        finally:
+            replica.kill()
+    finally:
+        master.kill()
 
 
 def test_the_run_goes_on_after_the_master_dies_mid_iteration(group, tmp_path, remote_repo):
