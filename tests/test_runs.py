@@ -321,7 +321,8 @@ def test_inbox_repeat_mark_and_undelivered_at_done(bed, receiver):
     pending at DONE is listed in the DONE notification, in status and `inbox list --json`; the loop
     whose iteration DONE cut off shows no running iteration."""
     bed.env["CCCI_NOTIFY_URLS"] = json.dumps([receiver.url()])
-    bed.faults(builder=["slow:3", "crash", "@2 slow:1", "@2 slow:60"])
+    # the reviewer takes its time on phase 2, so the late message is surely sent before DONE
+    bed.faults(builder=["slow:3", "crash", "@2 slow:1", "@2 slow:60"], reviewer=["@2 slow:8", "@2 slow:8"])
     bed.worker("w1", beat=True)
     bed.cli("start")
     wait_for(lambda: _builder_starts(bed), 30, 0.1, "first builder iteration")
@@ -339,7 +340,7 @@ def test_inbox_repeat_mark_and_undelivered_at_done(bed, receiver):
     assert st["loops"]["builder"]["state"] == "done"
     r = _r(bed)
     assert not r.hget("ccci:loop:default:builder", "running")
-    wait_for(lambda: any("DONE" in t and m2 in t for t in _kinds_of(receiver)), 20, 0.2,
+    wait_for(lambda: any("DONE" in t and m2 in t for t in _kinds_of(receiver)), 60, 0.2,
              f"the DONE notification naming {m2}: {_kinds_of(receiver)}")
     rows = [json.loads(line) for line in bed.cli("inbox", "list", "--json").stdout.splitlines()]
     assert {(m["id"], m["state"]) for m in rows} == {(m1, "delivered"), (m2, "pending")}, rows
