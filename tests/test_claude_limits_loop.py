@@ -140,7 +140,9 @@ def test_fallback_to_another_account_and_back_after_the_reset(bed, claude_bin, s
     reset an iteration runs on a again (fresh, with a note); history shows each iteration's profile."""
     a = scripted_model(rule=Roles({("builder", 1): limit_at(0, reset_in=45)}))
     b = scripted_model(rule=Roles())
-    env = use_claude(bed, claude_bin, a, CCCI_LIMIT_MARGIN_MAX=str(MARGIN), CCCI_MIN_INTERVAL='{"builder": 3}')
+    # (the builder idles on b once its phases are done: the no-progress breaker must not pause it meanwhile)
+    env = use_claude(bed, claude_bin, a, CCCI_LIMIT_MARGIN_MAX=str(MARGIN), CCCI_MIN_INTERVAL='{"builder": 3}',
+                     CCCI_NO_PROGRESS_LIMIT="0")
     profiles = {}
     for name, model in (("a", a), ("b", b)):
         token = bed.tmp / f"token-{name}"
