@@ -48,7 +48,8 @@ def test_rendered_units_pass_systemd_analyze_verify(tmp_path):
     out = render(tmp_path)
     names = sorted(p.name for p in out.iterdir())
     assert names == ["ccci-dist-beat.service", "ccci-dist-boot.service", "ccci-dist-flower.service",
-                     "ccci-dist-web.service", "ccci-dist-worker@.service"]
+                     "ccci-dist-redis-replica.service", "ccci-dist-sentinel.service", "ccci-dist-web.service",
+                     "ccci-dist-worker@.service"]
     targets = [str(out / n) for n in names if "@" not in n] + [str(out / "ccci-dist-worker@pi.service")]
     r = subprocess.run(["systemd-analyze", "verify", "--man=no", *targets], capture_output=True, text=True,
                        timeout=60)
@@ -78,6 +79,12 @@ def test_unit_contents(tmp_path):
         assert "network-online.target" in cp["Unit"]["After"] and "network-online.target" in cp["Unit"]["Wants"]
         assert "@" not in s["ExecStart"].replace("%i", "").replace("worker@", "")
     assert unit(out / "ccci-dist-beat.service")["Service"]["ExecStart"] == f"{PREFIX}/bin/ccci-dist beat"
+    for name, conf in (("ccci-dist-sentinel.service", "sentinel/sentinel.conf --sentinel"),
+                       ("ccci-dist-redis-replica.service", "redis-replica/redis.conf")):
+        s = unit(out / name)["Service"]
+        assert s["ExecStart"] == f"/usr/bin/redis-server /var/lib/ccci-test/{conf} --supervised systemd"
+        assert s["Type"] == "notify" and s["Restart"] == "always" and s["User"] == USER
+        assert s["ProtectSystem"] == "strict" and s["ReadWritePaths"].startswith("/var/lib/ccci-test/")
     boot = unit(out / "ccci-dist-boot.service")["Service"]
     assert boot["Type"] == "oneshot" and boot["RemainAfterExit"] == "yes" and "Restart" not in boot
     # systemd's own boot id: in a container the service's /proc view can be the host's

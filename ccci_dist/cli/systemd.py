@@ -23,7 +23,8 @@ from ccci_dist.config import ConfigError
 from ccci_dist.data import data_dir
 
 UNITS = ("ccci-dist-beat.service", "ccci-dist-worker@.service", "ccci-dist-flower.service",
-         "ccci-dist-boot.service", "ccci-dist-web.service")
+         "ccci-dist-boot.service", "ccci-dist-web.service", "ccci-dist-sentinel.service",
+         "ccci-dist-redis-replica.service")
 SYSTEM_UNIT_DIR = Path("/etc/systemd/system")
 DEFAULT_STATE_DIR = Path("/var/lib/ccci-dist")
 DEFAULT_ENV_FILE = Path("/etc/ccci-dist/env")
