@@ -152,11 +152,21 @@ def load_package(root: str | Path) -> PlanPackage:
             except tomllib.TOMLDecodeError as exc:
                 defects.append(f"package.toml is not valid TOML ({exc}); fix the syntax")
     name = str(meta.get("name") or root.name)
-    order = [str(p) for p in meta.get("phases", DEFAULT_PHASES)]
+    raw_order = meta.get("phases", DEFAULT_PHASES)
+    if not isinstance(raw_order, list):
+        defects.append(f"phases in package.toml must be a list of phase ids, not {raw_order!r}; "
+                       "e.g. phases = [\"1\", \"2\"]")
+        raw_order = DEFAULT_PHASES
+    order = [str(p) for p in raw_order]
     specs = parse_roles(meta.get("roles", DEFAULT_ROLES), defects)
     roles = [r.name for r in specs]
     prompt_paths = {r.name: r.prompt for r in specs if r.prompt}
-    prompt_paths |= {str(k): str(v) for k, v in meta.get("prompts", {}).items()}
+    raw_prompts = meta.get("prompts", {})
+    if not isinstance(raw_prompts, dict):
+        defects.append(f"prompts in package.toml must be a table of role = path, not {raw_prompts!r}; "
+                       "e.g. [prompts] builder = \"prompts/builder.md\"")
+        raw_prompts = {}
+    prompt_paths |= {str(k): str(v) for k, v in raw_prompts.items()}
     forbidden = meta.get("forbidden_paths", DEFAULT_FORBIDDEN_PATHS)
     if not isinstance(forbidden, list) or not all(isinstance(p, str) and p.strip() for p in forbidden):
         defects.append("forbidden_paths in package.toml must be a list of non-empty strings; "
