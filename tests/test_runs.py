@@ -344,3 +344,38 @@ def test_inbox_repeat_mark_and_undelivered_at_done(bed, receiver):
              f"the DONE notification naming {m2}: {_kinds_of(receiver)}")
     rows = [json.loads(line) for line in bed.cli("inbox", "list", "--json").stdout.splitlines()]
     assert {(m["id"], m["state"]) for m in rows} == {(m1, "delivered"), (m2, "pending")}, rows
+
+
+def test_start_on_an_empty_repo_makes_the_first_commit(bed, tmp_path):
+    import subprocess
+
+    from ccci_dist.core.phases import parse_review, parse_status
+
+    empty = tmp_path / "empty.git"
+    subprocess.run(["git", "init", "-q", "--bare", "-b", "main", str(empty)], check=True)
+    out = bed.cli("start", env={"CCCI_PROJECT_REPO": str(empty), "CCCI_RUN": "fresh"}).stdout
+    assert "made the first one on main" in out and "started at phase 1" in out, out
+    clone = tmp_path / "fresh-clone"
+    subprocess.run(["git", "clone", "-q", str(empty), str(clone)], check=True)
+    assert ".claude/" in (clone / ".gitignore").read_text().splitlines()
+    examples = "\n".join(seg for f in ("STATUS.md", "REVIEW.md")
+                         for seg in (clone / f).read_text().split("`")[1::2])
+    assert parse_status(examples) == ["1"] and set(parse_review(examples)) == {"1.1"}
+
+
+def test_start_refuses_a_repo_without_the_branch_naming_those_it_has(bed, tmp_path):
+    import subprocess
+
+    other = tmp_path / "other.git"
+    subprocess.run(["git", "init", "-q", "--bare", "-b", "dev", str(other)], check=True)
+    seed = tmp_path / "seed-dev"
+    subprocess.run(["git", "init", "-q", "-b", "dev", str(seed)], check=True)
+    (seed / "x").write_text("x\n")
+    subprocess.run(["git", "-C", str(seed), "add", "x"], check=True)
+    subprocess.run(["git", "-C", str(seed), "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "x"],
+                   check=True)
+    subprocess.run(["git", "-C", str(seed), "push", "-q", str(other), "dev"], check=True)
+    p = bed.cli("start", check=False, env={"CCCI_PROJECT_REPO": str(other), "CCCI_RUN": "nobranch"})
+    assert p.returncode == 2 and p.stderr == (
+        "error: the repo has no branch 'main' (its branches: dev); set branch in the config or create it\n"), p
+    assert not _r(bed).exists("ccci:run:nobranch")

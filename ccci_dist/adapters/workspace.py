@@ -304,3 +304,26 @@ def read_remote_file(repo: str, branch: str, name: str, cache_dir, timeout: floa
                    cwd=cache_dir, check=True, capture_output=True, timeout=timeout, env=_env())
     p = subprocess.run(["git", "show", f"{branch}:{name}"], cwd=cache_dir, capture_output=True, text=True)
     return p.stdout if p.returncode == 0 else None
+
+
+def remote_branches(repo: str, timeout: float = 60) -> list[str]:
+    """The branch names of ``repo`` (empty for a new repo without commits)."""
+    out = subprocess.run([*GIT_ARGV, "ls-remote", "--heads", repo], capture_output=True, text=True, env=_env(),
+                         timeout=timeout)
+    if out.returncode != 0:
+        raise GitError(f"git ls-remote failed: {out.stderr.strip().splitlines()[-1:]}")
+    return [line.split("refs/heads/", 1)[1] for line in out.stdout.splitlines() if "refs/heads/" in line]
+
+
+def first_commit(repo: str, branch: str, files: dict[str, str], workdir: Path) -> str:
+    """Make the first commit of an empty ``repo`` on ``branch`` with ``files`` and push it."""
+    if workdir.exists():
+        shutil.rmtree(workdir)
+    workdir.mkdir(parents=True)
+    git(workdir, "init", "-q", "-b", branch)
+    for name, text in files.items():
+        (workdir / name).write_text(text)
+    git(workdir, "add", "-A")
+    git(workdir, "commit", "-q", "-m", "ccci-dist: first commit (machine docs and a hardened .gitignore)")
+    git(workdir, "push", "-q", repo, f"HEAD:refs/heads/{branch}")
+    return git(workdir, "rev-parse", "HEAD")

@@ -67,6 +67,8 @@ def start_cmd(obj: Ctx, resume: bool, reconfigure: bool, yes: bool) -> None:
         _confirm_reconfigure(s, store, yes)
     info = _guard(start_run, store, s, resume=resume, nudge="startup" if resume else None, reconfigure=reconfigure)
     _report_kept(info)
+    for line in info.get("said", []):
+        click.echo(line)
     paused = " (paused until its pause ends)" if info.get("paused") else ""
     click.echo(f"run {info['run']} started at phase {info['phase']} with roles {', '.join(info['roles'])}{paused}")
 

@@ -5,13 +5,23 @@ from __future__ import annotations
 import json
 import time
 import uuid
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from ccci_dist.adapters.workspace import Workspace, configure_git_auth
+from ccci_dist.adapters.workspace import Workspace, configure_git_auth, first_commit, remote_branches
 from ccci_dist.config import Settings
-from ccci_dist.core.phases import MachineDocs, working_phase
-from ccci_dist.core.plan import load_package, snapshot
+from ccci_dist.core.phases import (
+    FAILED,
+    REVIEW_FILE,
+    STATUS_FILE,
+    VERIFIED,
+    MachineDocs,
+    done_line,
+    review_line,
+    working_phase,
+)
+from ccci_dist.core.plan import DEFAULT_FORBIDDEN_PATHS, load_package, snapshot
 from ccci_dist.state.models import RunState
 from ccci_dist.state.store import ACTIVE, DONE, PAUSED, Store
 
@@ -20,9 +30,21 @@ class RunError(Exception):
     """An operator action cannot be done; the message is one line with the fix."""
 
 
-def docs_from_repo(s: Settings, repo: str, branch: str, run: str) -> MachineDocs:
-    """Machine docs at the tip of the project repo (the source of truth)."""
+def docs_from_repo(s: Settings, repo: str, branch: str, run: str, forbidden: list[str] | None = None,
+                   said: list[str] | None = None) -> MachineDocs:
+    """Machine docs at the tip of the project repo (the source of truth). A new repo without
+    commits gets its first one (machine-doc skeletons, a hardened .gitignore); a repo without
+    ``branch`` but with others is refused, naming them."""
     configure_git_auth(s.project_repo, s.git_credential_file)
+    branches = remote_branches(repo)
+    if not branches:
+        first_commit(repo, branch, skeleton_files(forbidden or DEFAULT_FORBIDDEN_PATHS), s.state_dir / "first" / run)
+        if said is not None:
+            said.append(f"the repo had no commits: made the first one on {branch} "
+                        f"({STATUS_FILE}, {REVIEW_FILE}, .gitignore)")
+    elif branch not in branches:
+        raise RunError(f"the repo has no branch {branch!r} (its branches: {', '.join(sorted(branches))}); "
+                       "set branch in the config or create it")
     ws = Workspace(s.state_dir / "resolve" / run, repo, branch)
     return ws.docs(ws.sync("resolve"))
 
@@ -64,6 +86,18 @@ def identity_changes(store: Store, s: Settings, run: str | None = None) -> list[
     return out
 
 
+def skeleton_files(forbidden: list[str]) -> dict[str, str]:
+    """A new project's first files: the machine docs, each stating its grammar, and a .gitignore."""
+    at = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
+    status = (f"# Status\n\nThe builder marks a finished phase with a line `{done_line('<phase>')}`, e.g.\n"
+              f"`{done_line('1')}`.\n")
+    review = (f"# Review\n\nOne line per check, the newest per item wins, e.g.\n"
+              f"`{review_line(VERIFIED, '1.1', at, '1a2b3c4', 'what was checked')}`\n"
+              f"`{review_line(FAILED, '1.1', at, '1a2b3c4', 'what is wrong')}`\n")
+    ignore = "# secrets never enter the repo\n" + "".join(f"{p}\n" for p in forbidden)
+    return {STATUS_FILE: status, REVIEW_FILE: review, ".gitignore": ignore}
+
+
 def start_run(store: Store, s: Settings, *, resume: bool = False, phase: str | None = None,
               nudge: str | None = None, reconfigure: bool = False, reopen: bool = False,
               must_exist: bool = False) -> dict[str, Any]:
@@ -95,8 +129,9 @@ def start_run(store: Store, s: Settings, *, resume: bool = False, phase: str | N
     if phase is not None and phase not in pkg.phase_order:
         raise RunError(f"unknown phase {phase!r}; the plan's phases are {', '.join(pkg.phase_order)}")
     docs = None
+    said: list[str] = []
     if phase is None and (resume or not existing.phase):
-        docs = docs_from_repo(s, ident["repo"], ident["branch"], run)
+        docs = docs_from_repo(s, ident["repo"], ident["branch"], run, pkg.forbidden_paths, said)
     target = phase if phase is not None else ("" if resume else existing.target_phase)
     if phase is None:
         if docs is not None:
@@ -123,7 +158,7 @@ def start_run(store: Store, s: Settings, *, resume: bool = False, phase: str | N
 
     notify("run_started", f"{run}: started at phase {phase}", f"roles {', '.join(pkg.roles)}; repo {ident['repo']}")
     kick(store, s, run)
-    return {"run": run, "phase": phase, "roles": pkg.roles, "paused": paused,
+    return {"run": run, "phase": phase, "roles": pkg.roles, "paused": paused, "said": said,
             "kept": [] if reconfigure else changes, "changed": changes if reconfigure else []}
 
 
