@@ -85,15 +85,18 @@ class RedisServer:
     def client(self, **kw) -> redis.Redis:
         return redis.Redis.from_url(self.url, decode_responses=True, **kw)
 
-    def start(self) -> RedisServer:
-        conf = self.dir / "redis.conf"
+    def conf_lines(self) -> list[str]:
         lines = [f"port {self.port}", f"bind {self.bind}", f"dir {self.dir}", "appendonly yes",
                  "appendfsync always", 'save ""', f"logfile {self.dir / 'redis.log'}"]
         if self.password:
             lines += [f"requirepass {self.password}", f"masterauth {self.password}"]
-        lines += list(self.extra)
-        conf.write_text("\n".join(lines) + "\n")
-        cmd = ["redis-server", str(conf)]
+        return lines + list(self.extra)
+
+    def start(self, *args: str, conf_name: str = "redis.conf"):
+        """Write the config and start the server (``args`` go to redis-server, e.g. ``--sentinel``)."""
+        conf = self.dir / conf_name
+        conf.write_text("\n".join(self.conf_lines()) + "\n")
+        cmd = ["redis-server", str(conf), *args]
         if self.netns:
             cmd = ["ip", "netns", "exec", self.netns, *cmd]
         self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -119,48 +122,33 @@ class RedisServer:
         self.start()
 
 
-class SentinelServer:
+class SentinelServer(RedisServer):
     """A Redis Sentinel watching master ``name`` (quorum 2 of 3), fast to declare it down; the same
     password guards the sentinel, the master and the replicas."""
 
     def __init__(self, workdir: Path, master: tuple[str, int], password: str, name: str = "ccci",
                  bind: str = "127.0.0.1", netns: str | None = None, down_after_ms: int = 1000):
-        self.dir, self.master, self.password, self.name = workdir, master, password, name
-        self.bind, self.netns, self.down_after_ms = bind, netns, down_after_ms
-        self.port = free_port()
-        self.dir.mkdir(parents=True, exist_ok=True)
-        self.proc: subprocess.Popen | None = None
+        super().__init__(workdir, password, bind=bind, netns=netns)
+        self.master, self.name, self.down_after_ms = master, name, down_after_ms
 
     @property
     def url(self) -> str:
         return f"sentinel://:{self.password}@{self.bind}:{self.port}"
 
-    def client(self) -> redis.Redis:
+    def client(self, **kw) -> redis.Redis:
         return redis.Redis(self.bind, self.port, password=self.password, decode_responses=True,
                            socket_connect_timeout=0.5, socket_timeout=2)
 
-    def start(self) -> SentinelServer:
-        conf = self.dir / "sentinel.conf"
+    def conf_lines(self) -> list[str]:
         host, port = self.master
-        conf.write_text("\n".join([
-            f"port {self.port}", f"bind {self.bind}", f"dir {self.dir}", f"logfile {self.dir / 'sentinel.log'}",
-            f"requirepass {self.password}", f"sentinel sentinel-pass {self.password}",
-            f"sentinel monitor {self.name} {host} {port} 2", f"sentinel auth-pass {self.name} {self.password}",
-            f"sentinel down-after-milliseconds {self.name} {self.down_after_ms}",
-            f"sentinel failover-timeout {self.name} 5000", f"sentinel parallel-syncs {self.name} 1",
-        ]) + "\n")
-        cmd = ["redis-server", str(conf), "--sentinel"]
-        if self.netns:
-            cmd = ["ip", "netns", "exec", self.netns, *cmd]
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        wait_for(self._ping, 10, what=f"sentinel on port {self.port}")
-        return self
+        return [f"port {self.port}", f"bind {self.bind}", f"dir {self.dir}", f"logfile {self.dir / 'sentinel.log'}",
+                f"requirepass {self.password}", f"sentinel sentinel-pass {self.password}",
+                f"sentinel monitor {self.name} {host} {port} 2", f"sentinel auth-pass {self.name} {self.password}",
+                f"sentinel down-after-milliseconds {self.name} {self.down_after_ms}",
+                f"sentinel failover-timeout {self.name} 5000", f"sentinel parallel-syncs {self.name} 1"]
 
-    def _ping(self) -> bool:
-        try:
-            return bool(self.client().ping())
-        except redis.RedisError:
-            return False
+    def start(self, *args: str, conf_name: str = "sentinel.conf"):
+        return super().start("--sentinel", *args, conf_name=conf_name)
 
     def master_addr(self) -> tuple[str, int] | None:
         try:
@@ -168,11 +156,6 @@ class SentinelServer:
         except redis.RedisError:
             return None
         return (got[0], int(got[1])) if got else None
-
-    def kill(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)
 
 
 def sentinel_url(sentinels: list[SentinelServer], db: int = 0) -> str:
