@@ -244,6 +244,9 @@ class Settings(BaseSettings):
     kill_grace: float = Field(1.0, ge=0, le=600, description="SIGTERM→SIGKILL grace, seconds")
     pickup_timeout: float = Field(60.0, gt=0, le=7 * 86400, description="seconds a queued iteration may wait")
     done_freshness_hours: float = Field(24.0, gt=0, le=24 * 365)
+    done_blocked_hours: float = Field(6.0, ge=0, le=24 * 365,
+                                      description="with every phase marked done but DONE not holding for this long, "
+                                                  "wake the roles that wake on done_blocked (once); 0 = never")
     notify_urls: list[SecretStr] = Field(default_factory=list)
     reviewer_paths: list[str] = Field(default_factory=lambda: ["REVIEW.md", "review/**"])
     min_interval: dict[str, float] = Field(default_factory=dict, description="role -> seconds")

@@ -199,6 +199,25 @@ def test_done_holds_only_while_the_verifications_are_fresh(engine):
     assert [e["kind"] for e in store.events(RUN)][-1] == "done"
 
 
+def test_done_blocked_too_long_is_reported_once_per_stretch(engine):
+    """Every phase marked done while a D-item stays unverified: after done_blocked_hours one
+    done_blocked event (and notification), not one per tick; a new stretch may report again."""
+    s, store = started(engine)
+    store.update_run(RUN, docs=_verified(NOW, ["1", "2"], ["1.1", "1.2", "2.1", "D1", "D2"]))  # D3 missing
+    tick(store, s, NOW)
+    assert store.run(RUN).done_blocked_since == NOW.timestamp() and not store.events(RUN, "done_blocked")
+    hours = timedelta(hours=s.done_blocked_hours)
+    tick(store, s, NOW + hours - timedelta(seconds=1))
+    assert not store.events(RUN, "done_blocked")
+    tick(store, s, NOW + hours)
+    tick(store, s, NOW + 2 * hours)
+    [ev] = store.events(RUN, "done_blocked")
+    assert "D3" in ev["blockers"] and store.run(RUN).done_blocked_woken
+    store.update_run(RUN, docs=_verified(NOW, ["1"], ["1.1", "1.2"]))  # phase 2 not marked any more
+    tick(store, s, NOW + 2 * hours)
+    assert store.run(RUN).done_blocked_since is None and not store.run(RUN).done_blocked_woken
+
+
 def test_a_complete_phase_advances_to_the_next_incomplete_one(engine):
     s, store = started(engine)
     store.update_run(RUN, docs=_verified(NOW, ["1"], ["1.1", "1.2"]))

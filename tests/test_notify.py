@@ -19,7 +19,7 @@ TOKEN = "SECRETTOKEN"
 
 
 def test_kinds_are_unique_and_complete():
-    assert len(set(KINDS)) == len(KINDS) == 16
+    assert len(set(KINDS)) == len(KINDS) == 17
     assert {"limit_stall", "auth_failure", "stale_write_refused", "done", "vm_down"} <= set(KINDS)
 
 

@@ -13,7 +13,7 @@ from harness import ROOT, project_repo
 
 from ccci_dist.adapters.workspace import Workspace
 from ccci_dist.core.plan import PackageError, from_snapshot, load_package, snapshot
-from ccci_dist.core.roles import RoleSpec, allowed_paths, default_role, parse_duration
+from ccci_dist.core.roles import RoleSpec, allowed_paths, default_role, parse_duration, verb_violations
 
 PKG = ROOT / "ccci_dist"
 ROLE_NAMES = {"builder", "reviewer", "supervisor"}
@@ -137,3 +137,38 @@ def test_paths_a_role_may_change_are_git_pathspecs(committed):
     owner = RoleSpec(name="writer", paths=("docs/**",))
     assert ws.outside(base, allowed_paths(specs[0], [*specs, owner], reviewer_paths)) == [
         "REVIEW.md", "docs/a.md", "docs/deep/b.md", "review/a/b.md"]
+
+
+VERIFIED_LINE = "VERIFIED D1 2026-12-01T10:00:00Z abc1234 checked"
+FAILED_LINE = "FAILED 1.2 2026-12-01T10:00:00Z abc1234 broke"
+
+
+@pytest.mark.parametrize(("role", "added", "expected"), [
+    (default_role("builder"), {"STATUS.md": ["## DONE 1"]}, []),
+    (default_role("builder"), {"REVIEW.md": [VERIFIED_LINE]}, ["REVIEW.md: VERIFIED (not a verb of builder)"]),
+    (default_role("reviewer"), {"REVIEW.md": [VERIFIED_LINE, FAILED_LINE, "a note"]}, []),
+    (default_role("reviewer"), {"STATUS.md": ["## DONE 2b"]}, ["STATUS.md: DONE (not a verb of reviewer)"]),
+    (default_role("supervisor"), {"STATUS.md": ["## DONE 1"], "REVIEW.md": [FAILED_LINE]},
+     ["STATUS.md: DONE (not a verb of supervisor)", "REVIEW.md: FAILED (not a verb of supervisor)"]),
+    (RoleSpec(name="auditor", paths=("REVIEW.md",), verbs=("FAILED",)), {"REVIEW.md": [VERIFIED_LINE, FAILED_LINE]},
+     ["REVIEW.md: VERIFIED (not a verb of auditor)"]),
+    # a verb line in the other file is not a verdict there: nothing to refuse
+    (default_role("builder"), {"STATUS.md": [VERIFIED_LINE], "notes.md": ["## DONE 1"]}, []),
+])
+def test_a_role_writes_only_its_own_verbs(role, added, expected):
+    assert verb_violations(role, added) == expected
+
+
+def test_lines_a_commit_added_to_the_machine_docs(tmp_path):
+    with project_repo(tmp_path) as bare:
+        ws = Workspace(tmp_path / "clone", str(bare))
+        base = ws.sync("t")
+        (ws.path / "REVIEW.md").write_text(f"# Review\n{VERIFIED_LINE}\n")
+        (ws.path / "STATUS.md").write_text("## DONE 1\n")
+        (ws.path / "other.md").write_text("## DONE 2\n")
+        subprocess.run(["git", "add", "-A"], cwd=ws.path, check=True)
+        subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@e", "commit", "-qm", "c"], cwd=ws.path,
+                       check=True)
+        added = ws.added_lines(base, ("STATUS.md", "REVIEW.md"))
+        assert added == {"REVIEW.md": ["# Review", VERIFIED_LINE], "STATUS.md": ["## DONE 1"]}
+        assert verb_violations(default_role("builder"), added) == ["REVIEW.md: VERIFIED (not a verb of builder)"]

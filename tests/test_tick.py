@@ -40,9 +40,21 @@ RUN_CASES = {
                                      docs("1", "1.1"), RunTick(resume=True, live=True, phase="2")),
     "every phase and fresh D-items: DONE": (RunSeen(active=True, phase="3"), ALL, RunTick(done=True)),
     "a stale D-item holds DONE": (RunSeen(active=True, phase="3"), docs("1 2 3", "1.1 2.1 3.1 D1", age=timedelta(
-        hours=25)), RunTick(live=True, phase="3")),
+        hours=25)), RunTick(live=True, phase="3", blocked_since=T)),
     "a failed D-item holds DONE": (RunSeen(active=True, phase="3"), docs("1 2 3", "1.1 2.1 3.1", failed="D1"),
-                                   RunTick(live=True, phase="3")),
+                                   RunTick(live=True, phase="3", blocked_since=T)),
+    # every phase marked done but DONE not holding: a stretch starts; after done_blocked_hours (6) one wake
+    "blocked 5 h 59 m: no wake yet": (RunSeen(active=True, phase="3", blocked_since=T - 6 * 3600 + 60),
+                                      docs("1 2 3", "1.1 2.1 3.1"),
+                                      RunTick(live=True, phase="3", blocked_since=T - 6 * 3600 + 60)),
+    "blocked 6 h: wake": (RunSeen(active=True, phase="3", blocked_since=T - 6 * 3600), docs("1 2 3", "1.1 2.1 3.1"),
+                          RunTick(live=True, phase="3", blocked_since=T - 6 * 3600, wake_blocked=True)),
+    "blocked 9 h, woken already: no second wake": (
+        RunSeen(active=True, phase="3", blocked_since=T - 9 * 3600, blocked_woken=True), docs("1 2 3", "1.1 2.1 3.1"),
+        RunTick(live=True, phase="3", blocked_since=T - 9 * 3600)),
+    "a phase no longer marked done: the stretch ends": (
+        RunSeen(active=True, phase="3", blocked_since=T - 9 * 3600, blocked_woken=True), docs("1 2", "1.1 2.1"),
+        RunTick(live=True, phase="3")),
     "phase complete: advance": (RunSeen(active=True, phase="1"), docs("1", "1.1"),
                                 RunTick(live=True, phase="1", advance_to="2")),
     "skip a later phase that is already complete": (RunSeen(active=True, phase="1"), docs("1 2", "1.1 2.1"),

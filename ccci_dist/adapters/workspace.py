@@ -159,6 +159,17 @@ class Workspace:
                           *pathspecs).splitlines())
         return [f for f in changed if f not in covered]
 
+    def added_lines(self, base: str, names: tuple[str, ...]) -> dict[str, list[str]]:
+        """The lines commits since ``base`` added to each of the files ``names`` (top-level files)."""
+        out: dict[str, list[str]] = {}
+        current = None
+        for line in git(self.path, "diff", "-U0", "--no-color", f"{base}..HEAD", "--", *names).splitlines():
+            if line.startswith("+++ "):
+                current = line[6:] if line.startswith("+++ b/") else None
+            elif line.startswith("+") and current is not None:
+                out.setdefault(current, []).append(line[1:])
+        return out
+
     def files_in_commits(self, base: str) -> list[str]:
         """Every file any commit since ``base`` touched (also those a later commit removed again)."""
         out = git(self.path, "log", "--name-only", "--format=", f"{base}..HEAD")

@@ -52,6 +52,18 @@ class MachineDocs(BaseModel):
     deferred: int = 0
 
 
+def verbs_in(name: str, lines: list[str]) -> list[tuple[str, str]]:
+    """The machine-doc verbs written by ``lines`` of file ``name``: (verb, line) for each ``## DONE``
+    line of STATUS.md and each VERIFIED/FAILED line of REVIEW.md (elsewhere they mean nothing)."""
+    out = []
+    for line in lines:
+        if name == STATUS_FILE and DONE_RE.match(line):
+            out.append(("DONE", line))
+        elif name == REVIEW_FILE and (m := REVIEW_RE.match(line)):
+            out.append((m.group("verdict"), line))
+    return out
+
+
 def _parse_ts(raw: str) -> datetime:
     ts = datetime.fromisoformat(raw.replace("Z", "+00:00"))
     return ts if ts.tzinfo else ts.replace(tzinfo=UTC)

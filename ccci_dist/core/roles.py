@@ -169,3 +169,12 @@ def allowed_paths(role: RoleSpec, specs: list[RoleSpec], reviewer_paths: list[st
         return mine
     others = [p for s in specs if s.name != role.name for p in (own(s) or []) if not p.startswith(":")]
     return ["**", *(f":(exclude){p}" for p in others)]
+
+
+def verb_violations(role: RoleSpec, added: dict[str, list[str]]) -> list[str]:
+    """The machine-doc lines ``role`` added (file -> added lines) with a verb it may not write, as
+    ``"FILE: VERB (not a verb of <role>)"``; its ``verbs`` are all it may write."""
+    from ccci_dist.core.phases import verbs_in
+
+    return [f"{name}: {verb} (not a verb of {role.name})" for name, lines in added.items()
+            for verb, _ in verbs_in(name, lines) if verb not in role.verbs]

@@ -22,6 +22,8 @@ class RunSeen:
     paused_until: float | None = None  # epoch seconds
     phase: str = ""  # the stored phase pointer ("" = the first phase)
     target: str = ""  # the phase `enqueue phase` asked for ("" = none)
+    blocked_since: float | None = None  # every phase marked done but DONE not holding, since (epoch s)
+    blocked_woken: bool = False  # this stretch's done_blocked wake went out
 
 
 @dataclass(frozen=True)
@@ -34,6 +36,8 @@ class RunTick:
     phase: str = ""  # the phase in force
     advance_to: str = ""  # move the pointer from ``phase`` to this one (forward or back)
     done_target: str = ""  # the operator's target phase is complete: clear it
+    blocked_since: float | None = None  # the stretch of blocked DONE to record (None: not blocked)
+    wake_blocked: bool = False  # DONE has been blocked longer than done_blocked_hours: wake, once
 
 
 def decide_run(run: RunSeen, plan: PlanPackage | None, docs: MachineDocs, settings: Settings,
@@ -49,8 +53,13 @@ def decide_run(run: RunSeen, plan: PlanPackage | None, docs: MachineDocs, settin
     phase = run.phase or plan.phase_order[0]
     want = working_phase(plan, docs, run.target or None) or phase
     done_target = run.target if run.target and phase_complete(plan, docs, run.target) else ""
+    # the builder says every phase is done, yet DONE does not hold (verdicts missing, stale or FAILED)
+    blocked = set(plan.phase_order) <= set(docs.done_phases)
+    since = (run.blocked_since or now.timestamp()) if blocked else None
+    wake = (since is not None and settings.done_blocked_hours > 0 and not run.blocked_woken
+            and now.timestamp() - since >= settings.done_blocked_hours * 3600)
     return RunTick(resume=resume, live=True, phase=phase, advance_to="" if want == phase else want,
-                   done_target=done_target)
+                   done_target=done_target, blocked_since=since, wake_blocked=wake)
 
 
 @dataclass(frozen=True)

@@ -27,11 +27,11 @@ from ccci_dist.config import Settings, hostname
 from ccci_dist.core import agents
 from ccci_dist.core.limits import backoff_seconds, clock
 from ccci_dist.core.outcome import Outcome, classify
-from ccci_dist.core.phases import MachineDocs, blockers, docs_fingerprint, working_phase
+from ccci_dist.core.phases import REVIEW_FILE, STATUS_FILE, MachineDocs, blockers, docs_fingerprint, working_phase
 from ccci_dist.core.plan import DEFAULT_FORBIDDEN_PATHS, forbidden_hits, from_snapshot, specs_of
 from ccci_dist.core.policy import Decision, LoopFacts, Ran, decide
 from ccci_dist.core.prompt import assemble
-from ccci_dist.core.roles import RoleSpec, allowed_paths, role_spec
+from ccci_dist.core.roles import RoleSpec, allowed_paths, role_spec, verb_violations
 from ccci_dist.core.schedule import next_midnight
 from ccci_dist.engine.app import app, settings
 from ccci_dist.engine.notify import notify
@@ -317,6 +317,8 @@ class Iteration:
             violations = ws.outside(base, allowed_paths(self.spec, self.specs, self.s.reviewer_paths))
             # a secret committed and removed again is still in the history a push would publish
             violations += [f"{f} (forbidden path)" for f in forbidden_hits(ws.files_in_commits(base), forbidden)]
+            # paths say which files a role may change; verbs say which machine-doc verdicts it may write there
+            violations += verb_violations(self.spec, ws.added_lines(base, (STATUS_FILE, REVIEW_FILE)))
             if not violations:
                 try:
                     pushed = ws.push(lambda: self.store.fence_ok(self.run, self.role, self.token, self.owner))

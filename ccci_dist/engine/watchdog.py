@@ -14,12 +14,12 @@ import logging
 import os
 import time
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 
 from ccci_dist.adapters.workspace import read_remote_file
 from ccci_dist.config import CONTROL_QUEUE, Settings, hostname
-from ccci_dist.core.phases import MachineDocs
+from ccci_dist.core.phases import MachineDocs, missing_for_done
 from ccci_dist.core.plan import PlanPackage, from_snapshot
 from ccci_dist.core.roles import RoleSpec
 from ccci_dist.core.tick import LoopSeen, RunSeen, decide_loop, decide_run, wake_reason
@@ -75,8 +75,19 @@ def tick_run(store: Store, s: Settings, view: RunView, now: datetime) -> None:
     plan = _plan(rh.plan) if rh.plan else None
     docs = MachineDocs.model_validate_json(rh.docs) if rh.docs else MachineDocs()
     seen = RunSeen(active=rh.status == ACTIVE, paused=rh.status == PAUSED, paused_until=rh.paused_until,
-                   phase=rh.phase, target=rh.target_phase)
+                   phase=rh.phase, target=rh.target_phase, blocked_since=rh.done_blocked_since,
+                   blocked_woken=rh.done_blocked_woken)
     d = decide_run(seen, plan, docs, s, now)
+    if d.live and d.blocked_since != rh.done_blocked_since:  # a stretch of blocked DONE starts or ends
+        store.update_run(run, done_blocked_since=f"{d.blocked_since:.3f}" if d.blocked_since else "",
+                         done_blocked_woken="")
+    if d.wake_blocked and plan is not None:
+        store.update_run(run, done_blocked_woken="1")
+        why = "; ".join(missing_for_done(plan, docs, now, timedelta(hours=s.done_freshness_hours)))[:300]
+        hours = (now.timestamp() - (d.blocked_since or now.timestamp())) / 3600
+        store.event(run, "done_blocked", hours=f"{hours:.1f}", blockers=why)
+        notify("done_blocked", f"{run}: DONE blocked for {hours:.1f} h", f"every phase is marked done; {why}")
+        wake(store, run, plan.specs, "done_blocked", f"DONE blocked for {hours:.1f} h: {why}")
     if d.resume:
         store.resume_run(run)
         store.event(run, "resumed", reason="pause ended")

@@ -97,6 +97,8 @@ class RunState(_HashModel):
     status: str = ""
     phase: str = ""
     target_phase: str = ""  # the phase `enqueue phase` asked for, worked on until complete
+    done_blocked_since: float | None = None  # every phase marked done, DONE not holding, since then
+    done_blocked_woken: bool = False  # the done_blocked wake of this stretch was sent
     plan: str = ""  # JSON snapshot of the plan package (parsed by core.plan.from_snapshot)
     plan_dir: str = ""
     roles: list[str] = []
