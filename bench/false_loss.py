@@ -57,7 +57,7 @@ def main() -> int:
     env = base_env(srv.url, make_repo(tmp), make_plan(tmp, ["builder", "reviewer"]), tmp,
                    CCCI_AGENT_COMMAND=NOOP_AGENT, BENCH_AGENT_SLEEP=str(a.agent_sleep),
                    CCCI_LEASE_TTL=f"{a.lease_ttl:g}", CCCI_WATCHDOG_INTERVAL=f"{min(5.0, a.lease_ttl):g}",
-                   CCCI_BACKOFF_BASE="1")
+                   CCCI_BACKOFF_BASE="1", CCCI_NO_PROGRESS_LIMIT="0")  # the no-op agent never commits
     procs = [spawn(beat_cmd(tmp / "beat-schedule"), tmp / "beat.log", env)]
     for name, queues in (("w1", "ccci.control,ccci.builder"), ("w2", "ccci.control,ccci.reviewer")):
         procs.append(spawn(worker_cmd(name=name, queues=queues), tmp / f"{name}.log",

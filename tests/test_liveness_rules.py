@@ -40,10 +40,25 @@ def test_failed_read_restarts_the_clock():
     g = Gone(grace=1.0)
     g.observe({"a/1"}, {"a/1"}, 0.0)
     g.observe(set(), {"a/1"}, 0.5)
-    g.failed()
-    assert g.observe(set(), {"a/1"}, 5.0) == set()
-    assert g.observe(set(), {"a/1"}, 5.5) == set()
-    assert g.observe({"a/1"}, {"a/1"}, 5.9) == set()
+    g.failed(1.0)
+    assert g.observe(set(), {"a/1"}, 5.0) == set()  # settling (5 s after the failure)
+    assert g.observe(set(), {"a/1"}, 5.9) == set()
+    assert g.observe(set(), {"a/1"}, 6.5) == set()  # first miss after settling
+    assert g.observe(set(), {"a/1"}, 7.0) == set()
+    assert g.observe(set(), {"a/1"}, 7.6) == {"a/1"}
+
+
+def test_a_new_server_or_a_young_one_settles_first():
+    """A restarted Redis (new run id), a promoted replica (new replication id), or one just started."""
+    g = Gone(grace=1.0, settle=5.0)
+    g.observe({"a/1"}, {"a/1"}, 0.0, server=("run1", "repl1"), uptime=100)
+    assert g.observe(set(), {"a/1"}, 1.0, server=("run1", "repl2"), uptime=101) == set()  # failed over
+    assert g.observe(set(), {"a/1"}, 3.0, server=("run1", "repl2"), uptime=103) == set()
+    assert g.observe(set(), {"a/1"}, 5.5, server=("run1", "repl2"), uptime=105) == set()  # still settling
+    g2 = Gone(grace=1.0, settle=5.0)
+    g2.observe({"a/1"}, {"a/1"}, 0.0, server=("run1", "r"), uptime=100)
+    for t in (1.0, 2.0, 3.0, 4.0):  # a server up for less than 5 s: nothing reaped
+        assert g2.observe(set(), {"a/1"}, t, server=("run1", "r"), uptime=t - 0.5) == set()
 
 
 @given(st.lists(st.tuples(st.booleans(), st.floats(0.01, 0.5)), max_size=40), st.floats(0.1, 3.0))

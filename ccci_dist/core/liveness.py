@@ -5,7 +5,10 @@ closes it at once, so its name leaves the client list. A lease whose holder (``h
 was seen alive, then is absent from two successive reads spanning more than ``grace`` seconds,
 has lapsed. The clock starts at the first read that misses it, never at the last one that saw
 it, so a Redis restart (every connection drops at once, and the reader's own reads fail) gives
-each live process the full grace to reconnect after the first good read.
+each live process the full grace to reconnect after the first good read. After a read failed,
+or the server changed (a new run id: restarted; a new replication id: a Sentinel failover), or
+while the server is younger than ``settle`` seconds, nothing is reaped for ``settle`` seconds:
+under a heavy load a live process may take a while to reconnect.
 """
 
 from __future__ import annotations
@@ -31,13 +34,26 @@ class Gone:
     """Tracks holders across reads; ``observe`` returns those to reap now."""
 
     grace: float = 1.0
+    settle: float = 5.0
     seen: set[str] = field(default_factory=set)
     missing: dict[str, tuple[float, int]] = field(default_factory=dict)  # holder -> (first miss, misses)
+    quiet_until: float = 0.0
+    server: tuple[str, ...] = ()
 
-    def observe(self, present: Iterable[str], holders: Iterable[str], now: float) -> set[str]:
-        """One good read: ``present`` live holders, ``holders`` of the current leases, at ``now``."""
+    def observe(self, present: Iterable[str], holders: Iterable[str], now: float,
+                server: tuple[str, ...] = (), uptime: float | None = None) -> set[str]:
+        """One good read: ``present`` live holders, ``holders`` of the current leases, at ``now``;
+        ``server`` identifies the Redis that answered, ``uptime`` is its age in seconds."""
         present = set(present)
         self.seen |= present
+        if server and self.server and server != self.server:
+            self.failed(now)
+        self.server = server or self.server
+        if uptime is not None and uptime < self.settle:
+            self.failed(now)
+        if now < self.quiet_until:
+            self.missing.clear()
+            return set()
         gone: set[str] = set()
         still: dict[str, tuple[float, int]] = {}
         for h in set(holders) - present:
@@ -50,6 +66,7 @@ class Gone:
         self.missing = {h: v for h, v in still.items() if h not in gone}
         return gone
 
-    def failed(self) -> None:
-        """A read failed (Redis away): every absence clock starts again at the next good read."""
+    def failed(self, now: float) -> None:
+        """A read failed (Redis away): nothing is reaped for ``settle`` s, then every clock starts again."""
         self.missing.clear()
+        self.quiet_until = max(self.quiet_until, now + self.settle)

@@ -87,17 +87,18 @@ class LeaseWatcher(threading.Thread):
         while True:
             try:
                 self.step(time.monotonic())
-            except Exception as exc:  # Redis away: absence clocks start again at the next good read
-                self.gone.failed()
+            except Exception as exc:  # Redis away: absence clocks start again after it settled
+                self.gone.failed(time.monotonic())
                 log.debug("lease watcher read failed: %s", exc)
             time.sleep(self.interval)
 
     def step(self, now: float) -> list[tuple[str, str]]:
         """One read; returns the loops whose lease it dropped."""
+        server, uptime = self.store.server_identity()
         names = self.store.client_names(LIVE_PREFIX)
         leases = self.store.lease_owners()
         present = {n[len(LIVE_PREFIX):] for n in names}
-        gone = self.gone.observe(present, {holder(o) for o in leases.values()}, now)
+        gone = self.gone.observe(present, {holder(o) for o in leases.values()}, now, server, uptime)
         dropped = []
         for (run, role), owner in leases.items():
             if holder(owner) in gone and self.store.drop_lease(run, role, owner):

@@ -306,6 +306,13 @@ class Store:
         Sentinel failover) it fails and the Sentinel client reconnects to the new master."""
         self.r.set(k_live(holder), "1", px=px)
 
+    def server_identity(self) -> tuple[tuple[str, str], float]:
+        """(run id, replication id) of the Redis answering, and its uptime in seconds: a restart
+        changes the first, a Sentinel failover the second."""
+        info = {**self.r.info("server"), **self.r.info("replication")}
+        ids = (str(info.get("run_id", "")), str(info.get("master_replid", "")))
+        return ids, float(info.get("uptime_in_seconds", 0))
+
     def client_names(self, prefix: str) -> set[str]:
         """Names starting with ``prefix`` of the normal clients connected to this Redis."""
         return {c["name"] for c in self.r.client_list(_type="normal") if c.get("name", "").startswith(prefix)}
