@@ -17,7 +17,8 @@ Faults: crash | hang | nonjson | exit1 | auth | violate | limit:SECS | limit_tex
         fail:ITEM (reviewer: write a FAILED line for ITEM, then work normally) |
         idle (do nothing: no commit, no change to the machine docs) |
         secrets (leave secret-looking files in the clone, then work normally) |
-        secrets_force (``git add -f`` secret-looking files and commit them, then work normally)
+        secrets_force (``git add -f`` secret-looking files and commit them, then work normally) |
+        env:FILE (append this agent's environment to FILE as one JSON line, then work normally)
 
 The builder fixes each item the prompt's "What blocks DONE" section lists as FAILED (a
 ``fixed`` line in its work file); the reviewer re-verifies a failed item once it is fixed.
@@ -329,6 +330,9 @@ def _act(ctx: dict, prompt: str, role: str, fault: str, session: str, started: f
         if name == "secrets_force":
             _git("add", "-f", *SECRET_FILES)
             _git("commit", "-q", "-m", "demo: commit secrets by force")
+    if name == "env":  # what the agent can see: the canary test searches it for secrets
+        with open(arg, "a") as f:
+            f.write(json.dumps(dict(os.environ)) + "\n")
     if name == "echo":  # a tool result that quotes a file: must never be read as a limit
         _emit({"type": "user", "message": {"content": [{"type": "tool_result", "content": _read(arg)}]}})
     # what a real agent shows first: a look at the clone (so `logs -f` has a tool call to render)
