@@ -109,7 +109,8 @@ def test_password_file_is_injected(tmp_path):
 def test_beat_dry_run():
     r = cli("beat", "--dry-run")
     assert r.returncode == 0, r.stderr
-    assert r.stdout.splitlines()[0].endswith("-A ccci_dist beat -S redbeat.RedBeatScheduler --loglevel INFO")
+    assert r.stdout.splitlines()[0].endswith(
+        "-A ccci_dist beat -S ccci_dist.state.beat_scheduler.ResilientRedBeat --loglevel INFO")
 
 
 def _inspect_app(url: str) -> Celery:
@@ -204,7 +205,7 @@ def test_real_beat_takes_the_redbeat_lock(tmp_path, redis_url):
         wait_for(lambda: proc.alive() and cli("beat", "--check", env=env).returncode == 0, 60, 1.0,
                  f"beat lock; log: {proc.output()[-1500:]}")
         cmdline = Path(f"/proc/{proc.pid}/cmdline").read_bytes().split(b"\0")
-        assert b"beat" in cmdline and b"redbeat.RedBeatScheduler" in cmdline  # exec'd celery, same pid
+        assert b"beat" in cmdline and b"ResilientRedBeat" in cmdline  # exec'd celery, same pid
         assert not any(b"test-redis-pw" in a for a in cmdline)
     finally:
         proc.stop()

@@ -73,7 +73,7 @@ def celery_config(s: Settings, broker: str) -> dict:
         "worker_send_task_events": True,
         "task_send_sent_event": False,
         "worker_hijack_root_logger": False,
-        "beat_scheduler": "redbeat.RedBeatScheduler",
+        "beat_scheduler": "ccci_dist.state.beat_scheduler.ResilientRedBeat",
         "redbeat_redis_url": broker,
         "redbeat_key_prefix": REDBEAT_PREFIX,
         # RedBeat's default lock (1500 s) would leave a standby idle for 25 min.

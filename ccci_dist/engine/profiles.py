@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from ccci_dist.adapters.broker import PASSWORD_FILE_ENV, broker_url, with_password
 from ccci_dist.config import CONTROL_QUEUE, ConfigError, Settings, load_config
 
-REDBEAT = "redbeat.RedBeatScheduler"
+REDBEAT = "ccci_dist.state.beat_scheduler.ResilientRedBeat"  # survives Redis outages
 SCRIPTS_VAR = "CCCI_SCRIPTS"  # usable in a profile's [env]; see child_env
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
