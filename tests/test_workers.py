@@ -205,7 +205,8 @@ def test_real_beat_takes_the_redbeat_lock(tmp_path, redis_url):
         wait_for(lambda: proc.alive() and cli("beat", "--check", env=env).returncode == 0, 60, 1.0,
                  f"beat lock; log: {proc.output()[-1500:]}")
         cmdline = Path(f"/proc/{proc.pid}/cmdline").read_bytes().split(b"\0")
-        assert b"beat" in cmdline and b"ResilientRedBeat" in cmdline  # exec'd celery, same pid
+        # exec'd celery, same pid
+        assert b"beat" in cmdline and b"ccci_dist.state.beat_scheduler.ResilientRedBeat" in cmdline
         assert not any(b"test-redis-pw" in a for a in cmdline)
     finally:
         proc.stop()
