@@ -14,7 +14,7 @@ import string
 
 import pytest
 import redis
-from hypothesis import HealthCheck, example, given, settings
+from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 
 from ccci_dist.config import ConfigError, load_config
@@ -218,6 +218,7 @@ def test_inbox_send_queues_or_refuses_with_one_line(redis_server, raw, to, via_s
             "--", arg]
     res = _cli(args, stdin=raw if via_stdin else b"")
     after = _inbox_snap(r)
+    event("refused" if res.exit_code else "queued")
     if res.exit_code != 0:
         _clean_failure(res)
         assert after == before, "a refused message changed the inbox"
@@ -267,16 +268,21 @@ def _tree(root) -> dict:
 
 @settings(max_examples=EXAMPLES["plan_package"], **SETTINGS)
 @given(m=st.one_of(meta, st.none()), raw_meta=st.one_of(st.none(), bad_bytes, st.just(b"name = ")),
-       plan=plan_md, phases=phase_files, prompts=prompt_files)
-@example(m={"phases": False}, raw_meta=None, plan=None, phases=[], prompts={})  # was a TypeError, exit 1
-@example(m={"prompts": "x"}, raw_meta=None, plan=None, phases=[], prompts={})  # was an AttributeError
-def test_plan_check_accepts_or_names_each_defect(tmp_path_factory, m, raw_meta, plan, phases, prompts):
+       plan=plan_md, phases=phase_files, prompts=prompt_files, base=st.booleans())
+@example(m={"phases": False}, raw_meta=None, plan=None, phases=[], prompts={}, base=False)  # was a TypeError
+@example(m={"prompts": "x"}, raw_meta=None, plan=None, phases=[], prompts={}, base=False)  # was an AttributeError
+def test_plan_check_accepts_or_names_each_defect(tmp_path_factory, m, raw_meta, plan, phases, prompts, base):
+    import shutil
+    from pathlib import Path
+
     root = tmp_path_factory.mktemp("pkg")
+    if base:  # start from a valid package (examples/tiny-plan) and change some of it
+        shutil.copytree(Path(__file__).parent.parent / "examples" / "tiny-plan", root, dirs_exist_ok=True)
     if raw_meta is not None:
         (root / "package.toml").write_bytes(raw_meta)
-    elif m is not None:
+    elif m is not None and not (base and not m):
         (root / "package.toml").write_text("".join(f"{k} = {_toml(v)}\n" for k, v in m.items()))
-    if plan is not None:
+    if plan is not None and not (base and len(plan) < 40):
         (root / "plan.md").write_bytes(plan)
     for pid, slug, body in phases:
         if pid and "/" not in pid and "." not in pid and " " not in pid:
@@ -287,6 +293,7 @@ def test_plan_check_accepts_or_names_each_defect(tmp_path_factory, m, raw_meta, 
     before = _tree(root)
     res = _cli(["plan", "check", str(root)])
     assert _tree(root) == before, "plan check changed the package"
+    event("refused" if res.exit_code else "accepted")
     if res.exit_code == 0:
         assert not res.stderr and "Traceback" not in res.stdout, res.output
         return
