@@ -6,9 +6,11 @@ this module does no I/O; a worker without a configured broker starts the embedde
 
 from __future__ import annotations
 
+import warnings
 from functools import lru_cache
 
 from celery import Celery, signals
+from celery.exceptions import CPendingDeprecationWarning
 
 from ccci_dist.adapters.broker import sentinel_group
 from ccci_dist.config import CONTROL_QUEUE, Settings, load_config
@@ -64,7 +66,9 @@ def celery_config(s: Settings, broker: str) -> dict:
         "result_backend": None,
         "task_acks_late": True,
         "worker_prefetch_multiplier": 1,
-        "worker_cancel_long_running_tasks_on_connection_loss": True,
+        # Celery would cancel running late-ack tasks on a lost connection; the threads pool cannot
+        # (a traceback per task), and ccci-dist stops agents itself (lease, heartbeat): never try.
+        "worker_cancel_long_running_tasks_on_connection_loss": False,
         "task_default_queue": CONTROL_QUEUE,
         "task_time_limit": int(s.iteration_time_limit + 300),
         "task_soft_time_limit": int(s.iteration_time_limit + 120),
@@ -130,6 +134,14 @@ def _password(url: str) -> str | None:
         return group.password if group is not None else urlsplit(url).password
     except ValueError:
         return None
+
+
+@signals.worker_ready.connect
+def _quiet_cancel_nag(**_: object) -> None:
+    """Celery nags on each connection loss that cancel-on-loss will default to True in 6.0; it is off
+    on purpose (see celery_config). Added here: Celery's log set-up re-enables its warnings."""
+    warnings.filterwarnings("ignore", message=r"\s*In Celery 5.1 we introduced an optional breaking change",
+                            category=CPendingDeprecationWarning)
 
 
 @signals.worker_ready.connect
