@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from harness import ROOT, Proc, celery_beat, celery_worker, wait_for
+from harness import ROOT, Proc, agent_alive, celery_beat, celery_worker, wait_for
 
 TINY = ROOT / "examples" / "tiny-plan"
 DEMO_AGENT = f"{sys.executable} -m ccci_dist.adapters.demo_agent"
@@ -70,6 +70,16 @@ class Bed:
         if not self.agent_log.exists():
             return []
         return [json.loads(line) for line in self.agent_log.read_text().splitlines() if line.strip()]
+
+    def running_agent(self, role: str, timeout: float = 30) -> dict:
+        """The agent of ``role`` that has started and not stopped (from the agent's own log), once there is one."""
+        def find():
+            ev = self.agent_events()
+            stopped = {e["pid"] for e in ev if e["event"] == "stop"}
+            live = [e for e in ev if e["event"] == "start" and e["role"] == role and e["pid"] not in stopped
+                    and agent_alive(e["pid"])]
+            return live[-1] if live else None
+        return wait_for(find, timeout, 0.1, f"a running {role} agent")
 
     def wait_status(self, pred, timeout: float = 60, what: str = "status") -> dict:
         return wait_for(lambda: (st := self.status()) and pred(st) and st, timeout, 0.3, what)

@@ -48,23 +48,13 @@ def test_tiny_plan_reaches_done(bed):
     assert "builder: phase 1 work" in git("log", "--oneline", cwd=repo)
 
 
-def _running_agent(bed, role: str) -> dict:
-    """The agent of ``role`` that has started and not stopped (from the agent's own log)."""
-    def find():
-        ev = bed.agent_events()
-        stopped = {e["pid"] for e in ev if e["event"] == "stop"}
-        live = [e for e in ev if e["event"] == "start" and e["role"] == role and e["pid"] not in stopped
-                and agent_alive(e["pid"])]
-        return live[-1] if live else None
-    return wait_for(find, 30, 0.1, f"a running {role} agent")
-
 
 def test_kill_worker_mid_iteration_fails_over(bed):
     bed.faults(builder=["slow:30"])
     bed.beat()
     w1 = bed.worker("w1", queues="ccci.control,ccci.builder")
     bed.cli("start")
-    first = _running_agent(bed, "builder")
+    first = bed.running_agent("builder")
     assert first["host"] == "w1"
     bed.worker("w2", queues="ccci.control,ccci.builder,ccci.reviewer")
     assert bed.status()["status"] == "active"  # status works while running
@@ -95,7 +85,7 @@ def test_stop_kills_agent_group_and_nothing_restarts(bed):
     bed.faults(builder=["slow:60"])
     bed.worker("w1", beat=True)
     bed.cli("start")
-    agent = _running_agent(bed, "builder")
+    agent = bed.running_agent("builder")
     gone: list[float] = []
 
     def watch() -> None:  # its own thread: the CLI below may take seconds to start on a busy machine
@@ -140,7 +130,7 @@ def test_stale_iteration_cannot_push(bed):
     bed.beat()
     w1 = bed.worker("w1", queues="ccci.control,ccci.builder")
     bed.cli("start")
-    first = _running_agent(bed, "builder")
+    first = bed.running_agent("builder")
     os.killpg(w1.pid, signal.SIGSTOP)
     try:
         bed.worker("w2", queues="ccci.control,ccci.builder,ccci.reviewer")

@@ -25,15 +25,6 @@ def _events(r: redis.Redis, kind: str) -> list[dict]:
     return [f for _, f in r.xrange("ccci:events:default") if f.get("kind") == kind]
 
 
-def _running(bed: Bed, role: str) -> dict:
-    def find():
-        ev = bed.agent_events()
-        stopped = {e["pid"] for e in ev if e["event"] == "stop"}
-        live = [e for e in ev if e["event"] == "start" and e["role"] == role and e["pid"] not in stopped
-                and agent_alive(e["pid"])]
-        return live[-1] if live else None
-    return wait_for(find, 30, 0.1, f"a running {role} agent")
-
 
 def _long_lease(bed: Bed) -> None:
     bed.env.update(CCCI_LEASE_TTL=f"{TTL:g}", CCCI_WATCHDOG_INTERVAL="1")
@@ -49,7 +40,7 @@ def test_killed_worker_process_fails_over_before_its_lease_would_expire(bed):
     bed.beat()
     w1 = bed.worker("w1", queues="ccci.control,ccci.builder")
     bed.cli("start")
-    first = _running(bed, "builder")
+    first = bed.running_agent("builder")
     assert first["host"] == "w1"
     w2 = bed.worker("w2", queues="ccci.control,ccci.builder,ccci.reviewer")
     r = redis.Redis.from_url(bed.env["CCCI_BROKER_URL"], decode_responses=True)
@@ -79,7 +70,7 @@ def test_stopped_worker_keeps_its_lease(bed):
     bed.beat()
     w1 = bed.worker("w1", queues="ccci.control,ccci.builder")
     bed.cli("start")
-    first = _running(bed, "builder")
+    first = bed.running_agent("builder")
     bed.worker("w2", queues="ccci.control")  # runs the watchdog ticks while w1 is stopped
     r = redis.Redis.from_url(bed.env["CCCI_BROKER_URL"], decode_responses=True)
     wait_for(lambda: _live_named(r, "w2"), 30, 0.1, "w2's liveness connection")
@@ -106,7 +97,7 @@ def test_redis_restart_does_not_reap_a_live_lease(tmp_path, fresh_redis, remote_
         bed.beat()
         bed.worker("w1", queues="ccci.control,ccci.builder")
         bed.cli("start")
-        first = _running(bed, "builder")
+        first = bed.running_agent("builder")
         r = redis.Redis.from_url(bed.env["CCCI_BROKER_URL"], decode_responses=True)
         wait_ticks(r, 2)  # the watcher has seen w1 alive
         owner = r.get("ccci:lease:default:builder")
