@@ -11,6 +11,7 @@ import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import kombu.pools
 import pytest
 
 from ccci_dist.core.phases import parse_docs
@@ -54,6 +55,7 @@ def _reset_pools(app) -> None:
         app._pool.force_close_all()
     app._pool = None
     app.amqp._producer_pool = None
+    kombu.pools.reset()  # the process-wide producer pools still hold the closed connection pool
 
 
 def messages(store: Store, role: str) -> list[str]:

@@ -9,6 +9,7 @@ import logging
 import socket
 import sys
 
+import kombu.pools
 import pytest
 from celery.signals import before_task_publish
 from harness import Proc, celery_worker, free_port, wait_for
@@ -127,6 +128,9 @@ def app_env(monkeypatch):
                 cc.app._pool.force_close_all()
             cc.app._pool = None
             cc.app.amqp._producer_pool = None
+            # kombu keeps producer pools in a process-wide registry keyed by connection: one left there by
+            # an earlier test holds the closed pool ("Acquire on closed pool")
+            kombu.pools.reset()
         return cc.app
 
     yield configure
