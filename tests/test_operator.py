@@ -54,8 +54,8 @@ def test_inbox_message_survives_a_killed_iteration_and_is_acked_once(bed):
     second = wait_for(lambda: next((e for e in _starts(bed, "builder") if mid in e["inbox"]), None), 30, 0.1,
                       "an iteration whose prompt has the message")
     assert second["iteration"] == "2"
-    listed = bed.cli("inbox", "list").stdout
-    assert mid in listed and "pending" in listed
+    listed = [json.loads(line) for line in bed.cli("inbox", "list", "--json").stdout.splitlines() if line.strip()]
+    assert [m["state"] for m in listed if m["id"] == mid] == ["pending"], listed  # the table cuts ids at 80 columns
     # ...and is killed with its host: the message stays pending and goes to the re-run.
     bed.worker("w2", queues="ccci.control,ccci.builder")
     w1.kill(signal.SIGKILL)
@@ -70,7 +70,7 @@ def test_inbox_message_survives_a_killed_iteration_and_is_acked_once(bed):
     assert all(mid not in e["inbox"] for e in later), "an acknowledged message was delivered again"
     seen = (bed.clone() / "work" / "inbox-seen.md").read_text()
     assert seen.count(mid) == 1
-    assert "delivered" in bed.cli("inbox", "list", "--role", "builder").stdout
+    assert "delivered" in bed.cli("inbox", "list", "--role", "builder", "--json").stdout
 
 
 def _polls_done(bed) -> int:
@@ -196,7 +196,10 @@ def test_each_limit_text_form_stalls_the_loop(bed):
         if n == 1:
             bed.cli("start")
         else:
-            bed.cli("start")  # the operator restart clears the stall; the next fault is the next form
+            # `start` keeps a stall that has not ended (issue 12): end it as its reset would, then start;
+            # the next fault is the next form
+            r.hset("ccci:loop:default:builder", mapping={"stalled_until": "", "not_before": ""})
+            bed.cli("start")
         wait_for(lambda n=n: len([h for h in _history(bed) if h["role"] == "builder"]) >= n, 30, 0.2, f"form {n}")
         until = datetime.fromtimestamp(float(r.hget("ccci:loop:default:builder", "stalled_until")), UTC)
         if isinstance(expected, datetime):

@@ -185,7 +185,7 @@ def test_run_timeout(sshd, tmp_path):
 
 
 def test_session_reuse_and_health(sshd, monkeypatch):
-    from ccci_dist import vm
+    from ccci_dist.adapters import vm
     from ccci_dist.config import load_config
 
     for k, v in sshd.env().items():
@@ -335,7 +335,7 @@ def test_sudo_without_password_file_and_not_allowed(sshd, tmp_path):
 
 def test_put_with_sudo(sshd, tmp_path, monkeypatch):
     """``put(sudo=True)`` lands a root-owned file where the VM user cannot write."""
-    from ccci_dist import vm
+    from ccci_dist.adapters import vm
     from ccci_dist.config import load_config
 
     for k, v in sshd.env().items():
