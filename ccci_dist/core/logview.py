@@ -87,8 +87,10 @@ def render_line(line: str) -> list[Piece]:
             if isinstance(c, dict) and c.get("type") == "tool_result":
                 out.append(("output", _cut(_result_text(c.get("content")))))
     elif kind == "result":
-        ok = not ev.get("is_error") and ev.get("subtype", "success") == "success"
-        out.append(("result", f"result: {'success' if ok else ev.get('subtype') or 'error'} · "
+        subtype = ev.get("subtype") or "success"
+        # is_error wins: Claude Code reports some failed runs as subtype "success" with is_error true
+        word = "error" if ev.get("is_error") and subtype == "success" else subtype
+        out.append(("result", f"result: {word} · "
                               f"turns {ev.get('num_turns', '?')} · ${float(ev.get('total_cost_usd') or 0):.4f}"))
     elif kind == "system":
         if ev.get("subtype") == "init":
