@@ -22,8 +22,8 @@ declare -A TESTS=(
   [phases]="tests/test_phases.py tests/test_plan_package.py tests/test_prompt.py"
   [outcome]="tests/test_outcome.py"
   [prompt]="tests/test_prompt.py"
-  [cockpit]="tests/test_status.py"
-  [logview]="tests/test_logs.py"
+  [cockpit]="tests/test_cockpit.py"
+  [logview]="tests/test_logview.py"
   [policy]="tests/test_policy.py"
   [roles]="tests/test_roles.py"
 )
@@ -65,7 +65,7 @@ also_copy = ["ccci_dist/", "tests/", "examples/", "prompts/", "docs/", "compose.
 pytest_add_cli_args = ["-p", "no:randomly", "-p", "no:cacheprovider", "-q", "-x"]
 pytest_add_cli_args_test_selection = [${sel%, }]
 EOF
-  (cd "$dir" && nice -n 15 "$MUTMUT" run --max-children 2 >"$dir/run.log" 2>&1 || true
+  (cd "$dir" && nice -n 15 "$MUTMUT" run --max-children "${MUTMUT_CHILDREN:-1}" >"$dir/run.log" 2>&1 || true
    "$MUTMUT" export-cicd-stats >/dev/null 2>&1 || true
    "$MUTMUT" results >"$dir/survivors.txt" 2>/dev/null || true)
   "$PY" - "$m" "$dir/mutants/mutmut-cicd-stats.json" <<'PY'

@@ -1,0 +1,186 @@
+"""Table tests of the status words (core/cockpit.py), in process with an injected clock: every branch
+of describe_loop with its exact state, reason and next action, ages, the watchdog line and the run's
+effective state (test_status.py checks the same words through the CLI, where a mutant is not active)."""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from ccci_dist.core import cockpit
+from ccci_dist.core.cockpit import LoopFacts, LoopWords, describe_loop, run_state
+from ccci_dist.core.policy import BREAKER_NEXT
+
+NOW = 1_800_000_000.0
+START = "`ccci-dist start`"
+BEAT = "start the scheduler: `ccci-dist beat` (or a worker with --beat-thread)"
+
+
+@pytest.fixture(autouse=True)
+def _utc(monkeypatch):
+    """Local time is UTC here, so the rendered times are exact."""
+    monkeypatch.setenv("TZ", "UTC")
+    time.tzset()
+    yield
+    monkeypatch.undo()
+    time.tzset()
+
+
+def at(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def facts(**kw) -> LoopFacts:
+    base = {"role": "builder", "stored_state": "active", "run_status": "active", "now": NOW, "queue": "ccci.builder",
+            "worker_on_queue": True, "watchdog_alive": True, "watchdog_age": 1.0}
+    return LoopFacts(**{**base, **kw})
+
+
+CASES = [
+    # done wins over everything
+    (facts(stored_state="done"), ("done", "the run is DONE", "nothing")),
+    (facts(run_status="done", lease_ms=500), ("done", "the run is DONE", "nothing")),
+    # stopped loop: reason with the last detail (not for the operator), advice per reason
+    (facts(stored_state="stopped"), ("stopped", "stopped", f"fix the cause, then {START}")),
+    (facts(stored_state="stopped", stop_reason="auth", last_detail="Not logged in"),
+     ("stopped", "auth — Not logged in",
+      f"log in as the agent user (`claude /login` or `codex login`), then {START}")),
+    (facts(stored_state="stopped", stop_reason="auth"),
+     ("stopped", "auth", f"log in as the agent user (`claude /login` or `codex login`), then {START}")),
+    (facts(stored_state="stopped", stop_reason="operator", last_detail="ignored"),
+     ("stopped", "operator", f"{START} to resume it")),
+    (facts(stored_state="stopped", stop_reason="config", last_detail="no model"),
+     ("stopped", "config — no model", f"fix the agent configuration named above, then {START}")),
+    (facts(stored_state="stopped", last_detail="d"), ("stopped", "stopped — d", f"fix the cause, then {START}")),
+    (facts(stored_state="stopped", stop_reason="crash", last_detail="x"),
+     ("stopped", "crash — x", f"fix the cause, then {START}")),
+    (facts(run_status="stopped", lease_ms=900), ("stopped", "the run is stopped", START)),
+    # the loop's own breaker pause
+    (facts(stored_state="paused", breaker="no_progress", last_detail="same"),
+     ("paused", "no_progress: no progress (no new commit, no change to the machine docs)",
+      f"nothing needed: {BREAKER_NEXT}")),
+    (facts(stored_state="paused", breaker="repeated_error", last_detail="boom"),
+     ("paused", "repeated_error: the same error again and again — boom", f"nothing needed: {BREAKER_NEXT}")),
+    (facts(stored_state="paused", breaker="odd"), ("paused", "odd: odd", f"nothing needed: {BREAKER_NEXT}")),
+    (facts(stored_state="paused"), ("paused", ": paused", f"nothing needed: {BREAKER_NEXT}")),
+    # a lease: running (no expiry counts too); -2 and 0 are no lease
+    (facts(lease_ms=1), ("running", "an iteration holds the lease", "nothing: it is working")),
+    (facts(lease_ms=-1), ("running", "an iteration holds the lease", "nothing: it is working")),
+    (facts(lease_ms=0), ("due", "due now", "nothing: the watchdog enqueues it on its next tick")),
+    (facts(lease_ms=-2), ("due", "due now", "nothing: the watchdog enqueues it on its next tick")),
+    # the run's pause
+    (facts(run_status="paused", pause_reason="daily budget $1.00 reached", paused_until=NOW + 60),
+     ("paused", f"daily budget $1.00 reached until {at(NOW + 60)}",
+      "nothing: it resumes by itself; raise daily_budget_usd to resume sooner")),
+    (facts(run_status="paused", paused_until=NOW), ("paused", "paused", "nothing: it resumes by itself")),
+    (facts(run_status="paused", pause_reason="quiet", paused_until=NOW + 1),
+     ("paused", f"quiet until {at(NOW + 1)}", "nothing: it resumes by itself")),
+    # queued, with or without a worker on the queue
+    (facts(queued=True), ("queued", "queued on ccci.builder", "nothing: a worker picks it up")),
+    (facts(queued=True, worker_on_queue=False),
+     ("waiting for a worker on ccci.builder", "no live worker consumes ccci.builder",
+      "start a worker whose profile includes the queue ccci.builder")),
+    # stalled on a usage limit
+    (facts(stalled_until=NOW + 60, stalled_display="limit resets 21:00 (UTC)"),
+     ("stalled", "limit resets 21:00 (UTC)", "nothing: it resumes after the reset")),
+    (facts(stalled_until=NOW + 60), ("stalled", f"usage limit; retry at {at(NOW + 60)}",
+                                     "nothing: it resumes after the reset")),
+    (facts(stalled_until=NOW + 60, watchdog_alive=False), ("stalled", f"usage limit; retry at {at(NOW + 60)}", BEAT)),
+    (facts(stalled_until=NOW), ("due", "due now", "nothing: the watchdog enqueues it on its next tick")),
+    # scheduled: the reason given, else back-off, else pacing
+    (facts(not_before=NOW + 30, next_reason="quiet hours"),
+     ("scheduled", f"quiet hours; next start {at(NOW + 30)}", "nothing: it starts then")),
+    (facts(not_before=NOW + 30, fail_streak=2),
+     ("scheduled", f"back-off after 2 failure(s); next start {at(NOW + 30)}", "nothing: it starts then")),
+    (facts(not_before=NOW + 30), ("scheduled", f"pacing; next start {at(NOW + 30)}", "nothing: it starts then")),
+    (facts(not_before=NOW + 30, watchdog_alive=False), ("scheduled", f"pacing; next start {at(NOW + 30)}", BEAT)),
+    (facts(not_before=NOW), ("due", "due now", "nothing: the watchdog enqueues it on its next tick")),
+    # nothing queued and no watchdog
+    (facts(watchdog_alive=False, watchdog_age=75),
+     ("waiting for the watchdog", "nothing queued and the watchdog is not running (last tick 1m15s ago)", BEAT)),
+    (facts(watchdog_alive=False, watchdog_age=None),
+     ("waiting for the watchdog", "nothing queued and the watchdog is not running (last tick never ago)", BEAT)),
+    # gated by reviewer_every, else due
+    (facts(gated=True), ("due", "waiting for the builder's iterations (reviewer_every)", "nothing")),
+    (facts(), ("due", "due now", "nothing: the watchdog enqueues it on its next tick")),
+]
+
+
+@pytest.mark.parametrize(("f", "words"), CASES)
+def test_describe_loop_table(f, words):
+    assert describe_loop(f) == LoopWords(*words)
+
+
+def test_the_checks_come_in_order():
+    """Each fact outranks the ones below it: stopped > run stopped > breaker > lease > run paused >
+    queued > stalled > scheduled > no watchdog > gated."""
+    ladder = [
+        ({"stored_state": "stopped"}, "stopped"),
+        ({"run_status": "stopped"}, "stopped"),
+        ({"stored_state": "paused"}, "paused"),
+        ({"lease_ms": 5}, "running"),
+        ({"run_status": "paused"}, "paused"),
+        ({"queued": True}, "queued"),
+        ({"stalled_until": NOW + 9}, "stalled"),
+        ({"not_before": NOW + 9}, "scheduled"),
+        ({"watchdog_alive": False}, "waiting for the watchdog"),
+        ({"gated": True}, "due"),
+    ]
+    for i, (_, state) in enumerate(ladder):
+        kw: dict = {}
+        for extra, _s in reversed(ladder[i:]):  # this level's fact wins a shared key
+            kw.update(extra)
+        got = describe_loop(facts(**kw))
+        assert got.state == state, (i, kw, got)
+    assert describe_loop(facts(run_status="stopped", stored_state="paused")).reason == "the run is stopped"
+
+
+@pytest.mark.parametrize(("secs", "text"), [
+    (None, "never"), (-5, "0s"), (0, "0s"), (59.9, "59s"), (60, "1m00s"), (61, "1m01s"), (3599, "59m59s"),
+    (3600, "1h00m"), (3660, "1h01m"), (86399, "23h59m"), (86400, "1d00h"), (90000, "1d01h"), (3 * 86400 + 7200, "3d02h"),
+])
+def test_ago_table(secs, text):
+    assert cockpit.ago(secs) == text
+
+
+@pytest.mark.parametrize(("last", "alive"), [(None, False), (NOW - 15, True), (NOW - 15.01, False), (NOW, True),
+                                             (NOW + 3, True)])
+def test_watchdog_alive_is_within_three_intervals(last, alive):
+    assert cockpit.watchdog_alive(last, 5, NOW) is alive
+
+
+@pytest.mark.parametrize(("last", "text"), [
+    (NOW - 4, "watchdog ticking (last tick 4s ago)"),
+    (NOW - 15, "watchdog ticking (last tick 15s ago)"),
+    (NOW - 72, "watchdog not running (last tick 1m12s ago)"),
+    (None, "watchdog never ran"),
+])
+def test_watchdog_words_table(last, text):
+    assert cockpit.watchdog_words(last, 5, NOW) == text
+
+
+@pytest.mark.parametrize(("status", "states", "ok", "want"), [
+    ("paused", ["running"], True, "paused"),
+    ("done", [], True, "done"),
+    ("active", [], True, "stuck"),
+    ("active", ["due"], True, "active"),
+    ("active", ["due"], False, "stuck"),
+    ("active", ["scheduled", "stalled"], False, "stuck"),
+    ("active", ["running"], False, "active"),
+    ("active", ["queued"], False, "active"),
+    ("active", ["stopped", "done", "paused", "waiting for a worker on q"], True, "stuck"),
+    ("active", ["stopped", "scheduled"], True, "active"),
+])
+def test_run_state_table(status, states, ok, want):
+    assert run_state(status, states, ok) == want
+
+
+def test_expires_in_and_when():
+    now = datetime(2026, 1, 1, 12, tzinfo=UTC)
+    assert cockpit.expires_in(None, timedelta(hours=24), now) is None
+    assert cockpit.expires_in(now - timedelta(hours=1), timedelta(hours=24), now) == 23 * 3600
+    assert cockpit.expires_in(now - timedelta(hours=25), timedelta(hours=24), now) == -3600
+    assert cockpit.when(None) == "—"
+    assert cockpit.when(now) == "2026-01-01 12:00:00 UTC"
