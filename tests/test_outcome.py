@@ -252,3 +252,146 @@ def test_retries_do_not_touch_a_success_or_a_limit():
     limit = classify(err("You've hit your session limit · resets 3pm (UTC)", 429), REJECTED, 1, None, "", NOW,
                      retries=retries)
     assert (limit.action, limit.retried_s) == ("stall", 0)
+
+
+# The exact detail of every CASES row (status, history and notifications show it).
+DETAILS = {
+    "success": 'success in 3 turns',
+    "success-nonzero-exit": 'success in 3 turns',
+    "success-allowed-warning": 'success in 3 turns',
+    "success-despite-rejected-event": 'success in 3 turns',
+    "killed-stall-wins": 'killed: no agent output within the stall limit',
+    "killed-time-limit": 'killed: iteration time limit reached',
+    "killed-stopped": 'killed: loop stopped',
+    "killed-lease-lost": 'killed: loop lease lost to another worker',
+    "killed-unknown-reason": 'killed: oom',
+    "event-rejected-error-result": 'usage limit (five_hour) until 15:00 (UTC) [rate_limit_event]',
+    "event-rejected-no-result": 'usage limit (five_hour) until 15:00 (UTC) [rate_limit_event]',
+    "event-latest-reset-wins": 'usage limit (weekly) until 16:00 (UTC) [rate_limit_event]',
+    "result-limit-text": 'usage limit (unknown) until 15:00 (America/Bogota) [result]',
+    "result-limit-pipe-epoch": 'usage limit (unknown) until 15:00 (UTC) [result]',
+    "resume-of-missing-session": 'No conversation found with session ID: 3f2a',
+    "rate-limited-429": 'API Error: Request rejected (429) · Rate limited',
+    "rate-limited-429-with-reset": 'API Error: Request rejected (429) · resets 3pm (UTC)',
+    "subscriber-throttled-429": 'API Error: Server is temporarily limiting requests (not your usage limit) · Server is temporarily limiting requests (not your usage limit)',
+    "subscriber-plain-429-no-reset": 'API Error: Server is temporarily limiting requests (not your usage limit) · Number of request tokens has exceeded your per-minute rate limit',
+    "not-your-usage-limit-wins": 'API Error: Server is temporarily limiting requests (not your usage limit)',
+    "event-overage-rejected": 'usage limit (extra_usage) until 15:00 (UTC) [rate_limit_event]',
+    "event-without-type-no-result": 'rate limited (no usage limit named)',
+    "overloaded-529": 'API Error: 529 {"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}',
+    "overloaded-text": 'API Error: Overloaded',
+    "auth-not-logged-in": 'Not logged in · Please run /login',
+    "auth-401-invalid-key": 'Invalid API key · Please run /login',
+    "auth-403": 'API Error: 403 Forbidden',
+    "auth-oauth-expired": 'API Error: 401 {"type":"error","error":{"type":"authentication_error","message":"OAuth token has expired."}}',
+    "auth-disabled-org": 'Your ANTHROPIC_API_KEY belongs to a disabled organization · Unset the environment variable',
+    "auth-billing": 'Credit balance is too low',
+    "auth-wording-but-transient": 'Authentication error · This may be a temporary network issue, please try again',
+    "overloaded-high-load": 'Opus is experiencing high load, please use /model to switch to Sonnet',
+    "overloaded-codex-high-demand": 'We’re currently experiencing high demand, which may cause temporary errors.',
+    "overloaded-repeated-529": 'Repeated 529 Overloaded errors',
+    "rate-limited-server-side": 'API Error: Server is temporarily limiting requests (not your usage limit)',
+    "result-session-limit": 'usage limit (five_hour) until 15:00 (UTC) [result]',
+    "timeout-transient": 'Request timed out',
+    "turn-limit": 'max turns reached (50 turns)',
+    "context-prompt-too-long": 'Prompt is too long',
+    "context-400": 'API Error: 400 input length and `max_tokens` exceed context limit: 190000 + 32000 > 200000',
+    "api-error-500": 'API Error: 500 {"type":"error","error":{"type":"api_error","message":"Internal server error"}}',
+    "api-error-connection": 'API Error: Connection error.',
+    "crash-error-during-execution": 'error_during_execution',
+    "no-result-exit-0": 'exit 0 without a result',
+    "crash-exit-1": 'exit 1 without a result: Error: unexpected end of stream',
+    "crash-signal": 'killed by signal 9 without a result',
+    "crash-exit-none": 'killed by signal without a result',
+    "stderr-limit": 'usage limit (unknown) until 15:00 (UTC) [stderr]',
+    "stderr-auth": 'Invalid API key · Please run /login',
+    "stderr-auth-exit-0": 'Not logged in · Please run /login',
+    "stderr-old-limit-ignored": 'exit 1 without a result: noise',
+}
+
+
+def test_every_case_has_its_exact_detail():
+    assert set(DETAILS) == {c[0] for c in CASES}
+    for c in CASES:
+        assert classify(c[1], c[2], c[3], c[4], c[5], NOW).detail == DETAILS[c[0]], c[0]
+
+
+# (id, result, events, exit_code, stderr, kind, action, detail, fresh): edges of each rule.
+EDGES = [
+    ("status-not-a-number", res(api_error_status="abc", result="x"), [], 0, "", "success", "continue",
+     "success in 3 turns", False),
+    ("not-a-result-object", {"type": "assistant"}, [], 0, "last line", "no_result", "backoff",
+     "exit 0 without a result: last line", False),
+    ("result-without-type", {"subtype": "success", "is_error": False, "num_turns": 2}, [], 0, "", "success",
+     "continue", "success in 2 turns", False),
+    ("success-turns-unknown", {"type": "result", "subtype": "success"}, [], 0, "", "success", "continue",
+     "success in ? turns", False),
+    ("event-blocked-any-case", None, ["junk", {"status": "BLOCKED"}], 1, "", "rate_limited", "backoff",
+     "rate limited (no usage limit named)", False),
+    ("event-allowed-is-no-rejection", None, [{"status": "allowed"}], 1, "", "crash", "backoff",
+     "exit 1 without a result", False),
+    ("errors-list-when-no-text", res(is_error=True, result=None, subtype="", errors=[None, "boom", ""]), [], 1, "",
+     "crash", "backoff", "boom", False),
+    ("no-text-no-subtype", res(is_error=True, result=None, subtype=""), [], 1, "", "crash", "backoff",
+     "error result", False),
+    ("no-text-subtype", res(is_error=True, result="", subtype="error_x"), [], 1, "", "crash", "backoff", "error_x",
+     False),
+    ("rate-wording-no-status", err("Rate limit exceeded"), [], 1, "", "rate_limited", "backoff",
+     "Rate limit exceeded", False),
+    ("rate-wording-other-status", err("Rate limit exceeded", 500), [], 1, "", "api_error", "backoff",
+     "Rate limit exceeded", False),
+    ("status-529-alone", err("", 529), [], 1, "", "overloaded", "backoff", "success", False),
+    ("status-401-alone", err("", 401), [], 1, "", "auth", "stop", "success", False),
+    ("status-403-alone", err("", 403), [], 1, "", "auth", "stop", "success", False),
+    ("status-413-alone", err("", 413), [], 1, "", "context_limit", "continue", "success", True),
+    ("status-400-alone", err("", 400), [], 1, "", "api_error", "backoff", "success", False),
+    ("api-error-lower-case", err("api error: weird"), [], 1, "", "api_error", "backoff", "api error: weird", False),
+    ("unknown-error-text", err("something odd"), [], 1, "", "crash", "backoff", "something odd", False),
+    ("exit-0-last-stderr-line", None, [], 0, "a\nb", "no_result", "backoff", "exit 0 without a result: b", False),
+    ("stderr-auth-line-named", None, [], 1, "x\nNot logged in\nz", "auth", "stop", "Not logged in", False),
+    ("stderr-limit-20th-line-counts", None, [], 1, "You've hit your limit · resets 3pm (UTC)\n" + "n\n" * 19,
+     "usage_limit", "stall", "usage limit (unknown) until 15:00 (UTC) [stderr]", False),
+    ("stderr-limit-21st-line-ignored", None, [], 1, "You've hit your limit · resets 3pm (UTC)\n" + "n\n" * 20,
+     "crash", "backoff", "exit 1 without a result: n", False),
+    ("success-not-your-limit-drops-event", res(result="(not your usage limit)"), REJECTED, 0, "", "success",
+     "continue", "success in 3 turns", False),
+    ("error-subtype-success-limit-text", err("You've hit your limit · resets 3pm (UTC)"), [], 1, "", "usage_limit",
+     "stall", "usage limit (unknown) until 15:00 (UTC) [result]", False),
+    ("killed-empty-reason-is-not-killed", None, [], 3, "", "crash", "backoff", "exit 3 without a result", False),
+]
+
+
+@pytest.mark.parametrize("result,events,exit_code,stderr,kind,action,detail,fresh", [e[1:] for e in EDGES],
+                         ids=[e[0] for e in EDGES])
+def test_classify_edges(result, events, exit_code, stderr, kind, action, detail, fresh):
+    out = classify(result, events, exit_code, "", stderr, NOW)
+    assert (out.kind, out.action, out.detail, out.fresh_session) == (kind, action, detail, fresh)
+
+
+def test_success_keeps_the_event_limit_and_others_none():
+    assert classify(res(), REJECTED, 0, None, "", NOW).limit.display() == "15:00 (UTC)"
+    assert classify(res(result="(not your usage limit)"), REJECTED, 0, None, "", NOW).limit is None
+
+
+def test_retry_delays_sum_and_the_last_is_the_servers_wait():
+    retries = ["x", {"retry_delay_ms": None}, {"retry_delay_ms": 1500}]
+    out = classify(err("API Error: 529", 529), [], 1, None, "", NOW, retries=retries)
+    assert (out.kind, out.retry_after, out.retried_s) == ("overloaded", 1.5, 1.5)
+    assert out.detail == "API Error: 529 (after 2 CLI retries over 1.5 s)"
+    plain = classify(err("API Error: 529", 529), [], 1, None, "", NOW, retries=[])
+    assert (plain.retry_after, plain.retried_s, plain.detail) == (0, 0, "API Error: 529")
+
+
+@pytest.mark.parametrize("text,limit,expected", [
+    ("a" * DETAIL_MAX, DETAIL_MAX, "a" * DETAIL_MAX),
+    ("a" * (DETAIL_MAX + 1), DETAIL_MAX, "a" * (DETAIL_MAX - 1) + "…"),
+    ("abc", 3, "abc"),
+    ("abcd", 3, "ab…"),
+    (None, DETAIL_MAX, ""),
+    ("key sk-abcdefgh1 and sk-abc", DETAIL_MAX, "key sk-*** and sk-abc"),
+    ("Bearer abcdefgh and bearer abc", DETAIL_MAX, "Bearer *** and bearer abc"),
+    ("token: x1 password=y secret:z api-key = q", DETAIL_MAX, "token: *** password=*** secret:*** api-key = ***"),
+    ("https://u:p@h/x and ftp://h/y", DETAIL_MAX, "https://***@h/x and ftp://h/y"),
+])
+def test_short_detail_cuts_and_scrubs(text, limit, expected):
+    assert short_detail(text, limit) == expected
