@@ -139,7 +139,8 @@ def test_the_checks_come_in_order():
 
 @pytest.mark.parametrize(("secs", "text"), [
     (None, "never"), (-5, "0s"), (0, "0s"), (59.9, "59s"), (60, "1m00s"), (61, "1m01s"), (3599, "59m59s"),
-    (3600, "1h00m"), (3660, "1h01m"), (86399, "23h59m"), (86400, "1d00h"), (90000, "1d01h"), (3 * 86400 + 7200, "3d02h"),
+    (3600, "1h00m"), (3660, "1h01m"), (86399, "23h59m"), (86400, "1d00h"), (90000, "1d01h"),
+    (3 * 86400 + 7200, "3d02h"),
 ])
 def test_ago_table(secs, text):
     assert cockpit.ago(secs) == text

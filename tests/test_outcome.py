@@ -273,8 +273,10 @@ DETAILS = {
     "resume-of-missing-session": 'No conversation found with session ID: 3f2a',
     "rate-limited-429": 'API Error: Request rejected (429) · Rate limited',
     "rate-limited-429-with-reset": 'API Error: Request rejected (429) · resets 3pm (UTC)',
-    "subscriber-throttled-429": 'API Error: Server is temporarily limiting requests (not your usage limit) · Server is temporarily limiting requests (not your usage limit)',
-    "subscriber-plain-429-no-reset": 'API Error: Server is temporarily limiting requests (not your usage limit) · Number of request tokens has exceeded your per-minute rate limit',
+    "subscriber-throttled-429": ('API Error: Server is temporarily limiting requests (not your usage li'
+        'mit) · Server is temporarily limiting requests (not your usage limit)'),
+    "subscriber-plain-429-no-reset": ('API Error: Server is temporarily limiting requests (not your usage lim'
+        'it) · Number of request tokens has exceeded your per-minute rate limit'),
     "not-your-usage-limit-wins": 'API Error: Server is temporarily limiting requests (not your usage limit)',
     "event-overage-rejected": 'usage limit (extra_usage) until 15:00 (UTC) [rate_limit_event]',
     "event-without-type-no-result": 'rate limited (no usage limit named)',
@@ -283,7 +285,8 @@ DETAILS = {
     "auth-not-logged-in": 'Not logged in · Please run /login',
     "auth-401-invalid-key": 'Invalid API key · Please run /login',
     "auth-403": 'API Error: 403 Forbidden',
-    "auth-oauth-expired": 'API Error: 401 {"type":"error","error":{"type":"authentication_error","message":"OAuth token has expired."}}',
+    "auth-oauth-expired": ('API Error: 401 {"type":"error","error":{"type":"authen'
+        'tication_error","message":"OAuth token has expired."}}'),
     "auth-disabled-org": 'Your ANTHROPIC_API_KEY belongs to a disabled organization · Unset the environment variable',
     "auth-billing": 'Credit balance is too low',
     "auth-wording-but-transient": 'Authentication error · This may be a temporary network issue, please try again',
