@@ -162,7 +162,8 @@ def test_fallback_to_another_account_and_back_after_the_reset(bed, claude_bin, s
         # status shows the profile in use and account a's window while it is limited
         st = bed.status()
         assert st["loops"]["builder"]["agent_profile"] == "b", st["loops"]
-        assert [w.split(" until ")[0] for w in st["agent_windows"]] == ["a: limited (five_hour)"], st
+        assert [(w["profile"], w["state"], w["limit_kind"]) for w in st["agent_windows"]] == [
+            ("a", "limited", "five_hour")], st
         wait_for(lambda: any(h.get("profile") == "a" for h in raw_history(bed)[1:]), 200, 0.5,
                  "an iteration back on profile a")
     except AssertionError:

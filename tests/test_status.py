@@ -168,3 +168,42 @@ def test_status_watch_redraws_in_a_terminal(bed):
     text = bytes(seen)
     assert b"\x1b[2K" in text or b"\x1b[1A" in text  # rich Live moves the cursor up and redraws in place
     assert b"Traceback" not in text
+
+
+def record_windows(bed) -> tuple[datetime, datetime]:
+    """Profile sub-a limited (five_hour) for an hour and 7 s, after a 91 % warning; codex-b warned, open."""
+    from ccci_dist.core import agents
+    from ccci_dist.state.store import Store
+
+    now = datetime.now(UTC).replace(microsecond=0)
+    until = now + timedelta(hours=1, seconds=7)  # not a whole minute: the seconds must show
+    warn = {"type": "rate_limit_event", "rate_limit_info": {"status": "allowed_warning", "rateLimitType":
+                                                             "five_hour", "utilization": 0.91}}
+    store = Store.from_url(bed.env["CCCI_BROKER_URL"])
+    store.record_agent_window("sub-a", agents.window_fields([warn], until, "five_hour", now))
+    store.record_agent_window("codex-b", agents.window_fields(
+        [{"type": "rate_limit_event", "rate_limit_info": {"status": "allowed_warning"}}], None, "",
+        now - timedelta(minutes=3)))
+    return now, until
+
+
+def test_agent_quota_windows_in_status_text_and_json(bed):
+    """Each profile's window (limited until, last warning, utilisation) in `status` (80 columns, seconds and
+    zone) and typed in `status --json`."""
+    bed.cli("start")
+    now, until = record_windows(bed)
+    st = bed.status()
+    RunStatus.model_validate(st)
+    b, a = st["agent_windows"]
+    assert (a["profile"], a["state"], a["limit_kind"], a["warning_kind"], a["utilization"]) == (
+        "sub-a", "limited", "five_hour", "five_hour", 0.91)
+    assert datetime.fromisoformat(a["limited_until"]) == until and datetime.fromisoformat(a["last_warning"]) == now
+    assert (b["profile"], b["state"], b["limited_until"], b["utilization"]) == ("codex-b", "available", None, None)
+    assert datetime.fromisoformat(b["last_warning"]) == now - timedelta(minutes=3)
+    text = bed.cli("status", env={"COLUMNS": "80", "TZ": "UTC"}).stdout
+    lines = text.splitlines()
+    assert max(len(line) for line in lines) <= 80
+    i = lines.index(f"agent sub-a: limited (five_hour) until {until:%Y-%m-%d %H:%M:%S} UTC")
+    assert lines[i + 1] == f"  last warning {now:%Y-%m-%d %H:%M:%S} UTC (five_hour, 91% used)"
+    j = lines.index("agent codex-b: available")
+    assert lines[j + 1] == f"  last warning {now - timedelta(minutes=3):%Y-%m-%d %H:%M:%S} UTC (window)"

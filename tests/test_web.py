@@ -234,3 +234,29 @@ def test_vendored_chart_library_is_the_pinned_file():
         assert hashlib.sha256((vendor / name).read_bytes()).hexdigest() in table, name
     pages = "".join(p.read_text() for p in (ROOT / "ccci_dist" / "web" / "templates").glob("*.html"))
     assert "http://" not in pages and "https://" not in pages  # nothing from a CDN
+
+
+def test_agent_quota_windows_on_the_run_page(bed, browser):
+    """The run page shows each agent profile's window (limited until and last warning to the second, with
+    zone; utilisation) and the profile of each loop's last iteration."""
+    from test_status import record_windows
+
+    bed.env["TZ"] = "UTC"
+    bed.worker("w1", beat=True)
+    bed.cli("start")
+    now, until = record_windows(bed)
+    bed.wait_status(lambda st: st["loops"]["builder"]["agent_profile"] == "default", 60, "a builder iteration")
+    _, base = _serve(bed)
+    page = browser.new_page()
+    page.goto(base + "/run/default")
+    rows = page.locator("#agent-windows tr.window")
+    assert [rows.nth(i).get_attribute("data-profile") for i in range(rows.count())] == ["codex-b", "sub-a"]
+    a = page.locator("#agent-windows tr.window.limited[data-profile=sub-a]")
+    assert a.locator("td").nth(1).inner_text() == "limited (five_hour)"
+    assert a.locator("td.until").inner_text() == f"{until:%Y-%m-%d %H:%M:%S} UTC"
+    assert a.locator("td.warned").inner_text() == f"{now:%Y-%m-%d %H:%M:%S} UTC (five_hour)"
+    assert a.locator("td.used").inner_text() == "91%"
+    b = page.locator("#agent-windows tr.window.available[data-profile=codex-b]")
+    assert (b.locator("td.until").inner_text(), b.locator("td.used").inner_text()) == ("—", "—")
+    assert page.locator("#loop-builder .agent").inner_text() == "agent profile default"
+    page.close()

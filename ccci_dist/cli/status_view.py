@@ -7,7 +7,7 @@ from rich.table import Table
 from rich.text import Text
 
 from ccci_dist.core.cockpit import ago, when
-from ccci_dist.engine.status import RunStatus
+from ccci_dist.engine.status import AgentWindow, RunStatus
 
 STATE_STYLE = {"running": "green", "queued": "green", "scheduled": "cyan", "due": "cyan", "stalled": "yellow",
                "paused": "yellow", "stopped": "red", "done": "bold green", "active": "green", "stuck": "bold red"}
@@ -64,7 +64,7 @@ def render_run(st: RunStatus) -> RenderableType:
         parts.append(Text(f"  cost today ${lp.cost_today:.4f} · total ${lp.cost_total:.4f}"
                           f" · restarts {lp.restarts}", style="dim"))
     for w in st.agent_windows:
-        parts.append(Text(f"agent quota {w}", overflow="ellipsis", no_wrap=True))
+        parts.extend(render_window(w))
     if st.items:
         t = Table("item", "verdict", "verified at", "commit", "expires in", title="Definition of Done",
                   title_justify="left", padding=(0, 1))
@@ -82,6 +82,22 @@ def render_run(st: RunStatus) -> RenderableType:
         money += f" · budget left today ${c.budget_left_today:.2f} of ${c.daily_budget:.2f}"
     parts.append(Text(money))
     return Group(*parts)
+
+
+def render_window(w: AgentWindow) -> list[Text]:
+    """An agent profile's quota window in at most two lines of 80 columns, times to the second with zone."""
+    line = Text(f"agent {w.profile}: ", style="bold")
+    if w.state == "limited":
+        line.append(f"limited ({w.limit_kind or 'usage limit'}) until {when(w.limited_until)}", style="yellow")
+    else:
+        line.append("available", style="green")
+    lines = [line]
+    if w.last_warning is not None:
+        used = f", {w.utilization:.0%} used" if w.utilization is not None else ""
+        lines.append(Text(f"  last warning {when(w.last_warning)} ({w.warning_kind or 'window'}{used})"))
+    for t in lines:
+        t.overflow, t.no_wrap = "ellipsis", True
+    return lines
 
 
 def render_all(runs: list[RunStatus]) -> RenderableType:

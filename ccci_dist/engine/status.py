@@ -84,6 +84,19 @@ class Loop(BaseModel):
     agent_profile: str = Field("", description="the agent profile of its last iteration")
 
 
+class AgentWindow(BaseModel):
+    """One agent profile's recorded quota window, shared by every run, role and host that uses the profile."""
+
+    profile: str
+    state: Literal["limited", "available"] = Field(description="limited: not used before limited_until")
+    limited_until: datetime | None = Field(None, description="end of the profile's last recorded usage limit")
+    limit_kind: str = Field("", description="five_hour | weekly | extra_usage | unknown")
+    last_warning: datetime | None = Field(None, description="when the CLI last reported an allowed_warning")
+    warning_kind: str = Field("", description="the window that warning was about, e.g. five_hour")
+    utilization: float | None = Field(None, description="0..1 of the warned window used, when the CLI reported it")
+    words: str = Field(description="the same in one line (times in UTC)")
+
+
 class PhaseView(BaseModel):
     id: str
     title: str = ""
@@ -135,9 +148,8 @@ class RunStatus(BaseModel):
         "messages that will never be delivered")
     cost: Cost
     loops: dict[str, Loop]
-    agent_windows: list[str] = Field(
-        default_factory=list, description="each agent profile's recorded quota window (shared by all runs): "
-                                          "limited until, last warning, utilisation")
+    agent_windows: list[AgentWindow] = Field(
+        default_factory=list, description="each agent profile's recorded quota window (shared by all runs)")
     liveness: Liveness
 
 
@@ -234,10 +246,21 @@ def run_status(store: Store, s: Settings, run: str, now: float | None = None,
         run=run, generated_at=now_dt, status=rh.status or "?", state=state, header=header, phase=phase,
         phase_index=k, phase_count=len(order), phases=phases, deferred=docs.deferred,
         pause_reason=rh.pause_reason, items=items, blocks_done=blocks, cost=cost, loops=loops,
-        agent_windows=[agents.describe_window(n, agents.ProfileWindow.model_validate(w), now)
-                       for n, w in sorted(store.agent_windows().items())],
+        agent_windows=agent_windows(store, now),
         liveness=live, target_phase=target, undelivered=left,
     )
+
+
+def agent_windows(store: Store, now: float) -> list[AgentWindow]:
+    """Every agent profile's recorded quota window, by profile name."""
+    out = []
+    for name, raw in sorted(store.agent_windows().items()):
+        w = agents.ProfileWindow.model_validate(raw)
+        out.append(AgentWindow(
+            profile=name, state="limited" if w.limited_until > now else "available",
+            limited_until=_dt(w.limited_until), limit_kind=w.limit_kind, last_warning=_dt(w.warned_at),
+            warning_kind=w.warning_kind, utilization=w.utilization, words=agents.describe_window(name, w, now)))
+    return out
 
 
 def all_status(store: Store, s: Settings, runs: list[str] | None = None, now: float | None = None) -> list[RunStatus]:
