@@ -13,6 +13,7 @@ and the session kept (the next iteration resumes the same conversation).
 from __future__ import annotations
 
 import json
+import shlex
 import time
 from typing import Any
 
@@ -37,6 +38,7 @@ from test_claude_loop import (  # noqa: E402
     use_claude,
     wait_history,
 )
+from test_codex_cli import codex_bin as _codex_bin  # noqa: E402,F401 - the fixture `codex_bin` (the pinned CLI)
 
 pytest_plugins = ["claude_fixtures"]  # claude_bin, scripted_model
 pytestmark = [pytest.mark.claude, pytest.mark.slow]
@@ -204,3 +206,78 @@ def test_fallback_to_another_account_and_back_after_the_reset(bed, claude_bin, s
 def env_command(bed) -> str:
     """The agent command use_claude configured (the argv-recording wrapper around the real CLI)."""
     return bed.env["CCCI_AGENT_COMMAND"]
+
+
+# ---------------------------------------------------------------- quota-aware fallback to another vendor
+
+@pytest.mark.timeout(300)
+def test_fallback_from_a_claude_subscription_to_codex_and_back(bed, claude_bin, _codex_bin,  # noqa: F811
+                                                               scripted_model, tmp_path):
+    """builder = [claude on a subscription, codex], fallback on. Claude's first reply is a session limit (429
+    with the unified headers, reset in 20 s); the next iteration runs at once on the real Codex CLI (against
+    the scripted Responses API) in a fresh thread with the handoff note; after the reset the builder is back
+    on claude; history names the profile of every iteration."""
+    from scripted_responses import ScriptedResponses, input_texts, message
+    from test_codex_cli import CODEX_FLAGS
+
+    claude = scripted_model(rule=Roles({("builder", 1): limit_at(0, reset_in=20)}))
+    codex = ScriptedResponses(default=message("codex: took over, nothing else to do this iteration"),
+                              log_path=tmp_path / "responses.jsonl").start()
+    try:
+        env = use_claude(bed, claude_bin, claude, CCCI_LIMIT_MARGIN_MAX=str(MARGIN),
+                         CCCI_MIN_INTERVAL='{"builder": 3}', CCCI_NO_PROGRESS_LIMIT="0")
+        token, key = bed.tmp / "claude-token", bed.tmp / "openai-key"
+        token.write_text("sk-ant-oat01-subscription-x\n")
+        key.write_text("sk-openai-fallback-key-y\n")
+        home, codex_home, wrap_dir = bed.tmp / "home-sub", bed.tmp / "codex-home", bed.tmp / "codex-wrap"
+        for d in (home, codex_home, wrap_dir):
+            d.mkdir()
+        wrap = wrap_dir / "codex"  # records each argv, then runs the pinned CLI
+        wrap.write_text(f'#!/bin/sh\nprintf "%s\\n" "$*" >> {bed.tmp / "codex-argv.txt"}\nexec {_codex_bin} "$@"\n')
+        wrap.chmod(0o755)
+        profiles = {
+            "sub": {"command": env_command(bed), "flags": "--allowedTools Bash Edit Write",
+                    "credential": "oauth_token_file", "secret_file": str(token), "home": str(home),
+                    "env": {"ANTHROPIC_BASE_URL": claude.url}},
+            "codex": {"command": shlex.join([str(wrap), *CODEX_FLAGS, *codex.codex_args(env_key="OPENAI_API_KEY")]),
+                      "credential": "api_key_file", "secret_file": str(key), "env": {"CODEX_HOME": str(codex_home)}},
+        }
+        env.update({"CCCI_AGENTS": json.dumps(profiles), "CCCI_ROLE_AGENTS": json.dumps({"builder": ["sub", "codex"]}),
+                    "CCCI_AGENT_FALLBACK": "true"})
+        bed.worker("w1", queues="ccci.control,ccci.builder", beat=True, extra_env=env)
+        bed.cli("start")
+        try:
+            wait_for(lambda: any(h.get("profile") == "sub" for h in raw_history(bed)[1:]), 200, 0.5,
+                     "an iteration back on profile sub")
+        except AssertionError:
+            dump(bed, claude)
+            print("CODEX", codex.logged())
+            raise
+        bed.cli("stop")
+    finally:
+        codex.stop()
+    hist = raw_history(bed)
+    print("FALLBACK", [(h["iteration"], h.get("profile"), h["outcome"], h["session"][:8]) for h in hist])
+    h1, h2 = hist[0], hist[1]
+    assert (h1["profile"], h1["outcome"]) == ("sub", "usage_limit"), brief(hist)
+    until = float(rds(bed).hgetall("ccci:agent_window:sub")["limited_until"])
+    # the very next iteration ran on codex, before claude's reset: no stall
+    assert (h2["profile"], h2["outcome"]) == ("codex", "success") and float(h2["start"]) < until, brief(hist)
+    assert h2["session"] and h2["session"] != h1["session"]
+    first = codex.logged()[0]
+    assert first["headers"]["authorization"] == "Bearer sk-openai-fallback-key-y"
+    prompt = input_texts(first["body"])[-1]
+    assert "taking over this role's work from agent profile 'sub'" in prompt and "fresh session" in prompt
+    assert "its usage limit (five_hour) holds until" in prompt and "#1 sub usage_limit" in prompt
+    codex_argvs = (bed.tmp / "codex-argv.txt").read_text().splitlines()
+    assert "resume" not in codex_argvs[0].split()  # a fresh thread: codex cannot resume claude's session
+    # back on the primary after its reset, in a fresh session, told why
+    back = next(h for h in hist[1:] if h["profile"] == "sub")
+    assert float(back["start"]) >= until and back["outcome"] == "success", brief(hist)
+    assert [h["profile"] for h in hist[1:hist.index(back)]] == ["codex"] * (hist.index(back) - 1)
+    assert resume_arg(argvs(bed)[1]) is None  # the first claude run after the codex iterations
+    note = json.dumps(requests_of(claude, "builder", int(back["iteration"]))[0]["body"]["messages"])
+    assert "back to the primary" in note and "from agent profile 'codex'" in note
+    assert [r for r in claude.main_requests() if float(h1["end"]) < r["time"] < until] == []
+    log = (bed.tmp / "w1.log").read_text()
+    assert "fallback-key-y" not in log and "subscription-x" not in log
