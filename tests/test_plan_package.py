@@ -20,7 +20,16 @@ from ccci_dist.core.phases import (
     phase_complete,
     resolve_phase,
 )
-from ccci_dist.core.plan import PackageError, load_package, parse_dod, parse_phase_items
+from ccci_dist.core.plan import (
+    DEFAULT_FORBIDDEN_PATHS,
+    PackageError,
+    forbidden_hits,
+    from_snapshot,
+    load_package,
+    parse_dod,
+    parse_phase_items,
+    snapshot,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
@@ -484,3 +493,148 @@ def test_plan_check_reports_a_duplicate_dod_item(tmp_path):
     pkg = copy_pkg(tmp_path, "tiny-plan")
     _dup_dod(pkg)
     assert_single_error(ccci("plan", "check", str(pkg)), "duplicate DoD item D2 in plan.md; number each item once")
+
+
+def _sub(name: str, old: str, new: str):
+    return lambda pkg: (pkg / name).write_text((pkg / name).read_text().replace(old, new))
+
+
+def _absent(*ids: str) -> list[str]:
+    return [f"phase {i} is named in the order but plan-phase{i}-<slug>.md is absent; add the file" for i in ids]
+
+
+# The rules the CLI tests above check through a subprocess (where a mutant is not active), and the
+# package.toml type checks, in process with their exact defects.
+MORE_DEFECTS = [
+    ("phases-not-a-list", _toml('phases = "1,2"\n'), [
+        "phases in package.toml must be a list of phase ids, not '1,2'; e.g. phases = [\"1\", \"2\"]",
+        *_absent("1c", "1b", "1d", "1e", "2b", "3", "4")]),
+    ("prompts-not-a-table", _toml('phases = ["1", "2"]\nprompts = "x"\n'), [
+        "prompts in package.toml must be a table of role = path, not 'x'; "
+        "e.g. [prompts] builder = \"prompts/builder.md\""]),
+    ("forbidden-not-a-list", _toml('phases = ["1", "2"]\nforbidden_paths = "*.key"\n'), [
+        "forbidden_paths in package.toml must be a list of non-empty strings; "
+        "e.g. forbidden_paths = [\".sops/\", \"*.key\"]"]),
+    ("forbidden-blank-entry", _toml('phases = ["1", "2"]\nforbidden_paths = ["*.key", " "]\n'), [
+        "forbidden_paths in package.toml must be a list of non-empty strings; "
+        "e.g. forbidden_paths = [\".sops/\", \"*.key\"]"]),
+    ("forbidden-non-string", _toml('phases = ["1", "2"]\nforbidden_paths = [1]\n'), [
+        "forbidden_paths in package.toml must be a list of non-empty strings; "
+        "e.g. forbidden_paths = [\".sops/\", \"*.key\"]"]),
+    ("bad-role-name", _toml('phases = ["1", "2"]\nroles = ["builder", "re viewer"]\n'), [
+        "role name 're viewer' may only hold letters, digits, '-', '_' and '.', and must not start with '.' "
+        "or '-'; rename the role in package.toml"]),
+    ("optional-file-not-utf8", lambda p: (p / "IDEAS.md").write_bytes(b"caf\xe9"),
+     ["not UTF-8: IDEAS.md; re-save it as UTF-8"]),
+    ("brief-not-utf8", lambda p: (p / "brief.md").write_bytes(b"caf\xe9"),
+     ["not UTF-8: brief.md; re-save it as UTF-8"]),
+    ("kickoff-not-utf8", lambda p: (p / "kickoff.md").write_bytes(b"caf\xe9"),
+     ["not UTF-8: kickoff.md; re-save it as UTF-8"]),
+    ("package-toml-not-utf8", lambda p: (p / "package.toml").write_bytes(b'name = "caf\xe9"\n'),
+     ["not UTF-8: package.toml; re-save it as UTF-8", *_absent("1c", "1b", "1d", "1e", "2b", "3", "4")]),
+    ("missing-plan", lambda p: (p / "plan.md").unlink(), ["missing file: plan.md; create it"]),
+    ("plan-is-a-folder", lambda p: ((p / "plan.md").unlink(), (p / "plan.md").mkdir()),
+     ["missing file: plan.md; create it"]),
+    ("missing-prompt", lambda p: (p / "prompts" / "builder.md").unlink(),
+     ["missing file: prompts/builder.md; create it"]),
+    ("empty-prompt", lambda p: (p / "prompts" / "reviewer.md").write_text(" \n"),
+     ["empty prompt for role reviewer: prompts/reviewer.md; write the role prompt"]),
+    ("default-prompt-path", _toml('phases = ["1", "2"]\nroles = ["builder", "tester"]\n'),
+     ["missing file: prompts/tester.md; create it"]),
+    ("duplicate-phase-file", lambda p: shutil.copy(p / "plan-phase1-setup.md", p / "plan-phase1-again.md"),
+     ["duplicate phase id 1: plan-phase1-again.md, plan-phase1-setup.md; keep one file per phase"]),
+    ("duplicate-phase-in-order", _toml('phases = ["1", "2", "1"]\n'),
+     ["duplicate phase id 1 in package.toml phases; list each phase once"]),
+    ("phase-not-utf8", lambda p: (p / "plan-phase1-setup.md").write_bytes(b"# caf\xe9\n- **1.1**: x\n"),
+     ["not UTF-8: plan-phase1-setup.md; re-save it as UTF-8"]),
+    ("phase-without-items", lambda p: (p / "plan-phase2-finish.md").write_text("# P2\n\n- 2-1: x\n"),
+     ["no items in plan-phase2-finish.md; list them as '- **2.1**: ...' under '## Items'"]),
+    ("duplicate-phase-items", lambda p: (p / "plan-phase1-setup.md").write_text(
+        "# P1\n- **1.2**: a\n- **1.2**: b\n- **1.1**: c\n- **1.1**: d\n- **1.3**: e\n"), [
+        "duplicate item 1.1 in plan-phase1-setup.md; number each item once",
+        "duplicate item 1.2 in plan-phase1-setup.md; number each item once"]),
+    ("no-dod", _sub("plan.md", "## 2. Definition of Done", "## 2b. Wishes"),
+     ["no DoD items in plan.md; add a '## 2. Definition of Done' section with lines '- **D1**: ...'"]),
+]
+
+
+@pytest.mark.parametrize("breaks,defects", [r[1:] for r in MORE_DEFECTS], ids=[r[0] for r in MORE_DEFECTS])
+def test_load_package_rejects_more(tmp_path, breaks, defects):
+    pkg = copy_pkg(tmp_path, "tiny-plan")
+    breaks(pkg)
+    with pytest.raises(PackageError) as exc:
+        load_package(pkg)
+    assert exc.value.defects == defects
+    assert str(exc.value) == "; ".join(defects)
+
+
+def test_invalid_toml_names_the_parser_error(tmp_path):
+    pkg = copy_pkg(tmp_path, "tiny-plan")
+    (pkg / "package.toml").write_text('phases = ["1"\n')
+    with pytest.raises(PackageError) as exc:
+        load_package(pkg)
+    first, *rest = exc.value.defects
+    assert first.startswith("package.toml is not valid TOML (") and first.endswith("); fix the syntax")
+    assert rest == _absent("1c", "1b", "1d", "1e", "2b", "3", "4")  # the default order is checked then
+
+
+def test_not_a_folder_in_process(tmp_path):
+    (tmp_path / "f").write_text("x")
+    with pytest.raises(PackageError) as exc:
+        load_package(tmp_path / "f")
+    assert exc.value.defects == [f"plan package {tmp_path / 'f'} is not a folder; pass the package directory"]
+
+
+def test_a_valid_package_loads_with_its_settings(tmp_path):
+    pkg = copy_pkg(tmp_path, "tiny-plan")
+    loaded = load_package(pkg)
+    assert (loaded.name, loaded.phase_order, loaded.roles) == ("tiny", ["1", "2"], ["builder", "reviewer"])
+    assert loaded.phase("1").title == "Phase 1: setup"
+    assert [i.id for i in loaded.phase("1").items] == ["1.1", "1.2"]
+    assert [i.id for i in loaded.dod] == ["D1", "D2", "D3"]
+    assert loaded.forbidden_paths == DEFAULT_FORBIDDEN_PATHS
+    with pytest.raises(KeyError):
+        loaded.phase("9")
+    # no package.toml: the folder's name, the default order (absent files reported) and roles
+    (pkg / "package.toml").write_text('phases = ["1", "2"]\nforbidden_paths = ["*.bin", "out/"]\n'
+                                      '[prompts]\nreviewer = "prompts/builder.md"\n')
+    (pkg / "IDEAS.md").write_text("ideas")
+    loaded = load_package(pkg)
+    assert (loaded.name, loaded.forbidden_paths) == ("tiny-plan", ["*.bin", "out/"])
+    assert loaded.prompts == {"builder": pkg / "prompts" / "builder.md", "reviewer": pkg / "prompts" / "builder.md"}
+    assert loaded.spec("builder").name == "builder"
+    (pkg / "plan-phase1-setup.md").write_text("no title\n- **1.1**: x\n")
+    assert load_package(pkg).phase("1").title == ""
+
+
+def test_snapshot_round_trip(tmp_path):
+    pkg = load_package(copy_pkg(tmp_path, "tiny-plan"))
+    snap = snapshot(pkg)
+    assert snap["name"] == "tiny" and snap["order"] == ["1", "2"] and snap["roles"] == ["builder", "reviewer"]
+    assert snap["phases"]["1"]["title"] == "Phase 1: setup"
+    assert snap["phases"]["1"]["text"] == (pkg.root / "plan-phase1-setup.md").read_text()
+    assert snap["prompts"]["builder"] == (pkg.root / "prompts" / "builder.md").read_text()
+    assert snap["forbidden_paths"] == DEFAULT_FORBIDDEN_PATHS
+    back = from_snapshot(snap)
+    assert (back.name, back.phase_order, back.roles, back.dod, back.specs) == (
+        pkg.name, pkg.phase_order, pkg.roles, pkg.dod, pkg.specs)
+    assert back.phase("2").items == pkg.phase("2").items and back.phase("2").title == pkg.phase("2").title
+    old = {k: v for k, v in snap.items() if k not in ("specs", "forbidden_paths")}
+    assert from_snapshot(old).forbidden_paths == DEFAULT_FORBIDDEN_PATHS
+
+
+@pytest.mark.parametrize("path,patterns,hit", [
+    ("a/b/c.txt", ["b/"], True),
+    ("b", ["b/"], False),  # a directory pattern needs a directory
+    ("x/bb/c", ["b*/"], True),
+    ("a/b/c.key", ["*.key"], True),
+    ("a/b/c.keys", ["*.key"], False),
+    ("a/b.key/c", ["*.key"], False),  # a name pattern matches the file's name only
+    ("build/out.bin", ["/build/out.bin"], True),
+    ("src/build/out.bin", ["build/out.bin"], False),  # an inner / anchors at the root
+    ("build/out.bin", ["build/out.bin"], True),
+    ("env", ["/env"], True),
+    ("a", [], False),
+])
+def test_forbidden_hits_table(path, patterns, hit):
+    assert forbidden_hits([path], patterns) == ([path] if hit else [])
