@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -11,12 +11,19 @@ from ccci_dist.core.phases import (
     FAILED,
     VERIFIED,
     blockers,
+    count_deferred,
+    docs_fingerprint,
     done_line,
     grammar_lines,
     is_done,
     parse_docs,
+    parse_review,
+    parse_status,
     phase_complete,
+    resolve_phase,
     review_line,
+    verbs_in,
+    verified,
     working_phase,
 )
 from ccci_dist.core.plan import Item, Phase, PlanPackage
@@ -125,3 +132,108 @@ def test_forbidden_paths_match_like_gitignore_and_default_to_the_hardened_gitign
     scaffold = Path(__file__).resolve().parent.parent / "ccci_dist" / "data" / "scaffold" / "gitignore"
     listed = [line for line in scaffold.read_text().splitlines() if line and not line.startswith("#")]
     assert listed == DEFAULT_FORBIDDEN_PATHS
+
+
+def test_grammar_lines_exact():
+    assert grammar_lines("2b", "2b.3", NOW) == [
+        "- `STATUS.md` (builder): the line `## DONE 2b` marks phase 2b finished (one such line per phase, "
+        "exactly this form).",
+        "- `REVIEW.md` (reviewer): one line per check, the newest line for an item wins:",
+        "  `VERIFIED 2b.3 2026-03-01T12:00:00Z 1a2b3c4 what was checked`",
+        "  `FAILED 2b.3 2026-03-01T12:00:00Z 1a2b3c4 what is wrong`",
+        "  (UTC time, then the commit checked, then a note).",
+        "- A phase is complete when `## DONE <phase>` is in STATUS.md and each of its items' newest REVIEW.md "
+        "line is VERIFIED. DONE needs every phase complete and every DoD item re-verified recently.",
+    ]
+
+
+def test_review_line_is_utc_and_trimmed():
+    at = datetime(2026, 3, 1, 13, 30, tzinfo=timezone(timedelta(hours=1)))
+    assert review_line(VERIFIED, "1.1", at, "abc1234", "ok") == "VERIFIED 1.1 2026-03-01T12:30:00Z abc1234 ok"
+    assert review_line(FAILED, "D2", at, "abc1234", "") == "FAILED D2 2026-03-01T12:30:00Z abc1234"
+    assert done_line("1c") == "## DONE 1c"
+
+
+def test_blockers_exact_lines_in_order():
+    pk = plan(order=["1", "2", "3"], items=1)
+    status = "## DONE 1\n## DONE 3\n"
+    review = "\n".join([
+        review_line(FAILED, "1.1", NOW, "abc1234", ""),
+        review_line(VERIFIED, "2.1", NOW, "abc1234", "early"),
+        review_line(FAILED, "D1", NOW - timedelta(hours=1), "abc1234", "broken"),
+    ])
+    assert blockers(pk, parse_docs(status, review), NOW, DAY) == [
+        "1.1: FAILED 2026-03-01T12:00:00Z",
+        "phase 2: no `## DONE 2` in STATUS.md",
+        "3.1: unverified",
+        "D1: FAILED 2026-03-01T11:00:00Z broken",
+    ]
+    stale = review_line(VERIFIED, "D1", NOW - DAY - timedelta(seconds=1), "abc1234", "old")
+    assert blockers(pk, parse_docs(status, stale), NOW, DAY)[-1] == "D1: stale (verified 2026-02-28T11:59:59Z)"
+    edge = review_line(VERIFIED, "D1", NOW - DAY, "abc1234", "just")
+    assert blockers(pk, parse_docs(status, edge), NOW, DAY)[-1] == "3.1: unverified"
+
+
+def test_verbs_in_only_their_own_file():
+    lines = ["## DONE 1", "VERIFIED 1.1 2026-03-01T10:00:00Z", "FAILED 1 2026-03-01T10:00Z", "x"]
+    assert verbs_in("STATUS.md", lines) == [("DONE", "## DONE 1")]
+    assert verbs_in("REVIEW.md", lines) == [("VERIFIED", lines[1]), ("FAILED", lines[2])]
+    assert verbs_in("NOTES.md", lines) == []
+
+
+def test_review_line_forms():
+    reviews = parse_review("\n".join([
+        "VERIFIED 1.1 2026-03-01T10:00 abcd",
+        "FAILED 1.2 2026-03-01T10:00:00.5+0100 zzzz note here ",
+        "* VERIFIED 1.3 2026-03-01T10:00:00-05:00",
+        "  - FAILED 1.4 2026-03-01T10:00:00Z ABCD upper",
+        "VERIFIED 1.5 2026-03-01T10:00:00Z abc",
+        "VERIFIED 1.6 2026-03-01T10:00:00Z 1234567890abcdef1234567890abcdef12345678 full sha",
+    ]))
+    got = {k: (v.verdict, v.at.astimezone(UTC).isoformat(), v.commit, v.note) for k, v in reviews.items()}
+    assert got == {
+        "1.1": ("VERIFIED", "2026-03-01T10:00:00+00:00", "abcd", ""),  # naive time counts as UTC
+        "1.2": ("FAILED", "2026-03-01T09:00:00.500000+00:00", "", "zzzz note here"),
+        "1.3": ("VERIFIED", "2026-03-01T15:00:00+00:00", "", ""),
+        "1.4": ("FAILED", "2026-03-01T10:00:00+00:00", "", "ABCD upper"),
+        "1.5": ("VERIFIED", "2026-03-01T10:00:00+00:00", "", "abc"),  # 3 hex digits are no commit
+        "1.6": ("VERIFIED", "2026-03-01T10:00:00+00:00", "1234567890abcdef1234567890abcdef12345678", "full sha"),
+    }
+    same = "VERIFIED 1.1 2026-03-01T10:00:00Z aaaa first\nFAILED 1.1 2026-03-01T10:00:00Z bbbb second\n"
+    assert parse_review(same)["1.1"].note == "second"  # equal times: the later line wins
+    older = "VERIFIED 1.1 2026-03-01T10:00:01Z aaaa first\nFAILED 1.1 2026-03-01T10:00:00Z bbbb second\n"
+    assert parse_review(older)["1.1"].note == "first"
+
+
+def test_status_and_deferred_counts():
+    assert parse_status("##   DONE   1b  \n## DONE 2c x\n## DONE\n## DONE 1b\n## DONE 4\n") == ["1b", "4"]
+    assert count_deferred("- a\n  * b\n-c\n- \n+ d\n1. e\n\t- f") == 3
+    assert parse_docs("", "", "- a\n- b\n", commit="c0ffee").model_dump()["deferred"] == 2
+    assert parse_docs("", "", commit="c0ffee").commit == "c0ffee"
+
+
+def test_verified_since_and_fingerprint():
+    docs = parse_docs("", review_line(VERIFIED, "D1", NOW, "abc1234", "n") + "\n"
+                      + review_line(FAILED, "D2", NOW, "abc1234", "n"))
+    assert verified(docs, "D1") and verified(docs, "D1", NOW) and not verified(docs, "D1", NOW + timedelta(seconds=1))
+    assert not verified(docs, "D2") and not verified(docs, "D3")
+    fp = docs_fingerprint(docs)
+    assert len(fp) == 16 and fp == docs_fingerprint(docs.model_copy(update={"commit": "other"}))
+    assert fp != docs_fingerprint(docs.model_copy(update={"deferred": 1}))
+    assert fp != docs_fingerprint(docs.model_copy(update={"done_phases": ["1"]}))
+
+
+def test_working_phase_target_rules():
+    pk = plan(order=["1", "2"], items=1)
+    none = parse_docs("", "")
+    assert working_phase(pk, none, "2") == "2" and working_phase(pk, none, "") == "1"
+    assert working_phase(pk, none, "9") == "1"
+    two = parse_docs(*complete_items("2"))
+    assert working_phase(pk, two, "2") == "1"
+    assert resolve_phase(pk, parse_docs(*complete_items("1", "2"))) is None
+    assert is_done(pk, parse_docs(*complete_items("1", "2")), NOW, DAY) is False  # D1 unverified
+
+
+def complete_items(*phases: str) -> tuple[str, str]:
+    status = "".join(done_line(p) + "\n" for p in phases)
+    return status, "".join(review_line(VERIFIED, f"{p}.1", NOW, "abc1234", "ok") + "\n" for p in phases)
