@@ -58,6 +58,26 @@ def pytest_make_collect_report(collector):
         rep.longrepr = f"skipped under CI=true ({reason}); list {rep.nodeid} in {ALLOWLIST.name} with a reason"
 
 
+# pytest-xdist (tests/run.sh runs `-n N --dist loadgroup`): a test file runs on one xdist worker, so
+# its module fixtures start once; files sharing a machine-wide cache (the wheelhouse, the rootfs, the
+# Docker engine) run one after another in the same worker, so do the CPU-heavy multi-host beds.
+XDIST_GROUPS = {
+    "system": ("test_wheel", "test_compose", "test_setup_script", "test_systemd_bed", "test_rootfs"),
+    "netns": ("test_chaos", "test_migration", "test_sentinel_netns"),
+}
+_GROUP_OF = {mod: group for group, mods in XDIST_GROUPS.items() for mod in mods}
+
+
+@pytest.hookimpl(trylast=True)  # after pytest-randomly's shuffle
+def pytest_collection_modifyitems(config, items):
+    """Give every test its xdist group, and put the long serial groups first so they start at once
+    instead of being the tail of the run."""
+    for item in items:
+        mod = item.path.stem
+        item.add_marker(pytest.mark.xdist_group(_GROUP_OF.get(mod, mod)))
+    items.sort(key=lambda item: item.path.stem not in _GROUP_OF)  # stable: keeps the random order within
+
+
 @pytest.fixture(scope="session")
 def redis_server(tmp_path_factory):
     """One private redis-server (password, AOF) for the whole session."""

@@ -67,7 +67,12 @@ if [ "${CCCI_COVERAGE:-0}" != 0 ]; then
   run=("$VENV/bin/coverage" run -m pytest)
 fi
 set +e
-"${run[@]}" -q -p no:cacheprovider --junitxml="$out/junit.xml" "$@"
+# Many tests wait on agents, workers and containers rather than compute: three xdist workers on two
+# cores halve the wall time (CCCI_TEST_WORKERS=0 runs in one process). Groups: tests/conftest.py.
+workers=${CCCI_TEST_WORKERS:-3}
+par=()
+[ "$workers" = 0 ] || par=(-n "$workers" --dist loadgroup)
+"${run[@]}" -q -p no:cacheprovider "${par[@]}" --junitxml="$out/junit.xml" "$@"
 rc=$?
 set -e
 summary=$("$VENV/bin/python" - "$out/junit.xml" <<'PY'
