@@ -13,6 +13,7 @@ and the session kept (the next iteration resumes the same conversation).
 from __future__ import annotations
 
 import json
+import re
 import shlex
 import time
 from typing import Any
@@ -281,3 +282,52 @@ def test_fallback_from_a_claude_subscription_to_codex_and_back(bed, claude_bin, 
     assert [r for r in claude.main_requests() if float(h1["end"]) < r["time"] < until] == []
     log = (bed.tmp / "w1.log").read_text()
     assert "fallback-key-y" not in log and "subscription-x" not in log
+
+
+# ---------------------------------------------------------------- the CLI's own retries (a 529 storm)
+
+# > the stall limit (30 s, above the CLI's start-up: 20 s at a load of 30): the retry sleep outlasts it
+STORM_RETRY_AFTER = 35
+
+
+@pytest.mark.timeout(300)
+def test_cli_exiting_during_its_own_529_retries_is_overloaded_not_a_stall(bed, claude_bin, scripted_model):
+    """Every request is a 529. The real CLI retries on its own (``CLAUDE_CODE_MAX_RETRIES=2``; its default of
+    10 takes ~3 min: bench/cli_retry_storm.py): ~0.5 s before the first retry (its exponential back-off), then
+    silent for the second 529's ``retry-after`` (35 s), longer than the 30 s stall limit, then it gives up.
+    The iteration is ``overloaded``, not ``stalled`` (the runner's stall clock starts after each announced
+    retry delay), and the loop's back-off counts the CLI's retry time (base 90 s less the time it spent)."""
+    from scripted_model.server import error
+
+    seen = []
+
+    def storm(body: dict[str, Any]):
+        seen.append(body)
+        return error(529, headers={"retry-after": str(STORM_RETRY_AFTER)} if len(seen) == 2 else {})
+
+    model = scripted_model(rule=storm)
+    env = use_claude(bed, claude_bin, model, CCCI_STALL_LIMIT="30", CCCI_BACKOFF_BASE="90")
+    env["CLAUDE_CODE_MAX_RETRIES"] = "2"
+    bed.worker("w1", queues="ccci.control,ccci.builder", beat=True, extra_env=env)
+    bed.cli("start")
+    try:
+        [h1] = wait_history(bed, 1, timeout=150)
+    except AssertionError:
+        dump(bed, model)
+        raise
+    loop = rds(bed).hgetall("ccci:loop:default:builder")
+    bed.cli("stop")
+    times = [round(r["time"] - float(h1["start"]), 1) for r in model.main_requests()]
+    print("STORM", brief([h1]), times)
+    assert h1["outcome"] == "overloaded", brief([h1])
+    assert h1["exit"] == "1" and "killed" not in h1["detail"]
+    m = re.search(r"after 2 CLI retries over ([0-9.]+) s", h1["detail"])
+    assert m, h1["detail"]
+    retried = float(m.group(1))  # the delays the CLI announced: ~0.5 s (+ up to 25 % jitter) and 35 s
+    assert STORM_RETRY_AFTER + 0.5 <= retried <= STORM_RETRY_AFTER + 0.625
+    # the first request and the CLI's two retries; nothing else reached the API
+    assert len(times) == 3, times
+    # a failure (the streak counts it), not a stall: no stall time
+    assert loop["fail_streak"] == "1" and not loop.get("stalled_until"), loop
+    # the back-off counts the CLI's retry time: 90 s base less the ~35.5 s it spent (more than retry-after)
+    assert float(loop["not_before"]) - float(loop["ended_at"]) == pytest.approx(90 - retried, abs=0.01), loop
