@@ -76,9 +76,20 @@ def test_window_fields_from_events():
 
 def test_handoff_nudge():
     note = agents.handoff_nudge("a", "b", "its usage limit (five_hour) holds until 18:00:00 UTC",
-                                ["#3 a usage_limit", "#2 a success (pushed abc)"])
+                                ["#3 a usage_limit (pushed abc)", "#2 a success"], last="3",
+                                pushed="abcdef0123456789", phase="2", inbox=1, blockers=True)
     assert "from agent profile 'a'" in note and "as 'b'" in note and "fresh session" in note
-    assert "#3 a usage_limit; #2 a success (pushed abc)" in note and "INBOX" in note
+    assert "#3 a usage_limit (pushed abc); #2 a success." in note
+    assert "Iteration 3 pushed its commits (up to abcdef012345): start from `git log` and `git show abcdef012345`" \
+        in note
+    assert ("read STATUS.md, REVIEW.md and DEFERRED.md in the repository (the machine docs; phase 2 is the one "
+            "being worked on), the list of what blocks DONE above, the 1 INBOX message(s) above; then continue.") \
+        in note
+    # it says only what is there: no INBOX section, no blockers list, nothing pushed
+    bare = agents.handoff_nudge("a", "b", "why", [], last="4")
+    assert "the last iterations of this role: none recorded" in bare.lower()
+    assert "Iteration 4 pushed nothing" in bare and "INBOX message(s) above" not in bare
+    assert bare.endswith("(the machine docs); then continue. No INBOX message is waiting.") and "DONE" not in bare
 
 
 BASE = {"PATH": "/bin", "ANTHROPIC_API_KEY": "worker-key", "CLAUDE_CODE_OAUTH_TOKEN": "worker-token",

@@ -270,6 +270,12 @@ def test_fallback_from_a_claude_subscription_to_codex_and_back(bed, claude_bin, 
     prompt = input_texts(first["body"])[-1]
     assert "taking over this role's work from agent profile 'sub'" in prompt and "fresh session" in prompt
     assert "its usage limit (five_hour) holds until" in prompt and "#1 sub usage_limit" in prompt
+    # what really happened and what to read, as this prompt has it
+    assert "Iteration 1 pushed nothing: whatever it had not committed and pushed is gone" in prompt
+    assert ("read STATUS.md, REVIEW.md and DEFERRED.md in the repository (the machine docs; phase 1 is the one "
+            "being worked on), the list of what blocks DONE above; then continue. No INBOX message is waiting.") \
+        in prompt
+    assert "## What blocks DONE (all phases)\n" in prompt and "## Operator messages (INBOX)\n\nEach" not in prompt
     codex_argvs = (bed.tmp / "codex-argv.txt").read_text().splitlines()
     assert "resume" not in codex_argvs[0].split()  # a fresh thread: codex cannot resume claude's session
     # back on the primary after its reset, in a fresh session, told why

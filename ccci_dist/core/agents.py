@@ -78,12 +78,30 @@ def window_fields(events: Sequence[dict[str, Any]], limited_until: datetime | No
     return fields
 
 
-def handoff_nudge(previous: str, new: str, why: str, outcomes: Sequence[str]) -> str:
-    """The note that starts a fresh session on another profile: what happened and where things stand."""
+def handoff_nudge(previous: str, new: str, why: str, outcomes: Sequence[str], *, last: str = "",
+                  pushed: str = "", phase: str = "", inbox: int = 0, blockers: bool = False) -> str:
+    """The note that starts a fresh session on another profile: what really happened (why the switch,
+    the role's last iterations, whether the last one's work was pushed) and what to read to take over
+    (the machine docs, the sections of this prompt that are there, the pushed commits)."""
     recent = "; ".join(outcomes) if outcomes else "none recorded"
+    if not last:
+        done = ""
+    elif pushed:
+        done = (f" Iteration {last} pushed its commits (up to {pushed[:12]}): start from `git log` and "
+                f"`git show {pushed[:12]}`.")
+    else:
+        done = (f" Iteration {last} pushed nothing: whatever it had not committed and pushed is gone, "
+                "so check the repository, not your assumptions.")
+    read = ["STATUS.md, REVIEW.md and DEFERRED.md in the repository (the machine docs"
+            + (f"; phase {phase} is the one being worked on)" if phase else ")")]
+    if blockers:
+        read.append("the list of what blocks DONE above")
+    if inbox:
+        read.append(f"the {inbox} INBOX message(s) above")
     return (f"You are taking over this role's work from agent profile {previous!r} ({why}); you run as {new!r} "
-            f"in a fresh session, without its conversation. Re-read STATUS.md, REVIEW.md and DEFERRED.md (the "
-            f"machine docs), the INBOX above and `git log`, then continue. The last iterations: {recent}.")
+            f"in a fresh session, without its conversation. The last iterations of this role: {recent}.{done} "
+            f"Before you change anything, read {', '.join(read)}; then continue."
+            + ("" if inbox else " No INBOX message is waiting."))
 
 
 def describe_window(name: str, w: ProfileWindow, now: float) -> str:

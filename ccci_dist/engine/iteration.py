@@ -271,7 +271,7 @@ class Iteration:
         repeats = {mid for mid, _ in inbox if carried and _sid(mid) <= _sid(carried)}
         if inbox:
             self.store.note_inbox_carried(self.run, self.role, inbox[-1][0])
-        handoff = self._pick_profile()
+        handoff = self._pick_profile(phase, len(inbox), bool(blocking))
         prompt = assemble(role=self.role, run=self.run, iteration=self.number, phase=phase,
                           plan=plan, inbox=inbox, nudges=[*nudges, *([handoff] if handoff else [])],
                           blockers=blocking, repeats=repeats,
@@ -346,8 +346,9 @@ class Iteration:
         blocking = blockers(pkg, self.base_docs, datetime.now(UTC), timedelta(hours=self.s.done_freshness_hours))
         return phase or self.run_hash.phase, blocking
 
-    def _pick_profile(self) -> str:
-        """Choose this iteration's agent profile; on a switch, the handoff note for the fresh session."""
+    def _pick_profile(self, phase: str, inbox: int, blockers: bool) -> str:
+        """Choose this iteration's agent profile; on a switch, the handoff note for the fresh session (what
+        the prompt carries: the phase, ``inbox`` INBOX messages, a list of ``blockers`` or not)."""
         names = agents.chain(self.s, self.role, self.spec.agent)
         self.windows = {n: agents.ProfileWindow.model_validate(h)
                         for n, h in self.store.agent_windows(names).items()}
@@ -363,7 +364,9 @@ class Iteration:
         rows = [h for h in self.store.history_since(self.run, count=40, reverse=True) if h.get("role") == self.role]
         outcomes = [f"#{h.get('iteration')} {h.get('profile') or '?'} {h.get('outcome')}"
                     + (f" (pushed {h['commit'][:10]})" if h.get("commit") else "") for h in rows[:5]]
-        return agents.handoff_nudge(previous, self.profile, why, outcomes)
+        last = rows[0] if rows else {}
+        return agents.handoff_nudge(previous, self.profile, why, outcomes, last=last.get("iteration", ""),
+                                    pushed=last.get("commit", ""), phase=phase, inbox=inbox, blockers=blockers)
 
     def _fallback(self, outcome: Outcome, now: datetime) -> str:
         """Record what the iteration learnt of its profile's window; on a usage limit with fallback on,
