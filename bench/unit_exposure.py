@@ -47,8 +47,7 @@ def main() -> None:
         out = Path(tmp)
         cmd = [sys.executable, "-m", "ccci_dist", "systemd", "render", "--user", user, "--prefix", sys.prefix,
                "--profiles-dir", str(ROOT / "workers"), "--out", str(out)]
-        if args.agent_user:
-            cmd += ["--agent-user", args.agent_user]
+        cmd += ["--agent-user", args.agent_user] if args.agent_user else ["--no-agent-user"]
         subprocess.run(cmd, check=True, capture_output=True, cwd=ROOT)
         (out / "ccci-dist-worker@pi.service").write_text((out / "ccci-dist-worker@.service").read_text())
         print(f"{'unit':8} {'before':>7} {'now':>5} {'goal':>6}  verdict")

@@ -29,7 +29,12 @@ def cli(*args: str) -> subprocess.CompletedProcess:
 
 
 def render(tmp_path: Path, *extra: str) -> Path:
+    """Render into ``tmp_path/units``: without an agent user unless ``extra`` names one (or ``--default``)."""
     out = tmp_path / "units"
+    if "--default" in extra:
+        extra = tuple(x for x in extra if x != "--default")
+    elif "--agent-user" not in extra:
+        extra = (*extra, "--no-agent-user")
     r = cli("systemd", "render", "--user", USER, "--prefix", str(PREFIX), "--out", str(out),
             "--state-dir", "/var/lib/ccci-test", "--profiles-dir", str(ROOT / "workers"), *extra)
     assert r.returncode == 0, r.stderr
@@ -106,7 +111,7 @@ def test_bad_input_one_line_exit_2_nothing_written(tmp_path, args, needle):
     out = tmp_path / "units"
     if "--prefix" not in args:
         args = [*args, "--prefix", str(PREFIX)]
-    r = cli("systemd", "render", *args, "--out", str(out))
+    r = cli("systemd", "render", *args, "--no-agent-user", "--out", str(out))
     assert r.returncode == 2
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and needle in lines[0], r.stderr
@@ -129,6 +134,35 @@ def test_agent_user_worker_is_root_bounded_and_agents_get_their_own_home(tmp_pat
     plain = unit(plain_dir / "ccci-dist-worker@.service")["Service"]
     assert plain["User"] == USER and plain["CapabilityBoundingSet"] == ""
     assert "\nEnvironment=CCCI_AGENT_USER=\n" in (plain_dir / "ccci-dist-worker@.service").read_text()
+
+
+def test_units_run_agents_as_ccci_agent_by_default(tmp_path):
+    """Without a flag the worker unit starts agents as ccci-agent (the shipped profiles' agent_user)."""
+    if os.geteuid() == 0:
+        try:
+            pwd.getpwnam("ccci-agent")
+        except KeyError:
+            subprocess.run(["useradd", "--system", "--create-home", "--home-dir", "/var/lib/ccci-agent",
+                            "ccci-agent"], check=True, capture_output=True)
+    agent = pwd.getpwnam("ccci-agent")
+    out = render(tmp_path, "--default")
+    text = (out / "ccci-dist-worker@.service").read_text()
+    worker = unit(out / "ccci-dist-worker@.service")["Service"]
+    assert "\nEnvironment=CCCI_AGENT_USER=ccci-agent\n" in text
+    assert worker["User"] == "root" and "CAP_SETUID" in worker["CapabilityBoundingSet"]
+    assert worker["ReadWritePaths"].split()[-1] == f"-{agent.pw_dir}"
+    from ccci_dist.engine.profiles import load_profile
+
+    for prof in sorted((ROOT / "workers").glob("*.toml")):
+        assert load_profile(prof).agent_user == "ccci-agent", prof
+
+
+def test_missing_default_agent_user_names_useradd_and_the_opt_out(tmp_path):
+    r = cli("systemd", "render", "--user", USER, "--prefix", str(PREFIX), "--agent-user", "no-such-user-ccci",
+            "--out", str(tmp_path / "u"))
+    line = r.stderr.strip()
+    assert r.returncode == 2 and "\n" not in line, r.stderr
+    assert "useradd --system --create-home no-such-user-ccci" in line and "--no-agent-user" in line, line
 
 
 @pytest.mark.parametrize("agent,needle", [("no-such-user-ccci", "does not exist"),
@@ -161,7 +195,7 @@ def test_install_without_running_systemd_says_so(tmp_path):
         pytest.skip("systemd is running here; install would really reload it")
     units = tmp_path / "etc-systemd"
     r = cli("systemd", "render", "--user", USER, "--prefix", str(PREFIX), "--out", str(tmp_path / "u"),
-            "--install", "--unit-dir", str(units))
+            "--no-agent-user", "--install", "--unit-dir", str(units))
     assert r.returncode == 1
     assert "systemd is not running" in r.stderr and len(r.stderr.strip().splitlines()) == 1
     assert (units / "ccci-dist-worker@.service").is_file()

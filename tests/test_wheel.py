@@ -77,7 +77,8 @@ def test_demo_reaches_done_outside_the_checkout(env, elsewhere):
 def test_systemd_render_from_the_wheel_passes_verify(env, elsewhere):
     prefix = env["PATH"].split(":")[0].removesuffix("/bin")
     user = subprocess.run(["id", "-un"], capture_output=True, text=True, check=True).stdout.strip()
-    r = run(env, elsewhere, "ccci-dist", "systemd", "render", "--user", user, "--prefix", prefix, "--out", "units")
+    r = run(env, elsewhere, "ccci-dist", "systemd", "render", "--user", user, "--prefix", prefix, "--out", "units",
+            "--no-agent-user")
     assert r.returncode == 0, r.stderr
     units = elsewhere / "units"
     worker = (units / "ccci-dist-worker@.service").read_text()

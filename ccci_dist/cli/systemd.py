@@ -28,6 +28,7 @@ UNITS = ("ccci-dist-beat.service", "ccci-dist-worker@.service", "ccci-dist-flowe
 SYSTEM_UNIT_DIR = Path("/etc/systemd/system")
 DEFAULT_STATE_DIR = Path("/var/lib/ccci-dist")
 DEFAULT_ENV_FILE = Path("/etc/ccci-dist/env")
+DEFAULT_AGENT_USER = "ccci-agent"  # the shipped worker profiles' agent_user
 _SAFE_PATH = re.compile(r"^/[A-Za-z0-9._/@+-]*$")
 
 
@@ -64,12 +65,12 @@ def _abs(label: str, value: Path) -> Path:
 AGENT_USER_CAPS = "CAP_SETUID CAP_SETGID CAP_CHOWN CAP_DAC_OVERRIDE CAP_FOWNER CAP_KILL CAP_SYS_PTRACE"
 
 
-def _user(flag: str, name: str) -> pwd.struct_passwd:
+def _user(flag: str, name: str, alternative: str = "") -> pwd.struct_passwd:
     try:
         return pwd.getpwnam(name)
     except KeyError:
         raise ConfigError(f"user {name!r} does not exist; create it (useradd --system --create-home {name}) "
-                          f"or pass an existing {flag}") from None
+                          f"or pass an existing {flag}{alternative}") from None
 
 
 def render_units(user: str, prefix: Path, profiles_dir: Path | None = None, state_dir: Path = DEFAULT_STATE_DIR,
@@ -82,7 +83,8 @@ def render_units(user: str, prefix: Path, profiles_dir: Path | None = None, stat
     """
     pw = _user("--user", user)
     group = grp.getgrgid(pw.pw_gid).gr_name
-    agent = _user("--agent-user", agent_user) if agent_user else None
+    agent = _user("--agent-user", agent_user, " (or --no-agent-user: agents can then read the worker's secrets)"
+                  ) if agent_user else None
     if agent is not None and (agent.pw_uid == 0 or agent.pw_uid == pw.pw_uid):
         raise ConfigError(f"--agent-user {agent_user!r} must be a user of its own, not root or --user; "
                           f"create one (useradd --system --create-home ccci-agent)")
@@ -155,16 +157,22 @@ def systemd_group() -> None:
               help="Optional KEY=VALUE file for secrets and settings (mode 0640).")
 @click.option("--out", "out_dir", type=click.Path(path_type=Path, file_okay=False), default=Path("systemd-units"),
               show_default=True, help="Folder to write the rendered units to.")
-@click.option("--agent-user", default=None,
-              help="Run agents as this user (workers then run as root with a few capabilities).")
+@click.option("--agent-user", default=DEFAULT_AGENT_USER, show_default=True,
+              help="Run agents as this user, which must exist (workers then run as root bounded to a few "
+                   "capabilities, so agents can read neither their environment nor the secret files).")
+@click.option("--no-agent-user", is_flag=True,
+              help="Run agents as --user, like the worker (not recommended: they can read its secrets).")
 @click.option("--install", is_flag=True, help="Also copy them to /etc/systemd/system and run systemctl daemon-reload.")
 @click.option("--unit-dir", type=click.Path(path_type=Path, file_okay=False), default=SYSTEM_UNIT_DIR,
               hidden=True)
 def render_cmd(user: str, prefix: Path, profiles_dir: Path | None, state_dir: Path, workspace_dir: Path | None,
-               env_file: Path, out_dir: Path, agent_user: str | None, install: bool, unit_dir: Path) -> None:
+               env_file: Path, out_dir: Path, agent_user: str | None, no_agent_user: bool, install: bool,
+               unit_dir: Path) -> None:
     """Render the units for this host (and optionally install them)."""
     from ccci_dist.cli import fail
 
+    if no_agent_user:
+        agent_user = None
     try:
         units = render_units(user, prefix, profiles_dir, state_dir, workspace_dir, env_file, agent_user)
     except ConfigError as exc:
@@ -172,7 +180,8 @@ def render_cmd(user: str, prefix: Path, profiles_dir: Path | None, state_dir: Pa
     paths = write_units(units, out_dir)
     click.echo(f"rendered {len(paths)} units into {out_dir}: {', '.join(p.name for p in paths)}")
     if not install:
-        click.echo(f"next: sudo ccci-dist systemd render --user {user} --prefix {prefix} --install")
+        agent_flag = f"--agent-user {agent_user}" if agent_user else "--no-agent-user"
+        click.echo(f"next: sudo ccci-dist systemd render --user {user} {agent_flag} --prefix {prefix} --install")
         return
     try:
         unit_dir.mkdir(parents=True, exist_ok=True)

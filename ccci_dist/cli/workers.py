@@ -14,6 +14,7 @@ from ccci_dist.config import ConfigError
 from ccci_dist.engine.profiles import (
     WorkerProfile,
     beat_argv,
+    check_agent_user,
     child_env,
     effective_broker,
     load_profile,
@@ -61,6 +62,10 @@ def worker_cmd(obj: Any, profile_path: str, dry_run: bool, ping: bool, celery_ar
         return
     if ping:
         sys.exit(0 if _ping(env, profile) else 1)
+    try:
+        check_agent_user(env)
+    except ConfigError as exc:
+        fail(str(exc))
     _exec(argv, env)
 
 

@@ -24,6 +24,8 @@ from ccci_dist.config import CONTROL_QUEUE, ConfigError, Settings, load_config
 
 REDBEAT = "ccci_dist.state.beat_scheduler.ResilientRedBeat"  # survives Redis outages
 SCRIPTS_VAR = "CCCI_SCRIPTS"  # usable in a profile's [env]; see child_env
+AGENT_USER_ENV = "CCCI_AGENT_USER"
+_CAP_SETGID, _CAP_SETUID = 6, 7
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _QUEUE_RE = re.compile(r"^[A-Za-z0-9_.:-]+$")
@@ -48,6 +50,8 @@ class WorkerProfile(BaseModel):
     agent_flags: str | None = None
     env: dict[str, str] = Field(default_factory=dict, description="extra env for the worker and its agents")
     workspace_dir: Path | None = None
+    agent_user: str | None = Field(None, description="run agents as this user (setpriv); the shipped profiles "
+                                   "say ccci-agent. CCCI_AGENT_USER in the environment (the unit, compose) wins")
     hostname: str | None = Field(None, description="Celery node name; default <name>@%h")
     loglevel: str = "INFO"
 
@@ -192,6 +196,10 @@ def child_env(obj: Any, profile: WorkerProfile | None = None,
             put("CCCI_AGENT_FLAGS", profile.agent_flags)
         if profile.workspace_dir is not None:
             put("CCCI_WORKSPACE_DIR", profile.workspace_dir.expanduser())
+        # the host's own setting (the systemd unit, compose, the operator's env) wins: it knows which
+        # users exist there and whether the worker may switch to one
+        if profile.agent_user is not None and AGENT_USER_ENV not in env:
+            put(AGENT_USER_ENV, profile.agent_user)
     if getattr(obj, "config_file", None):
         put("CCCI_CONFIG", Path(obj.config_file).expanduser().resolve())
     for key, value in (getattr(obj, "overrides", None) or {}).items():
@@ -206,6 +214,47 @@ def child_env(obj: Any, profile: WorkerProfile | None = None,
         put("CCCI_BROKER_URL", with_password(url, pw_file))
     settings_for(env)  # a bad value is one error line here, not a crash loop in the child
     return env, changed
+
+
+def _effective_caps() -> int:
+    """This process's effective capability set (``CapEff`` of ``/proc/self/status``; 0 if unknown)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("CapEff:"):
+                return int(line.split()[1], 16)
+    except (OSError, ValueError):
+        pass
+    return 0
+
+
+def check_agent_user(env: dict[str, str]) -> None:
+    """Refuse to start a worker that could not start its agents as ``agent_user`` (one line, the fix).
+
+    An empty ``agent_user`` passes here: the worker then warns at start that its agents can read
+    its secrets (:func:`ccci_dist.engine.doctor.separation_problem`).
+    """
+    import pwd
+    import shutil
+
+    user = settings_for(env).agent_user
+    if not user:
+        return
+    optout = f"or set {AGENT_USER_ENV}= to run agents as the worker's own user (they can then read its secrets)"
+    try:
+        pw = pwd.getpwnam(user)
+    except KeyError:
+        raise ProfileError(f"agent_user {user!r} does not exist on this host; create it "
+                           f"(useradd --system --create-home {user}) {optout}") from None
+    if pw.pw_uid == os.geteuid():
+        return
+    caps = _effective_caps()
+    if not (caps >> _CAP_SETUID & 1 and caps >> _CAP_SETGID & 1):
+        raise ProfileError(f"agent_user {user!r}: this worker (uid {os.geteuid()}) lacks CAP_SETUID/CAP_SETGID and "
+                           f"cannot start agents as that user; run it as root (`ccci-dist systemd render "
+                           f"--agent-user {user}` does, bounded to a few capabilities) {optout}")
+    if shutil.which("setpriv") is None:
+        raise ProfileError(f"agent_user {user!r} needs setpriv to start agents as that user; "
+                           "install util-linux")
 
 
 def settings_for(env: dict[str, str]) -> Settings:
