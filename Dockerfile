@@ -1,4 +1,7 @@
-# ccci-dist image for compose.yml (beat, worker, Flower): Debian-slim Python, a non-root user.
+# ccci-dist image for compose.yml (beat, worker, Flower): Debian-slim Python, a non-root user
+# (ccci) for the services and another (ccci-agent) for agents: the worker service runs as root
+# bounded to a few capabilities and starts each agent as ccci-agent (workers/compose.toml,
+# CCCI_AGENT_USER), which can read neither the worker's environment nor its secrets.
 #
 #   docker compose build                                  # from the package index
 #   docker compose build --build-arg AGENT_CLIS="@anthropic-ai/claude-code @openai/codex"
@@ -26,7 +29,8 @@ RUN set -eu; need=""; \
       && rm -rf /var/lib/apt/lists/*; \
     fi; \
     if [ -n "$AGENT_CLIS" ]; then npm install -g --no-audit --no-fund $AGENT_CLIS && npm cache clean --force; fi; \
-    useradd --system --create-home --home-dir /var/lib/ccci-dist --shell /usr/sbin/nologin ccci
+    useradd --system --create-home --home-dir /var/lib/ccci-dist --shell /usr/sbin/nologin ccci; \
+    useradd --system --create-home --home-dir /home/ccci-agent --shell /bin/bash ccci-agent
 
 COPY . /src
 RUN set -eu; python3 -m venv /opt/ccci-dist; \
@@ -37,6 +41,7 @@ RUN set -eu; python3 -m venv /opt/ccci-dist; \
     fi; \
     mkdir -p /app && cp -r /src/workers /src/examples /app/ && rm -rf /src; \
     install -d -o ccci -g ccci /var/lib/ccci-dist/workspaces; \
+    chmod 0751 /var/lib/ccci-dist; \
     ccci-dist --version
 
 USER ccci

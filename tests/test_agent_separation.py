@@ -209,3 +209,58 @@ def test_worker_refuses_an_agent_user_it_cannot_switch_to(tmp_path):
     assert r.returncode == 0 and "CCCI_AGENT_USER" not in r.stdout.split("env (values hidden):")[1], r.stdout
     r = subprocess.run([*cmd, "--dry-run"], capture_output=True, text=True, timeout=60, env=env, cwd=ROOT)
     assert r.returncode == 0 and "CCCI_AGENT_USER" in r.stdout.split("env (values hidden):")[1], r.stdout
+
+
+def test_doctor_counts_the_folders_above_a_secret(base, agent_user):
+    """A file is readable by the agent only if its mode allows it and every folder above lets it through:
+    compose's secret files keep their host mode (often 0644) and are closed by a 0700 /run/secrets."""
+    from ccci_dist.engine.doctor import readable_by
+
+    folder = base / "secrets"
+    folder.mkdir(mode=0o755)
+    secret = folder / "pw"
+    secret.write_text("x")
+    secret.chmod(0o644)
+    assert readable_by(secret, agent_user.pw_name)
+    folder.chmod(0o700)
+    assert not readable_by(secret, agent_user.pw_name)
+    folder.chmod(0o755)
+    secret.chmod(0o600)
+    assert not readable_by(secret, agent_user.pw_name)
+    os.chown(secret, agent_user.pw_uid, agent_user.pw_gid)
+    assert readable_by(secret, agent_user.pw_name)
+    # what the kernel says, as that user, agrees with each verdict above
+    for mode, expect in ((0o700, False), (0o755, True)):
+        folder.chmod(mode)
+        r = subprocess.run(["setpriv", f"--reuid={agent_user.pw_name}", f"--regid={agent_user.pw_name}",
+                            "--init-groups", "--", "cat", str(secret)], capture_output=True, text=True)
+        assert (r.returncode == 0) is expect is readable_by(secret, agent_user.pw_name), (mode, r.stderr)
+
+
+def test_compose_worker_runs_agents_as_ccci_agent_and_closes_the_secrets(tmp_path):
+    """compose.yml and the Dockerfile: the worker is root bounded to the systemd unit's capabilities, agents
+    run as the image's ccci-agent, and the worker's entrypoint really closes the secrets folder (run here)."""
+    import yaml
+
+    from ccci_dist.cli.systemd import AGENT_USER_CAPS
+    from ccci_dist.engine.profiles import load_profile
+
+    services = yaml.safe_load((ROOT / "compose.yml").read_text())["services"]
+    worker = services["worker"]
+    assert worker["user"] == "root" and worker["cap_drop"] == ["ALL"]
+    assert sorted(f"CAP_{c}" for c in worker["cap_add"]) == sorted(AGENT_USER_CAPS.split())
+    assert worker["environment"]["CCCI_AGENT_USER"] == "ccci-agent"
+    assert load_profile(ROOT / "workers" / "compose.toml").agent_user == "ccci-agent"
+    assert "/home/ccci-agent" in " ".join(worker["volumes"])
+    for name in ("beat", "flower", "web"):
+        assert "user" not in services[name] and "cap_add" not in services[name], name  # the image's ccci
+    docker = (ROOT / "Dockerfile").read_text()
+    assert "--home-dir /home/ccci-agent --shell /bin/bash ccci-agent" in docker and "\nUSER ccci\n" in docker
+    # the entrypoint, with the container's /run/secrets pointed at a folder here
+    secrets = tmp_path / "secrets"
+    secrets.mkdir(mode=0o755)
+    script = worker["entrypoint"][2].replace("$$", "$").replace("/run/secrets", str(secrets))
+    r = subprocess.run(["sh", "-c", script, worker["entrypoint"][3], "echo", "started"], capture_output=True,
+                       text=True, timeout=30)
+    assert r.returncode == 0 and r.stdout == "started\n", r
+    assert secrets.stat().st_mode & 0o777 == 0o700

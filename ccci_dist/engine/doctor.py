@@ -31,19 +31,29 @@ class Check:
     fix: str = ""
 
 
-def _readable_by(path: Path, user: str) -> bool:
-    """Could ``user`` read ``path`` (by its mode bits and owner/group; root aside)?"""
+def _allowed(st: os.stat_result, uid: int, groups: set[int], bits: tuple[int, int, int]) -> bool:
+    """The owner, group or other bit of ``bits`` that applies to ``uid`` (POSIX: the first class that matches)."""
+    if st.st_uid == uid:
+        return bool(st.st_mode & bits[0])
+    if st.st_gid in groups:
+        return bool(st.st_mode & bits[1])
+    return bool(st.st_mode & bits[2])
+
+
+def readable_by(path: Path, user: str) -> bool:
+    """Could ``user`` read ``path`` (its mode bits and owner/group, and the search bit of every folder
+    above it; root aside)? A 0644 secret in a 0700 folder is not readable (compose's /run/secrets)."""
     try:
         pw = pwd.getpwnam(user)
+        path = Path(os.path.realpath(path))
         st = path.stat()
+        groups = set(os.getgrouplist(user, pw.pw_gid))
+        if not _allowed(st, pw.pw_uid, groups, (stat.S_IRUSR, stat.S_IRGRP, stat.S_IROTH)):
+            return False
+        return all(_allowed(d.stat(), pw.pw_uid, groups, (stat.S_IXUSR, stat.S_IXGRP, stat.S_IXOTH))
+                   for d in path.parents)
     except (KeyError, OSError):
         return False
-    if st.st_uid == pw.pw_uid:
-        return bool(st.st_mode & stat.S_IRUSR)
-    groups = set(os.getgrouplist(user, pw.pw_gid))
-    if st.st_gid in groups:
-        return bool(st.st_mode & stat.S_IRGRP)
-    return bool(st.st_mode & stat.S_IROTH)
 
 
 def separation_problem(s: Settings, holds_secrets: bool) -> str | None:
@@ -124,7 +134,7 @@ def separation_check(s: Settings, config_file: Path | None) -> list[Check]:
                             ("git credential file", s.git_credential_file)):
             if path is None:
                 continue
-            readable = _readable_by(Path(path), s.agent_user)
+            readable = readable_by(Path(path), s.agent_user)
             out.append(Check(f"{label} mode", not readable,
                              f"{path} is {'readable' if readable else 'not readable'} by {s.agent_user}",
                              "" if not readable else f"chmod 600 {path} (owned by the worker's user)"))
