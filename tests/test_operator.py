@@ -62,6 +62,8 @@ def test_inbox_message_survives_a_killed_iteration_and_is_acked_once(bed):
     wait_for(lambda: sum(mid in e["inbox"] for e in _starts(bed, "builder")) >= 2, 30, 0.1, "re-delivery")
     acked = wait_for(lambda: next((h for h in _history(bed) if h["inbox_acked"] == mid), None), 30, 0.2, "ack")
     # a builder iteration after the acknowledging one has finished: it had its chance to get the message again
+    # (its phase is marked done and the reviewer is slow: another message wakes the waiting builder)
+    bed.cli("inbox", "send", "--to", "builder", "and a README line")
     wait_for(lambda: [h for h in _history(bed) if h["role"] == "builder"
                       and int(h["iteration"]) > int(acked["iteration"])], 60, 0.2, "a later builder iteration")
     acks = [h for h in _history(bed) if h["inbox_acked"] == mid]

@@ -210,7 +210,7 @@ def test_forbidden_paths_never_reach_the_remote(bed):
 
     from ccci_dist.adapters.demo_agent import SECRET_FILES
 
-    bed.faults(builder=["secrets", "secrets_force"], reviewer=["hang"])
+    bed.faults(builder=["secrets", "secrets_force"])  # the reviewer's verdicts on phase 1 let the builder go on
     bed.worker("w1", beat=True)
     bed.cli("start")
     r = _r(bed)
@@ -262,6 +262,12 @@ def test_breaker_pauses_idle_loops_then_an_inbox_message_wakes_them(bed, receive
     assert "paused: no_progress" in bed.cli("history", env={"COLUMNS": "250"}).stdout
     wait_for(lambda: sum("paused: no_progress" in t for t in _kinds_of(receiver)) == 2, 20, 0.2,
              "two loop_paused notifications")
+    # the run's header says so too, with what to do next (status and --json)
+    st = bed.status()
+    assert "breaker paused builder (no_progress), reviewer (no_progress)" in st["breaker"], st["breaker"]
+    assert st["breaker"] in st["header"] and "INBOX" in st["breaker"] and "ccci-dist start" in st["breaker"]
+    plain = bed.cli("status", env={"COLUMNS": "400"}).stdout
+    assert "breaker paused builder (no_progress)" in plain.splitlines()[0], plain
     time.sleep(3)  # several watchdog ticks: nothing runs while paused
     assert len([f for _, f in r.xrange("ccci:history:default")]) == len(hist)
 
@@ -273,6 +279,27 @@ def test_breaker_pauses_idle_loops_then_an_inbox_message_wakes_them(bed, receive
     assert all("INBOX" in e["reason"] for e in resumed)
     # still nothing done: they pause again after the limit
     bed.wait_status(lambda st: all(lp["state"] == "paused" for lp in st["loops"].values()), 90, "paused again")
+
+
+def test_a_builder_waiting_for_review_is_held_until_review_md_changes(bed):
+    """tiny-plan: once the builder marks its phase done it waits for the reviewer's verdicts and is
+    not paid an iteration meanwhile (the reviewer idles, then takes its time); the reviewer's push
+    to REVIEW.md wakes it, it goes on to the next phase and the run reaches DONE."""
+    bed.faults(reviewer=["idle", "slow:5"])
+    bed.worker("w1", beat=True)
+    bed.cli("start")
+    st = bed.wait_status(lambda st: st["loops"]["builder"]["state"] == "held", 60, "builder held")
+    assert "REVIEW.md" in st["loops"]["builder"]["reason"] and "reviewer" in st["loops"]["builder"]["reason"], st
+    bed.wait_status(lambda st: st["status"] == "done", 120, "run DONE")
+    r = _r(bed)
+    builder = [f for _, f in r.xrange("ccci:history:default") if f["role"] == "builder"]
+    # every builder iteration built something: none ran only to find its phase done and wait
+    assert builder and all(h["commit"] for h in builder), [(h["iteration"], h["detail"]) for h in builder]
+    assert any(h.get("waiting") for h in builder)
+    woke = [f for _, f in r.xrange("ccci:events:default") if f["kind"] == "woke" and f["role"] == "builder"]
+    assert woke and all(e["reason"] == "the machine docs changed" for e in woke), woke
+    reviewer_pushes = [f for _, f in r.xrange("ccci:history:default") if f["role"] == "reviewer" and f["commit"]]
+    assert len(woke) <= len(reviewer_pushes), (woke, reviewer_pushes)
 
 
 def test_breaker_trips_on_the_same_error_again_and_again(bed, receiver):

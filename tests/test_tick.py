@@ -11,7 +11,16 @@ from ccci_dist.config import Settings
 from ccci_dist.core.phases import MachineDocs, Verification
 from ccci_dist.core.plan import from_snapshot
 from ccci_dist.core.roles import RoleSpec, default_role
-from ccci_dist.core.tick import LoopSeen, LoopTick, RunSeen, RunTick, decide_loop, decide_run, paced_due
+from ccci_dist.core.tick import (
+    LoopSeen,
+    LoopTick,
+    RunSeen,
+    RunTick,
+    decide_loop,
+    decide_run,
+    paced_due,
+    waits_for_verdicts,
+)
 
 NOW = datetime(2026, 3, 4, 12, 0, 0, tzinfo=UTC)
 T = NOW.timestamp()
@@ -128,7 +137,45 @@ LOOP_CASES = {
                             LoopTick(why="sleeps until its cadence or an event")),
     "cadence due": (LoopSeen(active=True, ended_at=T - 7200), EVERY, S, LoopTick(action="enqueue")),
     "cadence: never ran": (LoopSeen(active=True), EVERY, S, LoopTick(action="enqueue")),
+    "waiting, docs unchanged: held": (LoopSeen(active=True, waiting="w", waiting_docs="f1", docs_now="f1"), B, S,
+                                      LoopTick(why="waits for w")),
+    "waiting, docs changed: enqueue": (LoopSeen(active=True, waiting="w", waiting_docs="f1", docs_now="f2"), B, S,
+                                       LoopTick(action="enqueue")),
+    "waiting, an INBOX message: enqueue": (LoopSeen(active=True, waiting="w", waiting_docs="f1", docs_now="f1",
+                                                    inbox_pending=1), B, S, LoopTick(action="enqueue")),
+    "waiting, a nudge: enqueue": (LoopSeen(active=True, waiting="w", waiting_docs="f1", docs_now="f1", woken=True),
+                                  B, S, LoopTick(action="enqueue")),
+    "paced reviewer, its builder waits for it: due": (LoopSeen(active=True, waited_done=5, seen=5,
+                                                               waited_holds=True), R, PACED,
+                                                      LoopTick(action="enqueue")),
 }
+
+
+ROLES = [B, R]
+WAIT_CASES = {
+    "phase not marked done: work": (docs(""), ""),
+    "phase 1 marked done, no verdict: wait": (docs("1"), "the verdicts of reviewer in REVIEW.md on phase 1"),
+    "phase 1 verified, 2 not marked: work": (docs("1", "1.1"), ""),
+    "an item FAILED anywhere: work": (docs("1 2", "2.1", failed="1.1"), ""),
+    "every phase complete, D1 unverified: wait": (docs("1 2 3", "1.1 2.1 3.1"),
+                                                  "the verdicts of reviewer in REVIEW.md"),
+    "D1 FAILED: work": (docs("1 2 3", "1.1 2.1 3.1", failed="D1"), ""),
+}
+
+
+@pytest.mark.parametrize("name", WAIT_CASES)
+def test_waits_for_verdicts(name):
+    d, expected = WAIT_CASES[name]
+    assert waits_for_verdicts(B, ROLES, PLAN, d) == expected
+
+
+def test_only_a_role_with_a_judge_waits():
+    """Roles are data: the role that marks phases done waits only when another role writes verdicts; a
+    role that does not mark phases done never waits this way."""
+    assert waits_for_verdicts(R, ROLES, PLAN, docs("1")) == ""
+    assert waits_for_verdicts(B, [B], PLAN, docs("1")) == ""
+    maker, judge = RoleSpec(name="maker", verbs=("DONE",)), RoleSpec(name="judge", verbs=("VERIFIED", "FAILED"))
+    assert "judge" in waits_for_verdicts(maker, [maker, judge], PLAN, docs("1"))
 
 
 @pytest.mark.parametrize("name", LOOP_CASES)

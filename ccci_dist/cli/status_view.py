@@ -10,7 +10,8 @@ from ccci_dist.core.cockpit import ago, when
 from ccci_dist.engine.status import AgentWindow, RunStatus
 
 STATE_STYLE = {"running": "green", "queued": "green", "scheduled": "cyan", "due": "cyan", "stalled": "yellow",
-               "paused": "yellow", "stopped": "red", "done": "bold green", "active": "green", "stuck": "bold red"}
+               "paused": "yellow", "held": "cyan", "stopped": "red", "done": "bold green", "active": "green",
+               "stuck": "bold red"}
 
 
 def _style(state: str) -> str:

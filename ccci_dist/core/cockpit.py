@@ -14,6 +14,7 @@ from datetime import UTC, datetime, timedelta
 RUNNING, QUEUED, SCHEDULED, STALLED, DUE = "running", "queued", "scheduled", "stalled", "due"
 WAITING_WORKER, WAITING_WATCHDOG, STOPPED, DONE, PAUSED = (
     "waiting for a worker", "waiting for the watchdog", "stopped", "done", "paused")
+HELD = "held"  # its work is done for now: no iteration until what it waits for changes
 # States in which the loop is really going somewhere (a run is `active` only with one of these).
 MOVING = {RUNNING, QUEUED, SCHEDULED, STALLED, DUE}
 
@@ -45,6 +46,7 @@ class LoopFacts:
     pause_reason: str = ""
     gated: bool = False  # reviewer_every holds this loop until the builder has done enough
     breaker: str = ""  # no_progress | repeated_error: the loop's own pause (stored_state paused)
+    waiting: str = ""  # its work is done for now: what it waits for
 
 
 @dataclass(frozen=True)
@@ -130,6 +132,10 @@ def describe_loop(f: LoopFacts) -> LoopWords:
     if not f.watchdog_alive:
         return LoopWords(WAITING_WATCHDOG, f"nothing queued and the watchdog is not running "
                                            f"(last tick {ago(f.watchdog_age)} ago)", BEAT_HINT)
+    if f.waiting:
+        return LoopWords(HELD, f"its work is done for now; waits for {f.waiting}",
+                         "nothing: it resumes when the machine docs change, an INBOX message arrives "
+                         "or on `ccci-dist start`")
     if f.gated:
         return LoopWords(DUE, "waiting for the builder's iterations (reviewer_every)", "nothing")
     return LoopWords(DUE, "due now", "nothing: the watchdog enqueues it on its next tick")
@@ -155,3 +161,14 @@ def when(dt: datetime | None) -> str:
 
 def _at(ts: float) -> str:
     return when(datetime.fromtimestamp(ts, UTC))
+
+
+def breaker_words(paused: dict[str, str]) -> str:
+    """The run header's words for loops the breaker paused (role -> no_progress | repeated_error),
+    with what to do next; "" when none is."""
+    if not paused:
+        return ""
+    from ccci_dist.core.policy import BREAKER_NEXT
+
+    who = ", ".join(f"{role} ({why})" for role, why in sorted(paused.items()))
+    return f"breaker paused {who}: {BREAKER_NEXT}"

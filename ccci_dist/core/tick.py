@@ -8,7 +8,7 @@ from datetime import datetime, timedelta
 from typing import Literal
 
 from ccci_dist.config import Settings
-from ccci_dist.core.phases import MachineDocs, is_done, phase_complete, working_phase
+from ccci_dist.core.phases import FAILED, REVIEW_FILE, VERIFIED, MachineDocs, is_done, phase_complete, working_phase
 from ccci_dist.core.plan import PlanPackage
 from ccci_dist.core.roles import RoleSpec
 
@@ -76,6 +76,11 @@ class LoopSeen:
     seen: int = 0  # of those, how many it had seen at its last paced start
     ended_at: float | None = None  # when its last iteration ended
     woken: bool = False  # a wake (event or nudge) is pending for it
+    waiting: str = ""  # its work is done for now: what it waits for ("" = it has work)
+    waiting_docs: str = ""  # the machine docs' fingerprint when it started to wait
+    docs_now: str = ""  # the machine docs' fingerprint now
+    inbox_pending: int = 0  # INBOX messages for it no iteration acknowledged (read only while it waits)
+    waited_holds: bool = False  # the role it waits for (pacing) is itself waiting: pacing must not hold it
 
 
 LoopAction = Literal["wait", "requeue", "enqueue"]
@@ -115,12 +120,14 @@ def decide_loop(loop: LoopSeen, role: RoleSpec, settings: Settings, now: datetim
         return LoopTick(why="queued")
     if t < (loop.not_before or 0):
         return LoopTick(why="not before")
+    if loop.waiting and loop.docs_now == loop.waiting_docs and not loop.woken and not loop.inbox_pending:
+        return LoopTick(why=f"waits for {loop.waiting}")
     if role.woken:  # a cadence and/or events, not back to back
         if loop.woken or (role.every and t >= (loop.ended_at or 0) + role.every):
             return LoopTick(action="enqueue", restart=loop.running is not None)
         return LoopTick(why="sleeps until its cadence or an event")
     mark_seen = None
-    if role.waits_for and s.reviewer_every:
+    if role.waits_for and s.reviewer_every and not loop.waited_holds:
         if not paced_due(loop.waited_done, loop.seen, s.reviewer_every):
             return LoopTick(why=f"waits for {role.waits_for}")
         mark_seen = loop.waited_done
@@ -137,3 +144,24 @@ def wake_reason(pause_reason: str, paused_commit: str, repo_commit: str, pending
     if repo_commit and repo_commit != paused_commit:
         return f"the repo moved on to {repo_commit[:10]}"
     return ""
+
+
+def waits_for_verdicts(role: RoleSpec, specs: list[RoleSpec], plan: PlanPackage, docs: MachineDocs,
+                       target: str | None = None) -> str:
+    """What ``role`` waits for when its work is done for now ("" = it has work to do).
+
+    A role that marks phases done (verb DONE) has nothing to do once the working phase carries its
+    DONE line and no item is FAILED: the roles that write verdicts (VERIFIED/FAILED) are next. It
+    waits for them (it is not paid an iteration each time) until the machine docs change."""
+    if "DONE" not in role.verbs:
+        return ""
+    judges = [s.name for s in specs if s.name != role.name and {VERIFIED, FAILED} & set(s.verbs)]
+    if not judges:
+        return ""
+    items = [i.id for p in plan.phases for i in p.items] + [i.id for i in plan.dod]
+    if any((v := docs.reviews.get(i)) is not None and v.verdict == FAILED for i in items):
+        return ""
+    phase = working_phase(plan, docs, target)
+    if phase is not None and phase not in docs.done_phases:
+        return ""
+    return f"the verdicts of {', '.join(judges)} in {REVIEW_FILE}" + (f" on phase {phase}" if phase else "")

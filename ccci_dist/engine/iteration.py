@@ -33,6 +33,7 @@ from ccci_dist.core.policy import Decision, LoopFacts, Ran, decide
 from ccci_dist.core.prompt import assemble
 from ccci_dist.core.roles import RoleSpec, allowed_paths, role_spec, verb_violations
 from ccci_dist.core.schedule import next_midnight
+from ccci_dist.core.tick import waits_for_verdicts
 from ccci_dist.engine.app import app, settings
 from ccci_dist.engine.notify import notify
 from ccci_dist.engine.supervisor import OUTBOX_ENV, apply_outbox, digest, wake
@@ -441,12 +442,24 @@ class Iteration:
         }
         run_fields: dict[str, str] = {}
         mirrored = json.loads(self.run_hash.docs or "{}").get("commit")
-        if ws is not None and outcome.kind != "lease_lost" and (pushed or base) != mirrored:
+        after: MachineDocs | None = None
+        if ws is not None and outcome.kind != "lease_lost":
             try:
-                docs = self.base_docs if not pushed and self.base_docs is not None else ws.docs(pushed or base)
-                run_fields["docs"] = docs.model_dump_json()
+                after = self.base_docs if not pushed and self.base_docs is not None else ws.docs(pushed or base)
             except (GitError, OSError, subprocess.SubprocessError):
                 pass
+        if after is not None and (pushed or base) != mirrored:
+            run_fields["docs"] = after.model_dump_json()
+        # its work is done for now (e.g. the phase is marked done, the verdicts are not in): no
+        # successor until the machine docs change, an INBOX message arrives or the operator starts it
+        waiting = ""
+        if after is not None and outcome.action in ("continue", "resume") and not d.pause_reason:
+            waiting = waits_for_verdicts(self.spec, self.specs, from_snapshot(json.loads(self.run_hash.plan)),
+                                         after, self.run_hash.target_phase or None)
+        fields.update(waiting=waiting, waiting_docs=docs_fingerprint(after) if waiting and after else "")
+        if waiting:
+            history["waiting"] = waiting
+            next_task = ""
         if res.total_cost_usd and self.store.fence_ok(self.run, self.role, self.token, self.owner):
             self._charge(res.total_cost_usd, now)  # before finish: a reached budget holds the successor
         ok = self.store.finish(self.run, self.role, self.token, self.owner,

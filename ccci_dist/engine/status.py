@@ -60,7 +60,7 @@ class Loop(BaseModel):
     """One loop (run, role) as the operator should see it."""
 
     role: str
-    state: str = Field(description="running | queued | scheduled | stalled | due | paused | stopped | done | "
+    state: str = Field(description="running | queued | scheduled | stalled | due | held | paused | stopped | done | "
                                    "waiting for a worker on <queue> | waiting for the watchdog")
     reason: str
     next_action: str
@@ -143,6 +143,8 @@ class RunStatus(BaseModel):
     items: list[ItemView]
     blocks_done: str = Field(description="what stands between the run and DONE, one line ('' = nothing)")
     target_phase: str = Field("", description="the phase `enqueue phase` asked for, worked on until complete")
+    breaker: str = Field("", description="loops the no-progress breaker paused (no_progress | repeated_error) and "
+                                         "what resumes them ('' = none)")
     undelivered: list[dict[str, str]] = Field(
         default_factory=list, description="INBOX messages no iteration acknowledged (id, role, text): at DONE, "
         "messages that will never be delivered")
@@ -190,6 +192,7 @@ def run_status(store: Store, s: Settings, run: str, now: float | None = None,
     today = per_day.get(days[0], {})
     consumed = {q for w in live.workers for q in w.queues}
     loops: dict[str, Loop] = {}
+    tripped: dict[str, str] = {}
     for role in store.roles(run):
         lp = store.loop(run, role)
         queue = lp.next_queue or rh.queues.get(role) or s.queue_for(role)
@@ -202,9 +205,11 @@ def run_status(store: Store, s: Settings, run: str, now: float | None = None,
             not_before=lp.not_before or 0.0, next_reason=lp.next_reason,
             stalled_until=lp.stalled_until or 0.0, stalled_display=lp.stalled_display,
             fail_streak=lp.fail_streak, paused_until=rh.paused_until or 0.0,
-            pause_reason=rh.pause_reason,
+            pause_reason=rh.pause_reason, waiting=lp.waiting if lp.state == "active" else "",
         )
         words = cockpit.describe_loop(facts)
+        if words.state == cockpit.PAUSED and lp.pause_reason:
+            tripped[role] = lp.pause_reason
         running = words.state == cockpit.RUNNING
         sha = lp.last_commit
         loops[role] = Loop(
@@ -234,6 +239,9 @@ def run_status(store: Store, s: Settings, run: str, now: float | None = None,
     k = order.index(phase) + 1 if phase in order else 0
     header = f"run {run}: {state}" + (f" ({rh.pause_reason})" if rh.pause_reason else "")
     header += f" · phase {phase} ({k} of {len(order)})"
+    breaker = cockpit.breaker_words(tripped)
+    if breaker:
+        header += f" · {breaker}"
     target = rh.target_phase
     if target and target != phase:
         header += f" · target {target}"
@@ -247,7 +255,7 @@ def run_status(store: Store, s: Settings, run: str, now: float | None = None,
         phase_index=k, phase_count=len(order), phases=phases, deferred=docs.deferred,
         pause_reason=rh.pause_reason, items=items, blocks_done=blocks, cost=cost, loops=loops,
         agent_windows=agent_windows(store, now),
-        liveness=live, target_phase=target, undelivered=left,
+        liveness=live, target_phase=target, undelivered=left, breaker=breaker,
     )
 
 

@@ -19,7 +19,7 @@ from functools import lru_cache
 
 from ccci_dist.adapters.workspace import read_remote_file
 from ccci_dist.config import CONTROL_QUEUE, Settings, hostname
-from ccci_dist.core.phases import MachineDocs, missing_for_done
+from ccci_dist.core.phases import MachineDocs, docs_fingerprint, missing_for_done
 from ccci_dist.core.plan import PlanPackage, from_snapshot
 from ccci_dist.core.roles import RoleSpec
 from ccci_dist.core.tick import LoopSeen, RunSeen, decide_loop, decide_run, wake_reason
@@ -128,10 +128,15 @@ def tick_loop(store: Store, s: Settings, view: RunView, spec: RoleSpec, now: dat
     active = loop.state == ACTIVE
     waited = view.loops.get(spec.waits_for)
     paced = active and bool(spec.waits_for) and bool(s.reviewer_every)
+    waiting = loop.waiting if active else ""
     seen = LoopSeen(active=active, lease_ms=lv.lease_ms if active else -2, queued=lv.queued if active else "",
                     next_at=loop.next_at, not_before=loop.not_before, running=loop.running, seen=loop.builder_seen,
                     ended_at=loop.ended_at, woken=bool(loop.nudges),
-                    waited_done=(waited.state.iteration if waited else 0) if paced else 0)
+                    waited_done=(waited.state.iteration if waited else 0) if paced else 0,
+                    waiting=waiting, waiting_docs=loop.waiting_docs,
+                    docs_now=_fingerprint(rh.docs) if waiting else "",
+                    inbox_pending=store.inbox_pending(run, role) if waiting else 0,
+                    waited_holds=paced and bool(waited and waited.state.waiting))
     d = decide_loop(seen, spec, s, now)
     if d.follow_up is not None:
         follow_up(store, s, d.follow_up)
@@ -151,6 +156,11 @@ def tick_loop(store: Store, s: Settings, view: RunView, spec: RoleSpec, now: dat
     task_id = str(uuid.uuid4())
     if not store.try_enqueue(run, role, task_id, queue):
         return
+    if waiting:  # what it waited for changed (or a message or the operator woke it)
+        store.set_loop_fields(run, role, waiting="", waiting_docs="")
+        why = ("the machine docs changed" if seen.docs_now != seen.waiting_docs
+               else "an INBOX message arrived" if seen.inbox_pending else "woken by the runner or the operator")
+        store.event(run, "woke", role=role, reason=why, waited_for=waiting)
     if d.restart:
         # The previous iteration never finished: its worker died or was cut off.
         restarts = store.mark_restart(run, role)
@@ -164,6 +174,12 @@ def tick_loop(store: Store, s: Settings, view: RunView, spec: RoleSpec, now: dat
 def _read_loop(store: Store, run: str, role: str) -> LoopView:
     """One loop read on its own (a loop the tick's view lacks, or one it just woke)."""
     return LoopView(store.loop(run, role), store.lease_pttl(run, role), store.queued_task(run, role) or "")
+
+
+@lru_cache(maxsize=256)
+def _fingerprint(docs_json: str) -> str:
+    """The fingerprint of a run's mirrored machine docs (what they say, not which commit)."""
+    return docs_fingerprint(MachineDocs.model_validate_json(docs_json)) if docs_json else ""
 
 
 @lru_cache(maxsize=256)

@@ -82,6 +82,8 @@ class LoopState(_HashModel):
     error_key: str = ""
     error_streak: int = 0
     docs_seen: str = ""  # fingerprint of the machine docs at the loop's last iteration
+    waiting: str = ""  # its work is done for now: what it waits for (no iteration until the docs change)
+    waiting_docs: str = ""  # fingerprint of the machine docs when it started to wait
 
     @field_validator("nudges", mode="before")
     @classmethod

@@ -524,7 +524,7 @@ class Store:
         for role in roles:
             key = k_loop(run, role)
             fields_ = {"state": ACTIVE, "role": role, "stop_reason": "", "fail_streak": 0, "pause_reason": "",
-                       "idle_streak": 0, "error_streak": 0, "error_key": ""}
+                       "idle_streak": 0, "error_streak": 0, "error_key": "", "waiting": "", "waiting_docs": ""}
             if float(self.r.hget(key, "stalled_until") or 0) <= now:  # a usage limit resets when it resets
                 fields_.update(not_before="", stalled_until="")
             pipe.hset(key, mapping=fields_)
