@@ -4,6 +4,8 @@ keep their identity. Real redis-server, real Celery worker + beat, real git remo
 from __future__ import annotations
 
 import json
+import os
+import sysconfig
 import time
 
 import pytest
@@ -406,3 +408,48 @@ def test_start_refuses_a_repo_without_the_branch_naming_those_it_has(bed, tmp_pa
     assert p.returncode == 2 and p.stderr == (
         "error: the repo has no branch 'main' (its branches: dev); set branch in the config or create it\n"), p
     assert not _r(bed).exists("ccci:run:nobranch")
+
+
+def test_agents_get_the_runner_bin_and_an_agent_safe_config(bed, tmp_path):
+    """A worker that found its config as ./ccci-dist.toml (broker URL with password, notifier URL,
+    [vm]): its agents find `ccci-dist` on PATH and a CCCI_CONFIG with the [vm] section, with which
+    `ccci-dist vm check` knows the VM; neither that file nor the agent's environment holds a secret."""
+    import tomllib
+
+    from harness import celery_worker, free_port
+
+    hook = "http://hooks.example/t/agentsecret-7f3a9"
+    broker = bed.env["CCCI_BROKER_URL"]
+    cfg_dir = tmp_path / "wdir"
+    cfg_dir.mkdir()
+    port = free_port()
+    (cfg_dir / "ccci-dist.toml").write_text(
+        f'broker_url = "{broker}"\nnotify_urls = ["{hook}"]\n\n'
+        f'[vm]\nhost = "127.0.0.1"\nport = {port}\nuser = "ci"\nkey_file = "keys/ci_ed25519"\nconnect_timeout = 2\n')
+    out_file = tmp_path / "agent-ccci.jsonl"
+    bed.faults(builder=[f"ccci:{out_file}"], reviewer=["hang"])
+    env = {k: v for k, v in {**bed.env, "CCCI_HOSTNAME": "w1"}.items() if k != "CCCI_BROKER_URL"}
+    w = celery_worker(env, tmp_path / "w1.log", beat=True)
+    w.cwd = cfg_dir  # the worker finds ./ccci-dist.toml
+    bed.procs.append(w.start())
+    bed.cli("start")
+    wait_for(lambda: out_file.exists(), 90, 0.2, "the agent's report")
+    report = json.loads(out_file.read_text().splitlines()[0])
+    agent_env = report.pop("env")
+    config = agent_env["CCCI_CONFIG"]
+    text = open(config).read()
+    assert "[vm]" in text and '"127.0.0.1"' in text and str(cfg_dir / "keys" / "ci_ed25519") in text, text
+    password = broker.split("://:", 1)[1].split("@", 1)[0]
+    for secret in (password, "agentsecret-7f3a9", broker):
+        assert secret not in text and secret not in json.dumps(agent_env) and secret not in json.dumps(report)
+    assert list(tomllib.loads(text)) == ["vm"], text
+    assert oct(os.stat(config).st_mode & 0o777) == "0o644"
+    scripts = sysconfig.get_path("scripts")
+    assert agent_env["PATH"].split(os.pathsep)[0] == scripts
+    assert report["which"] == os.path.join(scripts, "ccci-dist"), report
+    shown = json.loads(report["config_show"])
+    assert shown["vm"]["host"] == "127.0.0.1" and shown["vm"]["port"] == port, shown["vm"]
+    # `vm check` works from the [vm] it was given (here it stops at the key file, which names the config's path)
+    assert "no VM configured" not in report["vm_check"], report["vm_check"]
+    assert str(cfg_dir / "keys" / "ci_ed25519") in report["vm_check"], report["vm_check"]
+

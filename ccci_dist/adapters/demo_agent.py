@@ -18,7 +18,9 @@ Faults: crash | hang | nonjson | exit1 | auth | violate | limit:SECS | limit_tex
         idle (do nothing: no commit, no change to the machine docs) |
         secrets (leave secret-looking files in the clone, then work normally) |
         secrets_force (``git add -f`` secret-looking files and commit them, then work normally) |
-        env:FILE (append this agent's environment to FILE as one JSON line, then work normally)
+        env:FILE (append this agent's environment to FILE as one JSON line, then work normally) |
+        ccci:FILE (run `ccci-dist config show --json` and `ccci-dist vm check` as found on PATH, append
+        their output and the agent's environment to FILE as one JSON line, then work normally)
 
 The builder fixes each item the prompt's "What blocks DONE" section lists as FAILED (a
 ``fixed`` line in its work file); the reviewer re-verifies a failed item once it is fixed.
@@ -29,6 +31,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -333,6 +336,14 @@ def _act(ctx: dict, prompt: str, role: str, fault: str, session: str, started: f
     if name == "env":  # what the agent can see: the canary test searches it for secrets
         with open(arg, "a") as f:
             f.write(json.dumps(dict(os.environ)) + "\n")
+    if name == "ccci":  # what the prompts tell agents to use: ccci-dist on PATH, with the config it is given
+        exe = shutil.which("ccci-dist") or ""
+        out: dict[str, object] = {"which": exe, "env": dict(os.environ)}
+        for key, args in (("config_show", ("config", "show", "--json")), ("vm_check", ("vm", "check"))):
+            p = subprocess.run([exe, *args], capture_output=True, text=True, timeout=120) if exe else None
+            out[key] = (p.stdout + p.stderr) if p else ""
+        with open(arg, "a") as f:
+            f.write(json.dumps(out) + "\n")
     if name == "echo":  # a tool result that quotes a file: must never be read as a limit
         _emit({"type": "user", "message": {"content": [{"type": "tool_result", "content": _read(arg)}]}})
     # what a real agent shows first: a look at the clone (so `logs -f` has a tool call to render)

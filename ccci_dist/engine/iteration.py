@@ -14,6 +14,7 @@ import os
 import pwd
 import shutil
 import subprocess
+import sysconfig
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -95,13 +96,56 @@ def _secret_values(s: Settings) -> list[str]:
     return [v for v in found if len(v) >= 4]
 
 
+# The config sections an agent needs (``ccci-dist vm ...``); nothing else of the worker's config is
+# written for it: never the broker URL, its password or the notifier URLs.
+AGENT_SECTIONS = ("vm",)
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    return json.dumps(str(value))  # a JSON string is a TOML basic string
+
+
+def agent_config(s: Settings, run: str) -> Path:
+    """Write the run's agent-safe config (only AGENT_SECTIONS, paths absolute) and return its path:
+    agents get it as CCCI_CONFIG, whatever config the worker found (./ccci-dist.toml or --config)."""
+    lines = ["# written by the ccci-dist worker for its agents: only what they need, no broker or notifier"]
+    for name in AGENT_SECTIONS:
+        section = getattr(s, name).model_dump(mode="python")
+        lines.append(f"\n[{name}]")
+        for key, value in section.items():
+            if value is None or hasattr(value, "get_secret_value"):
+                continue
+            value = value.expanduser().resolve() if isinstance(value, Path) else value
+            lines.append(f"{key} = {_toml_value(value)}")
+    folder = s.state_dir / "agent-config" / run
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "ccci-dist.toml"
+    tmp = folder / f".ccci-dist.toml.{os.getpid()}.{uuid.uuid4().hex[:6]}"
+    tmp.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    os.chmod(tmp, 0o644)  # the agent user reads it (it holds no secret)
+    os.replace(tmp, path)
+    for d in (folder, folder.parent):
+        os.chmod(d, 0o755)
+    return path
+
+
 def agent_env(s: Settings, run: str, role: str) -> dict[str, str]:
     """The agent's environment: the worker's, minus broker/notifier secrets; with ``agent_user``,
-    that user's HOME (setpriv keeps root's, where the CLI finds neither its login nor its sessions)."""
+    that user's HOME (setpriv keeps root's, where the CLI finds neither its login nor its sessions).
+    PATH starts with the runner's own bin (``ccci-dist`` for agents) and CCCI_CONFIG names the
+    run's agent-safe config (see ``agent_config``)."""
     secrets = _secret_values(s)
     env = {k: v for k, v in os.environ.items()
            if k.upper() not in SECRET_ENV and not any(x in v for x in secrets)}
     env.update({"CCCI_RUN": run, "CCCI_ROLE": role, "CCCI_HOSTNAME": hostname()})
+    scripts = sysconfig.get_path("scripts")
+    path = [p for p in env.get("PATH", os.defpath).split(os.pathsep) if p and p != scripts]
+    env["PATH"] = os.pathsep.join([scripts, *path])
+    env["CCCI_CONFIG"] = str(agent_config(s, run))
     if s.agent_user:
         env.update({"USER": s.agent_user, "LOGNAME": s.agent_user})
         if env.get("HOME") in (None, pwd.getpwuid(os.getuid()).pw_dir):  # not chosen by the operator
