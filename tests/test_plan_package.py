@@ -248,6 +248,23 @@ def test_init_creates_a_valid_package(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["newplan"]  # no staging dir left behind
 
 
+def test_init_package_carries_the_grammar_the_runner_parses(tmp_path):
+    """plan.md and both role prompts of an `init` package state the machine-doc grammar, and each of
+    their example lines parses with core/phases.py (the same constants build both)."""
+    import re
+
+    target = tmp_path / "g"
+    assert ccci("init", str(target), "--phases", "1,2b").returncode == 0
+    for rel in ("plan.md", "prompts/builder.md", "prompts/reviewer.md"):
+        examples = re.findall(r"`([^`]+)`", (target / rel).read_text())
+        done = [e for e in examples if e.startswith("## DONE")]
+        verdicts = [e for e in examples if e.startswith(("VERIFIED", "FAILED"))]
+        assert parse_status("\n".join(done)) == ["1"], (rel, done)
+        parsed = [parse_review(v) for v in verdicts]
+        assert [list(p) for p in parsed] == [["1.1"], ["1.1"]], (rel, verdicts)
+        assert [p["1.1"].verdict for p in parsed] == ["VERIFIED", "FAILED"]
+
+
 def test_init_into_empty_existing_dir(tmp_path):
     target = tmp_path / "empty"
     target.mkdir()

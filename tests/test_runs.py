@@ -453,3 +453,13 @@ def test_agents_get_the_runner_bin_and_an_agent_safe_config(bed, tmp_path):
     assert "no VM configured" not in report["vm_check"], report["vm_check"]
     assert str(cfg_dir / "keys" / "ci_ed25519") in report["vm_check"], report["vm_check"]
 
+
+def test_a_package_from_init_reaches_done_with_the_demo_agent(bed, tmp_path):
+    """`ccci-dist init` output, unedited, runs to DONE: the runner and the package agree on the grammar."""
+    pkg = tmp_path / "fresh-plan"
+    bed.cli("init", str(pkg), "--phases", "1,2b")
+    bed.env["CCCI_PLAN_DIR"] = str(pkg)
+    bed.worker("w1", beat=True)
+    bed.cli("start")
+    st = bed.wait_status(lambda st: st["status"] == "done", 120, "init package DONE")
+    assert [p["state"] for p in st["phases"]] == ["done", "done"]

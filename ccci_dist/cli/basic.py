@@ -85,7 +85,12 @@ def plan_check(directory: Path) -> None:
 def scaffold_files(name: str, ids: list[str]) -> dict[str, str]:
     """Relative path -> text of a new plan package, from the shipped scaffold (``ccci_dist/data/scaffold``)."""
     src = data_dir("scaffold")
-    values = {"name": name, "phases": json.dumps(ids)}
+    # the grammar as the runner parses it (core/phases.py builds both), so the package cannot drift from it
+    from ccci_dist.core.phases import grammar_lines
+    from ccci_dist.core.prompt import EXAMPLE_AT
+
+    grammar = "\n".join(grammar_lines(ids[0], f"{ids[0]}.1", EXAMPLE_AT))
+    values = {"name": name, "phases": json.dumps(ids), "grammar": grammar}
     files: dict[str, str] = {}
     for path in sorted(p for p in src.rglob("*") if p.is_file()):
         rel = path.relative_to(src).as_posix()
