@@ -338,3 +338,73 @@ def test_clock_and_duration_edges(text, now, expected):
 def test_a_duration_keeps_the_named_limit_kind():
     info = parse_limit_text("5-hour limit reached · resets in 2h", NOW)
     assert info is not None and info.kind == "five_hour" and info.resets_at == utc("2026-02-03T14:00")
+
+
+def test_stall_nudge_exact():
+    info = LimitInfo(resets_at=utc("2026-02-03T18:14:00"), kind="weekly", zone="America/Bogota")
+    kept = stall_nudge(info, utc("2026-02-03T18:15:00"), "abcdef0123456789", session_kept=True)
+    assert kept == ("Your previous iteration was stopped by a usage limit (weekly); the commits you made before it "
+                    "were pushed (up to abcdef012345). The limit reset at 2026-02-03 13:14:00 America/Bogota and the "
+                    "runner resumed at 2026-02-03 13:15:00 America/Bogota; this is the same session: continue where "
+                    "you left off, the last request was not answered.")
+    fresh = stall_nudge(LimitInfo(resets_at=utc("2026-02-03T18:14:00")), utc("2026-02-03T18:15:00"), "", False)
+    assert fresh == ("Your previous iteration was stopped by a usage limit (unknown); nothing from it was pushed (no "
+                     "new commits). The limit reset at 2026-02-03 18:14:00 UTC and the runner resumed at 2026-02-03 "
+                     "18:15:00 UTC; this is a fresh session: re-read STATUS.md, REVIEW.md and DEFERRED.md.")
+
+
+@pytest.mark.parametrize("margin,shown", [(90, "5-90"), (2, "5-5"), (12.5, "5-12.5"), (5, "5-5")])
+def test_describe_stall_margin_and_zone(margin, shown):
+    info = LimitInfo(resets_at=utc("2026-02-03T18:14:00"), kind="extra_usage", zone="Asia/Kolkata")
+    line = describe_stall(info, utc("2026-02-03T18:14:32"), margin, utc("2026-02-03T12:00"))
+    assert line == (f"usage limit (extra_usage) resets 23:44:00 Asia/Kolkata; retry at 23:44:32 Asia/Kolkata "
+                    f"(reset + random {shown} s margin)")
+
+
+class _Bounds:
+    """An rng that returns the bounds it was asked for, so the margin rule itself is checked."""
+
+    def __init__(self, pick: int):
+        self.pick = pick
+
+    def uniform(self, a: float, b: float) -> float:
+        return (a, b)[self.pick]
+
+
+@pytest.mark.parametrize("margin_max,low,high", [(90, 5, 90), (3, 5, 5), (5, 5, 5), (6, 5, 6)])
+def test_schedule_after_limit_bounds(margin_max, low, high):
+    info = LimitInfo(resets_at=utc("2026-02-03T20:00"))
+    assert schedule_after_limit(info, margin_max, _Bounds(0)) == info.resets_at + timedelta(seconds=low)
+    assert schedule_after_limit(info, margin_max, _Bounds(1)) == info.resets_at + timedelta(seconds=high)
+    assert schedule_after_limit(info, rng=_Bounds(1)) == info.resets_at + timedelta(seconds=90)
+
+
+def test_backoff_after_defaults_and_floor():
+    assert backoff_after(2, 30, 3600) == 60
+    assert backoff_after(0, 30, 3600) == 0
+    assert backoff_after(1, 30, 3600, retried=31) == 0
+    assert backoff_after(20, 30, 100, retry_after=99.5) == 100
+
+
+@pytest.mark.parametrize("tz", ["America/Bogota", "Asia/Kolkata"])
+def test_rules_do_not_depend_on_the_hosts_zone(monkeypatch, tz):
+    """The same table rows under a host zone that is not UTC: naive times still mean UTC."""
+    import time
+
+    monkeypatch.setenv("TZ", tz)
+    time.tzset()
+    try:
+        assert clock(utc("2026-02-03T18:14:32"), None, utc("2026-02-03T12:00")) == "18:14:32 UTC"
+        assert clock(utc("2026-02-03T18:14:32"), "UTC", None) == "2026-02-03 18:14:32 UTC"
+        info = parse_limit_text("You've hit your limit · resets 3pm (UTC)", datetime(2026, 2, 3, 12, 0))
+        assert info is not None and info.resets_at == utc("2026-02-03T15:00")
+        # without a zone the clock is the host's (codex prints local time): 3pm in the host's zone
+        local = parse_limit_text("You've hit your limit · resets 3pm", datetime(2026, 2, 3, 12, 0))
+        want = {"America/Bogota": "2026-02-03T20:00", "Asia/Kolkata": "2026-02-04T09:30"}[tz]
+        assert local is not None and local.resets_at == utc(want)
+        ev = from_rate_limit_event({"rate_limit_info": {"status": "rejected", "resetsAt": 1770130800,
+                                                        "rateLimitType": "five_hour"}})
+        assert ev is not None and ev.resets_at == utc("2026-02-03T15:00")
+    finally:
+        monkeypatch.undo()
+        time.tzset()

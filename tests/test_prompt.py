@@ -2,8 +2,9 @@
 
 from harness import ROOT
 
+from ccci_dist.core.phases import grammar_lines
 from ccci_dist.core.plan import load_package, snapshot
-from ccci_dist.core.prompt import NUDGES, assemble, parse_context
+from ccci_dist.core.prompt import EXAMPLE_AT, NUDGES, assemble, parse_context
 
 PLAN = snapshot(load_package(ROOT / "examples" / "tiny-plan"))
 
@@ -89,3 +90,52 @@ def test_blockers_and_repeats():
     assert f"[1-0]{REPEAT} a" in p and "[2-0] b" in p
     assert "- nothing: DONE holds" in assemble(role="builder", run="r", iteration=2, phase="2", plan=PLAN,
                                                blockers=[])
+
+
+MINI = {"order": ["1", "2"], "dod": [{"id": "D1", "text": "one"}, {"id": "D2", "text": "two"}],
+        "phases": {"1": {"title": "Setup", "text": "\n  Do it.  \n", "items": [{"id": "1.1", "text": "x"},
+                                                                              {"id": "1.2", "text": "y"}]}},
+        "prompts": {"builder": "  Build.  \n"}}
+GRAMMAR_1 = "\n".join(grammar_lines("1", "1.1", EXAMPLE_AT))
+
+
+def test_exact_prompt_with_every_part():
+    p = assemble(role="builder", run="r", iteration=4, phase="1", plan=MINI, inbox=[("5-0", "hi"), ("6-0", "yo")],
+                 nudges=["limit", "", "own words"], blockers=["1.1: unverified"], repeats={"6-0"},
+                 digest="all fine")
+    assert p == (
+        "<!-- ccci: run=r role=builder iteration=4 phase=1 phase_items=1.1,1.2 dod=D1,D2 phases=1,2 -->\n\n"
+        "Build.\n\n"
+        "## Current phase 1: Setup\n\nDo it.\n\n"
+        "## Definition of Done (plan.md)\n\n- **D1**: one\n- **D2**: two\n\n"
+        f"## Machine docs (how the runner reads progress)\n\n{GRAMMAR_1}\n\n"
+        "## What blocks DONE (all phases)\n\n- 1.1: unverified\n\n"
+        "## Status digest (from the runner)\n\nall fine\n\n"
+        "## Operator messages (INBOX)\n\nEach message starts with its id in brackets (like [1767323045000-0]); "
+        "cite that id in your commit message when you act on it.\n\n"
+        "[5-0] hi\n\n[6-0] (repeat: an earlier iteration that carried this message was cut off before it "
+        "finished) yo\n\n"
+        "## Note from the runner\n\n- You were paused by a usage limit; it has reset. Resume where you left off."
+        "\n\n- own words\n")
+
+
+def test_minimal_prompt_and_example_item_fallbacks():
+    p = assemble(role="reviewer", run="r", iteration=1, phase="2", plan=MINI, blockers=[])
+    assert p == (
+        "<!-- ccci: run=r role=reviewer iteration=1 phase=2 phase_items= dod=D1,D2 phases=1,2 -->\n\n"
+        "## Current phase 2: \n\n\n\n"
+        "## Definition of Done (plan.md)\n\n- **D1**: one\n- **D2**: two\n\n"
+        "## Machine docs (how the runner reads progress)\n\n" + "\n".join(grammar_lines("2", "2.1", EXAMPLE_AT))
+        + "\n\n## What blocks DONE (all phases)\n\n- nothing: DONE holds\n")
+    empty = {"order": [], "dod": [], "phases": {}, "prompts": {}}
+    q = assemble(role="x", run="r", iteration=1, phase="", plan=empty)
+    assert "\n".join(grammar_lines("1", "1.1", EXAMPLE_AT)) in q and "What blocks DONE" not in q
+    r = assemble(role="x", run="r", iteration=1, phase="", plan={**empty, "order": ["7"]})
+    assert "\n".join(grammar_lines("7", "7.1", EXAMPLE_AT)) in r
+
+
+def test_parse_context_forms():
+    assert parse_context("<!-- ccci: a=1 b=x=y c -->\nrest") == {"a": "1", "b": "x=y"}
+    assert parse_context("<!-- ccci:a=1-->") == {"a": "1"}
+    assert parse_context(" <!-- ccci: a=1 -->") == {}
+    assert parse_context("") == {}
