@@ -62,7 +62,7 @@ for m in "${modules[@]}"; do
 [tool.mutmut]
 source_paths = ["ccci_dist/core/$m.py"]
 also_copy = ["ccci_dist/", "tests/", "examples/", "prompts/", "docs/", "compose.yml", "workers/", "systemd/"]
-pytest_add_cli_args = ["-p", "no:randomly", "-p", "no:cacheprovider", "-q", "-x"]
+pytest_add_cli_args = ["-p", "no:randomly", "-p", "no:cacheprovider", "-q", "-x", "-m", "not slow"]
 pytest_add_cli_args_test_selection = [${sel%, }]
 EOF
   (cd "$dir" && nice -n 15 "$MUTMUT" run --max-children "${MUTMUT_CHILDREN:-1}" >"$dir/run.log" 2>&1 || true
