@@ -72,7 +72,21 @@ def ago(seconds: float | None) -> str:
 
 def watchdog_alive(last_tick: float | None, interval: float, now: float) -> bool:
     """The watchdog ran within the last ``WATCHDOG_MISSED_TICKS`` intervals."""
-    return last_tick is not None and now - last_tick <= WATCHDOG_MISSED_TICKS * interval
+    return last_tick is not None and now - last_tick < WATCHDOG_MISSED_TICKS * interval
+
+
+PRESENCE_EXPIRY_MAX = 7.0  # seconds a dead worker's presence may outlive it, at most
+PRESENCE_BEATS_PER_EXPIRY = 3  # heartbeats per expiry: two may be late or lost before a live worker vanishes
+
+
+def presence_timing(watchdog_interval: float) -> tuple[float, int]:
+    """(heartbeat period in s, expiry in ms) of a worker's presence key.
+
+    The expiry is at most ``WATCHDOG_MISSED_TICKS`` watchdog intervals, so a killed worker is gone
+    from ``status`` no later than the killed watchdog is reported as not running.
+    """
+    expiry = min(PRESENCE_EXPIRY_MAX, WATCHDOG_MISSED_TICKS * watchdog_interval)
+    return expiry / PRESENCE_BEATS_PER_EXPIRY, int(expiry * 1000)
 
 
 def watchdog_words(last_tick: float | None, interval: float, now: float) -> str:

@@ -1,7 +1,8 @@
 """Worker presence in Redis, so `status` can say "waiting for a worker on queue Q".
 
 Each worker process writes ``ccci:worker:<node>`` (its queues and host) every few seconds
-with a short expiry; a dead worker disappears on its own.
+with a short expiry (at most 3 watchdog intervals, see ``cockpit.presence_timing``); a dead
+worker disappears on its own.
 """
 
 from __future__ import annotations
@@ -14,19 +15,20 @@ import time
 from celery.signals import worker_ready, worker_shutdown
 
 from ccci_dist.config import hostname
+from ccci_dist.core.cockpit import presence_timing
 
 log = logging.getLogger(__name__)
 
-BEAT = 2.0
-EXPIRY_MS = 7000
 _stop = threading.Event()
 _nodes: list = []
 
 
 @worker_ready.connect
 def _announce(sender=None, **_: object) -> None:
+    from ccci_dist.engine.app import settings
     from ccci_dist.engine.iteration import get_store
 
+    every, expiry_ms = presence_timing(settings().watchdog_interval)
     node = sender.hostname
     queues = sorted(q.name for q in sender.task_consumer.queues) if sender.task_consumer else []
     pool = _pool(sender)
@@ -37,11 +39,11 @@ def _announce(sender=None, **_: object) -> None:
         while not _stop.is_set():
             try:
                 body = json.dumps({"node": node, "host": hostname(), "queues": queues, "pool": pool,
-                                   "at": round(time.time(), 3), "beat": BEAT})
-                store.announce_worker(node, body, EXPIRY_MS)
+                                   "at": round(time.time(), 3), "beat": every})
+                store.announce_worker(node, body, expiry_ms)
             except Exception as exc:  # Redis away: presence lapses, which is the truth
                 log.debug("worker heartbeat failed: %s", exc)
-            _stop.wait(BEAT)
+            _stop.wait(every)
 
     threading.Thread(target=beat, name="ccci-worker-presence", daemon=True).start()
 
