@@ -3,6 +3,8 @@
 import json
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from ccci_dist.state.keys import k_loop, k_next
 from ccci_dist.state.store import Store
@@ -139,3 +141,33 @@ def test_finish_merges_nudges_with_those_added_meanwhile(store):
     tok = store.claim("r", "builder", "t2", "o", 5, "h").token
     assert store.finish("r", "builder", tok, "o", {}, {"x": "1"})  # no nudge update: untouched
     assert json.loads(store.r.hget(key, "nudges")) == ["keep"]
+
+
+@given(st.lists(st.tuples(st.sampled_from(["r1", "r-2", "a:b", "z"]),
+                          st.lists(st.sampled_from(["builder", "reviewer", "x"]), max_size=3, unique=True),
+                          st.booleans(), st.booleans(), st.booleans()), max_size=5, unique_by=lambda t: t[0]))
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+def test_tick_view_reads_what_the_single_reads_read(store, runs):
+    """The one-round-trip tick view (a Lua script) sees exactly the run hashes, loop hashes, lease
+    TTLs and queued tasks that reading them one by one sees (roles without a loop hash included)."""
+    store.r.flushdb()
+    for run, roles, with_loop, leased, queued in runs:
+        store.r.sadd("ccci:runs", run)
+        store.r.hset(f"ccci:run:{run}", mapping={"status": "active", "phase": "1", "roles": json.dumps(roles)})
+        for i, role in enumerate(roles):
+            if with_loop or i:
+                store.r.hset(k_loop(run, role), mapping={"state": "active", "role": role, "iteration": i + 1})
+            if leased:
+                store.r.set(f"ccci:lease:{run}:{role}", "h/1/t", px=600_000)
+            if queued:
+                store.r.set(k_next(run, role), f"task-{run}-{role}")
+    view = store.tick_view()
+    assert [v.run for v in view] == store.runs()
+    for v in view:
+        assert v.state == store.run(v.run)
+        assert list(v.loops) == v.state.roles
+        for role, lv in v.loops.items():
+            assert lv.state == store.loop(v.run, role)
+            assert (lv.lease_ms > 0) == (store.lease_pttl(v.run, role) > 0)
+            assert lv.lease_ms <= 600_000 and (lv.lease_ms == -2) == (store.lease_pttl(v.run, role) == -2)
+            assert lv.queued == (store.queued_task(v.run, role) or "")

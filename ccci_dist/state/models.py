@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from typing import Any, NamedTuple
 
-from pydantic import BaseModel, ConfigDict, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 
 def _blank_to_default(data: Any) -> Any:
@@ -58,7 +58,7 @@ class LoopState(_HashModel):
     stalled_until: float | None = None
     stalled_display: str = ""
     fail_streak: int = 0
-    nudges: list[str] = []
+    nudges: list[str] = Field(default_factory=list)  # a factory, not a deep copy of [] per read (the tick reads 1,000s)
     session_id: str = ""
     fresh_session: bool = False
     agent_profile: str = ""  # the agent profile of the last iteration (core/agents.py)
@@ -103,8 +103,8 @@ class RunState(_HashModel):
     done_blocked_woken: bool = False  # the done_blocked wake of this stretch was sent
     plan: str = ""  # JSON snapshot of the plan package (parsed by core.plan.from_snapshot)
     plan_dir: str = ""
-    roles: list[str] = []
-    queues: dict[str, str] = {}
+    roles: list[str] = Field(default_factory=list)
+    queues: dict[str, str] = Field(default_factory=dict)
     docs: str = ""  # JSON MachineDocs mirrored from the repo
     paused_until: float | None = None
     pause_reason: str = ""

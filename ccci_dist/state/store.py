@@ -25,6 +25,7 @@ from ccci_dist.state.keys import (
     WATCHDOG_LAST,
     WATCHDOG_LOCK,
     WATCHDOG_TICKS,
+    P,
     k_agent_window,
     k_cost,
     k_events,
@@ -61,9 +62,9 @@ def lua(name: str) -> str:
     return resources.files("ccci_dist.state").joinpath("scripts", f"{name}.lua").read_text(encoding="utf-8")
 
 
-CLAIM, PENDING_INBOX, RENEW, FENCE_OK, FINISH, ENQUEUE, REQUEUE, RELEASE, SET_PHASE, INBOX_ADD_ONCE, UNCLAIM = (
-    lua(n) for n in ("claim", "pending_inbox", "renew", "fence_ok", "finish", "enqueue", "requeue", "release",
-                     "set_phase", "inbox_add_once", "unclaim"))
+(CLAIM, PENDING_INBOX, RENEW, FENCE_OK, FINISH, ENQUEUE, REQUEUE, RELEASE, SET_PHASE, INBOX_ADD_ONCE, UNCLAIM,
+ TICK_VIEW) = (lua(n) for n in ("claim", "pending_inbox", "renew", "fence_ok", "finish", "enqueue", "requeue",
+                                "release", "set_phase", "inbox_add_once", "unclaim", "tick_view"))
 NOT_REPLICATED = "not_replicated"
 
 
@@ -94,6 +95,11 @@ class Claimed(NamedTuple):
     run: RunState
     loop: LoopState
     inbox: list[tuple[str, str]]  # pending (id, text)
+
+
+def _hash(flat: list[str]) -> dict[str, str]:
+    """A hash as a script returns it (HGETALL's flat field, value list) as a dict."""
+    return dict(zip(flat[::2], flat[1::2], strict=False))
 
 
 def _pairs(entries: list) -> list[tuple[str, dict[str, str]]]:
@@ -128,6 +134,7 @@ class Store:
         self._release = r.register_script(RELEASE)
         self._set_phase = r.register_script(SET_PHASE)
         self._inbox_add_once = r.register_script(INBOX_ADD_ONCE)
+        self._tick_view = r.register_script(TICK_VIEW)
 
     def ping(self) -> bool:
         """Raise a ``BrokerError`` unless Redis answers."""
@@ -135,26 +142,15 @@ class Store:
 
     # -- runs -------------------------------------------------------------------------
     def tick_view(self) -> list[RunView]:
-        """Every run with its loops as one watchdog tick needs them, in three round trips whatever
-        the number of runs and loops (the run set; the run hashes; every loop's hash, lease TTL and
-        queued task)."""
-        runs = self.runs()
-        pipe = self.r.pipeline(transaction=False)
-        for run in runs:
-            pipe.hgetall(k_run(run))
-        states = [RunState.from_hash(h) for h in pipe.execute()]
-        pipe = self.r.pipeline(transaction=False)
-        for run, rs in zip(runs, states, strict=True):
-            for role in rs.roles:
-                pipe.hgetall(k_loop(run, role))
-                pipe.pttl(k_lease(run, role))
-                pipe.get(k_next(run, role))
-        replies = iter(pipe.execute())
+        """Every run with its loops as one watchdog tick needs them, in one round trip whatever the
+        number of runs and loops (``scripts/tick_view.lua``: run hashes, loop hashes, lease TTLs,
+        queued tasks). One nested reply parses in C (hiredis), not one reply per key in Python."""
         out = []
-        for run, rs in zip(runs, states, strict=True):
-            loops = {role: LoopView(LoopState.from_hash(next(replies)), int(next(replies)), next(replies) or "")
-                     for role in rs.roles}
-            out.append(RunView(run, rs, loops))
+        for run, flat, loops in self._tick_view(args=[P]):
+            rs = RunState.from_hash(_hash(flat))
+            got = {role: LoopView(LoopState.from_hash(_hash(lh)), int(pttl), nxt or "")
+                   for role, lh, pttl, nxt in loops}
+            out.append(RunView(run, rs, {role: got[role] for role in rs.roles if role in got}))
         return out
 
     def runs(self) -> list[str]:
