@@ -308,3 +308,16 @@ def use_bench_subnet(netns_module) -> None:
     """Move the netns test bed's host addresses to the benchmarks' own private range."""
     netns_module.ADDRS.update({"sched": f"{BENCH_SUBNET}.1", "w1": f"{BENCH_SUBNET}.11",
                                "w2": f"{BENCH_SUBNET}.12", "vm": f"{BENCH_SUBNET}.20"})
+
+
+def bench_testbed(netns_module):
+    """``tests/netns.py``'s Testbed with namespaces named ``ccci-<CCCI_BENCH_TAG or bench>-<pid>-*``
+    (sessions sharing a machine tell their beds apart by the tag)."""
+
+    class Bed(netns_module.Testbed):
+        def _build(self, hosts: tuple[str, ...]) -> None:
+            self.tag = f"{os.environ.get('CCCI_BENCH_TAG', 'bench')}-{os.getpid()}"
+            self.br_ns = f"ccci-{self.tag}-br"
+            super()._build(hosts)
+
+    return Bed

@@ -2,9 +2,12 @@
 """Scale: 50 loops (25 runs x builder+reviewer) with a fast no-op agent on 2 worker hosts.
 
 Multi-host bed from ``tests/netns.py`` (addresses moved to 10.232.0.0/24): redis-server and a
-separate celery beat on ``sched``, one ``-P threads -c N`` worker on each of ``w1`` and ``w2``.
-Each run has its own bare project repo and is started with ``CCCI_RUN=run-NN ccci-dist start``;
+separate celery beat on ``sched``, one ``-P threads -c N`` worker on each of ``--workers`` hosts
+(``w1``, ``w2``, ``w3``, ...). Each run has its own bare project repo and is started with
+``CCCI_RUN=run-NN ccci-dist start`` (``--fast-start``: the same ``start_run`` for every run in one
+process on ``sched``, so 100 runs do not cost 100 interpreter start-ups on a loaded machine);
 the plan's DoD is never completed by the no-op agent, so every loop iterates for the whole window.
+The issue's real run: ``--runs 100 --workers 3`` (200 loops on 4 namespace hosts).
 
 Figures over the measurement window (after all runs are started):
   * watchdog tick time p50/max (ms, from ``ccci:watchdog:ticks``), beside the same with 1 run;
@@ -14,7 +17,7 @@ Figures over the measurement window (after all runs are started):
   * duplicates: two agents of one loop alive at once (agent start/stop log), and an iteration
     number of one loop recorded twice as success in the history. Both must be zero.
 
-Usage: scale.py [--duration 120] [--runs 25] [--concurrency 25] [--baseline 30]
+Usage: scale.py [--duration 120] [--runs 25] [--concurrency 25] [--baseline 30] [--workers 2] [--fast-start]
 """
 
 from __future__ import annotations
@@ -36,9 +39,24 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "tests"))
 import netns  # noqa: E402
-from common import NOOP_AGENT, loadavg, make_plan, make_repo, pct, row, use_bench_subnet  # noqa: E402
+from common import NOOP_AGENT, bench_testbed, loadavg, make_plan, make_repo, pct, row, use_bench_subnet  # noqa: E402,E501
 
 use_bench_subnet(netns)
+for _i in range(3, 10):  # worker hosts beyond w1, w2
+    netns.ADDRS.setdefault(f"w{_i}", f"{netns.ADDRS['w1'].rsplit('.', 1)[0]}.{10 + _i}")
+
+FAST_START = r"""
+import sys
+from ccci_dist.config import load_config
+from ccci_dist.engine.app import use_settings
+from ccci_dist.engine.iteration import get_store
+from ccci_dist.engine.runs import start_run
+for arg in sys.argv[1:]:
+    run, repo = arg.split("=", 1)
+    s = load_config(None, run=run, project_repo=repo)
+    use_settings(s)
+    start_run(get_store(s), s)
+"""
 
 BASH_LOOPS = r"""
 agent=$1; prompt=$2; out=$3; secs=$4; loops=$5
@@ -137,13 +155,18 @@ def main() -> int:
     ap.add_argument("--baseline", type=int, default=30, help="seconds of the bash-loops baseline (0 = skip)")
     ap.add_argument("--ttl", default="10")
     ap.add_argument("--tick", default="5")
+    ap.add_argument("--workers", type=int, default=2, help="worker hosts (w1..wN), each its own namespace")
+    ap.add_argument("--fast-start", action="store_true", help="start the runs in one process on sched")
     a = ap.parse_args()
+    if not 1 <= a.workers <= 9:
+        print("error: --workers must be 1..9", file=sys.stderr)
+        return 2
     reason = netns.unavailable_reason()
     if reason:
         print(f"scale: skipped ({reason})")
         return 0
     loops = a.runs * 2
-    print(f"== scale: {loops} loops ({a.runs} runs x 2 roles), no-op agent, 2 worker hosts x {a.concurrency} "
+    print(f"== scale: {loops} loops ({a.runs} runs x 2 roles), no-op agent, {a.workers} worker hosts x {a.concurrency} "
           f"threads, {a.duration:g} s window, lease_ttl {a.ttl} s, tick {a.tick} s "
           f"(load avg before: {loadavg()}) ==", flush=True)
     base = Path(tempfile.mkdtemp(prefix="ccci-bench-scale-"))
@@ -156,13 +179,15 @@ def main() -> int:
         env = {"CCCI_LEASE_TTL": a.ttl, "CCCI_WATCHDOG_INTERVAL": a.tick, "CCCI_PICKUP_TIMEOUT": "60",
                "CCCI_BACKOFF_BASE": "30", "CCCI_KILL_GRACE": "1", "CCCI_PLAN_DIR": str(plan),
                "CCCI_AGENT_COMMAND": NOOP_AGENT, "BENCH_AGENT_LOG": str(agent_log)}
-        with netns.Testbed(base / "bed", **env) as tb:
+        names = ("sched", *(f"w{i}" for i in range(1, a.workers + 1)))
+        with bench_testbed(netns)(base / "bed", hosts=names, **env) as tb:
+            workers = [tb.hosts[n] for n in names[1:]]
             tb.start_redis()
             beat = tb.beat(tb.sched)
-            for h in (tb.w1, tb.w2):
+            for h in workers:
                 tb.worker(h, concurrency=a.concurrency)
-            for h in (tb.w1, tb.w2):
-                tb.worker_ready(h, timeout=120)
+            for h in workers:
+                tb.worker_ready(h, timeout=180)
             r = tb.redis()
             repos = []
             for i in range(a.runs):
@@ -180,8 +205,14 @@ def main() -> int:
             netns.wait_for(lambda: r.llen("ccci:watchdog:ticks") >= 3, 30 * float(a.tick) + 60, 0.2, "3 ticks")
             ticks1 = [float(x) for x in r.lrange("ccci:watchdog:ticks", 0, -1)]
             t_start = time.monotonic()
-            with ThreadPoolExecutor(4) as ex:
-                list(ex.map(start, range(1, a.runs)))
+            if a.fast_start:
+                p = tb.sched.run([sys.executable, "-c", FAST_START,
+                                  *(f"run-{i:02d}={repos[i]}" for i in range(1, a.runs))], timeout=900)
+                if p.returncode != 0:
+                    raise RuntimeError(f"starting the runs failed: {p.stderr[-2000:]}")
+            else:
+                with ThreadPoolExecutor(4) as ex:
+                    list(ex.map(start, range(1, a.runs)))
             print(f"  started {a.runs} runs in {time.monotonic() - t_start:.1f} s", flush=True)
             r.delete("ccci:watchdog:ticks")
             t0 = time.time()
@@ -202,11 +233,11 @@ def main() -> int:
             dup_live = overlaps(events)
             restarts = sum(1 for i in range(a.runs) for _ in r.xrange(f"ccci:events:run-{i:02d}")
                            if _[1].get("kind") == "restart")
-            spans, skipped = tick_spans([h.dir / "worker.log" for h in (tb.w1, tb.w2)], t0, t1)
+            spans, skipped = tick_spans([h.dir / "worker.log" for h in workers], t0, t1)
             concurrent = sum(1 for a_, b_ in zip(spans, spans[1:], strict=False) if b_[0] < a_[1])
             # The same tick on the same 25-run state without the load: workers and beat killed,
             # leases left to lapse, then ticks run directly (in the sched namespace) and timed.
-            for h in (tb.w1, tb.w2):
+            for h in workers:
                 h.kill_all()
             beat.kill()
             time.sleep(float(a.ttl) + 1)
