@@ -41,7 +41,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "tests"))
 import netns  # noqa: E402
-from common import loadavg, make_plan, pct, row, use_bench_subnet  # noqa: E402
+from common import bench_testbed, loadavg, make_plan, pct, row, use_bench_subnet  # noqa: E402
 
 use_bench_subnet(netns)
 
@@ -80,7 +80,7 @@ def measure(base: Path, ttl: float, tick: float, runs: int, rng: random.Random,
            "CCCI_DEMO_SLEEP": "3600", "CCCI_INBOX_POLL_INTERVAL": "0"}
     out: list[float] = []
     notes: list[str] = []
-    with netns.Testbed(base / "bed", **env) as tb:
+    with bench_testbed(netns)(base / "bed", **env) as tb:
         tb.start_redis()
         tb.beat(tb.sched)
         for h in (tb.w1, tb.w2):
