@@ -162,6 +162,7 @@ def base_env(broker: str, repo: Path, plan: Path, tmp: Path, **over: str) -> dic
         "CCCI_BROKER_URL": broker, "CCCI_PROJECT_REPO": str(repo), "CCCI_PLAN_DIR": str(plan),
         "CCCI_STATE_DIR": str(tmp / "state"), "CCCI_WORKSPACE_DIR": str(tmp / "ws"),
         "CCCI_AGENT_COMMAND": NOOP_AGENT, "CCCI_INBOX_POLL_INTERVAL": "30", "PYTHONUNBUFFERED": "1",
+        "CCCI_NO_PROGRESS_LIMIT": "0",  # the no-op agent never commits: the breaker would pause its loops
     }
     env.update(over)
     return env

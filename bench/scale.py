@@ -178,7 +178,8 @@ def main() -> int:
         agent_log = base / "agent.jsonl"
         env = {"CCCI_LEASE_TTL": a.ttl, "CCCI_WATCHDOG_INTERVAL": a.tick, "CCCI_PICKUP_TIMEOUT": "60",
                "CCCI_BACKOFF_BASE": "30", "CCCI_KILL_GRACE": "1", "CCCI_PLAN_DIR": str(plan),
-               "CCCI_AGENT_COMMAND": NOOP_AGENT, "BENCH_AGENT_LOG": str(agent_log)}
+               "CCCI_AGENT_COMMAND": NOOP_AGENT, "BENCH_AGENT_LOG": str(agent_log),
+               "CCCI_NO_PROGRESS_LIMIT": "0"}  # the no-op agent never commits: no breaker pause
         names = ("sched", *(f"w{i}" for i in range(1, a.workers + 1)))
         with bench_testbed(netns)(base / "bed", hosts=names, **env) as tb:
             workers = [tb.hosts[n] for n in names[1:]]
