@@ -20,7 +20,8 @@ Faults: crash | hang | nonjson | exit1 | auth | violate | limit:SECS | limit_tex
         secrets_force (``git add -f`` secret-looking files and commit them, then work normally) |
         env:FILE (append this agent's environment to FILE as one JSON line, then work normally) |
         ccci:FILE (run `ccci-dist config show --json` and `ccci-dist vm check` as found on PATH, append
-        their output and the agent's environment to FILE as one JSON line, then work normally)
+        their output and the agent's environment to FILE as one JSON line, then work normally) |
+        gate:FILE (work normally, commit, write FILE.ready, then wait until FILE exists before the result)
 
 The builder fixes each item the prompt's "What blocks DONE" section lists as FAILED (a
 ``fixed`` line in its work file); the reviewer re-verifies a failed item once it is fixed.
@@ -357,6 +358,11 @@ def _act(ctx: dict, prompt: str, role: str, fault: str, session: str, started: f
         text = supervisor(ctx, prompt, fault)
     else:
         text = builder(ctx, prompt, fault) if role == "builder" else reviewer(ctx, prompt, fault)
+    if name == "gate":  # a test times an outage around this point: the work is committed, the agent not done
+        Path(arg + ".ready").write_text(str(os.getpid()))
+        while not os.path.exists(arg):
+            _emit({"type": "assistant", "message": {"content": [{"type": "text", "text": "waiting at the gate"}]}})
+            time.sleep(0.2)
     _emit({"type": "assistant", "message": {"content": [{"type": "text", "text": text}]}})
     _emit(_result(session, started, text, prompt))
     return 0

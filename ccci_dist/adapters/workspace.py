@@ -25,6 +25,13 @@ GIT_ENV = {
     "GIT_COMMITTER_EMAIL": "ccci-dist@localhost",
 }
 NO_PUSH = "no_push://agents-commit-the-runner-pushes"
+ABANDONED = "refs/ccci/abandoned/"  # work not pushed to the branch, kept rather than lost
+
+
+def abandoned_ref(run: str, role: str, number: int, attempt: int) -> str:
+    """Where an attempt whose lease was lost keeps its commits on the remote (run and role names are
+    validated path-safe)."""
+    return f"{ABANDONED}{run}/{role}/{number}-{attempt}"
 
 
 class GitError(Exception):
@@ -107,11 +114,24 @@ class Workspace:
         remote = f"origin/{self.branch}"
         ahead = git(self.path, "rev-list", "--count", f"{remote}..HEAD", check=False)
         if ahead and ahead != "0":
-            git(self.path, "update-ref", f"refs/ccci/abandoned/{label}-{int(time.time())}", "HEAD")
+            self.keep(f"{ABANDONED}{label}-{int(time.time())}")
         # -f resets index and work tree to the remote tip, like reset --hard, in one process
         git(self.path, "checkout", "-q", "-f", "-B", self.branch, remote)
         git(self.path, "clean", "-q", "-fd")
         return self.head()
+
+    def keep(self, ref: str, remote: bool = False) -> None:
+        """Keep HEAD's commits under ``ref`` (``refs/ccci/abandoned/...``) in the clone; with ``remote``
+        on the remote too, where the next attempt finds them from any host (outside every branch: no
+        fence is needed, nothing an agent works on moves)."""
+        git(self.path, "update-ref", ref, "HEAD")
+        if remote:
+            git(self.path, "push", "-q", "--force", self.repo, f"HEAD:{ref}", timeout=120)
+
+    def remote_refs(self, pattern: str) -> list[str]:
+        """The names of the remote's refs matching ``pattern`` (``git ls-remote`` patterns)."""
+        out = git(self.path, "ls-remote", self.repo, pattern, timeout=120)
+        return [line.split("\t", 1)[1] for line in out.splitlines() if "\t" in line]
 
     def exclude(self, patterns: list[str]) -> None:
         """Keep ``patterns`` out of ``git add`` in this clone (``.git/info/exclude``, rewritten only

@@ -77,6 +77,16 @@ def assemble(*, role: str, run: str, iteration: int, phase: str, plan: dict,
     return "\n\n".join(p for p in parts if p) + "\n"
 
 
+def salvage_note(refs: Sequence[str]) -> str:
+    """The note for an attempt after one that lost its lease with commits it could not push: they are
+    on the remote under ``refs`` (``refs/ccci/abandoned/...``)."""
+    names = ", ".join(refs)
+    return (f"An earlier attempt of this iteration finished work but lost its lease (a broker outage) before "
+            f"it could push. Its commits are kept on the remote under {names}: fetch them "
+            f"(git fetch origin '{refs[0]}') and salvage what is still needed (cherry-pick or merge) "
+            "instead of redoing it.")
+
+
 def parse_context(prompt: str) -> dict[str, str]:
     """The key=value pairs of the prompt's first-line context comment."""
     first = prompt.split("\n", 1)[0]

@@ -23,7 +23,7 @@ from typing import Any
 
 from ccci_dist.adapters.agent import AgentProcess, IterationResult, agent_kind, build_command, profile_env
 from ccci_dist.adapters.broker import client
-from ccci_dist.adapters.workspace import GitError, Probe, PushRefused, Workspace
+from ccci_dist.adapters.workspace import ABANDONED, GitError, Probe, PushRefused, Workspace, abandoned_ref
 from ccci_dist.config import Settings, hostname
 from ccci_dist.core import agents
 from ccci_dist.core.limits import backoff_seconds, clock
@@ -31,7 +31,7 @@ from ccci_dist.core.outcome import Outcome, classify
 from ccci_dist.core.phases import REVIEW_FILE, STATUS_FILE, MachineDocs, blockers, docs_fingerprint, working_phase
 from ccci_dist.core.plan import DEFAULT_FORBIDDEN_PATHS, forbidden_hits, from_snapshot, specs_of
 from ccci_dist.core.policy import Decision, LoopFacts, Ran, decide
-from ccci_dist.core.prompt import assemble
+from ccci_dist.core.prompt import assemble, salvage_note
 from ccci_dist.core.roles import RoleSpec, allowed_paths, role_spec, verb_violations
 from ccci_dist.core.schedule import next_midnight
 from ccci_dist.core.tick import waits_for_verdicts
@@ -42,9 +42,11 @@ from ccci_dist.logsetup import log_context, prune_logs
 from ccci_dist.state.inbox_store import stream_order as _sid
 from ccci_dist.state.lease import Heartbeat
 from ccci_dist.state.models import LoopState, RunState
+from ccci_dist.state.outage import OutageLog, Unreachable, patiently
 from ccci_dist.state.store import NOT_REPLICATED, PAUSED, STOPPED, Claimed, Store
 
 log = logging.getLogger(__name__)
+OUTAGE = OutageLog(log, "iteration runner")
 
 # Agent env vars that would hand an agent the keys to the broker or the notifiers.
 SECRET_ENV = ("CCCI_BROKER_URL", "CCCI_BROKER_PASSWORD_FILE", "CCCI_NOTIFY_URLS")
@@ -218,6 +220,40 @@ class Iteration:
         if self.agent is not None:
             self.agent.kill(why)
 
+    def _patient(self, call):
+        """``call()`` (a Store call) through a Redis blip: retried while this iteration's lease may still be
+        valid (the heartbeat moves its expiry on each renewal); ``Unreachable`` after that."""
+        hb = self.heartbeat
+        return patiently(call, lambda: hb.expires if hb is not None and not hb.lost else 0.0, OUTAGE)
+
+    def _fence_ok(self) -> bool:
+        """The fence check before a push, through a Redis blip; False once the lease may have lapsed."""
+        try:
+            return self._patient(lambda: self.store.fence_ok(self.run, self.role, self.token, self.owner))
+        except Unreachable:
+            return False
+
+    def _abandon(self, ws: Workspace, why: str) -> str:
+        """Keep the agent's unpushed commits on the remote, where the next attempt is told to salvage them."""
+        ref = abandoned_ref(self.run, self.role, self.number, self.attempt)
+        try:
+            ws.keep(ref, remote=True)
+        except (GitError, OSError, subprocess.SubprocessError) as exc:  # the clone's own ref still has them
+            log.warning("iteration %s: %s; its commits are kept in the clone only (%s)", self.number, why, exc)
+            return ref
+        log.warning("iteration %s: %s; its commits are kept on the remote under %s", self.number, why, ref)
+        return ref
+
+    def _salvage(self, ws: Workspace) -> str:
+        """The salvage note when an earlier attempt of this iteration kept commits on the remote."""
+        if self.attempt == 1 and self.loop.last_outcome != "lease_lost":  # the common case: nothing to ask
+            return ""
+        try:
+            refs = ws.remote_refs(f"{ABANDONED}{self.run}/{self.role}/{self.number}-*")
+        except (GitError, OSError, subprocess.SubprocessError):
+            return ""
+        return salvage_note(refs) if refs else ""
+
     def execute(self, claimed: Claimed, probe: Probe | None = None) -> str:
         """Run the claimed iteration, from the state read right after the claim (and the
         workspace's quick check, if one was started)."""
@@ -228,12 +264,19 @@ class Iteration:
         hb.start()
         try:
             return self._execute(claimed.inbox, probe)
+        except Unreachable:  # nothing can be recorded: the lease lapses and the watchdog re-runs this number
+            log.warning("iteration %s of %s/%s: Redis stayed unreachable until its lease ran out; left to the "
+                        "watchdog", self.number, self.run, self.role)
+            self.failed = True
+            return "unreachable"
         except Exception as exc:  # record, back off, never spin; the lease tells the watchdog
             log.exception("iteration crashed in the runner")
             detail = f"runner: {exc.__class__.__name__}: {exc}"[:300]
             try:
                 self._finish(IterationResult(), Outcome(kind="crash", action="backoff", detail=detail),
                              base="", pushed="", violations=[], inbox_last="")
+            except Unreachable:
+                log.warning("the crash was not recorded: Redis stayed unreachable until the lease ran out")
             except Exception as again:  # the bug is in the finishing itself: record it plainly
                 log.exception("recording the crash failed; recording it without the finishing rules")
                 self._record_crash(f"{detail}; finishing: {again.__class__.__name__}: {again}"[:300])
@@ -317,8 +360,9 @@ class Iteration:
         if inbox:
             self.store.note_inbox_carried(self.run, self.role, inbox[-1][0])
         handoff = self._pick_profile(phase, len(inbox), bool(blocking))
+        salvage = self._salvage(ws)
         prompt = assemble(role=self.role, run=self.run, iteration=self.number, phase=phase,
-                          plan=plan, inbox=inbox, nudges=[*nudges, *([handoff] if handoff else [])],
+                          plan=plan, inbox=inbox, nudges=[*nudges, *(n for n in (salvage, handoff) if n)],
                           blockers=blocking, repeats=repeats,
                           digest=digest(self.store, self.s, self.run) if self.spec.digest else "")
         # another profile is another account (or vendor): its sessions are not this one's
@@ -358,6 +402,8 @@ class Iteration:
             res.killed = self.lost
         outcome = self._classify(res)
         pushed, violations = "", []
+        if res.killed == "lease_lost" and ws.commits_since(base):
+            self._abandon(ws, "its lease was lost while the agent ran")
         if not res.killed and ws.commits_since(base):
             violations = ws.outside(base, allowed_paths(self.spec, self.specs, self.s.reviewer_paths))
             # a secret committed and removed again is still in the history a push would publish
@@ -366,12 +412,17 @@ class Iteration:
             violations += verb_violations(self.spec, ws.added_lines(base, (STATUS_FILE, REVIEW_FILE)))
             if not violations:
                 try:
-                    pushed = ws.push(lambda: self.store.fence_ok(self.run, self.role, self.token, self.owner))
+                    pushed = ws.push(self._fence_ok)
                 except PushRefused:
-                    self.store.event(self.run, "stale_write_refused", role=self.role, iteration=self.number,
-                                     detail="push refused: fencing token no longer current")
+                    ref = self._abandon(ws, "push refused: its lease was lost")
+                    try:
+                        self._patient(lambda: self.store.event(
+                            self.run, "stale_write_refused", role=self.role, iteration=self.number,
+                            detail=f"push refused: fencing token no longer current; commits kept under {ref}"))
+                    except Unreachable:
+                        pass
                     notify("stale_write_refused", f"{self.run}/{self.role}: stale push refused",
-                           f"iteration {self.number} lost its lease; its work was not pushed")
+                           f"iteration {self.number} lost its lease; its work was not pushed but kept under {ref}")
                     return "refused"
                 except GitError as exc:
                     outcome = Outcome(kind="api_error", action="backoff", detail=str(exc)[:300])
@@ -418,8 +469,8 @@ class Iteration:
         the profile the role continues on ("" if none: the loop stalls)."""
         limited = outcome.action == "stall" and outcome.limit is not None
         until = outcome.limit.resets_at if limited and outcome.limit is not None else None
-        self.store.record_agent_window(self.profile, agents.window_fields(
-            self.rate_events, until, outcome.limit.kind if outcome.limit else "", now))
+        fields = agents.window_fields(self.rate_events, until, outcome.limit.kind if outcome.limit else "", now)
+        self._patient(lambda: self.store.record_agent_window(self.profile, fields))
         if until is None or not self.s.agent_fallback:
             return ""
         windows = {**self.windows, self.profile: agents.ProfileWindow(limited_until=until.timestamp())}
@@ -504,18 +555,21 @@ class Iteration:
         if waiting:
             history["waiting"] = waiting
             next_task = ""
-        if res.total_cost_usd and self.store.fence_ok(self.run, self.role, self.token, self.owner):
+        if res.total_cost_usd and self._fence_ok():
             self._charge(res.total_cost_usd, now)  # before finish: a reached budget holds the successor
-        ok = self.store.finish(self.run, self.role, self.token, self.owner,
-                               {k: str(v) for k, v in fields.items()}, {k: str(v) for k, v in history.items()},
-                               next_task=next_task, run_fields=run_fields, inbox_ack=inbox_last,
-                               nudges=nudge_update)
+        ok = self._patient(lambda: self.store.finish(
+            self.run, self.role, self.token, self.owner, {k: str(v) for k, v in fields.items()},
+            {k: str(v) for k, v in history.items()}, next_task=next_task, run_fields=run_fields,
+            inbox_ack=inbox_last, nudges=nudge_update))
         if not ok:
             log.warning("iteration %s is stale; its result was refused", self.number)
             return "refused"
         for n in d.notices:
             notify(n.event, f"{self.run}/{self.role}: {n.title}", n.body)
-        self._after(d, outcome)
+        try:
+            self._after(d, outcome)
+        except Exception as exc:  # recorded already: a second record (the crash path) would repeat it
+            log.warning("after iteration %s: %s: %s", self.number, exc.__class__.__name__, exc)
         self._report(outcome, res, pushed, now)
         if next_task:
             try:
@@ -552,7 +606,7 @@ class Iteration:
 
     def _charge(self, cost: float, now: datetime) -> None:
         day = now.strftime("%Y-%m-%d")
-        total = self.store.charge(self.run, self.role, day, cost)
+        total = self._patient(lambda: self.store.charge(self.run, self.role, day, cost))
         budget = self.s.daily_budget_usd
         if budget and total >= budget:
             until = next_midnight(now)

@@ -6,6 +6,12 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
+from typing import TypeVar
+
+import redis
+
+T = TypeVar("T")
 
 
 class OutageLog:
@@ -41,3 +47,27 @@ class OutageLog:
         extra = f", {lost} lines not mirrored" if lost else ""
         self.log.warning("%s: Redis reachable again after %.1f s (%d failed calls%s)", self.what, length,
                          failures, extra)
+
+
+class Unreachable(Exception):
+    """Redis stayed unreachable until the caller's deadline (an iteration: until its lease would lapse)."""
+
+
+def patiently(call: Callable[[], T], until: Callable[[], float], outage: OutageLog, cap: float = 1.0) -> T:
+    """``call()``, retried with bounded back-off (0.1 s doubling to ``cap``) while Redis cannot be
+    reached, until the monotonic instant ``until()`` (read on each retry: a renewed lease moves it).
+    Raises ``Unreachable`` past it; any other error at once. The outage is logged by ``outage``."""
+    delay = 0.1
+    while True:
+        try:
+            value = call()
+        except (redis.ConnectionError, redis.TimeoutError) as exc:  # BusyLoadingError (AOF replay) too
+            outage.failed(exc)
+            left = until() - time.monotonic()
+            if left <= 0:
+                raise Unreachable(f"Redis unreachable ({exc.__class__.__name__})") from exc
+            time.sleep(min(delay, left))
+            delay = min(delay * 2, cap)
+            continue
+        outage.ok()
+        return value
