@@ -6,14 +6,18 @@ Nothing here is a mock: each helper starts the real program on a free loopback p
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
 import sys
 import threading
 import time
+import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -49,6 +53,62 @@ def wait_ticks(r, n: int = 1, timeout: float = 60.0) -> None:
         last = r.get("ccci:watchdog:last")
         wait_for(lambda last=last: r.get("ccci:watchdog:last") not in (None, last), timeout, 0.05,
                  "the next watchdog tick")
+
+
+B64 = re.compile(rb"[A-Za-z0-9+/]{12,}={0,2}")
+
+
+def decoded(raw: bytes, bodies: list[bytes] | None = None, depth: int = 0) -> list[str]:
+    """``raw`` as text, plus every layer hidden inside it: zlib-compressed (archived logs), base64 (Celery
+    task bodies). ``bodies`` collects the base64 layers found (a test can check task bodies were among them)."""
+    out = [raw.decode("utf-8", "replace")]
+    if depth > 3:
+        return out
+    try:
+        out += decoded(zlib.decompress(raw), bodies, depth + 1)
+    except zlib.error:
+        pass
+    for token in B64.findall(raw):
+        try:
+            inner = base64.b64decode(token + b"=" * (-len(token) % 4), validate=True)
+        except (binascii.Error, ValueError):
+            continue
+        if inner.isascii() or inner[:2] in (b"x\x9c", b"x\xda", b"x\x01"):
+            if bodies is not None:
+                bodies.append(inner)
+            out += decoded(inner, bodies, depth + 1)
+    return out
+
+
+def redis_texts(r: redis.Redis, bodies: list[bytes] | None = None) -> list[str]:
+    """Every key and value of every type in the Redis behind ``r`` (any client, decoding or not), decoded
+    with ``decoded``: what a secret-leak search reads."""
+    raw = redis.Redis(connection_pool=redis.ConnectionPool(
+        **{**r.connection_pool.connection_kwargs, "decode_responses": False}))
+    out: list[str] = []
+    for key in raw.scan_iter(count=1000):
+        raws: list[bytes] = [key]
+        kind = raw.type(key).decode()
+        if kind == "string":
+            raws.append(raw.get(key) or b"")
+        elif kind == "hash":
+            for f, v in raw.hgetall(key).items():
+                raws += [f, v]
+        elif kind == "list":
+            raws += raw.lrange(key, 0, -1)
+        elif kind == "set":
+            raws += list(raw.smembers(key))
+        elif kind == "zset":
+            raws += raw.zrange(key, 0, -1)
+        elif kind == "stream":
+            for mid, fields in raw.xrange(key):
+                raws.append(mid)
+                for f, v in fields.items():
+                    raws += [f, v]
+        for item in raws:
+            out += decoded(item, bodies)
+    raw.close()
+    return out
 
 
 def agent_alive(pid: int) -> bool:

@@ -11,20 +11,17 @@ ANTHROPIC_API_KEY) is the credential the agent CLI needs, so it reaches the agen
 from __future__ import annotations
 
 import base64
-import binascii
 import json
-import re
 import sys
 import threading
 import urllib.error
 import urllib.request
-import zlib
 from pathlib import Path
 
 import pytest
 import redis
 from engine_fixtures import Bed
-from harness import Proc, RedisServer, free_port, wait_for
+from harness import Proc, RedisServer, decoded, free_port, redis_texts, wait_for
 from test_flower import flower_process
 
 BROKER = "CANARY-broker-pw-5e1f0a"
@@ -49,55 +46,7 @@ WEB_ENDPOINTS = ["/", "/login", "/run/{run}", "/run/{run}/history", "/api/status
 WEB_USER, WEB_PASSWORD = "ops", "web-pw-not-a-canary"
 
 
-B64 = re.compile(rb"[A-Za-z0-9+/]{12,}={0,2}")
 BODIES: list[bytes] = []  # decoded base64 layers seen (the test checks Celery task bodies were among them)
-
-
-def _decoded(raw: bytes, depth: int = 0) -> list[str]:
-    """``raw`` as text, plus every layer hidden inside it: zlib-compressed, base64 (Celery task bodies)."""
-    out = [raw.decode("utf-8", "replace")]
-    if depth > 3:
-        return out
-    try:
-        out += _decoded(zlib.decompress(raw), depth + 1)
-    except zlib.error:
-        pass
-    for token in B64.findall(raw):
-        try:
-            inner = base64.b64decode(token + b"=" * (-len(token) % 4), validate=True)
-        except (binascii.Error, ValueError):
-            continue
-        if inner.isascii() or inner[:2] in (b"x\x9c", b"x\xda", b"x\x01"):
-            BODIES.append(inner)
-            out += _decoded(inner, depth + 1)
-    return out
-
-
-def _redis_texts(r: redis.Redis) -> list[str]:
-    """Every key and value of every type, decoded."""
-    out: list[str] = []
-    for key in r.scan_iter(count=1000):
-        raws: list[bytes] = [key]
-        kind = r.type(key).decode()
-        if kind == "string":
-            raws.append(r.get(key) or b"")
-        elif kind == "hash":
-            for f, v in r.hgetall(key).items():
-                raws += [f, v]
-        elif kind == "list":
-            raws += r.lrange(key, 0, -1)
-        elif kind == "set":
-            raws += list(r.smembers(key))
-        elif kind == "zset":
-            raws += r.zrange(key, 0, -1)
-        elif kind == "stream":
-            for mid, fields in r.xrange(key):
-                raws.append(mid)
-                for f, v in fields.items():
-                    raws += [f, v]
-        for raw in raws:
-            out += _decoded(raw)
-    return out
 
 
 def _http(url: str, auth: tuple[str, str] | None = None) -> str:
@@ -211,14 +160,14 @@ def test_no_canary_anywhere(tmp_path, remote_repo, receiver):
             pass
 
     try:
-        texts = _redis_texts(r)
+        texts = redis_texts(r, BODIES)
         assert len(texts) > 50 and any("ccci:history:" in t for t in texts), "the run left almost nothing in Redis"
         for t in texts:
             leaks += _leaks("Redis", t)
         assert any("ccci.iteration" in c for c in commands), "no task message seen by MONITOR"
         for c in commands:
             if not c.upper().startswith(("AUTH", '"AUTH')):
-                for t in _decoded(c.encode()):
+                for t in decoded(c.encode(), BODIES):
                     leaks += _leaks("MONITOR", t)
         # the decoder saw Celery task bodies ([args, kwargs, embed] JSON) inside the base64 message bodies
         assert any(b.startswith(b"[[") or b.startswith(b"[{") or b.startswith(b'[["') for b in BODIES), BODIES[:3]

@@ -11,64 +11,12 @@ from pathlib import Path
 import pytest
 import redis
 from engine_fixtures import Bed
-from harness import GitHttpServer, project_repo, wait_for
+from harness import GitHttpServer, project_repo, redis_texts, wait_for
 from test_flower import flower_process
 
 from ccci_dist.config import load_config
 
 pytestmark = pytest.mark.slow
-
-
-def _decoded(raw: bytes) -> list[str]:
-    """``raw`` as text, plus what it holds compressed (zlib: archived logs) or encoded (base64 task bodies)."""
-    import base64
-    import zlib
-
-    out = [raw.decode(errors="replace")]
-    try:
-        out.append(zlib.decompress(raw).decode(errors="replace"))
-    except zlib.error:
-        pass
-    try:
-        msg = json.loads(raw)
-    except ValueError:
-        return out
-    if isinstance(msg, dict) and isinstance(msg.get("body"), str):
-        try:
-            out.append(base64.b64decode(msg["body"]).decode(errors="replace"))
-        except ValueError:
-            pass
-    return out
-
-
-def _redis_values(r: redis.Redis) -> list[str]:
-    """Every key and value in the Redis behind ``r`` (all types, decoded), as text."""
-    raw = redis.Redis(connection_pool=redis.ConnectionPool.from_url(
-        "redis://:{password}@{host}:{port}/{db}".format(**r.connection_pool.connection_kwargs)))
-    out: list[str] = []
-    for key in raw.scan_iter(count=1000):
-        out += _decoded(key)
-        kind = raw.type(key).decode()
-        values: list[bytes] = []
-        if kind == "string":
-            values = [raw.get(key) or b""]
-        elif kind == "hash":
-            for f, v in raw.hgetall(key).items():
-                values += [f, v]
-        elif kind == "list":
-            values = raw.lrange(key, 0, -1)
-        elif kind == "set":
-            values = list(raw.smembers(key))
-        elif kind == "zset":
-            values = [m for m, _ in raw.zrange(key, 0, -1, withscores=True)]
-        elif kind == "stream":
-            for mid, fields in raw.xrange(key):
-                values.append(mid)
-                for f, v in fields.items():
-                    values += [f, v]
-        for v in values:
-            out += _decoded(v)
-    return out
 
 
 class Monitor:
@@ -160,7 +108,7 @@ def test_inline_repo_credentials_refused_then_stripped_everywhere(tmp_path, redi
             b.close()
             commands = mon.stop()
             assert any(ok for _, ok in git_server.requests), "git never authenticated to the remote"
-            values = _redis_values(r)
+            values = redis_texts(r)
             assert any(git_server.url(bare.name) in v for v in values), "the stripped URL is stored"
             assert not [v for v in values if TOKEN in v], "the token is in Redis"
             assert not [c for c in commands if TOKEN in c], "the token went over the wire (task or command)"
