@@ -63,8 +63,17 @@ def _assert_recorded_once(b: Bed, redis, repo: Path) -> None:
 
 def test_a_blip_while_the_agent_runs_keeps_the_iteration(tmp_path, fresh_redis, remote_repo):
     b, w, gate = _start(tmp_path, fresh_redis, remote_repo, ttl="20")
+    before = len(w.output().splitlines())
     fresh_redis.kill()
     _outage(fresh_redis, w)
+    wait_for(lambda: all(f"{c}: Redis reachable again after" in w.output() for c in ("lease renewal", "live log")),
+             60, 0.2, "the outage's end lines")
+    # item 15: the outage is a few lines (one at its start and one at its end per component, Celery's
+    # reconnect lines), not a line per failed call (the agent prints every 0.2 s, renewal runs every 0.5 s)
+    during = w.output().splitlines()[before:]
+    assert len(during) <= 20 and not [line for line in during if "Traceback" in line], "\n".join(during)
+    for component in ("lease renewal", "live log"):
+        assert sum(f"{component}: Redis unreachable" in line for line in during) == 1, "\n".join(during)
     gate.touch()  # the agent finishes once Redis is back
     _assert_recorded_once(b, fresh_redis, remote_repo)
 
