@@ -288,6 +288,10 @@ def test_fallback_from_a_claude_subscription_to_codex_and_back(bed, claude_bin, 
     assert [r for r in claude.main_requests() if float(h1["end"]) < r["time"] < until] == []
     log = (bed.tmp / "w1.log").read_text()
     assert "fallback-key-y" not in log and "subscription-x" not in log
+    # `ccci-dist history` names the profile of each iteration
+    table = bed.cli("history", env={"COLUMNS": "250"}).stdout
+    agent_col = [line.split("│")[5].strip() for line in table.splitlines() if line.startswith("│ builder")]
+    assert agent_col == [h["profile"] for h in hist], table
 
 
 # ---------------------------------------------------------------- the CLI's own retries (a 529 storm)

@@ -259,4 +259,6 @@ def test_agent_quota_windows_on_the_run_page(bed, browser):
     b = page.locator("#agent-windows tr.window.available[data-profile=codex-b]")
     assert (b.locator("td.until").inner_text(), b.locator("td.used").inner_text()) == ("—", "—")
     assert page.locator("#loop-builder .agent").inner_text() == "agent profile default"
+    page.goto(base + "/run/default/history")
+    assert page.locator("#history td.agent").first.inner_text() == "default"
     page.close()

@@ -211,14 +211,16 @@ def history_cmd(obj: Ctx, limit: int, as_json: bool) -> None:
         for row in rows:
             click.echo(json.dumps(row))
         return
-    t = Table("role", "iter", "try", "host", "start", "secs", "exit", "outcome", "cost", "turns", "commit",
-              title=f"history of run {s.run} ({len(rows)} shown)")
+    # the agent profile of each iteration, once a run uses profiles other than the default
+    agents = any(h.get("profile", "default") not in ("", "default") for h in rows)
+    t = Table("role", "iter", "try", "host", *(["agent"] if agents else []), "start", "secs", "exit", "outcome",
+              "cost", "turns", "commit", title=f"history of run {s.run} ({len(rows)} shown)")
     for h in rows:
         secs = float(h.get("end") or 0) - float(h.get("start") or 0)
         outcome = h.get("outcome", "") + (f" (paused: {h['paused']})" if h.get("paused") else "")
         t.add_row(h.get("role", ""), h.get("iteration", ""), h.get("attempt", ""), h.get("host", ""),
-                  _ago(h.get("start")), f"{secs:.1f}", h.get("exit", ""), outcome,
-                  f"${float(h.get('cost') or 0):.4f}", h.get("turns", ""), (h.get("commit") or "")[:10])
+                  *([h.get("profile", "")] if agents else []), _ago(h.get("start")), f"{secs:.1f}", h.get("exit", ""),
+                  outcome, f"${float(h.get('cost') or 0):.4f}", h.get("turns", ""), (h.get("commit") or "")[:10])
     Console().print(t)
 
 
