@@ -109,9 +109,14 @@ def _probe_bed(tmp_path: Path, remote_repo: Path, base: Path, password: str, can
     bed.cli("start")
     got = wait_for(lambda: (results / "probe.json").is_file() and (results / "probe.json").stat().st_size
                    and json.loads((results / "probe.json").read_text()), 180, 0.3, "the probe's result")
-    wait_for(lambda: bed.cli("history", "--json").stdout.strip(), 120, 0.5, "the probe iteration in history")
-    bed.cli("stop")
+    wait_for(lambda: _pushed_probe(bed), 120, 0.3, "the probe's commit pushed by the runner")
     return bed, server, got | {"worker": w, "pw_file": pw_file, "config": config}
+
+
+def _pushed_probe(bed: Bed) -> str:
+    """probe.json on the remote's main ('' until the runner pushed the agent's commit)."""
+    return subprocess.run(["git", "--git-dir", str(bed.repo), "show", "main:probe.json"], capture_output=True,
+                          text=True).stdout
 
 
 def _agent_writable_text(bed: Bed, base: Path) -> str:
@@ -143,8 +148,7 @@ def test_agent_as_agent_user_reads_no_worker_secret(tmp_path, remote_repo, base,
             assert r == {"ok": False, "errno": 13, "error": "PermissionError"}, (name, r)  # EACCES, each one
         assert not any(password in v for v in got["own environ"].values())
         # the probe's record reached the pushed branch: what it wrote is what was searched
-        assert "PermissionError" in subprocess.run(["git", "--git-dir", str(bed.repo), "show", "main:probe.json"],
-                                                   capture_output=True, text=True).stdout
+        assert "PermissionError" in _pushed_probe(bed)
         written = _agent_writable_text(bed, base)
         assert "PermissionError" in written
         assert password not in written and canary not in written

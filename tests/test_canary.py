@@ -131,7 +131,7 @@ def test_no_canary_anywhere(tmp_path, remote_repo, receiver):
             b.cli("state", "export", str(export))
             leaks += _leaks("state export", export.read_text())
             units = tmp_path / "units"
-            p = b.cli("systemd", "render", "--user", "root", "--out", str(units), check=False)
+            p = b.cli("systemd", "render", "--user", "root", "--no-agent-user", "--out", str(units), check=False)
             assert p.returncode == 0, p.stderr
             leaks += _leaks("systemd render output", p.stdout + p.stderr)
             for f in units.rglob("*"):
