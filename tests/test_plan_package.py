@@ -65,7 +65,13 @@ def test_cc_ci_plan_checks_ok():
     res = ccci("plan", "check", str(EXAMPLES / "cc-ci-plan"))
     assert res.returncode == 0, res.stderr
     assert res.stderr == ""
-    assert "ok: 8 phases, 10 DoD items, 3 roles" in res.stdout
+    assert "ok: 8 phases, 3 parked plans, 10 DoD items, 3 roles" in res.stdout
+    # the parked plans, listed outside the sequence with their items
+    for pid, slug in (("SSO", "sso-dep-testing"), ("ORCH", "orchestrator-migration"),
+                      ("E2E", "test-e2e-testme-acceptance")):
+        row = next(line for line in res.stdout.splitlines() if f"plan-phase{pid}-{slug}.md" in line)
+        assert f"{pid}.1" in row and f"{pid}.4" in row, row
+    assert load_package(EXAMPLES / "cc-ci-plan").phase_order == CC_CI_PHASES
     for n in range(1, 11):
         assert f"D{n} " in res.stdout
     assert "D11" not in res.stdout
@@ -494,6 +500,18 @@ PACKAGE_DEFECTS = [
      ["no phases in package.toml; list at least one phase id in phases = [...]"]),
     ("no-roles", _toml('phases = ["1", "2"]\nroles = []\n'),
      ["no roles in package.toml; set roles = [\"builder\", \"reviewer\"]"]),
+    ("parked-not-a-list", _toml('phases = ["1", "2"]\nparked = "later.md"\n'),
+     ["parked in package.toml must be a list of plan file names; "
+      "e.g. parked = [\"plan-phaseSSO-sso-dep-testing.md\"]"]),
+    ("parked-bad-name", _toml('phases = ["1", "2"]\nparked = ["later.md"]\n'),
+     ["parked plan 'later.md' is not named plan-phase<ID>-<slug>.md; rename it"]),
+    ("parked-missing", _toml('phases = ["1", "2"]\nparked = ["plan-phaseX-later.md"]\n'),
+     ["missing file: plan-phaseX-later.md; create it"]),
+    ("parked-is-a-phase", _toml('phases = ["1", "2"]\nparked = ["plan-phase2-again.md"]\n'),
+     ["parked plan plan-phase2-again.md has phase id 2, which is already a phase; give it its own id"]),
+    ("parked-without-items", lambda p: ((p / "plan-phaseX-later.md").write_text("# Later\n\nsome day\n"),
+                                        _toml('phases = ["1", "2"]\nparked = ["plan-phaseX-later.md"]\n')(p)),
+     ["no items in parked plan plan-phaseX-later.md; list them as '- **X.1**: ...' under '## Items'"]),
 ]
 
 

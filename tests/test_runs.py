@@ -463,3 +463,33 @@ def test_a_package_from_init_reaches_done_with_the_demo_agent(bed, tmp_path):
     bed.cli("start")
     st = bed.wait_status(lambda st: st["status"] == "done", 120, "init package DONE")
     assert [p["state"] for p in st["phases"]] == ["done", "done"]
+
+
+def test_enqueue_a_parked_plan_takes_it_into_the_run(bed):
+    """cc-ci's parked plans stay outside the sequence until `enqueue phase <parked id>` takes one in:
+    then it is the working phase and part of the run's phases (DONE needs it); a later start keeps it.
+    An id that is neither a phase nor a parked plan is refused with one error line naming both."""
+    from ccci_dist.core.plan import load_package
+
+    cc_ci = ROOT / "examples" / "cc-ci-plan"
+    order = load_package(cc_ci).phase_order
+    bed.env["CCCI_PLAN_DIR"] = str(cc_ci)
+    bed.faults(builder=["hang"], reviewer=["hang"], supervisor=["hang"])
+    bed.worker("w1", beat=True)
+    bed.cli("start")
+    assert [p["id"] for p in bed.status()["phases"]] == order  # parked plans are not in the run
+    bad = bed.cli("enqueue", "phase", "NOPE", check=False)
+    assert bad.returncode == 2 and bad.stderr.splitlines() == [
+        f"error: unknown phase 'NOPE'; the plan's phases are {', '.join(order)}; parked plans: SSO, ORCH, E2E"], bad
+    bed.cli("stop")
+    out = bed.cli("enqueue", "phase", "SSO").stdout
+    assert "parked plan SSO taken into run default" in out and "set to phase SSO" in out, out
+    st = bed.status()
+    assert [p["id"] for p in st["phases"]] == [*order, "SSO"] and st["target_phase"] == "SSO", st["phases"]
+    assert "phase SSO" in st["blocks_done"]
+    plan = json.loads(_r(bed).hget("ccci:run:default", "plan"))
+    assert [i["id"] for i in plan["phases"]["SSO"]["items"]] == ["SSO.1", "SSO.2", "SSO.3", "SSO.4"]
+    wait_for(lambda: [e for e in _builder_starts(bed) if e["phase"] == "SSO"], 60, 0.2, "a builder iteration on SSO")
+    bed.cli("stop")
+    bed.cli("start")  # a restart keeps what the run took in
+    assert [p["id"] for p in bed.status()["phases"]] == [*order, "SSO"]

@@ -71,6 +71,12 @@ def plan_check(directory: Path) -> None:
     for n, ph in enumerate(pkg.phases, 1):
         phases.add_row(str(n), ph.id, ph.file.name, ", ".join(i.id for i in ph.items) or "-")
     console.print(phases)
+    if pkg.parked:
+        parked = Table("parked", "file", "items", title="parked plans (outside the sequence; "
+                                                       "`ccci-dist enqueue phase <id>` takes one in)")
+        for ph in pkg.parked:
+            parked.add_row(ph.id, ph.file.name, ", ".join(i.id for i in ph.items))
+        console.print(parked)
     dod = Table("item", "text", title="Definition of Done")
     for item in pkg.dod:
         dod.add_row(item.id, item.text[:100])
@@ -79,7 +85,8 @@ def plan_check(directory: Path) -> None:
     for role, path in pkg.prompts.items():
         roles.add_row(role, str(path))
     console.print(roles)
-    console.print(f"ok: {len(pkg.phases)} phases, {len(pkg.dod)} DoD items, {len(pkg.roles)} roles")
+    parked = f", {len(pkg.parked)} parked plans" if pkg.parked else ""
+    console.print(f"ok: {len(pkg.phases)} phases{parked}, {len(pkg.dod)} DoD items, {len(pkg.roles)} roles")
 
 
 def scaffold_files(name: str, ids: list[str]) -> dict[str, str]:

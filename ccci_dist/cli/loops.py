@@ -123,6 +123,8 @@ def enqueue_phase(obj: Ctx, phase_id: str, reopen: bool) -> None:
     s, store = open_store(obj)
     info = _guard(start_run, store, s, phase=phase_id, reopen=reopen, must_exist=True)
     _report_kept(info)
+    if info.get("took_parked"):
+        click.echo(f"parked plan {phase_id} taken into run {info['run']} (DONE now needs it complete too)")
     click.echo(f"run {info['run']} set to phase {info['phase']}")
 
 

@@ -3,7 +3,9 @@
 Layout::
 
     package.toml            name, phase order, roles (names, or [roles.<name>] tables: see
-                            core/roles.py), optional [prompts] role -> path
+                            core/roles.py), optional [prompts] role -> path, optional
+                            parked = ["plan-phase<ID>-<slug>.md", ...]: plans outside the
+                            sequence, brought into a run by `enqueue phase <ID>`
     plan.md                 mission; a "## 2" / "Definition of Done" section with D1..Dn
     plan-phase<ID>-<slug>.md  one per phase; its own items "<ID>.<n>"
     prompts/<role>.md       role prompts (paths may point outside the package)
@@ -60,11 +62,22 @@ class PlanPackage(BaseModel):
     prompts: dict[str, Path]
     dod: list[Item]
     specs: list[RoleSpec] = Field(default_factory=list)
+    parked: list[Phase] = Field(default_factory=list)  # outside the sequence until a run takes one in
 
     def spec(self, role: str) -> RoleSpec:
         """The role's spec (its default when the package names roles without tables)."""
         return role_spec(self.specs, role)
     forbidden_paths: list[str] = Field(default_factory=lambda: list(DEFAULT_FORBIDDEN_PATHS))
+
+    @property
+    def parked_ids(self) -> list[str]:
+        return [p.id for p in self.parked]
+
+    def with_parked(self, ids: list[str]) -> PlanPackage:
+        """The package with the parked plans ``ids`` taken into the sequence (appended, in that order)."""
+        taken = [p for i in ids for p in self.parked if p.id == i and i not in self.phase_order]
+        return self.model_copy(update={"phases": [*self.phases, *taken],
+                                       "parked": [p for p in self.parked if p not in taken]})
 
     def phase(self, phase_id: str) -> Phase:
         for p in self.phases:
@@ -210,6 +223,8 @@ def load_package(root: str | Path) -> PlanPackage:
             defects.append(f"duplicate item {dup} in {files[0].name}; number each item once")
         phases.append(Phase(id=pid, file=files[0], title=_title(text), items=items))
 
+    parked = _parked(meta.get("parked", []), root, set(order), defects)
+
     dod: list[Item] = []
     plan_text = _read_text(root / "plan.md", defects, root)
     if plan_text is not None:
@@ -241,7 +256,34 @@ def load_package(root: str | Path) -> PlanPackage:
     if defects:
         raise PackageError(defects)
     return PlanPackage(root=root, name=name, phases=phases, roles=roles, prompts=prompts, dod=dod, specs=specs,
-                       forbidden_paths=[str(p) for p in forbidden])
+                       forbidden_paths=[str(p) for p in forbidden], parked=parked)
+
+
+def _parked(raw: object, root: Path, order: set[str], defects: list[str]) -> list[Phase]:
+    """The parked plans package.toml lists: phase files outside the sequence (``plan-phase<ID>-<slug>.md``)."""
+    if not isinstance(raw, list) or not all(isinstance(f, str) for f in raw):
+        defects.append("parked in package.toml must be a list of plan file names; "
+                       "e.g. parked = [\"plan-phaseSSO-sso-dep-testing.md\"]")
+        return []
+    out: list[Phase] = []
+    for name in raw:
+        m = PHASE_FILE_RE.match(name)
+        if m is None:
+            defects.append(f"parked plan {name!r} is not named plan-phase<ID>-<slug>.md; rename it")
+            continue
+        pid = m.group("id")
+        if pid in order or pid in {p.id for p in out}:
+            defects.append(f"parked plan {name} has phase id {pid}, which is already a phase; give it its own id")
+            continue
+        text = _read_text(root / name, defects, root)
+        if text is None:
+            continue
+        items = parse_phase_items(pid, text)
+        if not items:
+            defects.append(f"no items in parked plan {name}; list them as '- **{pid}.1**: ...' under '## Items'")
+            continue
+        out.append(Phase(id=pid, file=root / name, title=_title(text), items=items))
+    return out
 
 
 def snapshot(pkg: PlanPackage) -> dict:
@@ -258,6 +300,7 @@ def snapshot(pkg: PlanPackage) -> dict:
         "dod": [i.model_dump() for i in pkg.dod],
         "prompts": {role: pkg.read(path) for role, path in pkg.prompts.items()},
         "forbidden_paths": pkg.forbidden_paths,
+        "parked": pkg.parked_ids,
     }
 
 

@@ -125,9 +125,17 @@ def start_run(store: Store, s: Settings, *, resume: bool = False, phase: str | N
     if not ident["repo"]:
         raise RunError("no project repo configured; set project_repo in ccci-dist.toml or CCCI_PROJECT_REPO")
     pkg = load_package(ident["plan_dir"])
+    # parked plans stay outside the sequence until `enqueue phase <parked id>` takes one in; a run
+    # keeps those it took in (its stored order), whatever is restarted later
+    taken = [p for p in (json.loads(existing.plan).get("order", []) if existing.plan else []) if p in pkg.parked_ids]
+    took = phase is not None and phase in pkg.parked_ids and phase not in taken
+    if took:
+        taken.append(phase)
+    pkg = pkg.with_parked(taken)
     snap = snapshot(pkg)
     if phase is not None and phase not in pkg.phase_order:
-        raise RunError(f"unknown phase {phase!r}; the plan's phases are {', '.join(pkg.phase_order)}")
+        parked = f"; parked plans: {', '.join(pkg.parked_ids)}" if pkg.parked_ids else ""
+        raise RunError(f"unknown phase {phase!r}; the plan's phases are {', '.join(pkg.phase_order)}{parked}")
     docs = None
     said: list[str] = []
     if phase is None and (resume or not existing.phase):
@@ -159,7 +167,7 @@ def start_run(store: Store, s: Settings, *, resume: bool = False, phase: str | N
     notify("run_started", f"{run}: started at phase {phase}", f"roles {', '.join(pkg.roles)}; repo {ident['repo']}")
     kick(store, s, run)
     return {"run": run, "phase": phase, "roles": pkg.roles, "paused": paused, "said": said,
-            "kept": [] if reconfigure else changes, "changed": changes if reconfigure else []}
+            "kept": [] if reconfigure else changes, "changed": changes if reconfigure else [], "took_parked": took}
 
 
 def kick(store: Store, s: Settings, run: str) -> int:
