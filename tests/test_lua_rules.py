@@ -82,3 +82,21 @@ def test_finish_records_the_inbox_ack_only_when_given(store):
         c = store.claim(RUN, ROLE, task, "o1", 5, "h1")
         assert store.finish(RUN, ROLE, c.token, "o1", {}, {"role": ROLE}, inbox_ack=ack)
         assert store.r.hget(k_loop(RUN, ROLE), "inbox_acked") == expected
+
+
+def test_a_repeated_finish_under_the_same_token_records_once(store):
+    """The runner retries a finish through a Redis blip; when the first call ran but its reply was lost,
+    the retry must not add a second history row."""
+    from ccci_dist.state.keys import k_history
+
+    loop(store, iteration=0)
+    assert store.try_enqueue(RUN, ROLE, "t1", "q")
+    c = store.claim(RUN, ROLE, "t1", "o1", 5, "h1")
+    for _ in range(2):
+        assert store.finish(RUN, ROLE, c.token, "o1", {"iteration": "1"}, {"role": ROLE, "iteration": "1"})
+    assert store.r.xlen(k_history(RUN)) == 1
+    assert store.try_enqueue(RUN, ROLE, "t2", "q")
+    c2 = store.claim(RUN, ROLE, "t2", "o1", 5, "h1")
+    assert (c2.iteration, c2.attempt) == (2, 1)
+    assert store.finish(RUN, ROLE, c2.token, "o1", {"iteration": "2"}, {"role": ROLE, "iteration": "2"})
+    assert store.r.xlen(k_history(RUN)) == 2  # the next token records as before

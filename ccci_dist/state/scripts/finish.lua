@@ -5,9 +5,12 @@ if redis.call('GET', KEYS[3]) ~= ARGV[1] then
              'detail', 'finish refused: fencing token ' .. ARGV[1] .. ' is no longer current', 'at', ARGV[6])
   return 0
 end
+-- finished already under this token: a retry whose first call ran but whose reply was lost (Redis
+-- went away mid-call) must not record the iteration twice
+if redis.call('HGET', KEYS[1], 'finished_token') == ARGV[1] then return 1 end
 local f = cjson.decode(ARGV[3])
 for k, v in pairs(f) do redis.call('HSET', KEYS[1], k, tostring(v)) end
-redis.call('HSET', KEYS[1], 'running', '')
+redis.call('HSET', KEYS[1], 'running', '', 'finished_token', ARGV[1])
 local h = cjson.decode(ARGV[4])
 local flat = {}
 for k, v in pairs(h) do table.insert(flat, k); table.insert(flat, tostring(v)) end
