@@ -139,3 +139,14 @@ def test_parse_context_forms():
     assert parse_context("<!-- ccci:a=1-->") == {"a": "1"}
     assert parse_context(" <!-- ccci: a=1 -->") == {}
     assert parse_context("") == {}
+
+
+def test_example_item_is_the_phases_first_and_blockers_one_per_line():
+    plan = {**MINI, "phases": {"3": {"title": "T", "text": "x", "items": [{"id": "3.4", "text": "a"}]}}}
+    p = assemble(role="builder", run="r", iteration=1, phase="3", plan=plan, blockers=["a", "b"])
+    assert "\n".join(grammar_lines("3", "3.4", EXAMPLE_AT)) in p
+    assert "## What blocks DONE (all phases)\n\n- a\n- b\n" in p
+
+
+def test_parse_context_reads_the_first_line_only():
+    assert parse_context("<!-- ccci: a=1 -->\nb=2\nc=3") == {"a": "1"}
