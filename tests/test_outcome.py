@@ -398,3 +398,20 @@ def test_retry_delays_sum_and_the_last_is_the_servers_wait():
 ])
 def test_short_detail_cuts_and_scrubs(text, limit, expected):
     assert short_detail(text, limit) == expected
+
+
+def test_mutant_killers():
+    """Rows for the mutants the first run of tests/mutation.sh left alive (tests/MUTATION.md)."""
+    # the CLI's "not your usage limit" outranks limit words in the same text
+    out = classify(err("You've hit your limit · resets 3pm (UTC) (not your usage limit)"), [], 1, None, "", NOW)
+    assert (out.kind, out.limit) == ("crash", None)
+    # the retried time to the millisecond; the server's wait is the last delay
+    assert classify(err("API Error: 529", 529), [], 1, None, "", NOW, retries=[_retry(1, 1.25)]).retried_s == 0.001
+    three = classify(err("API Error: 529", 529), [], 1, None, "", NOW,
+                     retries=[_retry(1, 1000), _retry(2, 2000), _retry(3, 3000)])
+    assert (three.retry_after, three.retried_s) == (3.0, 6.0)
+    # several errors are joined by a space; max turns without a count
+    both = classify(res(is_error=True, result=None, subtype="x", errors=["first", "second"]), [], 1, None, "", NOW)
+    assert both.detail == "first second"
+    turns = classify({"type": "result", "subtype": "error_max_turns", "is_error": True}, [], 0, None, "", NOW)
+    assert turns.detail == "max turns reached (? turns)"

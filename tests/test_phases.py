@@ -237,3 +237,34 @@ def test_working_phase_target_rules():
 def complete_items(*phases: str) -> tuple[str, str]:
     status = "".join(done_line(p) + "\n" for p in phases)
     return status, "".join(review_line(VERIFIED, f"{p}.1", NOW, "abc1234", "ok") + "\n" for p in phases)
+
+
+def test_mutant_killers(monkeypatch):
+    """Rows for the mutants the first run of tests/mutation.sh left alive (tests/MUTATION.md)."""
+    import time
+
+    # a naive time is UTC, so it compares with an aware one
+    mixed = parse_review("VERIFIED 1.1 2026-03-01T10:00 abcd\nFAILED 1.1 2026-03-01T10:00:01Z bbbb later\n")
+    assert mixed["1.1"].verdict == FAILED and mixed["1.1"].at.tzinfo is not None
+    # a line with an impossible date is skipped, the lines after it still count
+    assert set(parse_review("VERIFIED 1.1 2026-13-40T00:00:00Z abcd\nVERIFIED 1.2 2026-03-01T10:00:00Z abcd\n")) == {
+        "1.2"}
+    assert parse_docs("", "").commit == ""
+    # the fingerprint covers the verdicts
+    a = parse_docs("", review_line(VERIFIED, "1.1", NOW, "abc1234", ""))
+    b = parse_docs("", review_line(FAILED, "1.1", NOW, "abc1234", ""))
+    assert docs_fingerprint(a) != docs_fingerprint(b)
+    # a DoD item FAILED without a note has no trailing space
+    pk = plan(order=["1"], items=1)
+    docs = parse_docs("## DONE 1\n", review_line(VERIFIED, "1.1", NOW, "abc1234", "") + "\n"
+                      + review_line(FAILED, "D1", NOW, "abc1234", ""))
+    assert blockers(pk, docs, NOW, DAY) == ["D1: FAILED 2026-03-01T12:00:00Z"]
+    # review lines are written in UTC whatever the host's zone
+    monkeypatch.setenv("TZ", "Asia/Kolkata")
+    time.tzset()
+    try:
+        at = datetime(2026, 3, 1, 12, tzinfo=UTC)
+        assert review_line(VERIFIED, "1.1", at, "c", "n") == "VERIFIED 1.1 2026-03-01T12:00:00Z c n"
+    finally:
+        monkeypatch.undo()
+        time.tzset()
