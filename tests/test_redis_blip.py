@@ -86,6 +86,9 @@ def test_a_blip_while_the_runner_pushes_and_finishes_keeps_the_iteration(tmp_pat
              "the agent's exit")
     _outage(fresh_redis, w)
     _assert_recorded_once(b, fresh_redis, remote_repo)
+    text = w.output()  # the runner itself met the outage (its fence check), and said so once
+    assert text.count("iteration runner: Redis unreachable") == 1, text[-3000:]
+    assert "iteration runner: Redis reachable again after" in text, text[-3000:]
 
 
 def test_a_lease_lost_in_the_outage_keeps_the_commits_on_the_remote_and_the_next_attempt_salvages(
