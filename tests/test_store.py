@@ -171,3 +171,16 @@ def test_tick_view_reads_what_the_single_reads_read(store, runs):
             assert (lv.lease_ms > 0) == (store.lease_pttl(v.run, role) > 0)
             assert lv.lease_ms <= 600_000 and (lv.lease_ms == -2) == (store.lease_pttl(v.run, role) == -2)
             assert lv.queued == (store.queued_task(v.run, role) or "")
+
+
+def test_tick_view_sees_a_change_between_ticks(store):
+    """The tick's typed hashes are reused only while a hash is unchanged."""
+    store.r.sadd("ccci:runs", "r")
+    store.r.hset("ccci:run:r", mapping={"status": "active", "roles": json.dumps(["builder"])})
+    assert store.tick_view()[0].loops["builder"].state.iteration == 0
+    again = store.tick_view()[0]
+    assert again.loops["builder"].state.iteration == 0 and again.state.status == "active"
+    store.r.hset(k_loop("r", "builder"), "iteration", 7)
+    store.r.hset("ccci:run:r", "status", "paused")
+    view = store.tick_view()[0]
+    assert view.loops["builder"].state.iteration == 7 and view.state.status == "paused"

@@ -135,6 +135,9 @@ class Store:
         self._set_phase = r.register_script(SET_PHASE)
         self._inbox_add_once = r.register_script(INBOX_ADD_ONCE)
         self._tick_view = r.register_script(TICK_VIEW)
+        # The typed hashes of the last tick, by their raw content: most hashes are unchanged from one
+        # tick to the next (a loop's changes at claim and finish), and the models are frozen.
+        self._tick_models: dict[tuple, Any] = {}
 
     def ping(self) -> bool:
         """Raise a ``BrokerError`` unless Redis answers."""
@@ -146,11 +149,19 @@ class Store:
         number of runs and loops (``scripts/tick_view.lua``: run hashes, loop hashes, lease TTLs,
         queued tasks). One nested reply parses in C (hiredis), not one reply per key in Python."""
         out = []
+        last, seen = self._tick_models, {}
+
+        def typed(cls: type, flat: list[str]) -> Any:
+            key = (cls, *flat)
+            model = last.get(key)
+            seen[key] = model = model if model is not None else cls.from_hash(_hash(flat))
+            return model
+
         for run, flat, loops in self._tick_view(args=[P]):
-            rs = RunState.from_hash(_hash(flat))
-            got = {role: LoopView(LoopState.from_hash(_hash(lh)), int(pttl), nxt or "")
-                   for role, lh, pttl, nxt in loops}
+            rs = typed(RunState, flat)
+            got = {role: LoopView(typed(LoopState, lh), int(pttl), nxt or "") for role, lh, pttl, nxt in loops}
             out.append(RunView(run, rs, {role: got[role] for role in rs.roles if role in got}))
+        self._tick_models = seen  # only this tick's: bounded by the number of runs and loops
         return out
 
     def runs(self) -> list[str]:
