@@ -26,6 +26,9 @@ declare -A TESTS=(
   [logview]="tests/test_logview.py"
   [policy]="tests/test_policy.py"
   [roles]="tests/test_roles.py"
+  [tick]="tests/test_tick.py"
+  [liveness]="tests/test_liveness_rules.py"
+  [agents]="tests/test_agents.py"
 )
 modules=("$@")
 if [ ${#modules[@]} -eq 0 ]; then
