@@ -17,7 +17,7 @@ MUTMUT="$(dirname "$PY")/mutmut"
 
 declare -A TESTS=(
   [limits]="tests/test_limits.py"
-  [schedule]="tests/test_schedule.py tests/test_status.py"
+  [schedule]="tests/test_schedule.py"
   [plan]="tests/test_plan_package.py tests/test_phases.py"
   [phases]="tests/test_phases.py tests/test_plan_package.py tests/test_prompt.py"
   [outcome]="tests/test_outcome.py"

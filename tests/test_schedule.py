@@ -5,7 +5,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from ccci_dist.config import QuietHours
-from ccci_dist.core.schedule import next_midnight, next_start, quiet_until
+from ccci_dist.core.schedule import next_midnight, next_start, quiet_until, start_reason
 
 NOW = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
 
@@ -68,3 +68,49 @@ def test_quiet_hours_in_a_local_zone():
 
 def test_next_midnight():
     assert next_midnight(NOW) == datetime(2026, 11, 27, tzinfo=UTC)
+
+
+def test_next_start_edges():
+    nb = NOW + timedelta(seconds=10)
+    assert next_start(now=NOW, started=NOW, not_before=nb) == nb
+    assert next_start(now=NOW, started=NOW, not_before=NOW) is None  # not later than now: right away
+    assert next_start(now=NOW, started=NOW - timedelta(seconds=60), min_interval=60) is None  # exactly due
+    assert next_start(now=NOW, started=NOW, min_interval=60, not_before=NOW + timedelta(seconds=5)) == (
+        NOW + timedelta(seconds=60))
+    assert next_start(now=NOW, started=NOW, quiet=QuietHours(start="", end="")) is None
+    # the model refuses half a window; the rule does not depend on that
+    assert quiet_until(NOW, QuietHours.model_construct(start="", end="13:00")) is None
+    assert quiet_until(NOW, QuietHours.model_construct(start="11:00", end="")) is None
+    q = QuietHours(start="12:00", end="12:30")
+    # pacing lands in the quiet window: the window's end
+    assert next_start(now=NOW - timedelta(minutes=5), started=NOW - timedelta(minutes=5), min_interval=300,
+                      quiet=q) == NOW.replace(minute=30)
+    assert next_midnight(NOW.replace(hour=0, minute=0)) == datetime(2026, 11, 27, tzinfo=UTC)
+    assert next_midnight(NOW.replace(hour=23, minute=59, second=59, microsecond=9)) == datetime(2026, 11, 27,
+                                                                                                tzinfo=UTC)
+
+
+def test_quiet_hours_with_spaces_and_a_non_utc_result():
+    from zoneinfo import ZoneInfo
+
+    q = QuietHours(start=" 11:00", end="13:00 ")
+    got = quiet_until(NOW.replace(second=30, microsecond=5), q)
+    assert got == NOW.replace(hour=13) and got.tzinfo == UTC
+    berlin = quiet_until(NOW.replace(hour=10, minute=30), QuietHours(start="11:00", end="12:00"),
+                         ZoneInfo("Europe/Berlin"))
+    assert berlin == NOW.replace(hour=11) and berlin.utcoffset() == timedelta(0)
+
+
+@pytest.mark.parametrize("at,not_before,why,quiet,reason", [
+    (None, None, "x", None, ""),
+    (NOW, NOW, "back-off after 2 failure(s)", None, "back-off after 2 failure(s)"),
+    (NOW, NOW + timedelta(seconds=1), "limit reset", None, "limit reset"),
+    (NOW + timedelta(seconds=1), NOW, "limit reset", None, "pacing"),
+    (NOW, None, "", None, "pacing"),
+    (NOW.replace(hour=13), None, "", QuietHours(start="11:00", end="13:00"), "quiet hours"),
+    (NOW.replace(hour=13, second=1), None, "", QuietHours(start="11:00", end="13:00"), "pacing"),
+    (NOW.replace(hour=11), None, "", QuietHours(start="11:00", end="13:00"), "pacing"),
+    (NOW.replace(hour=13), NOW.replace(hour=12), "limit reset", QuietHours(start="11:00", end="13:00"), "quiet hours"),
+])
+def test_start_reason_table(at, not_before, why, quiet, reason):
+    assert start_reason(at, not_before=not_before, why_not_before=why, quiet=quiet) == reason
