@@ -75,7 +75,7 @@ def layout(key: str, busy_s: int) -> dict:
         plan = make_plan(tmp, ["builder", "reviewer"])
         log = tmp / "agent.jsonl"
         env = base_env(redis.url, repo, plan, tmp, CCCI_RUN="fp", BENCH_AGENT_LOG=str(log),
-                       BENCH_AGENT_SLEEP=str(busy_s), CCCI_MIN_INTERVAL=json.dumps({"builder": 1e6, "reviewer": 1e6}),
+                       BENCH_AGENT_SLEEP=str(busy_s), CCCI_MIN_INTERVAL=json.dumps({"builder": 6e5, "reviewer": 6e5}),
                        CCCI_HOSTNAME="w1")
         w = spawn(worker_cmd(pool, 2, "w1", beat=embedded is True, schedule=tmp / "beat-schedule",
                              beat_thread=embedded == "thread"), tmp / "worker.log", env=env, cwd=tmp)
