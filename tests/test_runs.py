@@ -359,10 +359,12 @@ def test_inbox_repeat_mark_and_undelivered_at_done(bed, receiver):
     starts = wait_for(lambda: [e for e in _builder_starts(bed) if m1 in e["inbox"]][1:] and
                       [e for e in _builder_starts(bed) if m1 in e["inbox"]], 60, 0.2, "a second delivery")
     assert "(repeat:" not in starts[0]["inbox"] and f"[{m1}] (repeat:" in starts[1]["inbox"], starts
-    # the builder's long iteration on phase 2 (waiting for review): a message sent now is never delivered
-    wait_for(lambda: len([e for e in _builder_starts(bed) if e["phase"] == "2"]) >= 2, 60, 0.2,
-             "the builder's second phase-2 iteration")
+    # phase 2 marked done, the builder is held for review; a message wakes it into a long iteration that
+    # DONE cuts off before it can acknowledge the message: it is never delivered
+    bed.wait_status(lambda st: st["phase"] == "2" and st["loops"]["builder"]["state"] == "held", 60,
+                    "the builder held for the review of phase 2")
     m2 = bed.cli("inbox", "send", "--to", "builder", "too late").stdout.strip().rsplit(" ", 1)[1]
+    wait_for(lambda: [e for e in _builder_starts(bed) if m2 in e["inbox"]], 60, 0.2, "the woken iteration")
     st = bed.wait_status(lambda st: st["status"] == "done", 90, "DONE")
     assert [m["id"] for m in st["undelivered"]] == [m2], st["undelivered"]
     assert "never delivered" in st["header"]
