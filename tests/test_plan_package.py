@@ -673,3 +673,53 @@ def test_snapshot_round_trip(tmp_path):
 ])
 def test_forbidden_hits_table(path, patterns, hit):
     assert forbidden_hits([path], patterns) == ([path] if hit else [])
+
+
+def test_plan_mutant_killers(tmp_path):
+    """Rows for the mutants the first run of tests/mutation.sh left alive (tests/MUTATION.md)."""
+    pkg = copy_pkg(tmp_path, "tiny-plan")
+    loaded = load_package(pkg)
+    with pytest.raises(KeyError) as exc:
+        loaded.phase("9")
+    assert exc.value.args == ("9",)
+    # the snapshot carries the specs and the forbidden paths; from_snapshot keeps them
+    snap = snapshot(loaded)
+    assert snap["specs"] == [r.model_dump(mode="json") for r in loaded.specs]
+    custom = {**snap, "specs": [{**snap["specs"][0], "queue": "ccci.special", "paths": ["src/"]}, snap["specs"][1]],
+              "forbidden_paths": ["*.bin"]}
+    back = from_snapshot(custom)
+    assert back.spec("builder").queue == "ccci.special" and back.spec("builder").paths == ("src/",)
+    assert back.forbidden_paths == ["*.bin"] and back.root == Path(".")
+    # every phase and every role is checked, not only up to the first defect
+    (pkg / "package.toml").write_text('phases = ["1", "9", "2"]\nroles = ["bad name", "builder", "tester"]\n')
+    (pkg / "plan-phase2-finish.md").write_text("")
+    with pytest.raises(PackageError) as exc2:
+        load_package(pkg)
+    assert exc2.value.defects == [
+        "phase 9 is named in the order but plan-phase9-<slug>.md is absent; add the file",
+        "empty phase file: plan-phase2-finish.md; write the phase plan",
+        "role name 'bad name' may only hold letters, digits, '-', '_' and '.', and must not start with '.' or '-'; "
+        "rename the role in package.toml",
+        "missing file: prompts/tester.md; create it",
+    ]
+    # a prompt outside the package is named by its full path; a bad roles value is a defect, not a crash
+    (pkg / "plan-phase2-finish.md").write_text("# P2\n- **2.1**: x\n")
+    (pkg / "package.toml").write_text('phases = ["1", "2"]\n[prompts]\nbuilder = "../elsewhere/b.md"\n')
+    with pytest.raises(PackageError) as exc3:
+        load_package(pkg)
+    assert exc3.value.defects == [f"missing file: {tmp_path / 'examples' / 'elsewhere' / 'b.md'}; create it"]
+    (pkg / "package.toml").write_text('phases = ["1", "2"]\nroles = 5\n')
+    with pytest.raises(PackageError) as exc4:
+        load_package(pkg)
+    assert exc4.value.defects
+
+
+@pytest.mark.parametrize("path,patterns,hit", [
+    ("X/a", ["X/"], True),
+    ("X/y", ["X/y"], True),
+    ("a/X", ["X"], True),
+    ("sub/env", ["/env"], True),  # a leading / alone does not anchor: only an inner / does
+    ("sub/a b/c", ["a b/"], True),
+])
+def test_forbidden_hits_literal_characters(path, patterns, hit):
+    assert forbidden_hits([path], patterns) == ([path] if hit else [])
