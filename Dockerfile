@@ -5,6 +5,7 @@
 #
 #   docker compose build                                  # from the package index
 #   docker compose build --build-arg AGENT_CLIS="@anthropic-ai/claude-code @openai/codex"
+#   docker compose build --build-arg AGENT_CLIS=./claude-code.tgz   # an npm tarball in ./agent-clis/
 #
 # BASE: any Debian-based image with python3 (>= 3.11) and python3-venv. The tests pass a base
 # made locally from a debootstrap rootfs. WHEELS=1 installs from ./.wheels only (no index), for
@@ -13,22 +14,18 @@
 ARG BASE=python:3.11-slim-bookworm
 FROM ${BASE}
 
-ARG AGENT_CLIS=""
 ARG WHEELS=""
 ENV PATH=/opt/ccci-dist/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     CCCI_STATE_DIR=/var/lib/ccci-dist
 
-# git for the loops' clones; node/npm only when agent CLIs are wanted
-RUN set -eu; need=""; \
-    command -v git >/dev/null || need="$need git ca-certificates"; \
-    [ -z "$AGENT_CLIS" ] || command -v npm >/dev/null || need="$need nodejs npm"; \
-    if [ -n "$need" ]; then \
-      apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $need \
+# git for the loops' clones
+RUN set -eu; \
+    if ! command -v git >/dev/null; then \
+      apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends git ca-certificates \
       && rm -rf /var/lib/apt/lists/*; \
     fi; \
-    if [ -n "$AGENT_CLIS" ]; then npm install -g --no-audit --no-fund $AGENT_CLIS && npm cache clean --force; fi; \
     useradd --system --create-home --home-dir /var/lib/ccci-dist --shell /usr/sbin/nologin ccci; \
     useradd --system --create-home --home-dir /home/ccci-agent --shell /bin/bash ccci-agent
 
@@ -43,6 +40,21 @@ RUN set -eu; python3 -m venv /opt/ccci-dist; \
     install -d -o ccci -g ccci /var/lib/ccci-dist/workspaces; \
     chmod 0751 /var/lib/ccci-dist; \
     ccci-dist --version
+
+# The agent CLIs last, in their own layers: an image with them shares every layer above with one
+# without. AGENT_CLIS: npm package specs, from the registry or as tarballs put in ./agent-clis/
+# (named ./FILE.tgz; the Dockerfile in the COPY only keeps it valid when that folder is absent).
+ARG AGENT_CLIS=""
+COPY Dockerfile agent-clis* /tmp/agent-clis/
+RUN set -eu; \
+    if [ -n "$AGENT_CLIS" ]; then \
+      if ! command -v npm >/dev/null; then \
+        apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends nodejs npm \
+        && rm -rf /var/lib/apt/lists/*; \
+      fi; \
+      cd /tmp/agent-clis && npm install -g --no-audit --no-fund $AGENT_CLIS && npm cache clean --force; \
+    fi; \
+    rm -rf /tmp/agent-clis
 
 USER ccci
 WORKDIR /var/lib/ccci-dist

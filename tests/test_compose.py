@@ -18,12 +18,19 @@ import shutil
 import signal
 import subprocess
 import sys
+import tarfile
 from pathlib import Path
 
 import pytest
 import redis
 import yaml
 from harness import ROOT, free_port, wait_for
+
+CLAUDE_PACKAGE = ROOT / "tests" / "scripted_model" / "node_modules" / "@anthropic-ai" / "claude-code"
+
+# The stack's build and start-up count against its first test: under other sessions' load (2 cores
+# shared) they took over pytest's default 300 s once; the module's own waits are bounded below that.
+pytestmark = pytest.mark.timeout(1200)
 
 COMPOSE = yaml.safe_load((ROOT / "compose.yml").read_text())
 SERVICES = COMPOSE["services"]
@@ -116,11 +123,12 @@ def test_worker_profile_used_by_compose_is_valid():
     assert set(prof.queues) == {"ccci.builder", "ccci.reviewer", "ccci.control"}
 
 
-def test_flower_healthcheck_code_compiles():
-    test = SERVICES["flower"]["healthcheck"]["test"]
+@pytest.mark.parametrize("service,path", [("flower", "/healthcheck"), ("web", "/")])
+def test_python_healthchecks_compile(service, path):
+    test = SERVICES[service]["healthcheck"]["test"]
     assert test[1] == "python" and test[2] == "-c"
     compile(test[3], "healthcheck", "exec")
-    assert "/healthcheck" in test[3]
+    assert f"127.0.0.1:{SERVICES[service]['ports'][0].rsplit(':', 1)[1]}{path}'" in test[3]
 
 
 @pytest.mark.skipif(shutil.which("redis-server") is None or shutil.which("redis-cli") is None,
@@ -175,16 +183,18 @@ def stack(tmp_path_factory):
 
     ensure_engine()
     tmp = tmp_path_factory.mktemp("compose")
-    project = f"ccci-test-{os.getpid()}"
+    project = f"ccci-test-{os.getpid()}-{secrets.token_hex(3)}"
     pw = secrets.token_hex(16)
     flower_pw = secrets.token_hex(8)
     env = {"CCCI_IMAGE": f"ccci-dist:{project}", "CCCI_BASE": base_image(), "CCCI_WHEELS": "1",
-           "CCCI_REDIS_IMAGE": base_image(), "FLOWER_PORT": str(free_port()),
+           "CCCI_REDIS_IMAGE": base_image(), "FLOWER_PORT": str(free_port()), "WEB_PORT": str(free_port()),
            "CCCI_RUN": "tiny", "CCCI_PROJECT_REPO": "/var/lib/ccci-dist/project.git",
            "CCCI_PLAN_DIR": "/app/examples/tiny-plan", "CCCI_AGENT_COMMAND": "ccci-dist-demo-agent",
            "CCCI_AGENT_FLAGS": "", "CCCI_DEMO_CONTROL": "/var/lib/ccci-dist/demo-control.json",
            "CCCI_WATCHDOG_INTERVAL": "1", "CCCI_LEASE_TTL": "5"}
     proj = stack_dir(tmp, env, {"redis_password": pw, "flower_basic_auth": f"admin:{flower_pw}"})
+    # in the context from the first build on, so the build with AGENT_CLIS reuses every layer above its own
+    claude = npm_tarball(CLAUDE_PACKAGE, proj / "agent-clis")
 
     def compose(*args: str, timeout: float = 600, check: bool = True) -> subprocess.CompletedProcess:
         r = subprocess.run([COMPOSE, "-p", project, *args], cwd=proj, capture_output=True, text=True,
@@ -199,7 +209,8 @@ def stack(tmp_path_factory):
         compose("build")
         compose("up", "-d", "--wait", "--wait-timeout", "300")
         yield {"compose": compose, "project": project, "docker": docker, "flower_port": int(env["FLOWER_PORT"]),
-               "flower_auth": ("admin", flower_pw)}
+               "web_port": int(env["WEB_PORT"]), "flower_auth": ("admin", flower_pw), "dir": proj, "env": env,
+               "claude": claude}
     finally:
         down = compose("down", "-v", "--remove-orphans", "--timeout", "20", check=False)
         docker("image", "rm", "-f", env["CCCI_IMAGE"], check=False)
@@ -210,34 +221,105 @@ def stack(tmp_path_factory):
             assert not left, f"docker-compose down left {kind[0]} {left}"
 
 
+def _inspect(stack, service: str, fmt: str) -> str:
+    cid = stack["compose"]("ps", "-a", "-q", service).stdout.strip()
+    return stack["docker"]("inspect", "-f", fmt, cid).stdout.strip()
+
+
+def npm_tarball(package: Path, into: Path) -> Path:
+    """``package`` (an installed npm package folder) as an npm tarball (``package/`` inside) in ``into``."""
+    meta = json.loads((package / "package.json").read_text())
+    into.mkdir(parents=True, exist_ok=True)
+    out = into / f"{meta['name'].lstrip('@').replace('/', '-')}-{meta['version']}.tgz"
+    with tarfile.open(out, "w:gz", compresslevel=1) as tar:
+        tar.add(package, arcname="package")
+    return out
+
+
 def _health(stack, service: str) -> str:
-    cid = stack["compose"]("ps", "-q", service).stdout.strip()
-    return stack["docker"]("inspect", "-f", "{{.State.Health.Status}} {{.RestartCount}}", cid).stdout.strip()
+    return _inspect(stack, service, "{{.State.Health.Status}} {{.RestartCount}}")
+
+
+def _restarts(stack, service: str) -> int:
+    return int(_inspect(stack, service, "{{.RestartCount}}"))
+
+
+def _kill_main_process(stack, service: str) -> None:
+    """A crash, as the engine sees one: the container's main process dies of SIGKILL."""
+    os.kill(int(_inspect(stack, service, "{{.State.Pid}}")), signal.SIGKILL)
+
+
+def _get(url: str, auth: tuple[str, str] | None = None):
+    """GET ``url`` (with basic auth when given): (status, body); HTTP errors are answers too."""
+    import urllib.error
+    import urllib.request
+
+    headers = {"Authorization": "Basic " + base64.b64encode(":".join(auth).encode()).decode()} if auth else {}
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=10) as r:
+            return r.status, r.read()
+    except urllib.error.HTTPError as err:
+        return err.code, err.read()
 
 
 def test_stack_services_become_healthy(stack):
-    for service in ("redis", "beat", "worker", "flower"):
+    for service in ("redis", "beat", "worker", "flower", "web"):
         assert _health(stack, service).startswith("healthy"), service
     user = stack["compose"]("exec", "-T", "worker", "id", "-un").stdout.strip()
     assert user == "ccci"  # the image runs as its non-root user
 
 
-def test_flower_needs_its_login(stack):
-    import urllib.error
-    import urllib.request
+@pytest.mark.parametrize("service", ["flower", "web"])
+def test_flower_and_the_dashboard_need_their_login(stack, service):
+    base = f"http://127.0.0.1:{stack[f'{service}_port']}"
+    paths = ["/", "/api/status"] if service == "web" else ["/"]
+    for path in paths:
+        assert _get(base + path)[0] == 401, path
+        assert _get(base + path, ("admin", "wrong"))[0] == 401, path
+        status, body = _get(base + path, stack["flower_auth"])
+        assert status == 200, (path, body[-500:])
 
-    url = f"http://127.0.0.1:{stack['flower_port']}/"
-    with pytest.raises(urllib.error.HTTPError) as err:
-        urllib.request.urlopen(url, timeout=10)
-    assert err.value.code == 401
-    user, pw = stack["flower_auth"]
-    req = urllib.request.Request(url, headers={"Authorization": "Basic " + base64.b64encode(
-        f"{user}:{pw}".encode()).decode()})
-    assert urllib.request.urlopen(req, timeout=10).status == 200
+
+def test_docker_kill_is_a_stop_and_a_killed_main_process_a_crash(stack):
+    """README (compose): `docker kill` counts as an operator's stop, which no restart policy undoes
+    (until `docker-compose up -d`); a main process dying of SIGKILL is a crash, restarted."""
+    compose, docker = stack["compose"], stack["docker"]
+    worker = compose("ps", "-q", "worker").stdout.strip()
+    worker_restarts, flower_restarts = _restarts(stack, "worker"), _restarts(stack, "flower")
+    docker("kill", worker)
+    _kill_main_process(stack, "flower")
+    # the engine restarted the crashed Flower; by then it had decided about the killed worker too
+    wait_for(lambda: _restarts(stack, "flower") == flower_restarts + 1
+             and _inspect(stack, "flower", "{{.State.Running}}") == "true", 120, 1, "Flower restarted")
+    assert _inspect(stack, "worker", "{{.State.Status}} {{.RestartCount}}") == f"exited {worker_restarts}"
+    compose("up", "-d")
+    assert compose("ps", "-q", "worker").stdout.strip() == worker  # the same container, started again
+    ping = [re.sub(r"\$\{[A-Z_]+:-([^}]*)\}", r"\1", a) for a in SERVICES["worker"]["healthcheck"]["test"][1:]]
+    wait_for(lambda: compose("exec", "-T", "worker", *ping, check=False).returncode == 0, 180, 1,
+             "the worker back after `docker-compose up -d` (answers its ping)")
+
+
+def test_agent_clis_build_arg_installs_the_clis(stack):
+    """The stack's image (no AGENT_CLIS) has no agent CLI; built with AGENT_CLIS (the pinned Claude Code
+    from the tests' node_modules as an npm tarball: no npm registry is reachable in a build here)
+    ``claude --version`` runs in it, as its non-root user."""
+    compose, docker, env = stack["compose"], stack["docker"], stack["env"]
+    r = compose("exec", "-T", "worker", "sh", "-c", "command -v claude || command -v codex || command -v npm",
+                check=False)
+    assert r.returncode == 1 and not r.stdout.strip(), r.stdout
+    tag = f"{env['CCCI_IMAGE']}-clis"
+    try:
+        docker("build", "-q", "-t", tag, "--build-arg", f"BASE={env['CCCI_BASE']}", "--build-arg", "WHEELS=1",
+               "--build-arg", f"AGENT_CLIS=./{stack['claude'].name}", str(stack["dir"]), timeout=1100)
+        version = json.loads((CLAUDE_PACKAGE / "package.json").read_text())["version"]
+        r = docker("run", "--rm", tag, "sh", "-c", "id -un; claude --version", timeout=120)
+        assert r.stdout.split()[:2] == ["ccci", version], r.stdout
+    finally:
+        docker("image", "rm", "-f", tag, check=False)
 
 
 def test_tiny_plan_reaches_done_in_the_stack_across_a_killed_worker(stack):
-    compose, docker = stack["compose"], stack["docker"]
+    compose = stack["compose"]
     seed = ("set -e; cd /var/lib/ccci-dist; rm -rf project.git seed; git init -q --bare -b main project.git;"
             " git init -q -b main seed; cd seed; echo '# tiny' > README.md; git add -A;"
             " git -c user.name=t -c user.email=t@t commit -q -m seed; git push -q ../project.git main;"
@@ -259,14 +341,19 @@ def test_tiny_plan_reaches_done_in_the_stack_across_a_killed_worker(stack):
         return (tiny().get("loops") or {}).get("builder", {}).get("state") == "running"
 
     wait_for(builder_running, 120, 0.5, "the builder's first (slow) iteration")
-    # A crash, as the engine sees one: the container's main process dies of SIGKILL. (`docker kill`
-    # itself counts as an operator's stop, which restart policies deliberately leave stopped.)
-    worker = compose("ps", "-q", "worker").stdout.strip()
-    os.kill(int(docker("inspect", "-f", "{{.State.Pid}}", worker).stdout), signal.SIGKILL)
-    wait_for(lambda: _health(stack, "worker") == "healthy 1", 180, 1, "the killed worker back through its restart "
-             "policy (healthy, restart count 1)")
+    # a crash: the worker's main process dies of SIGKILL (`docker kill` would be an operator's stop)
+    restarts = _restarts(stack, "worker")
+    _kill_main_process(stack, "worker")
+    wait_for(lambda: _health(stack, "worker") == f"healthy {restarts + 1}", 180, 1,
+             "the killed worker back through its restart policy (healthy, one more restart)")
 
     wait_for(lambda: tiny().get("status") == "done", 300, 1, "run tiny DONE inside the stack")
     loops = tiny()["loops"]
     assert {role: lp["state"] for role, lp in loops.items()} == {"builder": "done", "reviewer": "done"}
     assert loops["builder"]["iteration"] >= 2  # the killed iteration, then the loop went on
+    # the dashboard service serves the run (its JSON API, with the login)
+    status, body = _get(f"http://127.0.0.1:{stack['web_port']}/api/run/tiny", stack["flower_auth"])
+    assert status == 200, body[-500:]
+    run = json.loads(body)
+    assert run["run"] == "tiny" and run["status"] == "done", run
+    assert {role: lp["state"] for role, lp in run["loops"].items()} == {"builder": "done", "reviewer": "done"}
