@@ -15,11 +15,12 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 from harness import ROOT, wait_for
 from rootfs import BASE_PACKAGES, CACHE_DIR, ensure_rootfs, rootfs_key
-from wheelhouse import WHEELHOUSE, build, fill_wheelhouse
+from wheelhouse import WHEELHOUSE, build, fill_wheelhouse, into_wheelhouse, publish
 
 COMPOSE = shutil.which("docker-compose") or str(Path(sys.executable).parent / "docker-compose")
 
@@ -55,8 +56,8 @@ def base_image() -> str:
     return tag
 
 
-def wheels_for(into: Path, dist: Path, base: str) -> None:
-    """ccci-dist's wheel plus every dependency of ``[all]`` for ``base``'s Python, in ``into``.
+def wheels_for(into: Path, dist: Path, base: str, extras: str = "all") -> None:
+    """ccci-dist's wheel plus every dependency of ``[extras]`` for ``base``'s Python, in ``into``.
 
     Resolved for the image's Python version (Debian's 3.11.2 needs async-timeout, 3.11.7 not),
     offline from the wheelhouse when it has them, else filling it from the index first.
@@ -74,17 +75,16 @@ def wheels_for(into: Path, dist: Path, base: str) -> None:
              *(["--no-index"] if offline else []), "--find-links", str(WHEELHOUSE), "--dest", str(dest),
              # pip evaluates python_full_version markers for this host's Python, not the target's:
              # redis wants async-timeout below 3.11.3 (Debian bookworm has 3.11.2)
-             f"{wheel}[all]", "async-timeout>=4.0.3",
+             f"{wheel}[{extras}]", "async-timeout>=4.0.3",
              "setuptools>=68", "wheel"],  # the build backend too, for `pip install -e .` offline
             capture_output=True, text=True, timeout=900)
 
     if download(into, offline=True).returncode != 0:
-        fill_wheelhouse(Path(sys.executable), f"{wheel}[all]")  # sdist-only dependencies become wheels
-        WHEELHOUSE.mkdir(parents=True, exist_ok=True)
-        r = download(WHEELHOUSE, offline=False)
-        for own in WHEELHOUSE.glob("ccci_dist-*.whl"):
-            own.unlink()
-        assert r.returncode == 0, r.stderr[-2000:]
+        fill_wheelhouse(Path(sys.executable), f"{wheel}[{extras}]")  # sdist-only dependencies become wheels
+        with tempfile.TemporaryDirectory(dir=into_wheelhouse()) as tmp:
+            r = download(Path(tmp), offline=False)
+            assert r.returncode == 0, r.stderr[-2000:]
+            publish(Path(tmp))
         r = download(into, offline=True)
         assert r.returncode == 0, r.stderr[-2000:]
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 from harness import ROOT
@@ -33,12 +34,29 @@ def build(out: Path) -> tuple[Path, Path]:
 
 def fill_wheelhouse(python: Path, requirement: str) -> None:
     """Put the wheels of ``requirement``'s dependencies into the wheelhouse (from the index)."""
+    with tempfile.TemporaryDirectory(dir=into_wheelhouse()) as tmp:
+        r = subprocess.run([str(python), "-m", "pip", "wheel", "-q", "--wheel-dir", tmp,
+                            "--find-links", str(WHEELHOUSE), requirement], capture_output=True, text=True, timeout=900)
+        assert r.returncode == 0, r.stderr[-3000:]
+        publish(Path(tmp))
+
+
+def into_wheelhouse() -> Path:
+    """The wheelhouse's parent, where a private folder is made to fill before ``publish``."""
     WHEELHOUSE.mkdir(parents=True, exist_ok=True)
-    r = subprocess.run([str(python), "-m", "pip", "wheel", "-q", "--wheel-dir", str(WHEELHOUSE),
-                        "--find-links", str(WHEELHOUSE), requirement], capture_output=True, text=True, timeout=900)
-    for own in WHEELHOUSE.glob("ccci_dist-*.whl"):  # only dependencies live here
-        own.unlink()
-    assert r.returncode == 0, r.stderr[-3000:]
+    return WHEELHOUSE.parent
+
+
+def publish(folder: Path) -> None:
+    """Move ``folder``'s dependency wheels into the wheelhouse, each by an atomic rename.
+
+    Wheels are made in a private folder first, never in the wheelhouse itself: tests of other
+    sessions read it at the same time, and a ccci-dist wheel put there even for a moment was
+    found by another pip (``--find-links``) and deleted under it.
+    """
+    for wheel in folder.glob("*.whl"):
+        if not wheel.name.startswith("ccci_dist-"):  # only dependencies live here
+            os.replace(wheel, WHEELHOUSE / wheel.name)
 
 
 def venv_with(path: Path, wheel: Path, extras: str = "") -> Path:
