@@ -2,12 +2,13 @@
 
 ``Machine`` boots an overlay of the cached rootfs (tests/rootfs.py; the cache stays clean) with
 ``systemd-nspawn --boot`` on the host's network, and runs commands inside with ``nsenter`` into
-the container's namespaces (no machined is needed on the host). ``deploy`` follows the README's
-deploy section: a venv from wheels built on the host (no network inside), the ``ccci`` service
-user, Redis with AOF and a password, ``/etc/ccci-dist/env``, ``ccci-dist systemd render
---install`` and ``systemctl enable --now``. The project repos are bare repos on the host, served
-by ``git daemon`` (pushes go over the network as in a real deployment, so the units' read-only
-file system is exercised for real).
+the container's namespaces (no machined is needed on the host). ``deploy`` runs the shell blocks
+of the README's deploy section verbatim (``readme_deploy_blocks``), with only the changes
+``DEPLOY_EDITS`` lists: ccci-dist's wheel built on the host instead of the clone (no package
+index inside), the clone from ``git daemon`` on the host, Redis on a free loopback port (the
+container shares the host's network), and ``pi.lan`` in /etc/hosts. The project repos are bare
+repos on the host, served by ``git daemon`` (pushes go over the network as in a real deployment,
+so the units' read-only file system is exercised for real).
 
 Root only (overlay mount, nspawn, nsenter).
 """
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shlex
 import shutil
 import signal
@@ -33,7 +35,7 @@ STATE_DIR = "/var/lib/ccci-dist"
 UNITS = ["ccci-dist-beat", "ccci-dist-flower", "ccci-dist-worker@pi", "ccci-dist-worker@builder-host",
          "ccci-dist-boot"]
 PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-AGENT_USER = "agent"
+AGENT_USER = "ccci-agent"  # the README's
 # The demo agent's start/stop log and fault queue: in the agent user's home, the one place
 # besides its clone that the worker unit lets an agent write.
 DEMO_DIR = f"/home/{AGENT_USER}/bed"
@@ -69,6 +71,36 @@ def build_wheels(dest: Path, rootfs: Path) -> tuple[Path, Path]:
     except AssertionError as exc:
         raise RootfsUnavailable(f"pip wheel of the dependencies failed: {exc}") from None
     return own, WHEELHOUSE
+
+
+DEPLOY_BLOCKS = ("Both hosts", "The Pi (scheduler host)", "Both hosts: config", "Units", "Start and watch")
+# block -> (README text, what the bed runs instead); each must occur exactly once in its block
+DEPLOY_EDITS = {
+    "Both hosts": [("https://git.example.org/you/ccci-dist.git", "{source_url}"),
+                   ("'/opt/ccci-dist-src[all]'", "'{wheel}[all]'")],
+    "The Pi (scheduler host)": [("bind 0.0.0.0", "bind 127.0.0.1\nport {redis_port}")],
+    "Both hosts: config": [("redis://pi.lan:6379/0", "redis://pi.lan:{redis_port}/0")],
+}
+
+
+def readme_deploy_blocks() -> dict[str, str]:
+    """The README deploy section's shell blocks, by the bold heading above each."""
+    text = (ROOT / "README.md").read_text()
+    section = text.split("\n## Deploying:", 1)[1].split("\n## ", 1)[0]
+    # a bold heading, then (before any other bold text) its sh block
+    pattern = r"\*\*([^*\n]+)\*\*(?:(?!\*\*).)*?```sh\n(.*?)```"
+    blocks = {m.group(1): m.group(2) for m in re.finditer(pattern, section, re.S)}
+    assert tuple(blocks) == DEPLOY_BLOCKS, f"the README's deploy blocks changed: {list(blocks)}"
+    return blocks
+
+
+def deploy_script(block: str, **values: str) -> str:
+    """The README block ``block`` with the bed's edits (DEPLOY_EDITS) filled with ``values``."""
+    script = readme_deploy_blocks()[block]
+    for old, new in DEPLOY_EDITS.get(block, []):
+        assert script.count(old) == 1, f"README block {block!r}: {old!r} not found once"
+        script = script.replace(old, new.format(**values))
+    return script
 
 
 class Machine:
@@ -191,45 +223,42 @@ class Machine:
 
     # --- deploy (the README's steps) ------------------------------------------------------------
     def install(self, wheels: tuple[Path, Path]) -> None:
-        """Before the first boot: the wheels and the plan into the image."""
+        """Before the first boot: the wheels into the image (no package index inside), pi.lan in /etc/hosts."""
         own, deps = wheels
         for src, name in ((own, "own"), (deps, "deps")):
             shutil.copytree(src, self.file(f"/opt/wheels/{name}"), dirs_exist_ok=True)
-        shutil.copytree(ROOT / "examples" / "tiny-plan", self.file("/opt/ccci-dist-plans/tiny-plan"))
+        with open(self.file("/etc/hosts"), "a") as hosts:
+            hosts.write("127.0.0.1 pi.lan\n")  # the README's name for the scheduler host
 
-    def deploy(self, env: dict[str, str], redis_port: int) -> None:
-        """The README's deploy section, run as root in the booted container."""
-        self.sh(f"""set -e
-useradd --system --create-home --home-dir {STATE_DIR} ccci
-useradd --system --create-home --home-dir /home/{AGENT_USER} {AGENT_USER}
-python3 -m venv {PREFIX}
-{PREFIX}/bin/pip install -q --no-index --find-links /opt/wheels/deps --find-links /opt/wheels/own 'ccci-dist[all]'
-rm -rf /opt/wheels
-install -d -o ccci -g ccci -m 0750 /etc/ccci-dist
-install -d -o ccci -g ccci -m 0751 {STATE_DIR}
-install -d -m 1777 {DEMO_DIR}
-""", timeout=600)
-        password = "bed-redis-" + os.urandom(6).hex()
-        self.file("/etc/ccci-dist/redis_password").write_text(password)
-        with open(self.file("/etc/redis/redis.conf"), "a") as conf:
-            conf.write(f"port {redis_port}\nappendonly yes\nappendfsync everysec\nrequirepass {password}\n")
-        lines = [f"CCCI_BROKER_URL=redis://127.0.0.1:{redis_port}/0",
-                 "CCCI_BROKER_PASSWORD_FILE=/etc/ccci-dist/redis_password",
-                 "CCCI_PLAN_DIR=/opt/ccci-dist-plans/tiny-plan",
+    def deploy(self, env: dict[str, str], redis_port: int, source_url: str) -> dict[str, subprocess.CompletedProcess]:
+        """The README's deploy section, verbatim but for DEPLOY_EDITS, as root in the booted container.
+
+        After its config block the bed appends its own settings to /etc/ccci-dist/env (later lines
+        win: the tiny plan from the clone, the demo agent, ``env``). Returns each line of the
+        "Start and watch" block's result (run as ``ccci``, each after the block's first line).
+        """
+        (wheel,) = self.file("/opt/wheels/own").glob("ccci_dist-*.whl")
+        values = {"source_url": source_url, "wheel": f"/opt/wheels/own/{wheel.name}", "redis_port": str(redis_port)}
+        pip = "export PIP_NO_INDEX=1 PIP_FIND_LINKS=/opt/wheels/deps PIP_DISABLE_PIP_VERSION_CHECK=1\n"
+        self.sh("set -e\n" + pip + deploy_script("Both hosts", **values), timeout=600)
+        self.sh(f"install -d -m 1777 {DEMO_DIR}")
+        # redis-server failed at boot on the host's 6379 (shared network) before its port was set
+        self.sh("systemctl reset-failed redis-server\nset -e\n" + deploy_script("The Pi (scheduler host)", **values))
+        self.sh("set -e\n" + deploy_script("Both hosts: config", **values))
+        lines = ["CCCI_PLAN_DIR=/opt/ccci-dist-src/examples/tiny-plan",
                  f"CCCI_AGENT_COMMAND={PREFIX}/bin/ccci-dist-demo-agent",
                  f"CCCI_DEMO_LOG={DEMO_DIR}/demo.log",
                  f"CCCI_DEMO_CONTROL={DEMO_DIR}/control.json"]
         lines += [f"{k}={shlex.quote(v)}" for k, v in env.items()]
-        self.file("/etc/ccci-dist/env").write_text("\n".join(lines) + "\n")
-        self.sh(f"""set -e
-chown ccci:ccci /etc/ccci-dist/redis_password /etc/ccci-dist/env
-chmod 0600 /etc/ccci-dist/redis_password; chmod 0640 /etc/ccci-dist/env
-systemctl reset-failed redis-server  # it failed at boot on the host's 6379 before its port was set
-systemctl restart redis-server || {{ journalctl -u redis-server --no-pager -n 30; exit 1; }}
-{PREFIX}/bin/ccci-dist systemd render --user ccci --agent-user {AGENT_USER} --prefix {PREFIX} --out /root/units \
-    --install
-""")
-        self.sh("systemctl enable --now " + " ".join(UNITS), timeout=300)
+        with open(self.file("/etc/ccci-dist/env"), "a") as f:
+            f.write("\n".join(lines) + "\n")
+        units = deploy_script("Units", **values)
+        enabled = [u for line in units.splitlines() if "enable --now" in line
+                   for u in line.split("#")[0].split("enable --now", 1)[1].split()]
+        assert sorted(enabled) == sorted(UNITS), enabled
+        self.sh("set -e\ncd /root\n" + units, timeout=300)
+        first, *rest = deploy_script("Start and watch", **values).strip().splitlines()
+        return {line: self.sh(f"{first}\n{line}", user="ccci", check=False) for line in rest}
 
     def set_env(self, **values: str) -> None:
         """Change /etc/ccci-dist/env (units read it when they next start)."""

@@ -15,14 +15,17 @@ import subprocess
 
 import pytest
 from engine_fixtures import TINY, overlap
-from harness import HttpReceiver, free_port, project_repo
+from harness import ROOT, HttpReceiver, free_port, project_repo
 from rootfs import RootfsUnavailable
-from systemd_bed import DEMO_DIR, STATE_DIR, UNITS, GitDaemon, Machine, build_wheels, can_run, now, wait
+from systemd_bed import AGENT_USER, DEMO_DIR, STATE_DIR, UNITS, GitDaemon, Machine, build_wheels, can_run, now, wait
 
 from ccci_dist.core.phases import parse_docs, resolve_phase
 from ccci_dist.core.plan import load_package
 
-pytestmark = [pytest.mark.slow, pytest.mark.skipif(can_run() is not None, reason=str(can_run()))]
+# timeout: building the wheels, booting and deploying count against the first test (over pytest's
+# default 300 s once under other sessions' load on the 2 shared cores)
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(can_run() is not None, reason=str(can_run())),
+              pytest.mark.timeout(1200)]
 
 BUILDER = "ccci-dist-worker@builder-host"
 # The watchdog in the shipped unit is 120 s; the bed shortens it in a drop-in so the freeze test
@@ -36,6 +39,7 @@ class Bed:
         self.receiver = receiver
         self.git = GitDaemon(tmp / "repos")
         self.machine: Machine | None = None
+        self.start_and_watch: dict[str, subprocess.CompletedProcess] = {}
 
     def repo(self, run: str) -> str:
         """A bare project repo for ``run`` on the host (made on first use); its git:// URL."""
@@ -103,7 +107,9 @@ def bed(tmp_path_factory):
         env = {"CCCI_RUN": "t1", "CCCI_PROJECT_REPO": b.repo("t1"), "CCCI_LEASE_TTL": "5",
                "CCCI_WATCHDOG_INTERVAL": "1", "CCCI_BACKOFF_BASE": "1", "CCCI_KILL_GRACE": "0.5",
                "CCCI_NOTIFY_URLS": json.dumps([receiver.url()]), "CCCI_FLOWER_PORT": str(free_port())}
-        m.deploy(env, redis_port=free_port())
+        source = tmp / "repos" / "ccci-dist.git"  # the README clones ccci-dist from its git server
+        subprocess.run(["git", "clone", "-q", "--bare", str(ROOT), str(source)], check=True, capture_output=True)
+        b.start_and_watch = m.deploy(env, redis_port=free_port(), source_url=b.git.url("ccci-dist.git"))
         yield b
     finally:
         if m is not None:
@@ -130,6 +136,20 @@ def test_units_start_and_a_run_reaches_done(bed):
     status = m.sh(f"systemctl status {BUILDER} --no-pager", check=False).stdout
     assert "active (running)" in status
     assert "Status: \"consuming as" in status, status  # the worker's sd_notify STATUS= text
+
+
+def test_readme_start_and_watch_lines_work_as_ccci(bed):
+    """The README's "Start and watch" block, each line as ``ccci`` after its first (the units' settings)."""
+    results = {line.split("#")[0].strip(): r for line, r in bed.start_and_watch.items()}
+    assert list(results) == ["ccci-dist plan check /opt/ccci-dist-src/examples/cc-ci-plan", "ccci-dist vm check",
+                             "ccci-dist start", "ccci-dist status"]
+    for line, r in results.items():
+        if line == "ccci-dist vm check":  # no VM here: one error line saying what to configure
+            assert r.returncode == 2 and r.stderr.startswith("error: no VM configured") and "Traceback" not in r.stderr
+        else:
+            assert r.returncode == 0, (line, r.stdout, r.stderr)
+    assert "run t1 started at phase" in results["ccci-dist start"].stdout
+    assert "t1" in results["ccci-dist status"].stdout
 
 
 def test_kill_9_of_the_worker_restarts_it_and_the_loop_goes_on(bed):
@@ -191,12 +211,12 @@ def test_hardening_leaves_the_work_possible(bed):
     # the agent ran as the agent user and owned (wrote) its clone
     clones = [p for p in m.file(f"{STATE_DIR}/workspaces").rglob(".git") if p.is_dir()]
     assert clones
-    uid = int(m.sh("id -u agent").stdout)
+    uid = int(m.sh(f"id -u {AGENT_USER}").stdout)
     assert any(c.parent.stat().st_uid == uid for c in clones)
     # ...and, as that user, reads neither the worker's environment nor the broker password
     worker = m.show(BUILDER, "MainPID")["MainPID"]
     for secret in (f"/proc/{worker}/environ", "/etc/ccci-dist/redis_password", "/etc/ccci-dist/env"):
-        r = m.sh(f"cat {secret}", user="agent", check=False)
+        r = m.sh(f"cat {secret}", user=AGENT_USER, check=False)
         assert r.returncode != 0 and "Permission denied" in r.stderr, (secret, r)
 
 
