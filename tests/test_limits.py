@@ -402,9 +402,19 @@ def test_rules_do_not_depend_on_the_hosts_zone(monkeypatch, tz):
         local = parse_limit_text("You've hit your limit · resets 3pm", datetime(2026, 2, 3, 12, 0))
         want = {"America/Bogota": "2026-02-03T20:00", "Asia/Kolkata": "2026-02-04T09:30"}[tz]
         assert local is not None and local.resets_at == utc(want)
+        pipe = parse_limit_text("Claude AI usage limit reached|1770130800", datetime(2026, 2, 3, 12, 0))
+        assert pipe is not None and pipe.resets_at == utc("2026-02-03T15:00")
         ev = from_rate_limit_event({"rate_limit_info": {"status": "rejected", "resetsAt": 1770130800,
                                                         "rateLimitType": "five_hour"}})
         assert ev is not None and ev.resets_at == utc("2026-02-03T15:00")
     finally:
         monkeypatch.undo()
         time.tzset()
+
+
+def test_an_aware_now_in_another_zone_keeps_its_instant():
+    from zoneinfo import ZoneInfo
+
+    now = datetime(2026, 2, 3, 16, 0, tzinfo=ZoneInfo("Asia/Kolkata"))  # 10:30 UTC
+    info = parse_limit_text("You've hit your limit · resets 3pm (UTC)", now)
+    assert info is not None and info.resets_at == utc("2026-02-03T15:00")
