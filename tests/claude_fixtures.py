@@ -31,6 +31,7 @@ import shutil
 import signal
 import subprocess
 import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -295,8 +296,12 @@ def nonroot_user():
     try:
         pw = pwd.getpwnam(AGENT_USER)
     except KeyError:
-        proc = subprocess.run(["useradd", "--system", "--create-home", "--home-dir", f"/var/lib/{AGENT_USER}",
-                               "--shell", "/bin/bash", AGENT_USER], capture_output=True, text=True)
+        for _ in range(30):  # another xdist worker may hold /etc/passwd's lock while it adds the same user
+            proc = subprocess.run(["useradd", "--system", "--create-home", "--home-dir", f"/var/lib/{AGENT_USER}",
+                                   "--shell", "/bin/bash", AGENT_USER], capture_output=True, text=True)
+            if "lock" not in proc.stderr:
+                break
+            time.sleep(0.5)
         if proc.returncode != 0 and "already exists" not in proc.stderr:
             pytest.skip(f"useradd {AGENT_USER} failed: {proc.stderr}")
         pw = pwd.getpwnam(AGENT_USER)

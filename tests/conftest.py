@@ -64,6 +64,8 @@ def pytest_make_collect_report(collector):
 XDIST_GROUPS = {
     "system": ("test_wheel", "test_compose", "test_setup_script", "test_systemd_bed", "test_rootfs"),
     "netns": ("test_chaos", "test_migration", "test_sentinel_netns"),
+    # tests/sshd.py gives its one machine user (ccci-vmtest) a new sudo password at each start
+    "sshd": ("test_vm", "test_lifecycle"),
 }
 _GROUP_OF = {mod: group for group, mods in XDIST_GROUPS.items() for mod in mods}
 
@@ -75,7 +77,7 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         mod = item.path.stem
         item.add_marker(pytest.mark.xdist_group(_GROUP_OF.get(mod, mod)))
-    items.sort(key=lambda item: item.path.stem not in _GROUP_OF)  # stable: keeps the random order within
+    items.sort(key=lambda item: _GROUP_OF.get(item.path.stem) not in ("system", "netns"))  # stable sort
 
 
 @pytest.fixture(scope="session")
