@@ -114,3 +114,16 @@ def test_quiet_hours_with_spaces_and_a_non_utc_result():
 ])
 def test_start_reason_table(at, not_before, why, quiet, reason):
     assert start_reason(at, not_before=not_before, why_not_before=why, quiet=quiet) == reason
+
+
+def test_quiet_hours_zone_reaches_next_start_and_start_reason():
+    from zoneinfo import ZoneInfo
+
+    berlin = ZoneInfo("Europe/Berlin")
+    q = QuietHours(start="12:00", end="14:00")  # Berlin: 11:00-13:00 UTC in winter
+    at = NOW.replace(hour=11, minute=30)
+    assert next_start(now=at, started=at, min_interval=60, quiet=q, tz=berlin) == NOW.replace(hour=13)
+    assert next_start(now=at, started=at, min_interval=60, quiet=q) == at + timedelta(seconds=60)
+    assert start_reason(NOW.replace(hour=13), not_before=None, why_not_before="", quiet=q, tz=berlin) == "quiet hours"
+    assert start_reason(NOW.replace(hour=14), not_before=None, why_not_before="", quiet=q, tz=berlin) == "pacing"
+    assert start_reason(NOW.replace(hour=14), not_before=None, why_not_before="", quiet=q) == "quiet hours"
