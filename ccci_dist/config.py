@@ -257,6 +257,9 @@ class Settings(BaseSettings):
     no_progress_limit: int = Field(
         5, ge=0, le=10_000, description="pause a loop after this many iterations in a row with no new commit and "
         "no change to the machine docs, or this many identical errors in a row (0 = never)")
+    hold_for_verdicts: bool = Field(
+        True, description="a role that marks phases done gets no iteration while it only waits for the verdict "
+        "roles (its phase marked done, nothing FAILED) until the machine docs change or a message arrives")
     backoff_base: float = Field(30.0, gt=0, le=86400, description="first back-off after a failure, seconds")
     backoff_max: float = Field(3600.0, gt=0, le=7 * 86400)
     limit_margin_max: float = Field(

@@ -234,6 +234,9 @@ def use_claude(bed, claude_bin: Path, model, *, wrapper: bool = True, **ccci: st
     bed.env.update({
         "CCCI_AGENT_COMMAND": f"{cmd} -p --output-format stream-json --verbose",
         "CCCI_AGENT_FLAGS": "--allowedTools Bash Edit Write",
+        # these tests drive the CLI through several builder iterations, most without a reviewer worker:
+        # the builder must not be held for verdicts once its phase is marked done
+        "CCCI_HOLD_FOR_VERDICTS": "0",
         **ccci,
     })
     return claude_env(model.url, claude_home(bed))

@@ -548,7 +548,8 @@ class Iteration:
         # its work is done for now (e.g. the phase is marked done, the verdicts are not in): no
         # successor until the machine docs change, an INBOX message arrives or the operator starts it
         waiting = ""
-        if after is not None and outcome.action in ("continue", "resume") and not d.pause_reason:
+        if self.s.hold_for_verdicts and after is not None and outcome.action in ("continue", "resume") \
+                and not d.pause_reason:
             waiting = waits_for_verdicts(self.spec, self.specs, from_snapshot(json.loads(self.run_hash.plan)),
                                          after, self.run_hash.target_phase or None)
         fields.update(waiting=waiting, waiting_docs=docs_fingerprint(after) if waiting and after else "")
