@@ -22,6 +22,7 @@ def _allowed_skips() -> dict[str, str]:
 
 
 def _allowed(nodeid: str, allowed: dict[str, str]) -> bool:
+    nodeid = nodeid.rsplit("@", 1)[0] if "@" in nodeid.rpartition("]")[2] else nodeid  # xdist's @group suffix
     return any(nodeid == pat or fnmatch.fnmatchcase(nodeid, pat) for pat in allowed)
 
 
@@ -70,13 +71,15 @@ XDIST_GROUPS = {
 _GROUP_OF = {mod: group for group, mods in XDIST_GROUPS.items() for mod in mods}
 
 
+def pytest_itemcollected(item):
+    """Every test's xdist group, set at collection: xdist reads it in its own collection hook, which
+    runs before a conftest's pytest_collection_modifyitems."""
+    item.add_marker(pytest.mark.xdist_group(_GROUP_OF.get(item.path.stem, item.path.stem)))
+
+
 @pytest.hookimpl(trylast=True)  # after pytest-randomly's shuffle
 def pytest_collection_modifyitems(config, items):
-    """Give every test its xdist group, and put the long serial groups first so they start at once
-    instead of being the tail of the run."""
-    for item in items:
-        mod = item.path.stem
-        item.add_marker(pytest.mark.xdist_group(_GROUP_OF.get(mod, mod)))
+    """Put the long serial groups first so they start at once instead of being the tail of the run."""
     items.sort(key=lambda item: _GROUP_OF.get(item.path.stem) not in ("system", "netns"))  # stable sort
 
 
