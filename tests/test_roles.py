@@ -172,3 +172,17 @@ def test_lines_a_commit_added_to_the_machine_docs(tmp_path):
         added = ws.added_lines(base, ("STATUS.md", "REVIEW.md"))
         assert added == {"REVIEW.md": ["# Review", VERIFIED_LINE], "STATUS.md": ["## DONE 1"]}
         assert verb_violations(default_role("builder"), added) == ["REVIEW.md: VERIFIED (not a verb of builder)"]
+
+
+def test_default_roles_exact():
+    """The defaults a package without role tables gets, field by field (mutation survivors)."""
+    from ccci_dist.core.roles import EVENTS, RoleSpec, default_role, role_spec
+
+    assert default_role("builder") == RoleSpec(name="builder", verbs=("DONE",))
+    assert default_role("reviewer") == RoleSpec(name="reviewer", waits_for="builder", verbs=("VERIFIED", "FAILED"))
+    assert default_role("supervisor") == RoleSpec(name="supervisor", paths=(), on=EVENTS, digest=True)
+    assert default_role("tester") == RoleSpec(name="tester", waits_for="builder")
+    assert default_role("supervisor").paths == () and default_role("tester").paths is None
+    own = RoleSpec(name="tester", queue="q.t")
+    assert role_spec([own], "tester") is own
+    assert role_spec([own], "builder") == RoleSpec(name="builder", verbs=("DONE",))
