@@ -77,7 +77,9 @@ def test_never_reaped_while_present_within_grace(reads, grace):
         misses += 1
         first_miss = t if first_miss is None else first_miss
         if out:
-            # spans on the injected clock, in the rule's own arithmetic (t - a > g and a + g < t differ in floats)
-            assert misses >= 2 and t - first_miss > grace and t - last_present > grace
+            # spans on the injected clock (not durations), in the rule's own arithmetic: t - a > g and
+            # a + g < t differ in floats
+            miss_span, present_span = t - first_miss, t - last_present
+            assert misses >= 2 and miss_span > grace and present_span > grace
             break
         last_present = last_present if not present else t
