@@ -146,7 +146,7 @@ def test_ago_table(secs, text):
     assert cockpit.ago(secs) == text
 
 
-@pytest.mark.parametrize(("last", "alive"), [(None, False), (NOW - 15, True), (NOW - 15.01, False), (NOW, True),
+@pytest.mark.parametrize(("last", "alive"), [(None, False), (NOW - 14.99, True), (NOW - 15, False), (NOW, True),
                                              (NOW + 3, True)])
 def test_watchdog_alive_is_within_three_intervals(last, alive):
     assert cockpit.watchdog_alive(last, 5, NOW) is alive
@@ -154,7 +154,8 @@ def test_watchdog_alive_is_within_three_intervals(last, alive):
 
 @pytest.mark.parametrize(("last", "text"), [
     (NOW - 4, "watchdog ticking (last tick 4s ago)"),
-    (NOW - 15, "watchdog ticking (last tick 15s ago)"),
+    (NOW - 14, "watchdog ticking (last tick 14s ago)"),
+    (NOW - 15, "watchdog not running (last tick 15s ago)"),  # not running from 3 intervals on
     (NOW - 72, "watchdog not running (last tick 1m12s ago)"),
     (None, "watchdog never ran"),
 ])
