@@ -35,7 +35,7 @@ import netns  # noqa: E402
 from common import bench_testbed, loadavg, make_plan, pct, row, use_bench_subnet  # noqa: E402
 
 use_bench_subnet(netns)
-PORT, SENTINEL_PORT, MASTER = 6379, 26379, "ccci"
+PORT, SENTINEL_PORT, MASTER = netns.REDIS_PORT, netns.SENTINEL_PORT, netns.SENTINEL_MASTER
 PW = netns.REDIS_PASSWORD
 
 
@@ -74,18 +74,6 @@ def _redis(host: netns.Host, replica_of: netns.Host | None = None) -> None:
     netns.wait_for(lambda: _ok(_local(host).ping), 30, 0.05, f"redis on {host.name}")
 
 
-def _sentinel(host: netns.Host, master: netns.Host) -> None:
-    d = host.dir / "sentinel"
-    d.mkdir(parents=True, exist_ok=True)
-    (d / "sentinel.conf").write_text("\n".join([
-        f"port {SENTINEL_PORT}", f"bind {host.addr}", f"dir {d}", f"logfile {d / 'sentinel.log'}",
-        f"unixsocket {d / 'sentinel.sock'}", "unixsocketperm 700", f"requirepass {PW}",
-        f"sentinel sentinel-pass {PW}", f"sentinel monitor {MASTER} {master.addr} {PORT} 2",
-        f"sentinel auth-pass {MASTER} {PW}", f"sentinel down-after-milliseconds {MASTER} 2000",
-        f"sentinel failover-timeout {MASTER} 10000",
-    ]) + "\n")
-    host.spawn(["redis-server", str(d / "sentinel.conf"), "--sentinel"], d / "stdout.log")
-
 
 def starts(tb: netns.Testbed) -> list[dict]:
     return [e for e in tb.agent_events() if e.get("event") == "start"]
@@ -108,7 +96,7 @@ def one_run(base: Path, sentinel: bool, a: argparse.Namespace, rng: random.Rando
             netns.wait_for(lambda: (_ok(lambda: _local(tb.sched).info("replication")) or {})
                            .get("min_slaves_good_slaves") == 1, 60, 0.1, "replica in sync")
             for h in (tb.sched, tb.w1, tb.w2):
-                _sentinel(h, tb.sched)
+                netns.start_sentinel(h, tb.sched)
 
             def ready() -> bool:
                 c = _local(tb.w2, sentinel=True)

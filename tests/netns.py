@@ -368,6 +368,24 @@ class Testbed:
         _ip("netns", "del", self.br_ns, check=False)
 
 
+SENTINEL_PORT, SENTINEL_MASTER = 26379, "ccci"
+
+
+def start_sentinel(host: Host, master: Host) -> None:
+    """A Redis Sentinel on ``host`` watching ``master`` (quorum 2, down after 2 s), password as Redis's."""
+    d = host.dir / "sentinel"
+    d.mkdir(parents=True, exist_ok=True)
+    pw, name = REDIS_PASSWORD, SENTINEL_MASTER
+    (d / "sentinel.conf").write_text("\n".join([
+        f"port {SENTINEL_PORT}", f"bind {host.addr}", f"dir {d}", f"logfile {d / 'sentinel.log'}",
+        f"unixsocket {d / 'sentinel.sock'}", "unixsocketperm 700", f"requirepass {pw}",
+        f"sentinel sentinel-pass {pw}", f"sentinel monitor {name} {master.addr} {REDIS_PORT} 2",
+        f"sentinel auth-pass {name} {pw}", f"sentinel down-after-milliseconds {name} 2000",
+        f"sentinel failover-timeout {name} 10000",
+    ]) + "\n")
+    host.spawn(["redis-server", str(d / "sentinel.conf"), "--sentinel"], d / "stdout.log")
+
+
 def leftover_namespaces(tag: str) -> list[str]:
     """Namespaces of this tag still present (a cleanup check for tests)."""
     out = _ip("netns", "list", check=False).stdout

@@ -14,11 +14,12 @@ import pytest
 import redis
 from engine_fixtures import overlap
 from harness import wait_for
-from netns import REDIS_PASSWORD, Host, Testbed, make_testbed
+from netns import REDIS_PASSWORD, SENTINEL_PORT, Host, Testbed, make_testbed, start_sentinel
+from netns import REDIS_PORT as PORT
+from netns import SENTINEL_MASTER as MASTER
 
 pytestmark = [pytest.mark.slow, pytest.mark.netns]
 
-PORT, SENTINEL_PORT, MASTER = 6379, 26379, "ccci"
 RESTART = 2.0  # supervised like the shipped units (Restart=always)
 
 
@@ -38,18 +39,6 @@ def _redis(host: Host, replica_of: Host | None = None) -> None:
     host.spawn(["redis-server", str(d / "redis.conf")], d / "stdout.log")
     wait_for(lambda: _ping(_local(host)), 15, 0.05, f"redis on {host.name}")
 
-
-def _sentinel(host: Host, master: Host) -> None:
-    d = host.dir / "sentinel"
-    d.mkdir(parents=True, exist_ok=True)
-    (d / "sentinel.conf").write_text("\n".join([
-        f"port {SENTINEL_PORT}", f"bind {host.addr}", f"dir {d}", f"logfile {d / 'sentinel.log'}",
-        f"unixsocket {d / 'sentinel.sock'}", "unixsocketperm 700", f"requirepass {REDIS_PASSWORD}",
-        f"sentinel sentinel-pass {REDIS_PASSWORD}", f"sentinel monitor {MASTER} {master.addr} {PORT} 2",
-        f"sentinel auth-pass {MASTER} {REDIS_PASSWORD}", f"sentinel down-after-milliseconds {MASTER} 2000",
-        f"sentinel failover-timeout {MASTER} 10000",
-    ]) + "\n")
-    host.spawn(["redis-server", str(d / "sentinel.conf"), "--sentinel"], d / "stdout.log")
 
 
 def _local(host: Host, sentinel: bool = False) -> redis.Redis:
@@ -92,7 +81,7 @@ def hab(tmp_path):
         wait_for(lambda: _local(tb.sched).info("replication")["min_slaves_good_slaves"] == 1, 30, 0.1,
                  "replica in sync")
         for h in (tb.sched, tb.w1, tb.w2):
-            _sentinel(h, tb.sched)
+            start_sentinel(h, tb.sched)
 
         def sentinels_ready() -> bool:
             try:
@@ -142,7 +131,8 @@ def test_scheduler_host_killed_mid_iteration(hab: Testbed):
     is promoted, the standby beat takes over, the run reaches DONE with no overlap and no stale push,
     and an INBOX message the CLI acknowledged before the kill is delivered."""
     tb = hab
-    _start(tb, '{"builder": ["slow:4", "slow:3"], "reviewer": ["slow:2"]}')
+    # a first iteration long enough that the kill lands in it even when `inbox send` starts slowly
+    _start(tb, '{"builder": ["slow:12", "slow:3"], "reviewer": ["slow:2"]}')
     wait_for(lambda: any(e["event"] == "start" for e in tb.agent_events()), 60, 0.1, "the first agent")
     sent = tb.cli(tb.w2, "inbox", "send", "--to", "builder", "keep this across the failover")
     assert "queued" in sent.stdout, sent
