@@ -21,7 +21,7 @@ from netns import Host, Testbed, make_testbed
 pytestmark = pytest.mark.slow
 
 TTL, TICK = 3.0, 1.0
-SLACK = 6.0  # process start-up and scheduling on a loaded 2-core machine
+SLACK = 10.0  # process start-up and scheduling on a loaded 2-core machine (CI runs other test files beside)
 BUILDER_QUEUES = "ccci.control,ccci.builder"
 # Workers and beat run supervised like the shipped systemd units (Restart=always), with RestartSec 10/5 s
 # scaled down: beat exits on a lost lock check, so only a supervised deployment survives a Redis restart

@@ -246,7 +246,8 @@ def test_isolation_violation_is_refused_and_reported(bed, role, other):
 
 def test_reviewer_every_k_builder_iterations_and_deferred_count(bed):
     _push_file(bed, "DEFERRED.md", "# Deferred\n\n- dark mode\n- i18n\n- metrics export\n")
-    bed.env.update({"CCCI_REVIEWER_EVERY": "3", "CCCI_DEMO_SLEEP": "0.2"})
+    # without holding: a held builder (its phase done, waiting for verdicts) lets the reviewer run early
+    bed.env.update({"CCCI_REVIEWER_EVERY": "3", "CCCI_DEMO_SLEEP": "0.2", "CCCI_HOLD_FOR_VERDICTS": "0"})
     bed.worker("w1", beat=True)
     bed.cli("start")
     wait_for(lambda: len(_starts(bed, "reviewer")) >= 3, 90, 0.3, "three reviewer iterations")
