@@ -169,7 +169,7 @@ def _ping(url: str) -> bool:
 def _snapshot(r: redis.Redis, root: Path) -> tuple[dict, dict]:
     keys = {}
     for key in r.scan_iter(count=1000):
-        if key.startswith(b"ccci:worker:"):
+        if key.startswith((b"ccci:worker:", b"ccci:live:")):  # the started bed's own worker and agent
             continue
         keys[key] = r.dump(key)
     files = {}
