@@ -6,6 +6,7 @@ Only loopback (127.0.0.1) is used here; the multi-host benchmarks use ``tests/ne
 
 from __future__ import annotations
 
+import argparse
 import atexit
 import json
 import os
@@ -322,3 +323,17 @@ def bench_testbed(netns_module):
             super()._build(hosts)
 
     return Bed
+
+
+def netns_bench_args(ap: argparse.ArgumentParser, name: str, netns_module,
+                     seed: int | None = 1) -> argparse.Namespace | None:
+    """Parse a multi-host benchmark's arguments (with ``--seed`` unless ``seed`` is None). None, after a
+    ``<name>: skipped (<why>)`` line, where the network-namespace bed can't run (not root, no ``ip netns``)."""
+    if seed is not None:
+        ap.add_argument("--seed", type=int, default=seed)
+    a = ap.parse_args()
+    reason = netns_module.unavailable_reason()
+    if reason:
+        print(f"{name}: skipped ({reason})")
+        return None
+    return a

@@ -41,7 +41,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "tests"))
 import netns  # noqa: E402
-from common import bench_testbed, loadavg, make_plan, pct, row, use_bench_subnet  # noqa: E402
+from common import bench_testbed, loadavg, make_plan, netns_bench_args, pct, row, use_bench_subnet  # noqa: E402
 
 use_bench_subnet(netns)
 
@@ -133,11 +133,8 @@ def main() -> int:
     ap.add_argument("--runs", type=int, default=10)
     ap.add_argument("--settings", default="10:5,6:2,3:1", help="comma-separated TTL:tick pairs (seconds)")
     ap.add_argument("--cases", default="today,process,host", help="comma-separated: today, process, host")
-    ap.add_argument("--seed", type=int, default=1)
-    a = ap.parse_args()
-    reason = netns.unavailable_reason()
-    if reason:
-        print(f"failover: skipped ({reason})")
+    a = netns_bench_args(ap, "failover", netns)
+    if a is None:
         return 0
     rng = random.Random(a.seed)
     cases = [c.strip() for c in a.cases.split(",") if c.strip()]

@@ -32,7 +32,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "tests"))
 import netns  # noqa: E402
-from common import bench_testbed, loadavg, make_plan, pct, row, use_bench_subnet  # noqa: E402
+from common import bench_testbed, loadavg, make_plan, netns_bench_args, pct, row, use_bench_subnet  # noqa: E402
 
 use_bench_subnet(netns)
 PORT, SENTINEL_PORT, MASTER = netns.REDIS_PORT, netns.SENTINEL_PORT, netns.SENTINEL_MASTER
@@ -140,11 +140,8 @@ def main() -> int:
     ap.add_argument("--agent-secs", type=float, default=3)
     ap.add_argument("--lease-ttl", type=float, default=10)
     ap.add_argument("--tick", type=float, default=5)
-    ap.add_argument("--seed", type=int, default=1)
-    a = ap.parse_args()
-    reason = netns.unavailable_reason()
-    if reason:
-        print(f"sentinel_failover: skipped ({reason})")
+    a = netns_bench_args(ap, "sentinel_failover", netns)
+    if a is None:
         return 0
     if a.runs < 1 or a.wait <= 0:
         print("error: --runs must be >= 1 and --wait > 0", file=sys.stderr)
