@@ -27,7 +27,7 @@ from ccci_dist.adapters.broker import client
 from ccci_dist.config import Settings, hostname
 from ccci_dist.core.liveness import LIVE_PREFIX, Gone, holder, live_name
 from ccci_dist.engine.app import settings
-from ccci_dist.state.store import Store
+from ccci_dist.state.store import RunView, Store
 
 log = logging.getLogger(__name__)
 
@@ -109,14 +109,20 @@ class LeaseWatcher(threading.Thread):
         return dropped
 
     def _rerun(self, run: str, role: str) -> None:
-        from ccci_dist.engine.watchdog import _plan, tick_loop
+        from ccci_dist.engine.watchdog import _plan, _read_loop, tick_loop
 
-        rh = self.store.run(run)
-        if not rh.plan:
-            return
-        plan = _plan(rh.plan)
-        if role in plan.roles:
-            tick_loop(self.store, self.s, run, plan.spec(role), rh, datetime.now(UTC))
+        try:
+            rh = self.store.run(run)
+            if not rh.plan:
+                return
+            plan = _plan(rh.plan)
+            if role not in plan.roles:
+                return
+            spec = plan.spec(role)
+            loops = {r: _read_loop(self.store, run, r) for r in {role, spec.waits_for} if r}
+            tick_loop(self.store, self.s, RunView(run, rh, loops), spec, datetime.now(UTC))
+        except Exception:  # not a read failure: the lease is dropped, the next tick re-runs the loop
+            log.exception("%s/%s: re-run after the lease holder went failed; the next tick re-runs it", run, role)
 
 
 def start_watcher(s: Settings | None = None) -> None:
