@@ -51,6 +51,7 @@ class RoundTrips:
 
 def seed(store, loops: int) -> None:
     from ccci_dist.core.plan import load_package, snapshot
+    from ccci_dist.state.store import with_plan_digest
 
     snap = json.dumps(snapshot(load_package(TINY)))
     r = store.r
@@ -59,8 +60,9 @@ def seed(store, loops: int) -> None:
     for i in range(loops // 2):
         run = f"run-{i:04d}"
         pipe.sadd("ccci:runs", run)
-        pipe.hset(f"ccci:run:{run}", mapping={"status": "active", "phase": "1", "plan": snap,
-                                             "roles": json.dumps(["builder", "reviewer"]), "repo": "/nonexistent"})
+        pipe.hset(f"ccci:run:{run}", mapping=with_plan_digest({
+            "status": "active", "phase": "1", "plan": snap, "roles": json.dumps(["builder", "reviewer"]),
+            "repo": "/nonexistent"}))
         for role in ("builder", "reviewer"):
             pipe.hset(f"ccci:loop:{run}:{role}", mapping={"state": "active", "role": role, "iteration": 3,
                                                           "running": 4})

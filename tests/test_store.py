@@ -143,17 +143,35 @@ def test_finish_merges_nudges_with_those_added_meanwhile(store):
     assert json.loads(store.r.hget(key, "nudges")) == ["keep"]
 
 
+PLANS = [None, "", json.dumps({"name": "p1", "order": ["1"]}), json.dumps({"name": "p2", "note": "ünï" * 50})]
+plan_writes = st.tuples(st.sampled_from(PLANS), st.booleans())  # the plan, and whether the Store wrote it
+
+
+def write_plan(store, run: str, plan: str | None, through_store: bool) -> None:
+    """Through the Store (with its digest), or as a hash written before the digest existed."""
+    if plan is None:
+        store.r.hdel(f"ccci:run:{run}", "plan", "plan_sha")
+    elif through_store:
+        store.update_run(run, plan=plan)
+    else:
+        store.r.hdel(f"ccci:run:{run}", "plan_sha")
+        store.r.hset(f"ccci:run:{run}", "plan", plan)
+
+
 @given(st.lists(st.tuples(st.sampled_from(["r1", "r-2", "a:b", "z"]),
                           st.lists(st.sampled_from(["builder", "reviewer", "x"]), max_size=3, unique=True),
-                          st.booleans(), st.booleans(), st.booleans()), max_size=5, unique_by=lambda t: t[0]))
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+                          st.booleans(), st.booleans(), st.booleans(), plan_writes, plan_writes),
+                max_size=5, unique_by=lambda t: t[0]))
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 def test_tick_view_reads_what_the_single_reads_read(store, runs):
     """The one-round-trip tick view (a Lua script) sees exactly the run hashes, loop hashes, lease
-    TTLs and queued tasks that reading them one by one sees (roles without a loop hash included)."""
+    TTLs and queued tasks that reading them one by one sees (roles without a loop hash included),
+    and each run's current plan, tick after tick, though a known plan is not sent again."""
     store.r.flushdb()
-    for run, roles, with_loop, leased, queued in runs:
+    for run, roles, with_loop, leased, queued, first, _ in runs:
         store.r.sadd("ccci:runs", run)
         store.r.hset(f"ccci:run:{run}", mapping={"status": "active", "phase": "1", "roles": json.dumps(roles)})
+        write_plan(store, run, *first)
         for i, role in enumerate(roles):
             if with_loop or i:
                 store.r.hset(k_loop(run, role), mapping={"state": "active", "role": role, "iteration": i + 1})
@@ -161,16 +179,39 @@ def test_tick_view_reads_what_the_single_reads_read(store, runs):
                 store.r.set(f"ccci:lease:{run}:{role}", "h/1/t", px=600_000)
             if queued:
                 store.r.set(k_next(run, role), f"task-{run}-{role}")
-    view = store.tick_view()
-    assert [v.run for v in view] == store.runs()
-    for v in view:
-        assert v.state == store.run(v.run)
-        assert list(v.loops) == v.state.roles
-        for role, lv in v.loops.items():
-            assert lv.state == store.loop(v.run, role)
-            assert (lv.lease_ms > 0) == (store.lease_pttl(v.run, role) > 0)
-            assert lv.lease_ms <= 600_000 and (lv.lease_ms == -2) == (store.lease_pttl(v.run, role) == -2)
-            assert lv.queued == (store.queued_task(v.run, role) or "")
+    for tick in range(3):  # the first tick, the same state again, then with the second plans
+        if tick == 2:
+            for run, *_, second in runs:
+                write_plan(store, run, *second)
+        view = store.tick_view()
+        assert [v.run for v in view] == store.runs()
+        for v in view:
+            assert v.state == store.run(v.run)
+            assert v.state.plan == (store.r.hget(f"ccci:run:{v.run}", "plan") or "")
+            assert list(v.loops) == v.state.roles
+            for role, lv in v.loops.items():
+                assert lv.state == store.loop(v.run, role)
+                assert (lv.lease_ms > 0) == (store.lease_pttl(v.run, role) > 0)
+                assert lv.lease_ms <= 600_000 and (lv.lease_ms == -2) == (store.lease_pttl(v.run, role) == -2)
+                assert lv.queued == (store.queued_task(v.run, role) or "")
+
+
+def test_tick_view_sends_a_plan_only_when_its_digest_is_new(store):
+    """The plan snapshot (KBs per run) crosses the wire on the first tick and after a change only."""
+    store.r.sadd("ccci:runs", "r")
+    store.start_run("r", {"status": "active", "roles": json.dumps(["builder"]), "plan": '{"v": 1}'}, ["builder"], None)
+    sent, script = [], store._tick_view
+
+    def spy(args: list[str]) -> list:
+        reply = script(args=args)
+        sent.append(reply[0][4])  # the plan element: None when the store holds its digest
+        return reply
+
+    store._tick_view = spy
+    assert [store.tick_view()[0].state.plan for _ in range(3)] == ['{"v": 1}'] * 3
+    store.update_run("r", plan='{"v": 2}')
+    assert [store.tick_view()[0].state.plan for _ in range(2)] == ['{"v": 2}'] * 2
+    assert sent == ['{"v": 1}', None, None, '{"v": 2}', None]
 
 
 def test_tick_view_sees_a_change_between_ticks(store):

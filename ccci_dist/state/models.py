@@ -102,6 +102,7 @@ class RunState(_HashModel):
     done_blocked_since: float | None = None  # every phase marked done, DONE not holding, since then
     done_blocked_woken: bool = False  # the done_blocked wake of this stretch was sent
     plan: str = ""  # JSON snapshot of the plan package (parsed by core.plan.from_snapshot)
+    plan_sha: str = ""  # SHA-1 of ``plan``, written with it by the Store (the tick fetches a plan only when new)
     plan_dir: str = ""
     roles: list[str] = Field(default_factory=list)
     queues: dict[str, str] = Field(default_factory=dict)

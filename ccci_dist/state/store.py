@@ -7,6 +7,7 @@ fencing token, so a stale iteration (its lease lapsed) can write nothing.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import time
@@ -97,6 +98,13 @@ class Claimed(NamedTuple):
     inbox: list[tuple[str, str]]  # pending (id, text)
 
 
+def with_plan_digest(fields: dict[str, Any]) -> dict[str, Any]:
+    """``fields`` of a run hash, with ``plan_sha`` (what ``tick_view`` knows a plan by) beside a ``plan``."""
+    if "plan" not in fields:
+        return fields
+    return {**fields, "plan_sha": hashlib.sha1(str(fields["plan"]).encode(), usedforsecurity=False).hexdigest()}
+
+
 def _hash(flat: list[str]) -> dict[str, str]:
     """A hash as a script returns it (HGETALL's flat field, value list) as a dict."""
     return dict(zip(flat[::2], flat[1::2], strict=False))
@@ -138,6 +146,7 @@ class Store:
         # The typed hashes of the last tick, by their raw content: most hashes are unchanged from one
         # tick to the next (a loop's changes at claim and finish), and the models are frozen.
         self._tick_models: dict[tuple, Any] = {}
+        self._tick_plans: dict[str, str] = {}  # plan digest -> the snapshot the last tick saw
 
     def ping(self) -> bool:
         """Raise a ``BrokerError`` unless Redis answers."""
@@ -147,21 +156,32 @@ class Store:
     def tick_view(self) -> list[RunView]:
         """Every run with its loops as one watchdog tick needs them, in one round trip whatever the
         number of runs and loops (``scripts/tick_view.lua``: run hashes, loop hashes, lease TTLs,
-        queued tasks). One nested reply parses in C (hiredis), not one reply per key in Python."""
+        queued tasks). One nested reply parses in C (hiredis), not one reply per key in Python. A
+        run's plan snapshot comes over only when its digest is new to this store."""
         out = []
         last, seen = self._tick_models, {}
+        plans, kept = self._tick_plans, {}
 
-        def typed(cls: type, flat: list[str]) -> Any:
-            key = (cls, *flat)
+        def typed(cls: type, key: tuple, flat: list[str], extra: dict[str, str] | None = None) -> Any:
             model = last.get(key)
-            seen[key] = model = model if model is not None else cls.from_hash(_hash(flat))
+            if model is None:
+                h = _hash(flat)
+                model = cls.from_hash({**h, **extra} if extra else h)
+            seen[key] = model
             return model
 
-        for run, flat, loops in self._tick_view(args=[P]):
-            rs = typed(RunState, flat)
-            got = {role: LoopView(typed(LoopState, lh), int(pttl), nxt or "") for role, lh, pttl, nxt in loops}
+        for run, flat, loops, digest, shipped in self._tick_view(args=[P, *plans]):
+            extra = None
+            if digest:
+                # the stored snapshot: the same str object tick after tick, so parsing caches hit at once
+                kept[digest] = plan = shipped if shipped is not None else plans[digest]
+                extra = {"plan": plan}
+            rs = typed(RunState, (RunState, digest, *flat), flat, extra)
+            got = {role: LoopView(typed(LoopState, (LoopState, *lh), lh), int(pttl), nxt or "")
+                   for role, lh, pttl, nxt in loops}
             out.append(RunView(run, rs, {role: got[role] for role in rs.roles if role in got}))
-        self._tick_models = seen  # only this tick's: bounded by the number of runs and loops
+        # only this tick's: bounded by the number of runs and loops
+        self._tick_models, self._tick_plans = seen, kept
         return out
 
     def runs(self) -> list[str]:
@@ -177,7 +197,7 @@ class Store:
         return json.loads(self.r.hget(k_run(run), "roles") or "[]")
 
     def update_run(self, run: str, **fields: Any) -> None:
-        self.r.hset(k_run(run), mapping={k: str(v) for k, v in fields.items()})
+        self.r.hset(k_run(run), mapping={k: str(v) for k, v in with_plan_digest(fields).items()})
 
     def event(self, run: str, kind: str, **fields: Any) -> None:
         """Append to the run's event stream (restarts, refusals, phase changes)."""
@@ -525,7 +545,7 @@ class Store:
         usage-limit stall that has not ended)."""
         pipe = self.r.pipeline()
         pipe.sadd(k_runs(), run)
-        pipe.hset(k_run(run), mapping=fields)
+        pipe.hset(k_run(run), mapping=with_plan_digest(fields))
         pipe.hsetnx(k_run(run), "created_at", f"{time.time():.3f}")
         now = time.time()
         for role in roles:
