@@ -41,7 +41,8 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from ccci_dist.core.phases import FAILED, VERIFIED, done_line, parse_review, parse_status, review_line
+# core.phases (pydantic) is imported where it is used: the start line comes before that cost (a third of
+# a CPU second), so a failover's "next agent start" is the agent starting, not the demo's imports.
 from ccci_dist.core.prompt import BLOCKERS_HEADING, DIGEST_HEADING, INBOX_HEADING, parse_context
 
 COMMAND = f"{sys.executable} -m ccci_dist.adapters.demo_agent"  # how the demo and tests run it
@@ -155,6 +156,8 @@ def _stamp(at: datetime | None = None) -> str:
 
 def _failed_items(prompt: str) -> list[str]:
     """Items the prompt's "What blocks DONE" section lists as FAILED (any phase)."""
+    from ccci_dist.core.phases import FAILED
+
     out = []
     for line in _section(prompt, BLOCKERS_HEADING).splitlines():
         item, _, rest = line.removeprefix("- ").partition(": ")
@@ -174,6 +177,8 @@ def _fixed_at(item: str) -> datetime | None:
 
 
 def builder(ctx: dict, prompt: str, fault: str) -> str:
+    from ccci_dist.core.phases import FAILED, VERIFIED, done_line, parse_review, parse_status, review_line
+
     phase = ctx.get("phase", "")
     it = ctx.get("iteration", "?")
     notes = []
@@ -208,6 +213,8 @@ def builder(ctx: dict, prompt: str, fault: str) -> str:
 
 
 def reviewer(ctx: dict, prompt: str, fault: str) -> str:
+    from ccci_dist.core.phases import FAILED, VERIFIED, parse_review, parse_status, review_line
+
     head = _git("rev-parse", "--short", "HEAD")
     now = datetime.now(UTC).replace(microsecond=0)
     review = _read("REVIEW.md")

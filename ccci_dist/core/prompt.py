@@ -11,8 +11,6 @@ from __future__ import annotations
 from collections.abc import Collection, Sequence
 from datetime import UTC, datetime
 
-from ccci_dist.core.phases import grammar_lines
-
 # A fixed time for the grammar's example lines: the prompt stays a pure function of its inputs.
 EXAMPLE_AT = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
 # INBOX ids are the Redis stream ids of the messages; the prompts cite this form.
@@ -53,6 +51,8 @@ def assemble(*, role: str, run: str, iteration: int, phase: str, plan: dict,
     order = ",".join(plan["order"])
     example_phase = phase or (plan["order"][0] if plan["order"] else "1")
     example_item = ph["items"][0]["id"] if ph["items"] else f"{example_phase}.1"
+    from ccci_dist.core.phases import grammar_lines  # here: parse_context's callers (agents) skip pydantic
+
     parts = [
         f"<!-- ccci: run={run} role={role} iteration={iteration} phase={phase} "
         f"phase_items={items} dod={dod_ids} phases={order} -->",
