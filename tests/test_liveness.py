@@ -8,8 +8,11 @@ liveness watcher, not by the lease running out.
 
 from __future__ import annotations
 
+import os
+import re
 import signal
 import time
+from pathlib import Path
 
 import pytest
 import redis
@@ -111,3 +114,21 @@ def test_redis_restart_does_not_reap_a_live_lease(tmp_path, fresh_redis, remote_
         assert not _events(r, "lease_holder_gone")
     finally:
         bed.close()
+
+
+def _nice(pid: int, tid: int) -> int:
+    return int(Path(f"/proc/{pid}/task/{tid}/stat").read_text().rsplit(")", 1)[1].split()[16])
+
+
+def test_watcher_thread_runs_above_its_process(bed):
+    """On a loaded host the watcher's reads must come on time: its thread runs 10 nice levels above
+    the beat process where the OS allows it (root, as these tests run), and says so where not."""
+    beat = bed.beat()
+    log = bed.tmp / "beat.log"
+    line = wait_for(lambda: next((ln for ln in log.read_text().splitlines() if "lease watcher: thread" in ln), None)
+                    if log.exists() else None, 60, 0.1, "the watcher's start line in the beat log")
+    tid = int(re.search(r"thread (\d+)", line).group(1))
+    if os.geteuid() == 0:
+        assert _nice(beat.pid, tid) == _nice(beat.pid, beat.pid) - 10
+    else:
+        assert "not permitted" in line

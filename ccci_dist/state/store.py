@@ -333,16 +333,18 @@ class Store:
         Sentinel failover) it fails and the Sentinel client reconnects to the new master."""
         self.r.set(k_live(holder), "1", px=px)
 
-    def server_identity(self) -> tuple[tuple[str, str], float]:
-        """(run id, replication id) of the Redis answering, and its uptime in seconds: a restart
-        changes the first, a Sentinel failover the second."""
-        info = {**self.r.info("server"), **self.r.info("replication")}
-        ids = (str(info.get("run_id", "")), str(info.get("master_replid", "")))
-        return ids, float(info.get("uptime_in_seconds", 0))
-
-    def client_names(self, prefix: str) -> set[str]:
-        """Names starting with ``prefix`` of the normal clients connected to this Redis."""
-        return {c["name"] for c in self.r.client_list(_type="normal") if c.get("name", "").startswith(prefix)}
+    def liveness_read(self, prefix: str) -> tuple[tuple[str, str], float, set[str]]:
+        """One round trip: (run id, replication id) of the Redis answering (a restart changes the
+        first, a Sentinel failover the second), its uptime in seconds, and the names starting with
+        ``prefix`` of its normal clients."""
+        pipe = self.r.pipeline(transaction=False)
+        pipe.info("server")
+        pipe.info("replication")
+        pipe.client_list(_type="normal")
+        server, repl, clients = pipe.execute()
+        ids = (str(server.get("run_id", "")), str(repl.get("master_replid", "")))
+        names = {c["name"] for c in clients if c.get("name", "").startswith(prefix)}
+        return ids, float(server.get("uptime_in_seconds", 0)), names
 
     def lease_owners(self) -> dict[tuple[str, str], str]:
         """Every loop lease held now: (run, role) -> owner."""
