@@ -105,6 +105,24 @@ CASES = [
     # gated by reviewer_every, else due
     (facts(gated=True), ("due", "waiting for the builder's iterations (reviewer_every)", "nothing")),
     (facts(), ("due", "due now", "nothing: the watchdog enqueues it on its next tick")),
+    # due, but nobody consumes its queue (the only worker was killed): not due, waiting for a worker
+    (facts(worker_on_queue=False),
+     ("waiting for a worker on ccci.builder", "due, and no live worker consumes ccci.builder",
+      "start a worker whose profile includes the queue ccci.builder")),
+    (facts(gated=True, worker_on_queue=False),
+     ("waiting for a worker on ccci.builder", "due, and no live worker consumes ccci.builder",
+      "start a worker whose profile includes the queue ccci.builder")),
+    # a lease whose holder is gone (its process no longer names itself alive) is not running
+    (facts(lease_ms=5000, holder_gone=True),
+     ("due", "the worker holding its lease is gone (the lease runs out in 5s)",
+      "nothing: the watchdog re-runs it then")),
+    (facts(lease_ms=5000, holder_gone=True, watchdog_alive=False),
+     ("due", "the worker holding its lease is gone (the lease runs out in 5s)", BEAT)),
+    (facts(lease_ms=5000, holder_gone=True, worker_on_queue=False),
+     ("waiting for a worker on ccci.builder",
+      "the worker holding its lease is gone (the lease runs out in 5s), and no live worker consumes ccci.builder",
+      "start a worker whose profile includes the queue ccci.builder")),
+    (facts(lease_ms=-1, holder_gone=True), ("running", "an iteration holds the lease", "nothing: it is working")),
 ]
 
 

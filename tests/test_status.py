@@ -136,6 +136,27 @@ def test_status_tells_the_truth_when_worker_and_beat_die(bed):
     assert "active" not in text.splitlines()[0]
 
 
+def test_status_is_not_active_once_the_only_worker_is_killed(bed):
+    """kill -9 of a single-host worker (beat in its thread) mid-iteration: as soon as `status` sees no
+    live worker, the run is not `active` and no loop is `running` or `due`, although the dead worker's
+    lease and watchdog tick still look fresh (found by the outside test: `active`, `due now` and
+    `workers: none alive` in one screen)."""
+    bed.env.update({"CCCI_WATCHDOG_INTERVAL": "20", "CCCI_LEASE_TTL": "20", "CCCI_DEMO_SLEEP": "0.3"})
+    bed.faults(builder=["slow:60"])
+    worker = bed.worker("w1", beat=True)
+    bed.cli("start")
+    bed.wait_status(lambda st: st["loops"]["builder"]["state"] == "running" and st["liveness"]["workers"], 90,
+                    "builder running")
+    worker.kill(signal.SIGKILL)
+    st = bed.wait_status(lambda st: not st["liveness"]["workers"], 60, "the killed worker gone from status")
+    assert st["state"] != "active", (st["header"], st["loops"])
+    for lp in st["loops"].values():
+        assert lp["state"] not in ("running", "due", "queued"), lp
+    assert st["loops"]["builder"]["state"] == "waiting for a worker on ccci.builder", st["loops"]["builder"]
+    text = bed.cli("status", env={"COLUMNS": "80"}).stdout
+    assert "active" not in text.splitlines()[0] and "due now" not in text, text
+
+
 def test_presence_expires_within_three_watchdog_intervals():
     for interval in (0.2, 1, 2, 2.4, 5, 60):
         every, expiry_ms = cockpit.presence_timing(interval)

@@ -47,6 +47,7 @@ class LoopFacts:
     gated: bool = False  # reviewer_every holds this loop until the builder has done enough
     breaker: str = ""  # no_progress | repeated_error: the loop's own pause (stored_state paused)
     waiting: str = ""  # its work is done for now: what it waits for
+    holder_gone: bool = False  # a lease is held, but the process holding it no longer names itself alive
 
 
 @dataclass(frozen=True)
@@ -123,8 +124,15 @@ def describe_loop(f: LoopFacts) -> LoopWords:
                "repeated_error": "the same error again and again"}.get(f.breaker, f.breaker or "paused")
         reason = f"{f.breaker}: {why}" + (f" — {f.last_detail}" if f.breaker == "repeated_error" else "")
         return LoopWords(PAUSED, reason, f"nothing needed: {BREAKER_NEXT}")
-    if f.lease_ms == -1 or f.lease_ms > 0:
+    if f.lease_ms == -1 or f.lease_ms > 0 and not f.holder_gone:
         return LoopWords(RUNNING, "an iteration holds the lease", "nothing: it is working")
+    if f.lease_ms > 0 and f.run_status != PAUSED:
+        # The holder died without giving the lease back (kill -9 of a worker whose watcher died with
+        # it): the loop is not running, and only goes on if a worker and the watchdog are there.
+        gone = f"the worker holding its lease is gone (the lease runs out in {ago(f.lease_ms / 1000)})"
+        if not f.worker_on_queue:
+            return _no_worker(f, gone)
+        return LoopWords(DUE, gone, "nothing: the watchdog re-runs it then" if f.watchdog_alive else BEAT_HINT)
     if f.run_status == PAUSED:
         until = f" until {_at(f.paused_until)}" if f.paused_until > f.now else ""
         return LoopWords(PAUSED, f"{f.pause_reason or 'paused'}{until}",
@@ -150,9 +158,17 @@ def describe_loop(f: LoopFacts) -> LoopWords:
         return LoopWords(HELD, f"its work is done for now; waits for {f.waiting}",
                          "nothing: it resumes when the machine docs change, an INBOX message arrives "
                          "or on `ccci-dist start`")
+    if not f.worker_on_queue:
+        return _no_worker(f, "due")
     if f.gated:
         return LoopWords(DUE, "waiting for the builder's iterations (reviewer_every)", "nothing")
     return LoopWords(DUE, "due now", "nothing: the watchdog enqueues it on its next tick")
+
+
+def _no_worker(f: LoopFacts, why: str) -> LoopWords:
+    """A loop that would run now but whose queue no live worker consumes."""
+    return LoopWords(f"{WAITING_WORKER} on {f.queue}", f"{why}, and no live worker consumes {f.queue}",
+                     f"start a worker whose profile includes the queue {f.queue}")
 
 
 def run_state(run_status: str, loop_states: list[str], watchdog_ok: bool) -> str:

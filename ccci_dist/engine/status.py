@@ -17,6 +17,7 @@ from pydantic import BaseModel, Field, TypeAdapter
 
 from ccci_dist.config import Settings
 from ccci_dist.core import agents, cockpit
+from ccci_dist.core.liveness import holder
 from ccci_dist.core.phases import MachineDocs, missing_for_done, phase_complete
 from ccci_dist.core.plan import PlanPackage, from_snapshot
 from ccci_dist.state.inbox_store import undelivered
@@ -197,6 +198,7 @@ def run_status(store: Store, s: Settings, run: str, now: float | None = None,
         lp = store.loop(run, role)
         queue = lp.next_queue or rh.queues.get(role) or s.queue_for(role)
         pttl = store.lease_pttl(run, role)
+        owner = store.lease_owner(run, role) if pttl > 0 else None
         facts = cockpit.LoopFacts(
             role=role, stored_state=lp.state or "?", run_status=rh.status or "?", now=now, lease_ms=pttl,
             queued=bool(store.queued_task(run, role)), queue=queue, worker_on_queue=queue in consumed,
@@ -206,6 +208,7 @@ def run_status(store: Store, s: Settings, run: str, now: float | None = None,
             stalled_until=lp.stalled_until or 0.0, stalled_display=lp.stalled_display,
             fail_streak=lp.fail_streak, paused_until=rh.paused_until or 0.0,
             pause_reason=rh.pause_reason, waiting=lp.waiting if lp.state == "active" else "",
+            holder_gone=bool(owner) and not store.holder_alive(holder(owner)),
         )
         words = cockpit.describe_loop(facts)
         if words.state == cockpit.PAUSED and lp.pause_reason:

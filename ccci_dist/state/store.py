@@ -333,6 +333,10 @@ class Store:
         Sentinel failover) it fails and the Sentinel client reconnects to the new master."""
         self.r.set(k_live(holder), "1", px=px)
 
+    def holder_alive(self, holder: str) -> bool:
+        """Whether process ``holder`` (``host/pid``) wrote its liveness key within its expiry."""
+        return bool(self.r.exists(k_live(holder)))
+
     def liveness_read(self, prefix: str) -> tuple[tuple[str, str], float, set[str]]:
         """One round trip: (run id, replication id) of the Redis answering (a restart changes the
         first, a Sentinel failover the second), its uptime in seconds, and the names starting with
