@@ -10,6 +10,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from ccci_dist.core.phases import (
     is_done,
@@ -419,6 +421,17 @@ def test_phase_complete_needs_marker_and_every_item(tiny):
     failed = both + f"FAILED 1.2 {ts(1)} abc9999 regression\n"
     assert not phase_complete(tiny, parse_docs("## DONE 1\n", failed), "1")
     assert not phase_complete(tiny, parse_docs("## DONE 2\n", both), "1")
+
+
+@given(st.lists(st.sampled_from(["1", "2"]), max_size=2),
+       st.lists(st.tuples(st.sampled_from(["1.1", "1.2", "2.1", "D1", "D2", "D3"]),
+                          st.sampled_from(["VERIFIED", "FAILED"]), st.floats(0, 48)), max_size=8))
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+def test_is_done_is_nothing_missing_for_done(tiny, done, verdicts):
+    """is_done stops at the first gap; it answers what an empty missing_for_done answers."""
+    docs = parse_docs("".join(f"## DONE {p}\n" for p in done),
+                      "".join(f"{v} {i} {ts(h)} a1b2c3d x\n" for i, v, h in verdicts))
+    assert is_done(tiny, docs, NOW, DAY) == (not missing_for_done(tiny, docs, NOW, DAY))
 
 
 def test_resolve_phase(tiny):

@@ -215,5 +215,8 @@ def missing_for_done(
 
 
 def is_done(plan: PlanPackage, docs: MachineDocs, now: datetime, freshness: timedelta) -> bool:
-    """DONE: every phase complete and every DoD item re-verified within ``freshness``."""
-    return not missing_for_done(plan, docs, now, freshness)
+    """DONE: every phase complete and every DoD item re-verified within ``freshness`` (``missing_for_done``
+    is empty), stopping at the first gap: every watchdog tick asks it of every run."""
+    since = now - freshness
+    return (all(phase_complete(plan, docs, p) for p in plan.phase_order)
+            and all(verified(docs, item.id, since) for item in plan.dod))

@@ -50,11 +50,12 @@ def decide_run(run: RunSeen, plan: PlanPackage | None, docs: MachineDocs, settin
         return RunTick(resume=resume)
     if is_done(plan, docs, now, timedelta(hours=settings.done_freshness_hours)):
         return RunTick(resume=resume, done=True)
-    phase = run.phase or plan.phase_order[0]
+    order = plan.phase_order
+    phase = run.phase or order[0]
     want = working_phase(plan, docs, run.target or None) or phase
     done_target = run.target if run.target and phase_complete(plan, docs, run.target) else ""
     # the builder says every phase is done, yet DONE does not hold (verdicts missing, stale or FAILED)
-    blocked = set(plan.phase_order) <= set(docs.done_phases)
+    blocked = all(p in docs.done_phases for p in order)
     since = (run.blocked_since or now.timestamp()) if blocked else None
     wake = (since is not None and settings.done_blocked_hours > 0 and not run.blocked_woken
             and now.timestamp() - since >= settings.done_blocked_hours * 3600)

@@ -73,7 +73,7 @@ def tick_run(store: Store, s: Settings, view: RunView, now: datetime) -> None:
     """Decide for one run as the tick read it (core.tick.decide_run), apply, then tick its loops."""
     run, rh = view.run, view.state
     plan = _plan(rh.plan) if rh.plan else None
-    docs = MachineDocs.model_validate_json(rh.docs) if rh.docs else MachineDocs()
+    docs = _docs(rh.docs)
     seen = RunSeen(active=rh.status == ACTIVE, paused=rh.status == PAUSED, paused_until=rh.paused_until,
                    phase=rh.phase, target=rh.target_phase, blocked_since=rh.done_blocked_since,
                    blocked_woken=rh.done_blocked_woken)
@@ -107,8 +107,8 @@ def tick_run(store: Store, s: Settings, view: RunView, now: datetime) -> None:
         store.event(run, "phase_advanced", phase=d.advance_to, previous=d.phase, back=int(back))
         notify("phase_advanced", f"{run}: phase {d.advance_to}", f"{why}; now on phase {d.advance_to}")
         wake(store, run, plan.specs, "phase_advanced", f"{why}; now on phase {d.advance_to}")
-    for role in plan.roles:
-        tick_loop(store, s, view, plan.spec(role), now)
+    for spec in _specs(rh.plan):
+        tick_loop(store, s, view, spec, now)
 
 
 def tick_loop(store: Store, s: Settings, view: RunView, spec: RoleSpec, now: datetime) -> None:
@@ -176,16 +176,35 @@ def _read_loop(store: Store, run: str, role: str) -> LoopView:
     return LoopView(store.loop(run, role), store.lease_pttl(run, role), store.queued_task(run, role) or "")
 
 
-@lru_cache(maxsize=256)
+# Sized above the runs one beat serves (1,000 loops are ~500 runs): an LRU smaller than the working
+# set misses on every lookup of every tick. A run's unchanged hash is the same model tick after tick
+# (Store.tick_view), so its JSON is the same str object: the lookup hashes it once.
+_RUNS_CACHED = 2048
+
+
+@lru_cache(maxsize=_RUNS_CACHED)
 def _fingerprint(docs_json: str) -> str:
     """The fingerprint of a run's mirrored machine docs (what they say, not which commit)."""
-    return docs_fingerprint(MachineDocs.model_validate_json(docs_json)) if docs_json else ""
+    return docs_fingerprint(_docs(docs_json)) if docs_json else ""
 
 
-@lru_cache(maxsize=256)
+@lru_cache(maxsize=_RUNS_CACHED)
+def _docs(docs_json: str) -> MachineDocs:
+    """A run's mirrored machine docs, parsed once per distinct JSON (read-only: shared between ticks)."""
+    return MachineDocs.model_validate_json(docs_json) if docs_json else MachineDocs()
+
+
+@lru_cache(maxsize=_RUNS_CACHED)
 def _plan(snapshot_json: str) -> PlanPackage:
     """The plan of a run, parsed once per distinct snapshot rather than on every tick."""
     return from_snapshot(json.loads(snapshot_json))
+
+
+@lru_cache(maxsize=_RUNS_CACHED)
+def _specs(snapshot_json: str) -> tuple[RoleSpec, ...]:
+    """The spec of each of the plan's roles, in its order."""
+    plan = _plan(snapshot_json)
+    return tuple(plan.spec(role) for role in plan.roles)
 
 
 @app.task(name="ccci.inbox_poll", ignore_result=True)

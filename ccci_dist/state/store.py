@@ -143,9 +143,9 @@ class Store:
         self._set_phase = r.register_script(SET_PHASE)
         self._inbox_add_once = r.register_script(INBOX_ADD_ONCE)
         self._tick_view = r.register_script(TICK_VIEW)
-        # The typed hashes of the last tick, by their raw content: most hashes are unchanged from one
-        # tick to the next (a loop's changes at claim and finish), and the models are frozen.
-        self._tick_models: dict[tuple, Any] = {}
+        # The typed hashes of the last tick (runs, loops), by their raw content: most hashes are unchanged
+        # from one tick to the next (a loop's changes at claim and finish), and the models are frozen.
+        self._tick_models: tuple[dict[tuple, RunState], dict[tuple, LoopState]] = ({}, {})
         self._tick_plans: dict[str, str] = {}  # plan digest -> the snapshot the last tick saw
 
     def ping(self) -> bool:
@@ -159,29 +159,30 @@ class Store:
         queued tasks). One nested reply parses in C (hiredis), not one reply per key in Python. A
         run's plan snapshot comes over only when its digest is new to this store."""
         out = []
-        last, seen = self._tick_models, {}
+        (last_runs, last_loops), runs_seen, loops_seen = self._tick_models, {}, {}
         plans, kept = self._tick_plans, {}
-
-        def typed(cls: type, key: tuple, flat: list[str], extra: dict[str, str] | None = None) -> Any:
-            model = last.get(key)
-            if model is None:
-                h = _hash(flat)
-                model = cls.from_hash({**h, **extra} if extra else h)
-            seen[key] = model
-            return model
-
         for run, flat, loops, digest, shipped in self._tick_view(args=[P, *plans]):
-            extra = None
+            key = (digest, *flat)
+            rs = last_runs.get(key)
+            if rs is None:
+                h = _hash(flat)
+                if digest:
+                    h["plan"] = shipped if shipped is not None else plans[digest]
+                rs = RunState.from_hash(h)
+            runs_seen[key] = rs
             if digest:
-                # the stored snapshot: the same str object tick after tick, so parsing caches hit at once
-                kept[digest] = plan = shipped if shipped is not None else plans[digest]
-                extra = {"plan": plan}
-            rs = typed(RunState, (RunState, digest, *flat), flat, extra)
-            got = {role: LoopView(typed(LoopState, (LoopState, *lh), lh), int(pttl), nxt or "")
-                   for role, lh, pttl, nxt in loops}
-            out.append(RunView(run, rs, {role: got[role] for role in rs.roles if role in got}))
+                kept[digest] = rs.plan  # the same str object tick after tick: parsing caches hash it once
+            got = {}
+            for role, lh, pttl, nxt in loops:  # in the order of the run's roles, as the script read them
+                key = tuple(lh)
+                ls = last_loops.get(key)
+                if ls is None:
+                    ls = LoopState.from_hash(_hash(lh))
+                loops_seen[key] = ls
+                got[role] = LoopView(ls, pttl, nxt or "")
+            out.append(RunView(run, rs, got))
         # only this tick's: bounded by the number of runs and loops
-        self._tick_models, self._tick_plans = seen, kept
+        self._tick_models, self._tick_plans = (runs_seen, loops_seen), kept
         return out
 
     def runs(self) -> list[str]:
