@@ -19,6 +19,17 @@ def test_gone_after_two_misses_beyond_grace():
     assert g.observe(set(), {"a/1"}, 1.3) == {"a/1"}
 
 
+def test_due_is_the_end_of_the_first_grace():
+    g = Gone(grace=1.0)
+    g.observe({"a/1", "b/2"}, {"a/1", "b/2"}, 0.0)
+    assert g.due() is None
+    g.observe({"b/2"}, {"a/1", "b/2"}, 0.25)
+    g.observe(set(), {"a/1", "b/2"}, 0.5)
+    assert g.due() == 1.25  # a/1's clock started first
+    assert g.observe(set(), {"a/1", "b/2"}, g.due() + 0.01) == {"a/1"}
+    assert g.due() == 1.5
+
+
 def test_never_seen_alive_is_never_reaped():
     g = Gone(grace=0.0)
     for t in range(10):

@@ -66,6 +66,11 @@ class Gone:
         self.missing = {h: v for h, v in still.items() if h not in gone}
         return gone
 
+    def due(self) -> float | None:
+        """When the first missing holder's grace runs out (the reader reads again just after it,
+        rather than up to a whole interval later), None while nobody is missing."""
+        return min(first for first, _ in self.missing.values()) + self.grace if self.missing else None
+
     def failed(self, now: float) -> None:
         """A read failed (Redis away): nothing is reaped for ``settle`` s, then every clock starts again."""
         self.missing.clear()

@@ -108,7 +108,9 @@ class LeaseWatcher(threading.Thread):
             except Exception as exc:  # Redis away: absence clocks start again after it settled
                 self.gone.failed(time.monotonic())
                 log.debug("lease watcher read failed: %s", exc)
-            time.sleep(self.interval)
+            due = self.gone.due()
+            left = self.interval if due is None else due + 0.01 - time.monotonic()
+            time.sleep(min(self.interval, max(0.02, left)))
 
     def step(self, now: float) -> list[tuple[str, str]]:
         """One read; returns the loops whose lease it dropped."""
