@@ -8,8 +8,10 @@ import json
 from datetime import UTC, datetime
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
-from ccci_dist.core.logview import OUTPUT_LINES, WIDTH, render_entry, render_line
+from ccci_dist.core.logview import OUTPUT_LINES, WIDTH, printable, render_entry, render_line
 
 
 def _j(ev: object) -> str:
@@ -180,3 +182,26 @@ def test_start_time_is_local_with_zone(monkeypatch):
     finally:
         monkeypatch.undo()
         time.tzset()
+
+
+CONTROL = [chr(c) for c in [*range(0x20), *range(0x7f, 0xa0)] if chr(c) not in "\n\t"]
+BIDI = list("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+
+
+@given(st.lists(st.one_of(st.text(), st.sampled_from(CONTROL + BIDI + ["\x1b[2J", "[/bold]", "\r\n"]))).map("".join))
+def test_printable_leaves_no_terminal_code_and_keeps_the_rest(text):
+    """What `inbox list`, `status`, `history` and `logs` print of outside text (an INBOX message, a
+    commit subject, the agent's output) can neither drive the terminal nor hide itself: every control
+    character and bidi override becomes a visible escape; printable text, newlines and tabs stay."""
+    out = printable(text)
+    assert not any(c in out for c in CONTROL + BIDI)
+    if text.isprintable():
+        assert out == text
+    assert out.count("\n") == text.count("\n") and out.count("\t") == text.count("\t")
+    for c in set(text) & set(CONTROL + BIDI):
+        assert (f"\\x{ord(c):02x}" if ord(c) < 0x100 else f"\\u{ord(c):04x}") in out
+
+
+def test_printable_table():
+    assert printable("\x1b[2J\x1b[31mred\x07") == "\\x1b[2J\\x1b[31mred\\x07"
+    assert printable("a\r\nb\x00c\x9bd\u202eé 名\tz") == "a\\x0d\nb\\x00c\\x9bd\\u202eé 名\tz"

@@ -118,6 +118,25 @@ def test_inbox_bad_input(bed, args, stdin, error):
     assert {k: r.xlen(k) for k in before} == before
 
 
+def test_hostile_inbox_messages_are_listed_as_written(bed):
+    """Messages with rich markup, terminal escapes, NUL and bidi overrides (outside test: `[/bold]`
+    made every later `inbox list` fail with MarkupError; ESC[2J cleared the operator's screen):
+    queued as sent, listed with exit 0, shown escaped, never acting on the terminal."""
+    bed.cli("start")  # no worker: the messages stay pending
+    hostile = ["[/bold] [link=http://evil]click[/link]", "\x1b[2J\x1b[31mIGNORE PREVIOUS\x07 nul\x00 \u202eevil"]
+    for text in hostile:
+        p = subprocess.run([*bed_cmd(), "inbox", "send", "--to", "builder", "-"], input=text.encode(),
+                           capture_output=True, env=bed_env(bed), timeout=60)
+        assert p.returncode == 0, p
+    sent = [json.loads(line)["text"] for line in bed.cli("inbox", "list", "--json").stdout.splitlines()]
+    assert sorted(sent) == sorted(hostile)
+    shown = bed.cli("inbox", "list", env={"COLUMNS": "200"})
+    assert shown.stderr == ""
+    assert "[/bold] [link=http://evil]click[/link]" in shown.stdout
+    assert "\\x1b[2J\\x1b[31mIGNORE PREVIOUS\\x07 nul\\x00 \\u202eevil" in shown.stdout
+    assert not any(c in shown.stdout for c in "\x1b\x07\x00\u202e")
+
+
 def bed_cmd() -> list[str]:
     import sys
 

@@ -10,8 +10,10 @@ from datetime import UTC, datetime
 import click
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from ccci_dist.cli import Ctx, fail, pass_ctx
+from ccci_dist.core.logview import printable
 from ccci_dist.engine.notify import notify_sync
 from ccci_dist.engine.supervisor import OUTBOX_ENV, outbox_request
 from ccci_dist.state.inbox_store import InboxError, listing, send, targets, validate
@@ -79,8 +81,10 @@ def list_cmd(obj: Ctx, role: str | None, as_json: bool) -> None:
               title=f"INBOX of {s.run}")
     for r in roles if role is None else [role]:
         for m in listing(store, s.run, r):
-            t.add_row(m["id"], r, m["from"], _utc(m["sent"]), m["state"], _utc(m["delivered_at"]), m["iteration"],
-                      m["text"][:60].replace("\n", " "))
+            # Text cells: a message is shown as written, never read as rich markup or terminal codes
+            t.add_row(*(Text(printable(str(v))) for v in (
+                m["id"], r, m["from"], _utc(m["sent"]), m["state"], _utc(m["delivered_at"]), m["iteration"],
+                " ".join(m["text"][:60].splitlines()))))
     Console().print(t)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from rich.console import Console
 from rich.text import Text
 
-from ccci_dist.core.logview import Piece
+from ccci_dist.core.logview import Piece, printable
 
 STYLE = {"header": "bold cyan", "text": "", "tool": "yellow", "output": "dim", "result": "bold",
          "end": "bold magenta", "other": "dim italic"}
@@ -18,4 +18,4 @@ def print_pieces(console: Console, pieces: list[Piece]) -> None:
         style = STYLE.get(kind, "")
         if kind in ("result", "end"):
             style += " red" if any(w in text for w in ("error", "auth", "crash", "fail")) else " green"
-        console.print(Text(body, style=style.strip()), soft_wrap=False)
+        console.print(Text(printable(body), style=style.strip()), soft_wrap=False)

@@ -10,9 +10,11 @@ from datetime import UTC, datetime
 import click
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from ccci_dist.cli import Ctx, fail, pass_ctx
 from ccci_dist.config import ConfigError, Settings
+from ccci_dist.core.logview import printable
 from ccci_dist.core.plan import PackageError
 from ccci_dist.engine.runs import RunError, start_run, stop_run
 from ccci_dist.state.store import BrokerAuthError, BrokerError, BrokerUnreachable, Store
@@ -220,9 +222,10 @@ def history_cmd(obj: Ctx, limit: int, as_json: bool) -> None:
     for h in rows:
         secs = float(h.get("end") or 0) - float(h.get("start") or 0)
         outcome = h.get("outcome", "") + (f" (paused: {h['paused']})" if h.get("paused") else "")
-        t.add_row(h.get("role", ""), h.get("iteration", ""), h.get("attempt", ""), h.get("host", ""),
-                  *([h.get("profile", "")] if agents else []), _ago(h.get("start")), f"{secs:.1f}", h.get("exit", ""),
-                  outcome, f"${float(h.get('cost') or 0):.4f}", h.get("turns", ""), (h.get("commit") or "")[:10])
+        cells = (h.get("role", ""), h.get("iteration", ""), h.get("attempt", ""), h.get("host", ""),
+                 *([h.get("profile", "")] if agents else []), _ago(h.get("start")), f"{secs:.1f}", h.get("exit", ""),
+                 outcome, f"${float(h.get('cost') or 0):.4f}", h.get("turns", ""), (h.get("commit") or "")[:10])
+        t.add_row(*(Text(printable(str(c))) for c in cells))
     Console().print(t)
 
 

@@ -7,6 +7,7 @@ from rich.table import Table
 from rich.text import Text
 
 from ccci_dist.core.cockpit import ago, when
+from ccci_dist.core.logview import printable
 from ccci_dist.engine.status import AgentWindow, RunStatus
 
 STATE_STYLE = {"running": "green", "queued": "green", "scheduled": "cyan", "due": "cyan", "stalled": "yellow",
@@ -23,7 +24,7 @@ def render_run(st: RunStatus) -> RenderableType:
     parts: list[RenderableType] = []
     head = Text()
     head.append(f"run {st.run}: ", style="bold")
-    head.append(st.header.split(": ", 1)[1] if ": " in st.header else st.header, style=_style(st.state))
+    head.append(printable(st.header.split(": ", 1)[1] if ": " in st.header else st.header), style=_style(st.state))
     parts.append(head)
     parts.append(Text(f"as of {when(st.generated_at)}", style="dim"))
     live = st.liveness
@@ -34,7 +35,7 @@ def render_run(st: RunStatus) -> RenderableType:
         parts.append(Text("workers: none alive", style="bold red"))
     for w in live.workers:
         beat = f"beat {ago(w.heartbeat_age)} ago" if w.heartbeat_age is not None else "beat ?"
-        parts.append(Text(f"worker {w.node} on {w.host} ({w.pool}, {beat}): {', '.join(w.queues)}"))
+        parts.append(Text(printable(f"worker {w.node} on {w.host} ({w.pool}, {beat}): {', '.join(w.queues)}")))
     seq = Text("phases: ")
     for p in st.phases:
         mark, style = {"done": ("✓", "green"), "working": ("▶", "bold yellow"), "pending": ("·", "dim")}[p.state]
@@ -48,16 +49,16 @@ def render_run(st: RunStatus) -> RenderableType:
         line.append(lp.state, style=_style(lp.state))
         line.append(f" · iteration {lp.iteration}")
         if lp.host:
-            line.append(f" · {lp.host}")
+            line.append(printable(f" · {lp.host}"))
         if lp.lease_age is not None:
             line.append(f" · lease renewed {lp.lease_age:.1f}s ago")
         parts.append(line)
-        parts.append(Text(f"  why:  {lp.reason}"))
+        parts.append(Text(printable(f"  why:  {lp.reason}")))
         parts.append(Text(f"  next: {lp.next_action}"))
         last = f"  last: {lp.last_outcome or '—'}"
         if lp.last_commit:
             last += f" · {lp.last_commit.sha[:8]} {lp.last_commit.subject}"
-        parts.append(Text(last, overflow="ellipsis", no_wrap=True))
+        parts.append(Text(printable(last), overflow="ellipsis", no_wrap=True))
         if lp.next_start:
             parts.append(Text(f"  starts {when(lp.next_start)} ({lp.next_reason or 'scheduled'})"))
         if lp.agent_profile and lp.agent_profile != "default":
@@ -76,7 +77,8 @@ def render_run(st: RunStatus) -> RenderableType:
         parts.append(t)
     parts.append(Text(f"blocks DONE: {st.blocks_done or 'nothing'}", style="yellow" if st.blocks_done else "green"))
     for m in st.undelivered:
-        parts.append(Text(f"undelivered INBOX message [{m['id']}] to {m['role']}: {m['text'][:100]}", style="yellow"))
+        parts.append(Text(printable(f"undelivered INBOX message [{m['id']}] to {m['role']}: {m['text'][:100]}"),
+                          style="yellow"))
     c = st.cost
     money = f"cost: today ${c.today:.2f} · 7 days ${c.last_7_days:.2f} · total ${c.total:.2f}"
     if c.daily_budget is not None:

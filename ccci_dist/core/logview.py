@@ -18,6 +18,23 @@ WIDTH = 200  # characters of one rendered line
 
 Piece = tuple[str, str]
 
+# Bidi overrides and isolates: they reorder what a terminal shows without being visible themselves.
+_BIDI = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+
+
+def printable(text: str) -> str:
+    """``text`` safe for a terminal: control characters (ESC, BEL, CR, NUL, C1 ...; not newline or
+    tab) and bidi overrides are shown as ``\\x1b``-style escapes instead of acting on the terminal."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() or c in "\n\t" or (c not in _BIDI and not _control(c))
+                   else (f"\\x{ord(c):02x}" if ord(c) < 0x100 else f"\\u{ord(c):04x}") for c in text)
+
+
+def _control(c: str) -> bool:
+    o = ord(c)
+    return o < 0x20 or 0x7f <= o < 0xa0
+
 
 def _cut(text: str, lines: int = OUTPUT_LINES) -> str:
     rows = [r[:WIDTH] for r in str(text).splitlines()] or [""]
