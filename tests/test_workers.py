@@ -77,6 +77,21 @@ def test_dry_run_each_shipped_profile(path):
     assert "/usr/bin" not in r.stdout and "/var/lib" not in r.stdout  # values are never printed
 
 
+@pytest.mark.parametrize("given", ["workers/all-in-one.toml", "all-in-one.toml", "all-in-one"])
+def test_shipped_profile_by_name_outside_a_checkout(tmp_path, given):
+    """The README's `ccci-dist worker --profile workers/all-in-one.toml`, typed in an operator's own
+    folder (outside test: `not found; pass an existing file like workers/pi.toml`, which did not exist
+    there either): the shipped profile is used; a name that is neither a file nor shipped is one error
+    line that lists the shipped ones."""
+    r = cli("worker", "--profile", given, "--dry-run", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "-n all-in-one@%h --beat-thread" in r.stdout
+    bad = cli("worker", "--profile", "workers/nope.toml", "--dry-run", cwd=tmp_path)
+    err = bad.stderr.strip().splitlines()
+    assert bad.returncode == 2 and len(err) == 1 and err[0].startswith("error: worker profile workers/nope.toml not")
+    assert "all-in-one, builder-host, compose, pi" in err[0], err
+
+
 def test_dry_run_env_keys_and_flags(tmp_path):
     prof = tmp_path / "p.toml"
     prof.write_text(GOOD + 'agent_command = "my-agent --x"\nagent_flags = "--yolo"\nworkspace_dir = "/srv/ws"\n'

@@ -110,11 +110,29 @@ class WorkerProfile(BaseModel):
         return self.hostname or f"{self.name}@%h"
 
 
+def _shipped(p: Path) -> Path:
+    """The shipped profile ``p`` names (``workers/pi.toml``, ``pi.toml`` or ``pi`` given outside a
+    checkout, as the README and the profiles' own comments say), else a ProfileError naming them."""
+    from ccci_dist.data import data_dir
+
+    try:
+        shipped_dir = data_dir("workers")
+    except FileNotFoundError:
+        shipped_dir = None
+    if shipped_dir is not None and not p.is_absolute() and str(p.parent) in (".", "workers"):
+        candidate = shipped_dir / (p.name if p.suffix == ".toml" else f"{p.name}.toml")
+        if candidate.is_file():
+            return candidate
+    names = ", ".join(sorted(f.stem for f in shipped_dir.glob("*.toml"))) if shipped_dir else ""
+    shipped = f" or a shipped one by name ({names}; in {shipped_dir})" if names else ""
+    raise ProfileError(f"worker profile {p} not found; pass an existing profile file{shipped}")
+
+
 def load_profile(path: str | os.PathLike[str]) -> WorkerProfile:
     """Read and validate a profile; raise :class:`ProfileError` with one line on any defect."""
     p = Path(path).expanduser()
     if not p.is_file():
-        raise ProfileError(f"worker profile {p} not found; pass an existing file like workers/pi.toml")
+        p = _shipped(p)
     try:
         data = tomllib.loads(p.read_text(encoding="utf-8"))
     except UnicodeDecodeError as exc:
