@@ -11,6 +11,8 @@ from __future__ import annotations
 from collections.abc import Collection, Sequence
 from datetime import UTC, datetime
 
+from ccci_dist.core.logview import printable
+
 # A fixed time for the grammar's example lines: the prompt stays a pure function of its inputs.
 EXAMPLE_AT = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
 # INBOX ids are the Redis stream ids of the messages; the prompts cite this form.
@@ -70,11 +72,18 @@ def assemble(*, role: str, run: str, iteration: int, phase: str, plan: dict,
         parts.append(
             f"{INBOX_HEADING}\n\nEach message starts with its id in brackets (like [{EXAMPLE_INBOX_ID}]); "
             "cite that id in your commit message when you act on it.\n\n"
-            + "\n\n".join(f"[{mid}]{REPEAT if mid in repeats else ''} {text}" for mid, text in inbox))
+            + "\n\n".join(f"[{mid}]{REPEAT if mid in repeats else ''} {_message(text)}" for mid, text in inbox))
     notes = [NUDGES.get(n, n) for n in nudges if n]
     if notes:
         parts.append("## Note from the runner\n\n" + "\n\n".join(f"- {n}" for n in notes))
     return "\n\n".join(p for p in parts if p) + "\n"
+
+
+def _message(text: str) -> str:
+    """An INBOX message as the prompt carries it: its lines after the first indented, so none can
+    start a runner section (``## Note from the runner``) or pose as a message (``[id] ...``), and its
+    control characters shown as escapes."""
+    return "\n    ".join(printable(text).splitlines())
 
 
 def salvage_note(refs: Sequence[str]) -> str:
