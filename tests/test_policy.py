@@ -12,7 +12,7 @@ import pytest
 from ccci_dist.config import QuietHours, Settings
 from ccci_dist.core.limits import LimitInfo
 from ccci_dist.core.outcome import Outcome
-from ccci_dist.core.policy import FRESH_AFTER_FAILURES, Decision, LoopFacts, Notice, Ran, decide
+from ccci_dist.core.policy import BREAKER_NEXT, FRESH_AFTER_FAILURES, Decision, LoopFacts, Notice, Ran, decide
 from ccci_dist.core.prompt import NUDGES
 from ccci_dist.core.roles import RoleSpec, default_role
 
@@ -197,3 +197,112 @@ def test_breaker_no_progress_and_repeated_error():
     assert d.pause_reason == "no_progress" and not d.enqueue_next
     [n] = [n for n in d.notices if n.event == "loop_paused"]
     assert "INBOX" in n.body and "ccci-dist start" in n.body
+
+
+# ---------------------------------------------------------------- exact rows (tests/MUTATION.md, policy)
+RAN_IDLE = Ran(number=7, started=NOW - timedelta(minutes=5), progressed=False)
+RAN_MOVED = Ran(number=7, started=NOW - timedelta(minutes=5))
+LONG = "x" * 250  # an error detail longer than the 200 characters the breaker keeps
+
+BREAKER_ROWS = [
+    # (outcome, loop, ran, limit, expected)
+    # an operator's stop, a lost lease, a usage-limit stall: the streaks pass through unchanged
+    (o("stopped", "stop"), LoopFacts(idle_streak=4, error_key="k", error_streak=2), RAN_IDLE, 5, (4, "k", 2, "")),
+    (o("lease_lost", "stop"), LoopFacts(idle_streak=4, error_key="k", error_streak=2), RAN_IDLE, 5, (4, "k", 2, "")),
+    (o("usage_limit", "stall", limit=LimitInfo(resets_at=RESET)), LoopFacts(idle_streak=4, error_key="k",
+                                                                            error_streak=2), RAN_IDLE, 5,
+     (4, "k", 2, "")),
+    # a stall with no reset time is an error like any other
+    (o("rate_limited", "stall"), LoopFacts(idle_streak=1), RAN_MOVED, 5,
+     (0, "rate_limited: rate_limited detail", 1, "")),
+    # a good run (continue or resume) has no error key and clears the error streak
+    (o("success", "continue"), LoopFacts(idle_streak=1, error_key="k", error_streak=3), RAN_IDLE, 5, (2, "", 0, "")),
+    (o("stalled", "resume"), LoopFacts(error_key="k", error_streak=3), RAN_MOVED, 5, (0, "", 0, "")),
+    # the key keeps 200 characters of the detail; the same key again counts one more
+    (o("crash", "backoff", detail=LONG), LoopFacts(error_key="crash: " + "x" * 200, error_streak=2), RAN_MOVED, 5,
+     (0, "crash: " + "x" * 200, 3, "")),
+    (o("crash", "backoff", detail=LONG), LoopFacts(error_key="crash: " + "x" * 201, error_streak=2), RAN_MOVED, 5,
+     (0, "crash: " + "x" * 200, 1, "")),
+]
+
+
+@pytest.mark.parametrize("row", range(len(BREAKER_ROWS)))
+def test_breaker_exact(row):
+    from ccci_dist.core.policy import Breaker, breaker
+
+    outcome, loop, ran, limit, expected = BREAKER_ROWS[row]
+    assert breaker(outcome, loop, ran, limit) == Breaker(*expected)
+
+
+def test_fallback_goes_on_at_once_on_the_other_profile():
+    """A usage limit with a fallback profile: no stall, one notice naming the profile and the reset (in the
+    limit's zone, the time only on the same day), the streaks kept, the successor sent now."""
+    limit = LimitInfo(resets_at=RESET, kind="five_hour", zone="Europe/Berlin")
+    loop = LoopFacts(fail_streak=2, idle_streak=3, error_key="k", error_streak=2)
+    d = decide(o("usage_limit", "stall", limit=limit), loop, BUILDER, S, NOW, ran=RAN_MOVED, rng=random.Random(1),
+               fallback="b")
+    assert d == Decision(fail_streak=2, iteration=7, fresh_session=False, nudges=(), keep_nudges=True,
+                         enqueue_next=True, idle_streak=3, error_key="k", error_streak=2,
+                         notices=(Notice("limit_stall", "usage limit; continuing on agent profile b",
+                                         "usage limit (five_hour) resets 15:00:00 Europe/Berlin"),))
+    # a fallback profile does not make a stop go on
+    stop = decide(o("auth", "stop"), LoopFacts(), BUILDER, S, NOW, ran=RAN_MOVED, fallback="b")
+    assert (stop.enqueue_next, stop.stop_reason) == (False, "auth")
+
+
+def test_stall_margin_comes_from_the_settings():
+    s = S.model_copy(update={"limit_margin_max": 30})
+    d = run(o("usage_limit", "stall", limit=LimitInfo(resets_at=RESET)), s=s)
+    assert d.stalled_until == RESET + timedelta(seconds=random.Random(1).uniform(5, 30))
+    assert d.stalled_display.endswith("(reset + random 5-30 s margin)")
+
+
+def test_success_exact_decision():
+    d = decide(o("success", "continue"), LoopFacts(idle_streak=1, error_key="k", error_streak=3), BUILDER, S, NOW,
+               ran=RAN_IDLE)
+    assert d == Decision(fail_streak=0, iteration=7, fresh_session=False, enqueue_next=True, idle_streak=2)
+    # a back-off: no stall display, the error key and streak recorded
+    d = run(o("crash", "backoff"))
+    assert (d.stalled_display, d.stalled_until, d.error_key, d.error_streak, d.idle_streak) == (
+        "", None, "crash: crash detail", 1, 0)
+
+
+def test_no_min_interval_means_no_pacing():
+    # a run that started this very second: no pacing without a min_interval for the role
+    d = run(o("success", "continue"), started=NOW, s=Settings(min_interval={"reviewer": 600}))
+    assert (d.not_before, d.next_reason, d.enqueue_next) == (None, "", True)
+
+
+def test_reviewer_every_1_paces_too():
+    assert not run(o("success", "continue"), role=REVIEWER, s=Settings(reviewer_every=1)).enqueue_next
+
+
+def test_a_lost_lease_never_enqueues():
+    assert not run(o("lease_lost", "continue")).enqueue_next
+
+
+def test_violations_list_at_most_ten():
+    files = tuple(f"f{i}" for i in range(11))
+    d = run(o("success", "continue"), violations=files)
+    listed = ", ".join(files[:10])
+    assert d.nudges == (f"Your last commits were NOT pushed: they change files your role may not touch ({listed}). "
+                        "Redo the work without touching them.",)
+    assert d.notices == (Notice("isolation_violation", "commits refused", f"iteration 7 touched {listed}"),)
+
+
+def test_breaker_pause_notices_exact():
+    s = S.model_copy(update={"no_progress_limit": 5})
+    err = decide(o("crash", "backoff", detail=LONG), LoopFacts(error_key="crash: " + "x" * 200, error_streak=4),
+                 BUILDER, s, NOW, ran=RAN_MOVED, rng=random.Random(1))
+    assert (err.pause_reason, err.error_streak, err.enqueue_next) == ("repeated_error", 5, False)
+    assert [n for n in err.notices if n.event == "loop_paused"] == [Notice(
+        "loop_paused", "paused: repeated_error", f"the same error 5 times in a row; last: {'x' * 200}; {BREAKER_NEXT}")]
+    idle = decide(o("success", "continue"), LoopFacts(idle_streak=4, error_streak=2), BUILDER, s, NOW, ran=RAN_IDLE)
+    assert (idle.pause_reason, idle.idle_streak, idle.enqueue_next) == ("no_progress", 5, False)
+    assert idle.notices == (Notice("loop_paused", "paused: no_progress",
+                                   f"no new commit and no change to the machine docs in 5 iterations; {BREAKER_NEXT}"),)
+    # a stop is a stop, not a pause, even when the breaker would trip
+    auth = decide(o("auth", "stop"), LoopFacts(error_key="auth: auth detail", error_streak=4), BUILDER, s, NOW,
+                  ran=RAN_MOVED)
+    assert (auth.stop_reason, auth.pause_reason) == ("auth", "")
+    assert [n.event for n in auth.notices] == ["auth_failure"]
