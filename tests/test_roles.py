@@ -186,3 +186,82 @@ def test_default_roles_exact():
     own = RoleSpec(name="tester", queue="q.t")
     assert role_spec([own], "tester") is own
     assert role_spec([own], "builder") == RoleSpec(name="builder", verbs=("DONE",))
+
+
+# ---------------------------------------------------------------- exact rows (tests/MUTATION.md, roles)
+KEYS = "agent, digest, every, on, paths, prompt, queue, verbs, waits_for"
+SUP = RoleSpec(name="supervisor", paths=(), on=("reboot", "phase_advanced", "stalled", "done_blocked"), digest=True)
+PARSE_ROWS = [
+    # (table, specs, defects)
+    (["builder", 5], [default_role("builder"), RoleSpec(name="5", waits_for="builder")], []),
+    ("builder", [], ["roles in package.toml must be a list of names or [roles.<name>] tables; fix its type"]),
+    # a role that is not a table is skipped, and the next one still read
+    ({"a": 5, "supervisor": {}}, [SUP], ["roles.a in package.toml must be a table ([roles.a]); fix its type"]),
+    # every defect of a role is reported, and the role is skipped
+    ({"builder": {"colour": "red", "name": "x"}, "supervisor": {}}, [SUP], [
+        f"unknown key roles.builder.colour in package.toml; use one of {KEYS}",
+        f"unknown key roles.builder.name in package.toml; use one of {KEYS}"]),
+    ({"supervisor": {"digest": "yes"}}, [], ["roles.supervisor.digest in package.toml must be true or false"]),
+    ({"supervisor": {"digest": False}}, [SUP.model_copy(update={"digest": False})], []),
+    ({"supervisor": {"prompt": 5, "queue": 1, "waits_for": 2, "agent": 3}}, [], [
+        f"roles.supervisor.{k} in package.toml must be a string; quote it" for k in ("prompt", "queue", "waits_for",
+                                                                                       "agent")]),
+    ({"supervisor": {"prompt": "p.md", "queue": "q", "waits_for": "supervisor", "agent": "opus"}},
+     [SUP.model_copy(update={"prompt": "p.md", "queue": "q", "waits_for": "supervisor", "agent": "opus"})], []),
+    ({"supervisor": {"every": "soon"}}, [],
+     ['roles.supervisor.every in package.toml: \'soon\' is not a duration like "90s", "15m", "2h" or "1d"']),
+    ({"supervisor": {"every": "90s"}}, [SUP.model_copy(update={"every": 90.0})], []),
+    ({"supervisor": {"paths": "src", "colour": 1}}, [], [
+        'roles.supervisor.paths in package.toml must be a list of strings, e.g. ["a", "b"]',
+        f"unknown key roles.supervisor.colour in package.toml; use one of {KEYS}"]),
+    ({"supervisor": {"paths": ["a", 1]}}, [],
+     ['roles.supervisor.paths in package.toml must be a list of strings, e.g. ["a", "b"]']),
+    ({"supervisor": {"verbs": ["MERGED", "reboot"]}}, [],
+     ["roles.supervisor.verbs in package.toml: unknown 'MERGED', 'reboot'; use some of DONE, VERIFIED, FAILED"]),
+    ({"supervisor": {"on": ["lunch", "DONE"]}}, [], [
+        "roles.supervisor.on in package.toml: unknown 'lunch', 'DONE'; use some of reboot, phase_advanced, stalled, "
+        "done_blocked"]),
+    # paths are not checked against the verbs or the events
+    ({"supervisor": {"paths": ["DONE", "reboot"], "verbs": ["FAILED"], "on": ["stalled"]}},
+     [SUP.model_copy(update={"paths": ("DONE", "reboot"), "verbs": ("FAILED",), "on": ("stalled",)})], []),
+    ({"builder": {}, "reviewer": {"waits_for": "tester"}},
+     [default_role("builder"), RoleSpec(name="reviewer", waits_for="tester", verbs=("VERIFIED", "FAILED"))],
+     ["roles.reviewer.waits_for names 'tester', which is not a role of the package; use one of builder, reviewer"]),
+]
+
+
+@pytest.mark.parametrize("row", range(len(PARSE_ROWS)))
+def test_parse_roles_exact(row):
+    from ccci_dist.core.roles import parse_roles
+
+    table, specs, defects = PARSE_ROWS[row]
+    found: list[str] = []
+    assert (parse_roles(table, found), found) == (specs, defects)
+
+
+def test_parse_duration_exact():
+    assert [parse_duration(x) for x in ("1.5h", " 2 m ", "1s", 0.5, 7)] == [5400.0, 120.0, 1.0, 0.5, 7.0]
+    for bad, message in [("2 weeks", "'2 weeks' is not a duration like \"90s\", \"15m\", \"2h\" or \"1d\""),
+                         (True, "True is not a duration like"), ("0h", "'0h' is not a positive duration"),
+                         (0, "0 is not a positive duration")]:
+        with pytest.raises(ValueError) as err:
+            parse_duration(bad)
+        assert str(err.value).startswith(message)
+
+
+def test_allowed_paths_exact():
+    builder, reviewer = default_role("builder"), default_role("reviewer")
+    docs = RoleSpec(name="docs", paths=("docs/**", ":(exclude)docs/x", ":!docs/y"))
+    specs = [builder, reviewer, docs, SUP]
+    assert allowed_paths(reviewer, specs, ["REVIEW.md"]) == ["REVIEW.md"]
+    assert allowed_paths(docs, specs, ["REVIEW.md"]) == ["docs/**", ":(exclude)docs/x", ":!docs/y"]
+    assert allowed_paths(SUP, specs, ["REVIEW.md"]) == []
+    # the others' exclusions are not paths they own
+    assert allowed_paths(builder, specs, ["REVIEW.md"]) == ["**", ":(exclude)REVIEW.md", ":(exclude)docs/**"]
+    assert allowed_paths(RoleSpec(name="reviewer", paths=("R.md",)), specs, ["REVIEW.md"]) == ["R.md"]
+
+
+def test_woken_and_wakes_on():
+    assert [RoleSpec(name="r", every=e, on=on).woken for e, on in ((0, ()), (60, ()), (0, ("reboot",)))] == [
+        False, True, True]
+    assert SUP.wakes_on("stalled") and not default_role("builder").wakes_on("stalled")
