@@ -117,3 +117,74 @@ def test_profile_env_credentials(tmp_path):
 def test_profile_env_unreadable_secret_names_the_profile(tmp_path):
     with pytest.raises(RuntimeError, match=r"agent profile b: cannot read secret_file .*/missing"):
         profile_env(AgentProfile(credential="oauth_token_file", secret_file=tmp_path / "missing"), "b", BASE)
+
+
+# ---------------------------------------------------------------- exact rows (tests/MUTATION.md, agents)
+def test_profile_exact():
+    s = Settings(agents=PROFILES)
+    assert agents.profile(s, "default") == AgentProfile(command=s.agent_command, flags=s.agent_flags)
+    assert agents.profile(s, "c") == AgentProfile(**PROFILES["c"])
+    own = Settings(agents={**PROFILES, "default": {"command": "x"}})
+    assert agents.profile(own, "default") == AgentProfile(command="x")  # a defined default wins
+    with pytest.raises(ValueError) as err:
+        agents.profile(s, "zz")
+    assert str(err.value) == ("agent profile 'zz' is not defined; add [agents.zz] to the config or name one of: a, b, "
+                              "c, default")
+
+
+def test_pick_at_the_reset_instant_is_the_primary():
+    assert agents.pick(settings(True), "builder", {"a": limited(NOW)}, NOW) == "a"
+    assert agents.pick(settings(True), "builder", {"a": limited(NOW + 0.001)}, NOW) == "b"
+
+
+WINDOW_ROWS = [
+    # (events, limited_until, limit_kind, fields)
+    # the event itself when it has no rate_limit_info; the status in any case; no rateLimitType; an int utilisation
+    (["a line", {"status": "ALLOWED_WARNING", "utilization": 1}], None, "",
+     {"warned_at": f"{NOW:.3f}", "warning_kind": "", "utilization": "1"}),
+    # not a warning: nothing
+    ([{"type": "x", "rate_limit_info": {"status": "allowed", "utilization": 0.5}}], None, "", {}),
+    # a rateLimitType of None, a utilisation that is not a number
+    ([{"rate_limit_info": {"status": "allowed_warning", "rateLimitType": None, "utilization": "0.5"}}],
+     datetime.fromtimestamp(NOW + 0.25, UTC), "", {"limited_until": f"{NOW + 0.25:.3f}", "limit_kind": "",
+                                                   "warned_at": f"{NOW:.3f}", "warning_kind": ""}),
+    ([{"rate_limit_info": {"rateLimitType": "weekly"}}], None, "", {}),
+]
+
+
+@pytest.mark.parametrize("row", range(len(WINDOW_ROWS)))
+def test_window_fields_exact(row):
+    events, until, kind, fields = WINDOW_ROWS[row]
+    assert agents.window_fields(events, until, kind, datetime.fromtimestamp(NOW, UTC)) == fields
+
+
+HANDOFF_HEAD = ("You are taking over this role's work from agent profile 'a' (why); you run as 'b' in a fresh session, "
+                "without its conversation. The last iterations of this role: ")
+MACHINE_DOCS = "read STATUS.md, REVIEW.md and DEFERRED.md in the repository (the machine docs"
+
+
+def test_handoff_nudge_exact():
+    assert agents.handoff_nudge("a", "b", "why", ["#1 x", "#0 y"], last="3", pushed="abcdef0123456789", phase="2",
+                                inbox=2, blockers=True) == (
+        f"{HANDOFF_HEAD}#1 x; #0 y. Iteration 3 pushed its commits (up to abcdef012345): start from `git log` and "
+        f"`git show abcdef012345`. Before you change anything, {MACHINE_DOCS}; phase 2 is the one being worked on), "
+        "the list of what blocks DONE above, the 2 INBOX message(s) above; then continue.")
+    assert agents.handoff_nudge("a", "b", "why", []) == (
+        f"{HANDOFF_HEAD}none recorded. Before you change anything, {MACHINE_DOCS}); then continue. "
+        "No INBOX message is waiting.")
+    assert agents.handoff_nudge("a", "b", "why", [], last="4", pushed="") == (
+        f"{HANDOFF_HEAD}none recorded. Iteration 4 pushed nothing: whatever it had not committed and pushed is gone, "
+        f"so check the repository, not your assumptions. Before you change anything, {MACHINE_DOCS}); then continue. "
+        "No INBOX message is waiting.")
+
+
+@pytest.mark.parametrize(("window", "line"), [
+    (ProfileWindow(), "a: available"),
+    (ProfileWindow(limited_until=NOW), "a: available"),  # lifted at that instant
+    (ProfileWindow(limited_until=NOW + 1), "a: limited (usage limit) until 2027-01-15 08:00:01 UTC"),
+    (ProfileWindow(warned_at=NOW), "a: available; last warning 2027-01-15 08:00:00 UTC (window)"),
+    (ProfileWindow(warned_at=NOW, utilization=0.5, warning_kind="weekly"),
+     "a: available; last warning 2027-01-15 08:00:00 UTC (weekly, 50% used)"),
+])
+def test_describe_window_exact(window, line):
+    assert agents.describe_window("a", window, NOW) == line
