@@ -186,3 +186,73 @@ def test_decide_loop(name):
 
 def test_paced_due():
     assert [paced_due(done, 0, 3) for done in range(5)] == [False, False, False, True, True]
+
+
+# ---------------------------------------------------------------- exact rows (tests/MUTATION.md, tick)
+LOOP_EDGES = [
+    # (loop, role, settings, tick)
+    (LoopSeen(active=True, lease_ms=5000), B, S, LoopTick(why="leased")),  # a whole interval left: no follow-up
+    (LoopSeen(active=True, lease_ms=4999), B, S, LoopTick(why="leased", follow_up=4.999)),
+    (LoopSeen(active=True, lease_ms=0), B, S, LoopTick(action="enqueue")),  # PTTL 0: lapsing now
+    (LoopSeen(active=True, queued="t"), B, S, LoopTick(why="queued")),  # no send time: just sent
+    (LoopSeen(active=True, queued="t", next_at=T - 60), B, S, LoopTick(why="queued")),
+    (LoopSeen(active=True, woken=True, running=3), SUP, S, LoopTick(action="enqueue", restart=True)),
+    (LoopSeen(active=True, ended_at=T - 7200, running=3), EVERY, S, LoopTick(action="enqueue", restart=True)),
+    (LoopSeen(active=True, waited_done=6, seen=4, running=2), R, PACED, LoopTick(action="enqueue", restart=True,
+                                                                                   mark_seen=6)),
+    (LoopSeen(active=True, waiting="w", waiting_docs="f", docs_now="f"), SUP, S, LoopTick(why="waits for w")),
+]
+
+
+@pytest.mark.parametrize("row", range(len(LOOP_EDGES)))
+def test_decide_loop_edges(row):
+    loop, role, s, expected = LOOP_EDGES[row]
+    assert decide_loop(loop, role, s, NOW) == expected
+
+
+RUN_EDGES = [
+    # (run, docs, settings, tick)
+    (RunSeen(active=False, paused=True), docs("1", "1.1"), S,  # paused without an end: resumes
+     RunTick(resume=True, live=True, phase="1", advance_to="2")),
+    (RunSeen(active=True, paused_until=T - 5), docs("1", "1.1"), S, RunTick(live=True, phase="1", advance_to="2")),
+    (RunSeen(active=False, paused=True, paused_until=T), ALL, S, RunTick(resume=True, done=True)),
+    # done_blocked_hours = 0: never woken, however long DONE is blocked
+    (RunSeen(active=True, phase="3", blocked_since=T - 90 * 3600), docs("1 2 3", "1.1 2.1 3.1"),
+     Settings(done_blocked_hours=0), RunTick(live=True, phase="3", blocked_since=T - 90 * 3600)),
+    # a stretch that starts now is not woken at once
+    (RunSeen(active=True, phase="3"), docs("1 2 3", "1.1 2.1 3.1"), Settings(done_blocked_hours=0.0001),
+     RunTick(live=True, phase="3", blocked_since=T)),
+]
+
+
+@pytest.mark.parametrize("row", range(len(RUN_EDGES)))
+def test_decide_run_edges(row):
+    run, d, s, expected = RUN_EDGES[row]
+    assert decide_run(run, PLAN, d, s, NOW) == expected
+
+
+@pytest.mark.parametrize(("args", "reason"), [
+    (("", "a", "b", 3), ""),  # not paused by the breaker
+    (("no_progress", "a", "b", 2), "2 INBOX message(s) arrived"),
+    (("no_progress", "a", "0123456789abc", 0), "the repo moved on to 0123456789"),
+    (("repeated_error", "a", "a", 0), ""),
+    (("repeated_error", "a", "", 0), ""),
+])
+def test_wake_reason(args, reason):
+    from ccci_dist.core.tick import wake_reason
+
+    assert wake_reason(*args) == reason
+
+
+def test_waits_for_verdicts_exact():
+    auditor, verifier = RoleSpec(name="auditor", verbs=("FAILED",)), RoleSpec(name="v", verbs=("VERIFIED",))
+    assert waits_for_verdicts(B, [B, R, auditor], PLAN, docs("1")) == (
+        "the verdicts of reviewer, auditor in REVIEW.md on phase 1")
+    assert waits_for_verdicts(B, [B, verifier], PLAN, docs("1")) == "the verdicts of v in REVIEW.md on phase 1"
+    judge_of_itself = RoleSpec(name="sj", verbs=("DONE", "VERIFIED"))
+    assert waits_for_verdicts(judge_of_itself, [judge_of_itself], PLAN, docs("1")) == ""
+    # the operator's target phase is the working one while it is incomplete
+    assert waits_for_verdicts(B, ROLES, PLAN, docs("1 3", "1.1"), target="3") == (
+        "the verdicts of reviewer in REVIEW.md on phase 3")
+    assert waits_for_verdicts(B, ROLES, PLAN, docs("1 3", "1.1")) == ""
+    assert waits_for_verdicts(B, ROLES, PLAN, docs("1", failed="D1")) == ""  # a FAILED D-item is work
