@@ -94,3 +94,48 @@ def test_never_reaped_while_present_within_grace(reads, grace):
             assert misses >= 2 and miss_span > grace and present_span > grace
             break
         last_present = last_present if not present else t
+
+
+# ---------------------------------------------------------------- exact rows (tests/MUTATION.md, liveness)
+def test_defaults_grace_1_s_settle_5_s():
+    g = Gone()
+    g.observe({"a/1"}, {"a/1"}, 0.0)
+    assert g.observe(set(), {"a/1"}, 0.5) == set()
+    assert g.missing == {"a/1": (0.5, 1)}
+    assert g.observe(set(), {"a/1"}, 1.5) == set()  # 1.0 s since the first miss: not more than the grace
+    assert g.missing == {"a/1": (0.5, 2)}
+    assert g.observe(set(), {"a/1"}, 1.75) == {"a/1"}
+    assert g.missing == {}
+    assert g.observe(set(), {"a/1"}, 2.0) == set()  # reaped once; its clock starts again
+    assert g.missing == {"a/1": (2.0, 1)}
+    g.failed(10.0)
+    assert (g.quiet_until, g.missing) == (15.0, {})
+
+
+def test_two_misses_are_enough_however_far_apart():
+    g = Gone(grace=1.0)
+    g.observe({"a/1", "b/2"}, {"a/1"}, 0.0)
+    assert g.seen == {"a/1", "b/2"}
+    assert g.observe(set(), {"a/1"}, 0.5) == set()
+    assert g.observe(set(), {"a/1"}, 50.0) == {"a/1"}
+
+
+def test_failed_keeps_the_later_quiet_time():
+    g = Gone(settle=5.0)
+    g.failed(10.0)
+    g.failed(3.0)
+    assert g.quiet_until == 15.0
+    g.observe({"a/1"}, {"a/1"}, 14.0)
+    assert g.observe(set(), {"a/1"}, 14.5) == set() and g.missing == {}  # still quiet
+    assert g.observe(set(), {"a/1"}, 15.0) == set() and g.missing == {"a/1": (15.0, 1)}  # quiet ends at 15.0
+
+
+def test_a_read_without_server_id_keeps_the_known_one():
+    g = Gone(grace=1.0, settle=5.0)
+    g.observe({"a/1"}, {"a/1"}, 0.0, server=("r1",))
+    g.observe({"a/1"}, {"a/1"}, 1.0)
+    assert g.server == ("r1",) and g.quiet_until == 0.0
+    g.observe({"a/1"}, {"a/1"}, 2.0, server=("r1",), uptime=5.0)  # the same server, old enough: no settling
+    assert g.quiet_until == 0.0
+    g.observe({"a/1"}, {"a/1"}, 3.0, server=("r2",))
+    assert (g.server, g.quiet_until) == (("r2",), 8.0)
