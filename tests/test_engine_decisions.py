@@ -231,6 +231,45 @@ def test_a_complete_phase_advances_to_the_next_incomplete_one(engine):
     assert len(store.events(RUN, "phase_advanced")) == 1
 
 
+CC_CI = ROOT / "examples" / "cc-ci-plan"
+
+
+@pytest.mark.parametrize("operator", [True, False], ids=["enqueued-again", "docs-only"])
+@pytest.mark.parametrize("target", ["2b", "SSO"])  # a sequence phase; a parked plan taken into the run
+def test_a_tick_that_read_the_run_before_a_change_does_not_clear_the_target(engine, target, operator):
+    """A tick decides from the run as it read it. The target is complete there, so it would clear
+    it; before it writes, the reviewer's FAILED on one of its items lands (the target is incomplete
+    again) and the operator may `enqueue phase` it again. The stale decision is refused: the target
+    stays, the next tick keeps working on it, and a tick that reads it complete clears it."""
+    from ccci_dist.core.plan import from_snapshot
+    from ccci_dist.engine.runs import start_run
+    from ccci_dist.engine.watchdog import tick_run
+
+    s, store = engine
+    s = s.model_copy(update={"plan_dir": CC_CI})
+    start_run(store, s, phase=target)
+    items = [i.id for i in from_snapshot(json.loads(store.run(RUN).plan)).phase(target).items]
+    store.update_run(RUN, docs=_verified(NOW, [target], items))  # the target is complete
+    [view] = store.tick_view()  # the tick reads it so (and would go back to the first phase)
+    at = (NOW + timedelta(minutes=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    failed = parse_docs(f"## DONE {target}\n", "".join(f"VERIFIED {i} {NOW:%Y-%m-%dT%H:%M:%SZ} abc1234 ok\n"
+                                                       for i in items) + f"FAILED {items[0]} {at} def5678 broken\n")
+    store.update_run(RUN, docs=failed.model_dump_json())  # a finished iteration mirrors the FAILED
+    if operator:
+        start_run(store, s, phase=target)  # `enqueue phase <target>`: work on it now
+    tick_run(store, s, view, NOW)  # the tick applies what it decided from its read
+    rh = store.run(RUN)
+    assert (rh.phase, rh.target_phase) == (target, target), store.events(RUN)
+    assert not store.events(RUN, "phase_advanced")
+    tick(store, s, NOW)  # the next tick reads the FAILED: the target is incomplete, it stays
+    assert (store.run(RUN).phase, store.run(RUN).target_phase) == (target, target)
+    store.update_run(RUN, docs=_verified(NOW + timedelta(minutes=2), [target], items))  # fixed and verified
+    tick(store, s, NOW)
+    rh = store.run(RUN)
+    first = from_snapshot(json.loads(rh.plan)).phase_order[0]
+    assert (rh.phase, rh.target_phase) == (first, ""), store.events(RUN)
+
+
 def test_a_second_watchdog_does_not_tick_while_one_holds_the_lock(engine):
     s, store = started(engine)
     assert store.take_tick_lock("other", 60_000)

@@ -477,8 +477,10 @@ def test_enqueue_a_parked_plan_takes_it_into_the_run(bed):
     cc_ci = ROOT / "examples" / "cc-ci-plan"
     order = load_package(cc_ci).phase_order
     bed.env["CCCI_PLAN_DIR"] = str(cc_ci)
-    bed.faults(builder=["hang"], reviewer=["hang"], supervisor=["hang"])
-    bed.worker("w1", beat=True)
+    # every agent hangs, every iteration: with one-shot faults (bed.faults) the iterations after the
+    # enqueue worked normally, finished SSO in about 6 s and the watchdog rightly cleared the target
+    # before a loaded machine read the status (issue 12: "target_phase '' right after the enqueue")
+    bed.worker("w1", beat=True, extra_env={"CCCI_DEMO_FAULT": "hang"})
     bed.cli("start")
     assert [p["id"] for p in bed.status()["phases"]] == order  # parked plans are not in the run
     bad = bed.cli("enqueue", "phase", "NOPE", check=False)
@@ -489,10 +491,7 @@ def test_enqueue_a_parked_plan_takes_it_into_the_run(bed):
     assert "parked plan SSO taken into run default" in out and "set to phase SSO" in out, out
     st = bed.status()
     assert [p["id"] for p in st["phases"]] == [*order, "SSO"], st["phases"]
-    if st["target_phase"] != "SSO":  # seen in whole-suite runs under load; cause not found yet
-        events = _r(bed).xrange("ccci:events:default")
-        pytest.xfail(f"known race (issue 12, open): target_phase {st['target_phase']!r} right after "
-                     f"`enqueue phase SSO`; events {events[-8:]}")
+    assert (st["phase"], st["target_phase"]) == ("SSO", "SSO"), _r(bed).xrange("ccci:events:default")
     assert "phase SSO" in st["blocks_done"]
     plan = json.loads(_r(bed).hget("ccci:run:default", "plan"))
     assert [i["id"] for i in plan["phases"]["SSO"]["items"]] == ["SSO.1", "SSO.2", "SSO.3", "SSO.4"]

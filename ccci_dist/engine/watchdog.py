@@ -99,8 +99,9 @@ def tick_run(store: Store, s: Settings, view: RunView, now: datetime) -> None:
     if d.done:
         finish_run(store, run, plan.roles)
         return
-    if (d.advance_to or d.done_target) and store.advance_phase(run, d.phase, d.advance_to or d.phase,
-                                                               d.done_target) and d.advance_to:
+    # applied only if the run is still as read (see set_phase.lua): an enqueue or new docs since win
+    if (d.advance_to or d.done_target) and store.advance_phase(run, rh, d.advance_to or d.phase,
+                                                               clear_target=bool(d.done_target)) and d.advance_to:
         order = plan.phase_order
         back = d.phase in order and d.advance_to in order and order.index(d.advance_to) < order.index(d.phase)
         why = f"phase {d.advance_to} is incomplete again" if back else f"phase {d.phase} is complete"

@@ -49,6 +49,8 @@ from ccci_dist.state.keys import (
 from ccci_dist.state.models import Claim, LoopState, RunState
 
 ACTIVE, STOPPED, DONE, PAUSED = "active", "stopped", "done", "paused"
+# what a watchdog tick decides the phase pointer (and the end of a target phase) from
+PHASE_DECIDED_FROM = ("phase", "target_phase", "docs", "plan")
 log = logging.getLogger(__name__)
 
 # What callers catch: the broker is unreachable, refused the password, or timed out.
@@ -492,10 +494,14 @@ class Store:
         self.r.hset(k_run(run), mapping={"status": PAUSED, "paused_until": f"{until:.3f}", "pause_reason": reason})
         return changed
 
-    def advance_phase(self, run: str, expected: str, phase: str, done_target: str = "") -> bool:
-        """Set the run's phase to ``phase`` if it is still ``expected`` (two watchdogs, or an operator);
-        clear the operator's target phase when it is ``done_target`` (that phase is complete)."""
-        return bool(self._set_phase(keys=[k_run(run)], args=[expected, phase, done_target]))
+    def advance_phase(self, run: str, read: RunState, phase: str, clear_target: bool = False) -> bool:
+        """Set the run's phase to ``phase`` (and clear its target phase, complete) only if the run is
+        still as ``read``: the fields a tick decides the phase from are unchanged. Another watchdog,
+        an operator's start or ``enqueue phase``, or an iteration's new machine docs since the read
+        make the decision stale; it is refused (False) and the next tick decides again."""
+        seen = [x for f in PHASE_DECIDED_FROM
+                for x in (f, hashlib.sha1(str(getattr(read, f)).encode(), usedforsecurity=False).hexdigest())]
+        return bool(self._set_phase(keys=[k_run(run)], args=[phase, "1" if clear_target else "", *seen]))
 
     def note_inbox_carried(self, run: str, role: str, last_id: str) -> None:
         """Remember the newest INBOX message a prompt carried: if that iteration never acknowledges
