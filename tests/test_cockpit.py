@@ -204,3 +204,37 @@ def test_expires_in_and_when():
     assert cockpit.expires_in(now - timedelta(hours=25), timedelta(hours=24), now) == -3600
     assert cockpit.when(None) == "—"
     assert cockpit.when(now) == "2026-01-01 12:00:00 UTC"
+
+
+HELD_FOR = "the verdicts of reviewer in REVIEW.md on phase 1"
+
+
+@pytest.mark.parametrize(("roles", "tripped", "held", "words"), [
+    # a held builder and the reviewer it waits for paused: neither moves on its own
+    (["builder", "reviewer"], {"reviewer": "no_progress"}, {"builder": HELD_FOR},
+     f"breaker paused reviewer (no_progress); builder is held (waits for {HELD_FOR}): nothing moves on its own "
+     "(a paused loop waits for a push no other loop will make); send an INBOX message "
+     "(`ccci-dist inbox send --to reviewer ...`) or run `ccci-dist start`"),
+    # both paused: each waits for the other's push
+    (["builder", "reviewer"], {"builder": "no_progress", "reviewer": "repeated_error"}, {},
+     "breaker paused builder (no_progress), reviewer (repeated_error): nothing moves on its own (a paused loop "
+     "waits for a push no other loop will make); send an INBOX message (`ccci-dist inbox send --to all ...`) "
+     "or run `ccci-dist start`"),
+    # another loop may still push (or is stopped, which status says on its own): no standstill
+    (["builder", "reviewer"], {"reviewer": "no_progress"}, {}, ""),
+    (["builder", "reviewer", "supervisor"], {"reviewer": "no_progress"}, {"builder": HELD_FOR}, ""),
+    # held with nobody paused: the reviewer it waits for is not the breaker's
+    (["builder", "reviewer"], {}, {"builder": HELD_FOR}, ""),
+])
+def test_standstill_words(roles, tripped, held, words):
+    assert cockpit.standstill(roles, tripped, held) == words
+
+
+def test_standstill_actions_name_the_command_for_each_loop():
+    actions = cockpit.standstill_actions({"reviewer": "no_progress"}, {"builder": HELD_FOR})
+    assert actions == {
+        "reviewer": "wake it: send an INBOX message (`ccci-dist inbox send --to reviewer ...`) or run "
+                    "`ccci-dist start`; nothing else will (no other loop pushes)",
+        "builder": "wake reviewer (paused, so it will not write what this loop waits for): send an INBOX message "
+                   "(`ccci-dist inbox send --to reviewer ...`) or run `ccci-dist start`",
+    }

@@ -304,6 +304,49 @@ def test_a_builder_waiting_for_review_is_held_until_review_md_changes(bed):
     assert len(woke) <= len(reviewer_pushes), (woke, reviewer_pushes)
 
 
+def test_a_held_builder_and_a_reviewer_the_breaker_paused_are_stuck_and_status_says_what_to_do(bed, receiver):
+    """tiny-plan: the builder marks phase 1 done and is held for the reviewer's verdicts; the reviewer
+    idles until the breaker pauses it. Neither moves on its own now (the paused reviewer waits for a
+    push the held builder will not make): status (text and --json) says the run is stuck and what
+    to do, not that the loops resume by themselves; one notification and one event per stretch; an
+    INBOX message to the reviewer still wakes it (the breaker's semantics are unchanged)."""
+    bed.env.update({"CCCI_NO_PROGRESS_LIMIT": "3", "CCCI_NOTIFY_URLS": json.dumps([receiver.url()])})
+    bed.faults(reviewer=["idle"] * 12)
+    bed.worker("w1", beat=True)
+    bed.cli("start")
+    st = bed.wait_status(lambda st: st["loops"]["builder"]["state"] == "held"
+                         and st["loops"]["reviewer"]["state"] == "paused", 120, "builder held, reviewer paused")
+    r = _r(bed)
+    assert st["state"] == "stuck", st["header"]
+    words = st["breaker"]
+    assert words in st["header"], st["header"]
+    assert "breaker paused reviewer (no_progress)" in words and "builder is held" in words, words
+    assert "nothing moves on its own" in words and "when the other role pushes" not in words, words
+    assert "`ccci-dist inbox send --to reviewer ...`" in words and "`ccci-dist start`" in words, words
+    reviewer, builder = st["loops"]["reviewer"], st["loops"]["builder"]
+    assert not reviewer["next_action"].startswith("nothing"), reviewer
+    assert "ccci-dist inbox send --to reviewer" in reviewer["next_action"], reviewer
+    assert "reviewer" in builder["next_action"] and not builder["next_action"].startswith("nothing:"), builder
+    plain = bed.cli("status", env={"COLUMNS": "400"}).stdout
+    assert "stuck" in plain.splitlines()[0] and "nothing moves on its own" in plain.splitlines()[0], plain
+    assert "ccci-dist inbox send --to reviewer" in plain, plain
+    wait_for(lambda: any(t.startswith("[run_stuck] default: stuck") for t in _kinds_of(receiver)), 20, 0.2,
+             "the stuck notification")
+    [note] = [t for t in _kinds_of(receiver) if t.startswith("[run_stuck] default: stuck")]
+    assert "nothing moves on its own" in note and "ccci-dist inbox send --to reviewer" in note, note
+    ticks = r.llen("ccci:watchdog:ticks")
+    wait_for(lambda: r.llen("ccci:watchdog:ticks") >= ticks + 3, 30, 0.2, "three more watchdog ticks")
+    stuck = [f for _, f in r.xrange("ccci:events:default") if f["kind"] == "stuck"]
+    assert len(stuck) == 1 and "nothing moves on its own" in stuck[0]["detail"], stuck  # once per stretch
+    bed.cli("inbox", "send", "--to", "reviewer", "look again")
+    wait_for(lambda: [f for _, f in r.xrange("ccci:events:default")
+                      if f["kind"] == "resumed" and f.get("role") == "reviewer" and "INBOX" in f["reason"]],
+             60, 0.2, "the reviewer woken by the INBOX message")
+    # it still idles: paused again, a new stretch, notified again
+    wait_for(lambda: len([f for _, f in r.xrange("ccci:events:default") if f["kind"] == "stuck"]) == 2, 120, 0.3,
+             "stuck again after the reviewer paused again")
+
+
 def test_breaker_trips_on_the_same_error_again_and_again(bed, receiver):
     bed.env.update({"CCCI_NO_PROGRESS_LIMIT": "3", "CCCI_NOTIFY_URLS": json.dumps([receiver.url()])})
     bed.faults(builder=["exit1"] * 20, reviewer=["hang"])

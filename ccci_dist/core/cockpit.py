@@ -202,3 +202,32 @@ def breaker_words(paused: dict[str, str]) -> str:
 
     who = ", ".join(f"{role} ({why})" for role, why in sorted(paused.items()))
     return f"breaker paused {who}: {BREAKER_NEXT}"
+
+
+def standstill(roles: list[str], tripped: dict[str, str], held: dict[str, str]) -> str:
+    """The run header's words when no loop can move on its own ("" when one can): every loop is
+    paused by the breaker (``tripped``: role -> reason; it waits for another role's push) or held
+    (``held``: role -> what it waits for; a change to the machine docs), and one at least is paused.
+    Nobody pushes, so only an INBOX message to a paused loop or ``ccci-dist start`` moves the run."""
+    if not tripped or any(r not in tripped and r not in held for r in roles):
+        return ""
+    who = ", ".join(f"{role} ({why})" for role, why in sorted(tripped.items()))
+    waits = "".join(f"; {role} is held (waits for {what})" for role, what in sorted(held.items()))
+    return (f"breaker paused {who}{waits}: nothing moves on its own (a paused loop waits for a push no "
+            f"other loop will make); {wake_hint(tripped)}")
+
+
+def wake_hint(tripped: dict[str, str]) -> str:
+    """What wakes the loops the breaker paused, as a command."""
+    to = next(iter(tripped)) if len(tripped) == 1 else "all"
+    return f"send an INBOX message (`ccci-dist inbox send --to {to} ...`) or run `ccci-dist start`"
+
+
+def standstill_actions(tripped: dict[str, str], held: dict[str, str]) -> dict[str, str]:
+    """Each loop's next action at a standstill (see :func:`standstill`), replacing "nothing: it resumes..."."""
+    paused = ", ".join(sorted(tripped))
+    out = {role: f"wake it: {wake_hint({role: why})}; nothing else will (no other loop pushes)"
+           for role, why in tripped.items()}
+    out.update({role: f"wake {paused} (paused, so it will not write what this loop waits for): {wake_hint(tripped)}"
+                for role in held})
+    return out

@@ -25,7 +25,7 @@ KINDS = (
     "run_started", "phase_advanced", "loop_restarted", "limit_stall", "repeated_failures", "reboot_recorded",
     "budget_reached", "done", "loop_paused", "loop_resumed",
     "vm_down", "vm_up", "isolation_violation", "auth_failure", "stale_write_refused",
-    "role_report", "done_blocked",
+    "role_report", "done_blocked", "run_stuck",
 )
 TASK_NAME = "ccci.notify"
 SEND_TIMEOUT = 5.0  # seconds per connect and per read, per notifier
@@ -37,7 +37,7 @@ _TYPES = {
     "repeated_failures": apprise.NotifyType.FAILURE, "vm_down": apprise.NotifyType.FAILURE,
     "isolation_violation": apprise.NotifyType.FAILURE, "auth_failure": apprise.NotifyType.FAILURE,
     "stale_write_refused": apprise.NotifyType.FAILURE, "loop_paused": apprise.NotifyType.WARNING,
-    "done_blocked": apprise.NotifyType.WARNING,
+    "done_blocked": apprise.NotifyType.WARNING, "run_stuck": apprise.NotifyType.WARNING,
 }
 _HOSTNAME = re.compile(r"^(?:localhost|[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+|\[[0-9A-Fa-f:.]+\])$")
 

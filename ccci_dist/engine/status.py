@@ -145,7 +145,8 @@ class RunStatus(BaseModel):
     blocks_done: str = Field(description="what stands between the run and DONE, one line ('' = nothing)")
     target_phase: str = Field("", description="the phase `enqueue phase` asked for, worked on until complete")
     breaker: str = Field("", description="loops the no-progress breaker paused (no_progress | repeated_error) and "
-                                         "what resumes them ('' = none)")
+                                         "what resumes them; when they and held loops wait for each other (nothing "
+                                         "moves on its own), that and what to do ('' = none)")
     undelivered: list[dict[str, str]] = Field(
         default_factory=list, description="INBOX messages no iteration acknowledged (id, role, text): at DONE, "
         "messages that will never be delivered")
@@ -194,6 +195,7 @@ def run_status(store: Store, s: Settings, run: str, now: float | None = None,
     consumed = {q for w in live.workers for q in w.queues}
     loops: dict[str, Loop] = {}
     tripped: dict[str, str] = {}
+    held: dict[str, str] = {}
     for role in store.roles(run):
         lp = store.loop(run, role)
         queue = lp.next_queue or rh.queues.get(role) or s.queue_for(role)
@@ -213,6 +215,8 @@ def run_status(store: Store, s: Settings, run: str, now: float | None = None,
         words = cockpit.describe_loop(facts)
         if words.state == cockpit.PAUSED and lp.pause_reason:
             tripped[role] = lp.pause_reason
+        if words.state == cockpit.HELD:
+            held[role] = lp.waiting
         running = words.state == cockpit.RUNNING
         sha = lp.last_commit
         loops[role] = Loop(
@@ -242,7 +246,12 @@ def run_status(store: Store, s: Settings, run: str, now: float | None = None,
     k = order.index(phase) + 1 if phase in order else 0
     header = f"run {run}: {state}" + (f" ({rh.pause_reason})" if rh.pause_reason else "")
     header += f" · phase {phase} ({k} of {len(order)})"
-    breaker = cockpit.breaker_words(tripped)
+    # held and breaker-paused loops wait for each other: say so, and what moves the run
+    still = cockpit.standstill(list(loops), tripped, held)
+    if still:
+        for role, action in cockpit.standstill_actions(tripped, held).items():
+            loops[role] = loops[role].model_copy(update={"next_action": action})
+    breaker = still or cockpit.breaker_words(tripped)
     if breaker:
         header += f" · {breaker}"
     target = rh.target_phase

@@ -19,6 +19,7 @@ from functools import lru_cache
 
 from ccci_dist.adapters.workspace import read_remote_file
 from ccci_dist.config import CONTROL_QUEUE, Settings, hostname
+from ccci_dist.core.cockpit import HELD, standstill
 from ccci_dist.core.phases import MachineDocs, docs_fingerprint, missing_for_done
 from ccci_dist.core.plan import PlanPackage, from_snapshot
 from ccci_dist.core.roles import RoleSpec
@@ -32,6 +33,7 @@ from ccci_dist.state.models import RunState
 from ccci_dist.state.store import ACTIVE, PAUSED, LoopView, RunView, Store
 
 log = logging.getLogger(__name__)
+NOT_STILL = ("", "")  # a loop that moves, or may
 
 
 # send_events=False: about 17,000 ticks a day would bury the iterations in Flower
@@ -108,20 +110,38 @@ def tick_run(store: Store, s: Settings, view: RunView, now: datetime) -> None:
         store.event(run, "phase_advanced", phase=d.advance_to, previous=d.phase, back=int(back))
         notify("phase_advanced", f"{run}: phase {d.advance_to}", f"{why}; now on phase {d.advance_to}")
         wake(store, run, plan.specs, "phase_advanced", f"{why}; now on phase {d.advance_to}")
-    for spec in _specs(rh.plan):
-        tick_loop(store, s, view, spec, now)
+    standing = {spec.name: tick_loop(store, s, view, spec, now) for spec in _specs(rh.plan)}
+    note_standstill(store, run, rh, plan.roles, standing, now)
 
 
-def tick_loop(store: Store, s: Settings, view: RunView, spec: RoleSpec, now: datetime) -> None:
-    """Decide for one loop as the tick read it (core.tick.decide_loop) and apply."""
+def note_standstill(store: Store, run: str, rh: RunState, roles: list[str],
+                    standing: dict[str, tuple[str, str]], now: datetime) -> None:
+    """Held and breaker-paused loops waiting for each other (core.cockpit.standstill): one event and
+    notification, with what to do, when such a stretch starts; the stretch ends when a loop moves."""
+    tripped = {r: why for r, (kind, why) in standing.items() if kind == PAUSED}
+    held = {r: what for r, (kind, what) in standing.items() if kind == HELD}
+    words = standstill(roles, tripped, held)
+    if words and not rh.stuck_since:
+        store.update_run(run, stuck_since=f"{now.timestamp():.3f}")
+        store.event(run, "stuck", detail=words)
+        notify("run_stuck", f"{run}: stuck", words)
+    elif not words and rh.stuck_since:
+        store.update_run(run, stuck_since="")
+
+
+def tick_loop(store: Store, s: Settings, view: RunView, spec: RoleSpec, now: datetime) -> tuple[str, str]:
+    """Decide for one loop as the tick read it (core.tick.decide_loop) and apply. Returns how it
+    stands still, if it does: (paused, breaker reason) or (held, what it waits for); else ("", "")."""
     run, rh, role = view.run, view.state, spec.name
     lv = view.loops.get(role) or _read_loop(store, run, role)
     loop = lv.state
     if loop.state == PAUSED:
         commit = json.loads(rh.docs or "{}").get("commit", "")
         why = wake_reason(loop.pause_reason, loop.paused_commit, commit, store.inbox_pending(run, role))
-        if not why or not store.wake_loop(run, role):
-            return
+        if not why:
+            return (PAUSED, loop.pause_reason) if loop.pause_reason else NOT_STILL
+        if not store.wake_loop(run, role):
+            return NOT_STILL
         store.event(run, "resumed", role=role, reason=why, after=loop.pause_reason)
         notify("loop_resumed", f"{run}/{role}: resumed", f"paused for {loop.pause_reason}; {why}")
         lv = _read_loop(store, run, role)
@@ -142,7 +162,7 @@ def tick_loop(store: Store, s: Settings, view: RunView, spec: RoleSpec, now: dat
     if d.follow_up is not None:
         follow_up(store, s, d.follow_up)
     if d.action == "wait":
-        return
+        return (HELD, waiting) if waiting and d.why == f"waits for {waiting}" else NOT_STILL
     queue = iteration_queue(s, rh, role)
     if d.action == "requeue":
         if not store.task_in_queue(queue, seen.queued):
@@ -151,12 +171,12 @@ def tick_loop(store: Store, s: Settings, view: RunView, spec: RoleSpec, now: dat
             if store.requeue(run, role, seen.queued, new, queue):
                 store.event(run, "requeued", role=role, old=seen.queued, new=new)
                 send_iteration(run, role, new, queue)
-        return
+        return NOT_STILL
     if d.mark_seen is not None:
         store.set_loop_fields(run, role, builder_seen=d.mark_seen)
     task_id = str(uuid.uuid4())
     if not store.try_enqueue(run, role, task_id, queue):
-        return
+        return NOT_STILL
     if waiting:  # what it waited for changed (or a message or the operator woke it)
         store.set_loop_fields(run, role, waiting="", waiting_docs="")
         why = ("the machine docs changed" if seen.docs_now != seen.waiting_docs
@@ -170,6 +190,7 @@ def tick_loop(store: Store, s: Settings, view: RunView, spec: RoleSpec, now: dat
         notify("loop_restarted", f"{run}/{role} restarted",
                f"iteration {loop.running} on {loop.host or '?'} was interrupted; re-running it")
     send_iteration(run, role, task_id, queue)
+    return NOT_STILL
 
 
 def _read_loop(store: Store, run: str, role: str) -> LoopView:

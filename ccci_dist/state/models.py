@@ -101,6 +101,7 @@ class RunState(_HashModel):
     target_phase: str = ""  # the phase `enqueue phase` asked for, worked on until complete
     done_blocked_since: float | None = None  # every phase marked done, DONE not holding, since then
     done_blocked_woken: bool = False  # the done_blocked wake of this stretch was sent
+    stuck_since: float | None = None  # held and breaker-paused loops wait for each other since (notified)
     plan: str = ""  # JSON snapshot of the plan package (parsed by core.plan.from_snapshot)
     plan_sha: str = ""  # SHA-1 of ``plan``, written with it by the Store (the tick fetches a plan only when new)
     plan_dir: str = ""
