@@ -20,8 +20,8 @@ TOKEN = "SECRETTOKEN"
 
 
 def test_kinds_are_unique_and_complete():
-    assert len(set(KINDS)) == len(KINDS) == 17
-    assert {"limit_stall", "auth_failure", "stale_write_refused", "done", "vm_down"} <= set(KINDS)
+    assert len(set(KINDS)) == len(KINDS) == 18
+    assert {"limit_stall", "auth_failure", "stale_write_refused", "done", "vm_down", "run_stuck"} <= set(KINDS)
 
 
 @pytest.mark.parametrize("kind", KINDS)
