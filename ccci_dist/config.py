@@ -400,6 +400,9 @@ def load_config(
     """Load the effective settings; ``overrides`` are CLI flags (highest precedence)."""
     file = config_path(path)
     if file is not None:
+        if file.is_dir():
+            raise ConfigError(f"config file {file} is a directory; pass the TOML file's path to --config "
+                              "(or CCCI_CONFIG)")
         if not file.is_file():
             raise ConfigError(f"config file {file} not found; pass an existing --config or unset CCCI_CONFIG")
         try:
@@ -431,6 +434,10 @@ def _model_at(loc: tuple) -> type[BaseModel] | None:
     return model
 
 
+# Settings whose top-level CLI flag is not ``--`` + the name with dashes.
+FLAG_NAMES = {"broker_url": "--broker"}
+
+
 def describe_error(exc: ValidationError, file: Path | None = None, flags: frozenset[str] = frozenset()) -> str:
     """The first validation error as one line: where, what, and the fix (with the closest key name
     for an unknown one). A value that came from a CLI flag (``flags``) is named by its flag."""
@@ -442,7 +449,7 @@ def describe_error(exc: ValidationError, file: Path | None = None, flags: frozen
     if not loc:
         return f"invalid config{origin}: {msg}"
     if len(loc) == 1 and loc[0] in flags:
-        flag = "--" + str(loc[0]).replace("_", "-")
+        flag = FLAG_NAMES.get(str(loc[0]), "--" + str(loc[0]).replace("_", "-"))
         return f"invalid {flag} value: {msg}; pass a valid {flag}"
     if err["type"] == "extra_forbidden":
         model = _model_at(loc[:-1])
@@ -452,6 +459,8 @@ def describe_error(exc: ValidationError, file: Path | None = None, flags: frozen
                 else "remove it (`ccci-dist config show` lists the known keys)")
         return f"invalid config value for {where}{origin}: unknown key; {hint}"
     env = f"CCCI_{where.upper().replace('.', '__')}"
+    if any(k.upper() == env for k in os.environ):  # the environment wins over the file: the value is its
+        return f"invalid config value for {where} in the environment variable {env}: {msg}; fix or unset {env}"
     return f"invalid config value for {where}{origin}: {msg}; fix it in the file, {env} or the flag"
 
 

@@ -15,10 +15,10 @@ from ccci_dist.config import ConfigError, load_config
 CLI = [sys.executable, "-m", "ccci_dist"]
 
 
-def run(*args: str, env: dict[str, str] | None = None, cwd=None) -> subprocess.CompletedProcess:
+def run(*args: str, env: dict[str, str] | None = None, cwd=None, timeout: float = 60) -> subprocess.CompletedProcess:
     clean = {k: v for k, v in os.environ.items() if not k.startswith("CCCI_")}
     return subprocess.run([*CLI, *args], capture_output=True, text=True, env={**clean, **(env or {})}, cwd=cwd,
-                          timeout=60)
+                          timeout=timeout)
 
 
 @pytest.fixture
@@ -78,6 +78,41 @@ def test_bad_config_is_one_clear_line(tmp_path, text, args, error):
     assert p.stderr.startswith("error: ") and error in p.stderr and p.stderr.count("\n") == 1, p.stderr
 
 
+def test_bad_value_names_where_it_came_from(tmp_path):
+    """Outside test: a bad value from the environment was blamed on the file, a bad --broker on a
+    `--broker-url` flag that does not exist, and a directory given as --config was "not found"."""
+    f = tmp_path / "ok.toml"
+    f.write_text("lease_ttl = 20\n")
+    p = run("--config", str(f), "config", "show", env={"CCCI_LEASE_TTL": "abc"})
+    assert p.returncode == 2 and p.stderr.count("\n") == 1, p.stderr
+    assert "lease_ttl in the environment variable CCCI_LEASE_TTL" in p.stderr and str(f) not in p.stderr
+    assert p.stderr.rstrip().endswith("fix or unset CCCI_LEASE_TTL"), p.stderr
+    p = run("--config", str(f), "--broker", "http://x", "config", "show")
+    assert p.returncode == 2 and "invalid --broker value" in p.stderr and "--broker-url" not in p.stderr, p.stderr
+    p = run("--config", str(tmp_path), "config", "show")
+    assert p.returncode == 2 and f"config file {tmp_path} is a directory" in p.stderr, p.stderr
+    p = run("forget")
+    assert p.returncode == 2 and p.stderr.startswith("error: Missing argument 'RUN'; see `"), p.stderr
+
+
+def test_the_traceback_log_is_under_the_configured_state_dir(tmp_path, redis_url):
+    """Outside test: with state_dir in the config file (or --state-dir), an unexpected error's
+    traceback still went to ~/.local/state/ccci-dist/logs/cli-errors.log."""
+    home, state = tmp_path / "home", tmp_path / "cfg-state"
+    home.mkdir()
+    f = tmp_path / "c.toml"
+    f.write_text(f'state_dir = "{state}"\nbroker_url = "{redis_url}"\n')
+    export_dir = tmp_path / "a-dir"
+    export_dir.mkdir()
+    for args, where in ((["--config", str(f)], state), (["--config", str(f), "--state-dir", str(tmp_path / "flag")],
+                                                         tmp_path / "flag")):
+        p = run(*args, "state", "export", str(export_dir), env={"HOME": str(home)})  # IsADirectoryError
+        log = where / "logs" / "cli-errors.log"
+        assert p.returncode == 1 and p.stderr.count("\n") == 1 and f"traceback in {log};" in p.stderr, p.stderr
+        assert "Traceback" in log.read_text()
+    assert not (home / ".local").exists()
+
+
 def test_non_utf8_config(tmp_path):
     f = tmp_path / "latin.toml"
     f.write_bytes(b'run = "caf\xe9"\n')
@@ -116,9 +151,11 @@ def test_missing_redis_binary_says_how_to_install(tmp_path):
 
 @pytest.mark.slow
 def test_demo_reaches_done(tmp_path):
-    p = run("--state-dir", str(tmp_path / "state"), "demo", "--timeout", "120")
+    p = run("--state-dir", str(tmp_path / "state"), "demo", "--timeout", "120", timeout=240)  # beyond the demo's own
     try:
         assert p.returncode == 0, p.stderr[-2000:]
         assert "DONE in" in p.stdout and "history" in p.stdout
+        # outside test: the status's cost line and the history table's title ran together when piped
+        assert any(line.strip() == "history" for line in p.stdout.splitlines()), p.stdout[-3000:]
     finally:
         run("--state-dir", str(tmp_path / "state"), "down")

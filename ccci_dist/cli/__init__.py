@@ -77,9 +77,12 @@ BAD_INPUT = {"ConfigError", "ProfileError", "RunError", "StateError", "InboxErro
              "ValidationError"}
 
 
+_STATE_DIR: list[str] = []  # the loaded settings' state_dir (config file, env or --state-dir)
+
+
 def _error_log() -> Path:
     """Where an unexpected error's traceback goes: <state_dir>/logs/cli-errors.log."""
-    base = os.environ.get("CCCI_STATE_DIR") or "~/.local/state/ccci-dist"
+    base = (_STATE_DIR[-1] if _STATE_DIR else "") or os.environ.get("CCCI_STATE_DIR") or "~/.local/state/ccci-dist"
     return Path(base).expanduser() / "logs" / "cli-errors.log"
 
 
@@ -137,7 +140,8 @@ class LazyGroup(click.Group):
             ctx = getattr(exc, "ctx", None)
             if isinstance(exc, click.UsageError) and ctx is not None:
                 hint = f"; see `{ctx.command_path} --help`"
-            click.echo(_clean(f"error: {' '.join(exc.format_message().split())}{hint}"), err=True)
+            text = " ".join(exc.format_message().split())
+            click.echo(_clean(f"error: {text.rstrip('.') if hint else text}{hint}"), err=True)
             sys.exit(exc.exit_code if exc.exit_code else 2)
         except click.Abort:
             click.echo("error: aborted", err=True)
@@ -182,6 +186,7 @@ class Ctx:
                 self._settings = load_config(self.config_file, **self.overrides)
             except ConfigError as exc:
                 fail(str(exc))
+            _STATE_DIR.append(str(self._settings.state_dir))
         return self._settings
 
 

@@ -117,6 +117,8 @@ def demo_cmd(obj: Ctx, plan_dir: Path | None, timeout: float) -> None:
                     break
                 time.sleep(0.25)
         elapsed = time.monotonic() - t0
+        if not console.is_terminal:  # Live's last frame ends without a newline when piped
+            console.line()
     finally:
         worker.terminate()
         try:
