@@ -102,7 +102,11 @@ def test_enqueue_phase_on_a_done_run_needs_reopen(bed):
     r = _r(bed)
     r.hset("ccci:run:default", "status", "done")
     p = bed.cli("enqueue", "phase", "1", check=False)
-    assert p.returncode == 2 and "is DONE; pass --reopen" in p.stderr, p
+    assert p.returncode == 2 and "is DONE; pass --reopen to work on phase '1' again" in p.stderr, p
+    assert r.hget("ccci:run:default", "status") == "done"
+    # outside test: an unknown phase got the --reopen advice, which then failed with 'unknown phase'
+    p = bed.cli("enqueue", "phase", "nosuch", check=False)
+    assert p.returncode == 2 and p.stderr.startswith("error: unknown phase 'nosuch'"), p
     assert r.hget("ccci:run:default", "status") == "done"
     bed.cli("enqueue", "phase", "1", "--reopen")
     assert r.hget("ccci:run:default", "status") == "active"

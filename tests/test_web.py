@@ -227,6 +227,20 @@ def test_token_login_and_refusals(bed, browser):
     assert "login required" in ok.stdout and TOKEN not in ok.stdout + ok.stderr
 
 
+def test_a_port_in_use_is_one_error_line(bed):
+    """Outside test: `ccci-dist web --port P` with P taken was `error: OSError: [Errno 98] Address
+    already in use` and a traceback file; it is the operator's input: one line with the fix, exit 2."""
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        p = bed.cli("web", "--port", str(port), check=False)
+    assert p.returncode == 2 and p.stderr.count("\n") == 1, p.stderr
+    assert p.stderr.startswith(f"error: cannot listen on 127.0.0.1:{port} (") and "--port" in p.stderr, p.stderr
+
+
 def test_vendored_chart_library_is_the_pinned_file():
     vendor = ROOT / "ccci_dist" / "web" / "static" / "vendor"
     table = (vendor / "VENDOR.md").read_text()

@@ -113,8 +113,6 @@ def start_run(store: Store, s: Settings, *, resume: bool = False, phase: str | N
     if must_exist and not existing.exists:
         known = ", ".join(store.runs()) or "none yet"
         raise RunError(f"no run {run!r} (runs: {known}); `ccci-dist start` creates it, or pick one with --run")
-    if phase is not None and existing.status == DONE and not reopen:
-        raise RunError(f"run {run!r} is DONE; pass --reopen to work on phase {phase} again")
     changes = identity_changes(store, s, run)
     ident = configured_identity(s)
     if existing.exists and not reconfigure:
@@ -136,6 +134,9 @@ def start_run(store: Store, s: Settings, *, resume: bool = False, phase: str | N
     if phase is not None and phase not in pkg.phase_order:
         parked = f"; parked plans: {', '.join(pkg.parked_ids)}" if pkg.parked_ids else ""
         raise RunError(f"unknown phase {phase!r}; the plan's phases are {', '.join(pkg.phase_order)}{parked}")
+    # after the phase is known to exist: the --reopen advice must not send the operator to an error
+    if phase is not None and existing.status == DONE and not reopen:
+        raise RunError(f"run {run!r} is DONE; pass --reopen to work on phase {phase!r} again")
     docs = None
     said: list[str] = []
     if phase is None and (resume or not existing.phase):

@@ -64,7 +64,10 @@ def web_cmd(obj: Any, address: str, port: int, basic_auth_file: str | None, toke
 
     configure_logging("INFO")
     app = make_app(store, s, access)
-    app.listen(port, address, xheaders=False)
+    try:
+        app.listen(port, address, xheaders=False)
+    except OSError as exc:  # in use, or an address this host does not have: the operator's input
+        _fail(f"cannot listen on {address}:{port} ({exc.strerror or exc}); pick another --port or --address")
     click.echo(f"dashboard on {url} ({'login required' if access.required else 'no login: loopback only'})", err=True)
     sys.stderr.flush()
     try:
