@@ -9,8 +9,13 @@ first gathering: one round trip per run hash and three or four per loop (``legac
 below replays it), and the pipelined one that followed it (``pipelined_view``: three round trips,
 one reply per key), with the same decisions after them. ``tick_view`` now is one Lua script.
 
-Writes bench/results/tick-scale.png (tick time per loop against loops, both gatherings) when
-matplotlib is installed (``pip install matplotlib``; not a ccci-dist dependency).
+Each size also runs ``tick_view`` with the store holding no plan, so every run's plan snapshot
+crosses the wire and the parser each tick (the gathering before plans were sent by digest). Beside
+the wall time, the tick process's own CPU time (``time.process_time``): it does not count the waits
+for a core, so it holds on a loaded machine where the wall time does not.
+
+Writes bench/results/tick-scale.png (tick time per loop against loops, every gathering) when
+matplotlib is installed (``pip install 'ccci-dist[bench]'``; not a runtime dependency).
 
 Usage: tick_scale.py [--ticks 100] [--sizes 10,100,1000]
 """
@@ -108,16 +113,29 @@ def pipelined_view(store):
             for run, rs in zip(runs, states, strict=True)]
 
 
-def measure(store, s, ticks: int, trips: RoundTrips) -> tuple[list[float], float]:
+def measure(store, s, ticks: int, trips: RoundTrips, before=None) -> tuple[list[float], list[float], float]:
+    """``ticks`` ticks: their wall times and the tick process's own CPU times (ms; the CPU time does
+    not count the waits for a core on a loaded machine, nor Redis's share), and round trips per tick."""
     from ccci_dist.engine import watchdog
 
     now = datetime.now(UTC)
-    times, n0 = [], trips.n
+    walls, cpus, n0 = [], [], trips.n
     for _ in range(ticks):
-        t0 = time.perf_counter()
+        if before:
+            before()
+        c0, t0 = time.process_time(), time.perf_counter()
         watchdog.tick(store, s, now)
-        times.append((time.perf_counter() - t0) * 1000)
-    return times, (trips.n - n0) / ticks
+        walls.append((time.perf_counter() - t0) * 1000)
+        cpus.append((time.process_time() - c0) * 1000)
+    return walls, cpus, (trips.n - n0) / ticks
+
+
+GATHERINGS = {  # label: (plot style, what the variant is)
+    "tick_view": ("o-", "tick_view (Lua), a plan only when new"),
+    "every plan": ("D-.", "tick_view (Lua), every plan every tick"),
+    "pipelined": ("^:", "pipelined reads (3 round trips)"),
+    "per key": ("s--", "one round trip per key (first)"),
+}
 
 
 def main() -> int:
@@ -140,24 +158,27 @@ def main() -> int:
         store = Store(redis.Redis.from_url(server.url, decode_responses=True))
         trips = RoundTrips()
         print(f"machine: {machine()} · load {loadavg()} · {a.ticks} ticks per size")
-        print(row("loops", "tick p50 ms", "tick max ms", "round trips", "µs per loop", width=34))
-        results = {}
+        print(row("loops", "wall p50 ms", "wall max ms", "CPU p50 ms", "round trips", "µs per loop", width=40))
+        results: dict[str, dict[int, float]] = {g: {} for g in GATHERINGS}
         for n in sizes:
             seed(store, n)
-            new, new_rt = measure(store, s, a.ticks, trips)
             fast = store.tick_view
+
+            def forget_plans(st=store) -> None:  # the store holds no plan: each one crosses the wire
+                st._tick_plans = {}
+
+            runs = {"tick_view": measure(store, s, a.ticks, trips),
+                    "every plan": measure(store, s, a.ticks, trips, before=forget_plans)}
             store.tick_view = lambda st=store: pipelined_view(st)
-            piped, piped_rt = measure(store, s, a.ticks, trips)
+            runs["pipelined"] = measure(store, s, a.ticks, trips)
             store.tick_view = lambda st=store: legacy_view(st)
-            old, old_rt = measure(store, s, a.ticks, trips)
+            runs["per key"] = measure(store, s, a.ticks, trips)
             store.tick_view = fast
-            results[n] = (pct(new, 50), pct(old, 50), pct(piped, 50))
-            print(row(f"{n} loops (tick_view)", f"{pct(new, 50):.2f}", f"{max(new):.2f}", f"{new_rt:.0f}",
-                      f"{pct(new, 50) * 1000 / n:.1f}", width=34))
-            print(row(f"{n} loops (pipelined reads)", f"{pct(piped, 50):.2f}", f"{max(piped):.2f}",
-                      f"{piped_rt:.0f}", f"{pct(piped, 50) * 1000 / n:.1f}", width=34))
-            print(row(f"{n} loops (baseline: per loop)", f"{pct(old, 50):.2f}", f"{max(old):.2f}", f"{old_rt:.0f}",
-                      f"{pct(old, 50) * 1000 / n:.1f}", width=34))
+            for g, (walls, cpus, rt) in runs.items():
+                results[g][n] = pct(walls, 50)
+                print(row(f"{n} loops ({g})", f"{pct(walls, 50):.2f}", f"{max(walls):.2f}", f"{pct(cpus, 50):.2f}",
+                          f"{rt:.0f}", f"{pct(walls, 50) * 1000 / n:.1f}", width=40))
+            print(f"  (load {loadavg()})", flush=True)
         server.stop()
     try:
         import matplotlib
@@ -165,17 +186,18 @@ def main() -> int:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        print("(matplotlib not installed: no plot)")
+        print("(matplotlib not installed: no plot; pip install 'ccci-dist[bench]')")
         return 0
-    fig, ax = plt.subplots(figsize=(6, 4))
-    ax.plot(sizes, [results[n][0] * 1000 / n for n in sizes], "o-", label="tick_view (one Lua script)")
-    ax.plot(sizes, [results[n][2] * 1000 / n for n in sizes], "^:", label="pipelined reads (3 round trips)")
-    ax.plot(sizes, [results[n][1] * 1000 / n for n in sizes], "s--", label="baseline (round trips per loop)")
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    for g, (style, label) in GATHERINGS.items():
+        ax.plot(sizes, [results[g][n] * 1000 / n for n in sizes], style, label=label)
     ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xticks(sizes, [f"{n:,}" for n in sizes])
     ax.set_xlabel("loops")
-    ax.set_ylabel("tick time per loop, µs (p50)")
-    ax.set_title("watchdog tick cost per loop")
-    ax.legend()
+    ax.set_ylabel("tick wall time per loop, µs (p50)")
+    ax.set_title(f"watchdog tick cost per loop (load {loadavg().split()[0]})")
+    ax.legend(fontsize="small")
     out = HERE / "results" / "tick-scale.png"
     fig.tight_layout()
     fig.savefig(out, dpi=100)
