@@ -17,7 +17,7 @@ for a core, so it holds on a loaded machine where the wall time does not.
 Writes bench/results/tick-scale.png (tick time per loop against loops, every gathering) when
 matplotlib is installed (``pip install 'ccci-dist[bench]'``; not a runtime dependency).
 
-Usage: tick_scale.py [--ticks 100] [--sizes 10,100,1000]
+Usage: tick_scale.py [--ticks 100] [--sizes 10,100,1000] [--plan examples/tiny-plan]
 """
 
 from __future__ import annotations
@@ -54,25 +54,29 @@ class RoundTrips:
         cls.send_packed_command = counted
 
 
-def seed(store, loops: int) -> None:
+def seed(store, loops: int, plan: Path = TINY) -> int:
+    """Runs of the plan's roles, every loop holding a live lease, about ``loops`` loops: how many."""
     from ccci_dist.core.plan import load_package, snapshot
     from ccci_dist.state.store import with_plan_digest
 
-    snap = json.dumps(snapshot(load_package(TINY)))
+    pkg = load_package(plan)
+    snap = json.dumps(snapshot(pkg))
     r = store.r
     r.flushdb()
     pipe = r.pipeline(transaction=False)
-    for i in range(loops // 2):
+    runs = max(1, loops // len(pkg.roles))
+    for i in range(runs):
         run = f"run-{i:04d}"
         pipe.sadd("ccci:runs", run)
         pipe.hset(f"ccci:run:{run}", mapping=with_plan_digest({
-            "status": "active", "phase": "1", "plan": snap, "roles": json.dumps(["builder", "reviewer"]),
+            "status": "active", "phase": pkg.phase_order[0], "plan": snap, "roles": json.dumps(pkg.roles),
             "repo": "/nonexistent"}))
-        for role in ("builder", "reviewer"):
+        for role in pkg.roles:
             pipe.hset(f"ccci:loop:{run}:{role}", mapping={"state": "active", "role": role, "iteration": 3,
                                                           "running": 4})
             pipe.set(f"ccci:lease:{run}:{role}", "host/1/task", px=3_600_000)
     pipe.execute()
+    return runs * len(pkg.roles)
 
 
 def legacy_view(store):
@@ -142,7 +146,13 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--ticks", type=int, default=100)
     ap.add_argument("--sizes", default="10,100,1000")
+    ap.add_argument("--plan", type=Path, default=TINY, help="the plan package every run carries (its snapshot's "
+                    "size is what crosses the wire when plans are sent every tick)")
     a = ap.parse_args()
+    if not (a.plan / "package.toml").is_file():
+        print(f"error: {a.plan} is not a plan package (no package.toml); pass --plan examples/tiny-plan",
+              file=sys.stderr)
+        return 2
     sizes = [int(x) for x in a.sizes.split(",")]
     with tempfile.TemporaryDirectory(prefix="ccci-tick-") as tmp:
         server = Redis(Path(tmp) / "redis").start()
@@ -157,11 +167,13 @@ def main() -> int:
         use_settings(s)
         store = Store(redis.Redis.from_url(server.url, decode_responses=True))
         trips = RoundTrips()
-        print(f"machine: {machine()} · load {loadavg()} · {a.ticks} ticks per size")
+        print(f"machine: {machine()} · load {loadavg()} · {a.ticks} ticks per size · plan {a.plan.name}")
         print(row("loops", "wall p50 ms", "wall max ms", "CPU p50 ms", "round trips", "µs per loop", width=40))
         results: dict[str, dict[int, float]] = {g: {} for g in GATHERINGS}
         for n in sizes:
-            seed(store, n)
+            seeded = seed(store, n, a.plan)
+            if seeded != n:
+                print(f"  ({seeded} loops: whole runs of {a.plan.name}'s roles)")
             fast = store.tick_view
 
             def forget_plans(st=store) -> None:  # the store holds no plan: each one crosses the wire
