@@ -188,3 +188,28 @@ def test_handoff_nudge_exact():
 ])
 def test_describe_window_exact(window, line):
     assert agents.describe_window("a", window, NOW) == line
+
+
+def test_default_profile_is_the_configured_command_and_flags():
+    s = Settings(agent_command="my-agent -p", agent_flags="--fast")
+    assert agents.profile(s, "default") == AgentProfile(command="my-agent -p", flags="--fast")
+
+
+def test_pick_uses_the_packages_agent():
+    assert agents.pick(Settings(agents=PROFILES), "reviewer", {}, NOW, package_agent="b") == "b"
+    assert agents.pick(Settings(agents=PROFILES, agent_fallback=True), "reviewer", {}, NOW, package_agent="c") == "c"
+
+
+@pytest.mark.parametrize("tz", ["America/Bogota", "Asia/Kolkata"])
+def test_describe_window_is_utc_whatever_the_hosts_zone(monkeypatch, tz):
+    import time
+
+    monkeypatch.setenv("TZ", tz)
+    time.tzset()
+    try:
+        line = agents.describe_window("a", ProfileWindow(limited_until=NOW + 3600, warned_at=NOW), NOW)
+        assert line == ("a: limited (usage limit) until 2027-01-15 09:00:00 UTC; last warning 2027-01-15 08:00:00 UTC "
+                        "(window)")
+    finally:
+        monkeypatch.undo()
+        time.tzset()
