@@ -194,6 +194,7 @@ LOOP_EDGES = [
     (LoopSeen(active=True, lease_ms=5000), B, S, LoopTick(why="leased")),  # a whole interval left: no follow-up
     (LoopSeen(active=True, lease_ms=4999), B, S, LoopTick(why="leased", follow_up=4.999)),
     (LoopSeen(active=True, lease_ms=0), B, S, LoopTick(action="enqueue")),  # PTTL 0: lapsing now
+    (LoopSeen(active=True, lease_ms=1), B, S, LoopTick(why="leased", follow_up=0.001)),  # 1 ms left: still leased
     (LoopSeen(active=True, queued="t"), B, S, LoopTick(why="queued")),  # no send time: just sent
     (LoopSeen(active=True, queued="t", next_at=T - 60), B, S, LoopTick(why="queued")),
     (LoopSeen(active=True, woken=True, running=3), SUP, S, LoopTick(action="enqueue", restart=True)),
@@ -219,6 +220,9 @@ RUN_EDGES = [
     # done_blocked_hours = 0: never woken, however long DONE is blocked
     (RunSeen(active=True, phase="3", blocked_since=T - 90 * 3600), docs("1 2 3", "1.1 2.1 3.1"),
      Settings(done_blocked_hours=0), RunTick(live=True, phase="3", blocked_since=T - 90 * 3600)),
+    # a fraction of an hour is a threshold too
+    (RunSeen(active=True, phase="3", blocked_since=T - 3600), docs("1 2 3", "1.1 2.1 3.1"),
+     Settings(done_blocked_hours=0.5), RunTick(live=True, phase="3", blocked_since=T - 3600, wake_blocked=True)),
     # a stretch that starts now is not woken at once
     (RunSeen(active=True, phase="3"), docs("1 2 3", "1.1 2.1 3.1"), Settings(done_blocked_hours=0.0001),
      RunTick(live=True, phase="3", blocked_since=T)),
@@ -249,6 +253,8 @@ def test_waits_for_verdicts_exact():
     assert waits_for_verdicts(B, [B, R, auditor], PLAN, docs("1")) == (
         "the verdicts of reviewer, auditor in REVIEW.md on phase 1")
     assert waits_for_verdicts(B, [B, verifier], PLAN, docs("1")) == "the verdicts of v in REVIEW.md on phase 1"
+    # a role that writes no verdict is not waited for
+    assert waits_for_verdicts(B, [B, R, SUP], PLAN, docs("1")) == "the verdicts of reviewer in REVIEW.md on phase 1"
     judge_of_itself = RoleSpec(name="sj", verbs=("DONE", "VERIFIED"))
     assert waits_for_verdicts(judge_of_itself, [judge_of_itself], PLAN, docs("1")) == ""
     # the operator's target phase is the working one while it is incomplete
