@@ -139,3 +139,13 @@ def test_a_read_without_server_id_keeps_the_known_one():
     assert g.quiet_until == 0.0
     g.observe({"a/1"}, {"a/1"}, 3.0, server=("r2",))
     assert (g.server, g.quiet_until) == (("r2",), 8.0)
+
+
+def test_holders_never_seen_do_not_stop_the_count_of_the_others():
+    # a/1 among 100 holders never seen alive: whatever the set's order, a/1 is counted and reaped
+    old = {f"old/{i}" for i in range(100)}
+    g = Gone(grace=1.0)
+    g.observe({"a/1"}, {"a/1"}, 0.0)
+    assert g.observe(set(), {"a/1", *old}, 0.5) == set()
+    assert g.missing == {"a/1": (0.5, 1)}
+    assert g.observe(set(), {"a/1", *old}, 2.0) == {"a/1"}
