@@ -196,6 +196,7 @@ def test_default_profile_is_the_configured_command_and_flags():
 
 
 def test_pick_uses_the_packages_agent():
+    assert agents.pick(Settings(agents=PROFILES), "reviewer", {}, NOW) == "default"  # none named: the default
     assert agents.pick(Settings(agents=PROFILES), "reviewer", {}, NOW, package_agent="b") == "b"
     assert agents.pick(Settings(agents=PROFILES, agent_fallback=True), "reviewer", {}, NOW, package_agent="c") == "c"
 
