@@ -183,3 +183,13 @@ def test_example_item_is_the_phases_first_and_blockers_one_per_line():
 
 def test_parse_context_reads_the_first_line_only():
     assert parse_context("<!-- ccci: a=1 -->\nb=2\nc=3") == {"a": "1"}
+
+
+def test_salvage_note_exact():
+    from ccci_dist.core.prompt import salvage_note
+
+    assert salvage_note(["refs/ccci/abandoned/a", "refs/ccci/abandoned/b"]) == (
+        "An earlier attempt of this iteration finished work but lost its lease (a broker outage) before it could "
+        "push. Its commits are kept on the remote under refs/ccci/abandoned/a, refs/ccci/abandoned/b: fetch them "
+        "(git fetch origin 'refs/ccci/abandoned/a') and salvage what is still needed (cherry-pick or merge) "
+        "instead of redoing it.")
