@@ -268,3 +268,23 @@ def test_mutant_killers(monkeypatch):
     finally:
         monkeypatch.undo()
         time.tzset()
+
+
+def test_is_done_needs_fresh_d_item_verdicts():
+    from datetime import UTC, datetime, timedelta
+
+    from ccci_dist.core.phases import MachineDocs, Verification, is_done
+    from ccci_dist.core.plan import from_snapshot
+
+    now = datetime(2026, 3, 4, 12, 0, tzinfo=UTC)
+    plan = from_snapshot({"name": "p", "order": ["1"], "roles": ["builder", "reviewer"],
+                          "phases": {"1": {"title": "1", "text": "", "items": [{"id": "1.1", "text": "x"}]}},
+                          "dod": [{"id": "D1", "text": "works"}]})
+
+    def docs(age_h: float) -> MachineDocs:
+        return MachineDocs(done_phases=["1"], reviews={i: Verification(item=i, verdict="VERIFIED",
+                                                                       at=now - timedelta(hours=age_h))
+                                                       for i in ("1.1", "D1")})
+
+    assert is_done(plan, docs(23), now, timedelta(hours=24))
+    assert not is_done(plan, docs(25), now, timedelta(hours=24))
