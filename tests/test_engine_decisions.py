@@ -94,7 +94,7 @@ def test_start_enqueues_each_role_once_and_a_tick_adds_nothing(engine):
 
 
 def test_stop_then_tick_enqueues_nothing(engine):
-    from ccci_dist.engine.runs import RunError, stop_run
+    from ccci_dist.engine.runs import RunError, stop_note, stop_run
 
     s, store = started(engine)
     assert stop_run(store, RUN, "reviewer") == ["reviewer"]
@@ -103,7 +103,9 @@ def test_stop_then_tick_enqueues_nothing(engine):
         stop_run(store, RUN, "nobody")
     with pytest.raises(RunError, match="no run 'other'"):
         stop_run(store, "other")
-    assert stop_run(store, RUN) == ["builder", "reviewer"]
+    # outside test: a second stop named loops that were already stopped; it names only those it stops
+    assert stop_run(store, RUN) == ["builder"]
+    assert stop_run(store, RUN) == [] and stop_note(store, RUN, []) == f"run {RUN}: nothing to stop (already stopped)"
     store.r.delete("ccci.builder", "ccci.reviewer")
     tick(store, s, NOW + timedelta(hours=1))
     assert messages(store, "builder") == messages(store, "reviewer") == []

@@ -112,6 +112,19 @@ def test_enqueue_phase_on_a_done_run_needs_reopen(bed):
     assert r.hget("ccci:run:default", "status") == "active"
 
 
+def test_stop_on_a_done_run_says_nothing_was_running(bed):
+    """Outside test: `stop` on a DONE run printed "stopped builder, reviewer" (nothing was running)."""
+    bed.cli("start")
+    r = _r(bed)
+    r.hset("ccci:run:default", "status", "done")
+    for role in ("builder", "reviewer"):
+        r.hset(f"ccci:loop:default:{role}", "state", "done")
+    p = bed.cli("stop")
+    assert p.returncode == 0 and p.stdout.strip() == "run default is DONE; nothing was running", p
+    assert r.hget("ccci:run:default", "status") == "done"
+    assert r.hget("ccci:loop:default:builder", "state") == "done"
+
+
 def test_resume_keeps_a_usage_limit_stall_and_a_budget_pause(bed):
     bed.cli("start")
     r = _r(bed)

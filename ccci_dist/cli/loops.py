@@ -16,7 +16,7 @@ from ccci_dist.cli import Ctx, fail, pass_ctx
 from ccci_dist.config import ConfigError, Settings
 from ccci_dist.core.logview import printable
 from ccci_dist.core.plan import PackageError
-from ccci_dist.engine.runs import RunError, start_run, stop_run
+from ccci_dist.engine.runs import RunError, start_run, stop_note, stop_run
 from ccci_dist.state.store import BrokerAuthError, BrokerError, BrokerUnreachable, Store
 
 NO_BROKER = "no broker running; `ccci-dist up` starts the embedded one"
@@ -107,8 +107,8 @@ def _report_kept(info: dict) -> None:
 def stop_cmd(obj: Ctx, role: str | None) -> None:
     """Stop the run's loops (running agents are killed within about a second; nothing restarts them)."""
     s, store = open_store(obj)
-    roles = _guard(stop_run, store, s.run, role)
-    click.echo(f"stopped {', '.join(roles)} of run {s.run}")
+    stopped = _guard(stop_run, store, s.run, role)
+    click.echo(stop_note(store, s.run, stopped))
 
 
 @click.group("enqueue")

@@ -23,7 +23,7 @@ from ccci_dist.core.phases import (
 )
 from ccci_dist.core.plan import DEFAULT_FORBIDDEN_PATHS, load_package, snapshot
 from ccci_dist.state.models import RunState
-from ccci_dist.state.store import ACTIVE, DONE, PAUSED, Store
+from ccci_dist.state.store import ACTIVE, DONE, PAUSED, STOPPED, Store
 
 
 class RunError(Exception):
@@ -187,17 +187,33 @@ def kick(store: Store, s: Settings, run: str) -> int:
 
 
 def stop_run(store: Store, run: str, role: str | None = None) -> list[str]:
-    """Stop a loop (or all): its running agent is killed by its heartbeat within ~0.5 s."""
+    """Stop a loop (or all) and return the roles actually stopped (not those already stopped or DONE).
+
+    A running agent is killed by its heartbeat within ~0.5 s. A DONE run is left as it is.
+    """
     rh = store.run(run)
     if not rh.exists:
         raise RunError(f"no run {run!r}; see `ccci-dist status` for the runs")
     roles = store.roles(run)
     if role is not None and role not in roles:
         raise RunError(f"unknown role {role!r}; this run's roles are {', '.join(roles)}")
+    if rh.status == DONE:
+        return []
     targets = [role] if role else roles
-    store.stop_loops(run, targets, stop_run=role is None and rh.status != DONE)
-    store.event(run, "stopped", roles=",".join(targets))
-    return targets
+    live = [r for r in targets if store.loop(run, r).state not in (STOPPED, DONE)]
+    store.stop_loops(run, live, stop_run=role is None)
+    if live:
+        store.event(run, "stopped", roles=",".join(live))
+    return live
+
+
+def stop_note(store: Store, run: str, stopped: list[str]) -> str:
+    """The truthful one-line answer to a stop: what it stopped, or why there was nothing to stop."""
+    if stopped:
+        return f"stopped {', '.join(stopped)} of run {run}"
+    if store.run(run).status == DONE:
+        return f"run {run} is DONE; nothing was running"
+    return f"run {run}: nothing to stop (already stopped)"
 
 
 def start_loop(store: Store, s: Settings, run: str, role: str) -> None:

@@ -27,7 +27,7 @@ import tornado.web
 from ccci_dist.config import Settings
 from ccci_dist.core.cockpit import ago, when
 from ccci_dist.core.logview import render_entry
-from ccci_dist.engine.runs import RunError, start_loop, start_run, stop_run
+from ccci_dist.engine.runs import RunError, start_loop, start_run, stop_note, stop_run
 from ccci_dist.engine.status import StatusList, all_status, run_status
 from ccci_dist.logsetup import mask
 from ccci_dist.state.inbox_store import InboxError, send, targets, validate
@@ -182,7 +182,7 @@ class Action(Base):
         role = self.get_body_argument("role", "")
         try:
             if action == "stop":
-                note = f"stopped {', '.join(stop_run(self.store, run, role or None))}"
+                note = stop_note(self.store, run, stop_run(self.store, run, role or None))
             elif action == "start":
                 start_loop(self.store, self.settings_for(run), run, role)
                 note = f"started {role}"
