@@ -118,6 +118,21 @@ def test_inbox_bad_input(bed, args, stdin, error):
     assert {k: r.xlen(k) for k in before} == before
 
 
+LONG = "x" * 300
+
+
+def test_long_bad_names_are_cut_in_error_lines(bed):
+    """Outside test: a 300-character bad role name was echoed in full (`unknown role 'xxxx…'`).
+    Every error line naming a run, role or phase shows at most its first 60 characters and "…"."""
+    bed.cli("start")
+    for args in (["stop", "--role", LONG], ["inbox", "send", "--to", LONG, "hi"], ["inbox", "list", "--role", LONG],
+                 ["enqueue", "phase", LONG], ["logs", LONG]):
+        p = subprocess.run([*bed_cmd(), *args], capture_output=True, env=bed_env(bed), timeout=60)
+        err = p.stderr.decode()
+        assert p.returncode == 2 and err.startswith("error: ") and err.count("\n") == 1, (args, err)
+        assert "x" * 61 not in err and f"{'x' * 57}'…" in err, (args, err)
+
+
 def test_hostile_inbox_messages_are_listed_as_written(bed):
     """Messages with rich markup, terminal escapes, NUL and bidi overrides (outside test: `[/bold]`
     made every later `inbox list` fail with MarkupError; ESC[2J cleared the operator's screen):

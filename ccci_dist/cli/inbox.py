@@ -13,7 +13,7 @@ from rich.table import Table
 from rich.text import Text
 
 from ccci_dist.cli import Ctx, fail, pass_ctx
-from ccci_dist.core.logview import printable
+from ccci_dist.core.logview import printable, shown
 from ccci_dist.engine.notify import notify_sync
 from ccci_dist.engine.supervisor import OUTBOX_ENV, outbox_request
 from ccci_dist.state.inbox_store import InboxError, listing, send, targets, validate
@@ -22,7 +22,7 @@ from ccci_dist.state.store import NotReplicated, Store
 
 def _roles(store: Store, run: str) -> list[str]:
     if not store.run_exists(run):
-        fail(f"no run {run!r} yet; start it with `ccci-dist start` (or pass --run)")
+        fail(f"no run {shown(run)} yet; start it with `ccci-dist start` (or pass --run)")
     return store.roles(run)
 
 
@@ -71,7 +71,7 @@ def list_cmd(obj: Ctx, role: str | None, as_json: bool) -> None:
     s, store = open_store(obj, readonly=True)
     roles = _roles(store, s.run)
     if role is not None and role not in roles:
-        fail(f"unknown role {role!r}; use one of {', '.join(roles)}")
+        fail(f"unknown role {shown(role)}; use one of {', '.join(roles)}")
     if as_json:
         for r in roles if role is None else [role]:
             for m in listing(store, s.run, r):

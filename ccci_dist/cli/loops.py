@@ -14,7 +14,7 @@ from rich.text import Text
 
 from ccci_dist.cli import Ctx, fail, pass_ctx
 from ccci_dist.config import ConfigError, Settings
-from ccci_dist.core.logview import printable
+from ccci_dist.core.logview import printable, shown
 from ccci_dist.core.plan import PackageError
 from ccci_dist.engine.runs import RunError, start_run, stop_note, stop_run
 from ccci_dist.state.store import BrokerAuthError, BrokerError, BrokerUnreachable, Store
@@ -190,7 +190,7 @@ def forget_cmd(obj: Ctx, run: str, yes: bool) -> None:
 
     s, store = open_store(obj)
     if run not in store.runs() and not store.run(run).exists:
-        fail(f"no run {run!r}; see `ccci-dist status` for the runs")
+        fail(f"no run {shown(run)}; see `ccci-dist status` for the runs")
     if not yes:
         try:
             ok = click.confirm(f"forget run {run} and all its history?", default=False)
@@ -246,7 +246,7 @@ def logs_cmd(obj: Ctx, role: str, follow: bool, lines: int, raw: bool, number: i
     s, store = open_store(obj, readonly=True)
     roles = store.roles(s.run)
     if role not in roles:
-        fail(f"unknown role {role!r}; this run's roles are {', '.join(roles) or 'none (start the run first)'}")
+        fail(f"unknown role {shown(role)}; this run's roles are {', '.join(roles) or 'none (start the run first)'}")
     console = Console(highlight=False)
     if number is not None:
         text = store.iteration_log(s.run, role, number)

@@ -31,6 +31,16 @@ def printable(text: str) -> str:
                    else (f"\\x{ord(c):02x}" if ord(c) < 0x100 else f"\\u{ord(c):04x}") for c in text)
 
 
+SHOWN_CHARS = 60
+
+
+def shown(value: object) -> str:
+    """An outside name (run, role, phase) as error lines echo it: its repr, cut to the first
+    60 characters + "…", so a pasted paragraph or a 300-character typo does not flood the line."""
+    text = str(value)
+    return repr(text[:SHOWN_CHARS]) + ("…" if len(text) > SHOWN_CHARS else "")
+
+
 def _control(c: str) -> bool:
     o = ord(c)
     return o < 0x20 or 0x7f <= o < 0xa0

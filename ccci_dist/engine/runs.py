@@ -11,6 +11,7 @@ from typing import Any
 
 from ccci_dist.adapters.workspace import Workspace, configure_git_auth, first_commit, remote_branches
 from ccci_dist.config import Settings
+from ccci_dist.core.logview import shown
 from ccci_dist.core.phases import (
     FAILED,
     REVIEW_FILE,
@@ -112,7 +113,7 @@ def start_run(store: Store, s: Settings, *, resume: bool = False, phase: str | N
     existing = store.run(run)
     if must_exist and not existing.exists:
         known = ", ".join(store.runs()) or "none yet"
-        raise RunError(f"no run {run!r} (runs: {known}); `ccci-dist start` creates it, or pick one with --run")
+        raise RunError(f"no run {shown(run)} (runs: {known}); `ccci-dist start` creates it, or pick one with --run")
     changes = identity_changes(store, s, run)
     ident = configured_identity(s)
     if existing.exists and not reconfigure:
@@ -133,10 +134,10 @@ def start_run(store: Store, s: Settings, *, resume: bool = False, phase: str | N
     snap = snapshot(pkg)
     if phase is not None and phase not in pkg.phase_order:
         parked = f"; parked plans: {', '.join(pkg.parked_ids)}" if pkg.parked_ids else ""
-        raise RunError(f"unknown phase {phase!r}; the plan's phases are {', '.join(pkg.phase_order)}{parked}")
+        raise RunError(f"unknown phase {shown(phase)}; the plan's phases are {', '.join(pkg.phase_order)}{parked}")
     # after the phase is known to exist: the --reopen advice must not send the operator to an error
     if phase is not None and existing.status == DONE and not reopen:
-        raise RunError(f"run {run!r} is DONE; pass --reopen to work on phase {phase!r} again")
+        raise RunError(f"run {shown(run)} is DONE; pass --reopen to work on phase {shown(phase)} again")
     docs = None
     said: list[str] = []
     if phase is None and (resume or not existing.phase):
@@ -193,10 +194,10 @@ def stop_run(store: Store, run: str, role: str | None = None) -> list[str]:
     """
     rh = store.run(run)
     if not rh.exists:
-        raise RunError(f"no run {run!r}; see `ccci-dist status` for the runs")
+        raise RunError(f"no run {shown(run)}; see `ccci-dist status` for the runs")
     roles = store.roles(run)
     if role is not None and role not in roles:
-        raise RunError(f"unknown role {role!r}; this run's roles are {', '.join(roles)}")
+        raise RunError(f"unknown role {shown(role)}; this run's roles are {', '.join(roles)}")
     if rh.status == DONE:
         return []
     targets = [role] if role else roles
@@ -220,11 +221,11 @@ def start_loop(store: Store, s: Settings, run: str, role: str) -> None:
     """Start one stopped loop of an existing run again and enqueue its next iteration."""
     rh = store.run(run)
     if not rh.exists:
-        raise RunError(f"no run {run!r}; see `ccci-dist status` for the runs")
+        raise RunError(f"no run {shown(run)}; see `ccci-dist status` for the runs")
     if role not in store.roles(run):
-        raise RunError(f"unknown role {role!r}; this run's roles are {', '.join(store.roles(run))}")
+        raise RunError(f"unknown role {shown(role)}; this run's roles are {', '.join(store.roles(run))}")
     if rh.status == DONE:
-        raise RunError(f"run {run!r} is DONE; `ccci-dist start` starts it again")
+        raise RunError(f"run {shown(run)} is DONE; `ccci-dist start` starts it again")
     store.reactivate_loop(run, role)
     store.event(run, "started", role=role)
     kick(store, s, run)
@@ -233,9 +234,9 @@ def start_loop(store: Store, s: Settings, run: str, role: str) -> None:
 def forget_run(store: Store, run: str) -> int:
     """Remove a run and all its keys; refused while one of its iterations is live."""
     if run not in store.runs() and not store.run(run).exists:
-        raise RunError(f"no run {run!r}; see `ccci-dist status` for the runs")
+        raise RunError(f"no run {shown(run)}; see `ccci-dist status` for the runs")
     if live := store.live_roles(run):
-        raise RunError(f"run {run!r} has a live iteration ({', '.join(live)}); "
+        raise RunError(f"run {shown(run)} has a live iteration ({', '.join(live)}); "
                        f"`ccci-dist --run {run} stop` first, then forget it")
     n = store.forget_run(run)
     return n

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import re
 
+from ccci_dist.core.logview import shown
 from ccci_dist.state.store import Store
 
 MAX_BYTES = 64 * 1024
@@ -40,7 +41,7 @@ def targets(roles: list[str], to: str) -> list[str]:
     if to == "all":
         return list(roles)
     if to not in roles:
-        raise InboxError(f"unknown role {to!r}; use one of {', '.join([*roles, 'all'])}")
+        raise InboxError(f"unknown role {shown(to)}; use one of {', '.join([*roles, 'all'])}")
     return [to]
 
 
