@@ -24,8 +24,6 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-from ccci_dist.core.logview import shown
-
 DEFAULT_CONFIG_FILE = "ccci-dist.toml"
 CONTROL_QUEUE = "ccci.control"  # watchdog, notifications and VM health checks
 DEFAULT_AGENT_COMMAND = "claude -p --output-format stream-json --verbose"
@@ -47,7 +45,7 @@ def name_problem(value: object, what: str = "run id") -> str | None:
     if len(value) > 64:
         return f"{what} is {len(value)} characters long; at most 64 are allowed"
     if not NAME_RE.match(value):
-        return (f"{what} {shown(value)} may only hold letters, digits, '-', '_' and '.', "
+        return (f"{what} {value[:64]!r} may only hold letters, digits, '-', '_' and '.', "
                 "and must not start with '.' or '-'")
     return None
 
