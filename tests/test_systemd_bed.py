@@ -213,6 +213,10 @@ def test_hardening_leaves_the_work_possible(bed):
     assert clones
     uid = int(m.sh(f"id -u {AGENT_USER}").stdout)
     assert any(c.parent.stat().st_uid == uid for c in clones)
+    # the beat (with the lease watcher) runs above the default priority, as its unit says
+    beat = m.show("ccci-dist-beat", "MainPID")["MainPID"]
+    stat = m.sh(f"cat /proc/{beat}/stat").stdout
+    assert int(stat.rsplit(")", 1)[1].split()[16]) == -5, stat
     # ...and, as that user, reads neither the worker's environment nor the broker password
     worker = m.show(BUILDER, "MainPID")["MainPID"]
     for secret in (f"/proc/{worker}/environ", "/etc/ccci-dist/redis_password", "/etc/ccci-dist/env"):
