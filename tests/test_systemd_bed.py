@@ -202,7 +202,8 @@ def test_sigstop_of_the_worker_fires_the_watchdog_and_the_lease_hands_the_loop_o
 def test_hardening_leaves_the_work_possible(bed):
     m = bed.machine
     # t1 ran through the hardened units: the worker wrote state and logs, git pushed
-    assert list(m.file(STATE_DIR).rglob("*.log")), "no worker logs under the state dir"
+    # (each iteration's agent log, logs/<run>/<role>/*.jsonl; an empty stderr log is not kept)
+    assert list(m.file(f"{STATE_DIR}/logs/t1").rglob("*.jsonl")), "no iteration logs under the state dir"
     log = bed.show_file("t1", "STATUS.md")
     assert "DONE" in log
     commits = subprocess.run(["git", "--git-dir", str(bed.bare("t1")), "rev-list", "--count", "main"],
