@@ -9,11 +9,12 @@ moment the agent exits (the runner's push and finish happen with Redis down).
 from __future__ import annotations
 
 import subprocess
+import sys
 import time
 from pathlib import Path
 
 from engine_fixtures import Bed
-from harness import wait_for
+from harness import Proc, wait_for
 
 BLIP_S = 5.0  # the outage the issue describes (shorter than the lease in the first two tests)
 
@@ -108,3 +109,31 @@ def test_a_lease_lost_in_the_outage_keeps_the_commits_on_the_remote_and_the_next
     again = wait_for(lambda: [e for e in _starts(b, "1")[1:]] or None, 120, 0.2, "the next attempt of iteration 1")
     b.close()
     assert "refs/ccci/abandoned/default/builder/1-1" in again[0]["note"] and "salvage" in again[0]["note"], again
+
+
+def test_logs_follow_and_status_watch_ride_out_a_redis_restart(tmp_path, fresh_redis, remote_repo):
+    """Outside test: `logs -f` and `status --watch` exited 1 on a Redis restart. They say once that
+    Redis is unreachable, retry, and carry on when it is back (here: kill -9, then the same port and AOF)."""
+    b = Bed(tmp_path, fresh_redis.url, remote_repo)
+    b.cli("start")  # no worker: the builder's log stream is written below by hand
+    fresh_redis.client().xadd("ccci:log:default:builder", {"line": "before the restart"})
+    env = {**b.env, "COLUMNS": "200"}
+    follow = Proc([sys.executable, "-m", "ccci_dist", "logs", "builder", "-f", "--raw"], tmp_path / "follow.out",
+                  env, cwd=tmp_path).start()
+    # FORCE_COLOR: rich draws the live view into the file as on a terminal, so its first frame shows
+    watch = Proc([sys.executable, "-m", "ccci_dist", "status", "--watch"], tmp_path / "watch.out",
+                 {**env, "FORCE_COLOR": "1"}, cwd=tmp_path).start()
+    b.procs += [follow, watch]
+    wait_for(lambda: "before the restart" in follow.output(), 60, 0.1, "logs -f showing the first line")
+    wait_for(lambda: "default" in watch.output(), 60, 0.1, "status --watch showing the run")
+    fresh_redis.kill()
+    wait_for(lambda: all("redis unreachable; retrying…" in p.output() for p in (follow, watch)), 60, 0.1,
+             "both commands noticing the outage")
+    fresh_redis.start()
+    fresh_redis.client().xadd("ccci:log:default:builder", {"line": "after the restart"})
+    wait_for(lambda: "after the restart" in follow.output(), 60, 0.1, "logs -f resuming")
+    wait_for(lambda: "redis reachable again" in watch.output(), 60, 0.1, "status --watch resuming")
+    assert follow.alive() and watch.alive(), (follow.output(), watch.output())
+    for p in (follow, watch):
+        assert p.output().count("redis unreachable") == 1 and "Traceback" not in p.output(), p.output()
+    b.close()

@@ -93,6 +93,34 @@ def _clean(text: str) -> str:
     return mask(mask_url_text(text))
 
 
+def _redis_down(exc: BaseException) -> bool:
+    return type(exc).__name__ in ("ConnectionError", "TimeoutError", "BusyLoadingError") \
+        and "redis" in type(exc).__module__
+
+
+def riding_out(read):
+    """``read()``, retried with backoff while Redis is unreachable (a restart is a blip for the
+    long-running views, as for workers and beat): one `redis unreachable; retrying…` line on stderr."""
+    import time
+
+    delay, said = 0.5, False
+    while True:
+        try:
+            got = read()
+        except Exception as exc:
+            if not _redis_down(exc):
+                raise
+            if not said:
+                click.echo(f"redis unreachable; retrying… ({' '.join(str(exc).split())})", err=True)
+                said = True
+            time.sleep(delay)
+            delay = min(delay * 2, 5.0)
+            continue
+        if said:
+            click.echo("redis reachable again", err=True)
+        return got
+
+
 def _report(exc: BaseException, debug: bool) -> int:
     """One `error:` line for ``exc``; its traceback to the log file (or the terminal with --debug)."""
     import errno
@@ -101,7 +129,7 @@ def _report(exc: BaseException, debug: bool) -> int:
     name = type(exc).__name__
     text = " ".join(str(exc).split()) or name
     bad_input = name in BAD_INPUT or isinstance(exc, OSError) and exc.errno == errno.ENAMETOOLONG
-    if name in ("ConnectionError", "TimeoutError", "BusyLoadingError") and "redis" in type(exc).__module__:
+    if _redis_down(exc):
         text = f"cannot reach the broker ({text}); check broker_url and that Redis is running"
     trace = _clean("".join(traceback.format_exception(exc)))
     where = ""

@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from ccci_dist.cli import Ctx, fail, pass_ctx
+from ccci_dist.cli import Ctx, fail, pass_ctx, riding_out
 from ccci_dist.config import ConfigError, Settings
 from ccci_dist.core.logview import printable, shown
 from ccci_dist.core.plan import PackageError
@@ -175,7 +175,7 @@ def status_cmd(obj: Ctx, as_json: bool, schema: bool, watch: bool, run_opt: str 
         with Live(render_all(read()), console=console, auto_refresh=False, screen=False) as live:
             while True:
                 time.sleep(2)
-                live.update(render_all(read()), refresh=True)
+                live.update(render_all(riding_out(read)), refresh=True)
     except KeyboardInterrupt:
         pass
 
@@ -286,6 +286,6 @@ def logs_cmd(obj: Ctx, role: str, follow: bool, lines: int, raw: bool, number: i
     last = show(store.log_tail(s.run, role, lines)) or "0-0"
     try:
         while follow:
-            last = show(store.log_after(s.run, role, last)) or last
+            last = show(riding_out(lambda last=last: store.log_after(s.run, role, last))) or last
     except KeyboardInterrupt:
         pass
