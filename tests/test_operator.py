@@ -133,6 +133,21 @@ def test_long_bad_names_are_cut_in_error_lines(bed):
         assert "x" * 61 not in err and f"{'x' * 57}'…" in err, (args, err)
 
 
+def test_history_at_80_columns_keeps_its_main_columns_readable(bed):
+    """Outside test: at 80 columns every history cell was cut to 3-4 characters (`revi…`, `202…`)."""
+    bed.cli("start")
+    _r(bed).xadd("ccci:history:default", {
+        "role": "reviewer", "iteration": "12", "attempt": "1", "host": "worker-host-one", "start": "1764650000",
+        "end": "1764650042.5", "exit": "0", "outcome": "success", "cost": "0.0123", "turns": "7",
+        "commit": "304a1b2c3d4e5f"})
+    out = bed.cli("history", env={"COLUMNS": "80"}).stdout
+    assert "…" not in out and max(len(line) for line in out.splitlines()) <= 80, out
+    for cell in ("reviewer", "12", "12-02 04:33", "42.5", "success", "$0.0123", "304a1b2"):
+        assert cell in out, (cell, out)
+    wide = bed.cli("history", env={"COLUMNS": "200"}).stdout
+    assert "worker-host-one" in wide and "304a1b2c3d" in wide, wide
+
+
 def test_hostile_inbox_messages_are_listed_as_written(bed):
     """Messages with rich markup, terminal escapes, NUL and bidi overrides (outside test: `[/bold]`
     made every later `inbox list` fail with MarkupError; ESC[2J cleared the operator's screen):

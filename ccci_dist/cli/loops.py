@@ -202,31 +202,44 @@ def forget_cmd(obj: Ctx, run: str, yes: bool) -> None:
     click.echo(f"forgot run {run} ({n} keys)")
 
 
+NARROW = 120  # below this many columns `history` drops try, host, exit and turns
+
+
 @click.command("history")
 @click.option("--limit", default=50, show_default=True, type=click.IntRange(min=1),
               help="Show the newest N iterations.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON lines.")
 @pass_ctx
 def history_cmd(obj: Ctx, limit: int, as_json: bool) -> None:
-    """List the run's iterations (from its Redis history stream)."""
+    """List the run's iterations (from its Redis history stream).
+
+    Below 120 columns the try, host, exit and turns columns are left out (and start and commit are
+    shorter) so the others stay readable; `--json` has every field.
+    """
     s, store = open_store(obj, readonly=True)
     rows = store.history(s.run)[-limit:]
     if as_json:
         for row in rows:
             click.echo(json.dumps(row))
         return
+    console = Console()
+    wide = console.width >= NARROW
     # the agent profile of each iteration, once a run uses profiles other than the default
     agents = any(h.get("profile", "default") not in ("", "default") for h in rows)
-    t = Table("role", "iter", "try", "host", *(["agent"] if agents else []), "start", "secs", "exit", "outcome",
-              "cost", "turns", "commit", title=f"history of run {s.run} ({len(rows)} shown)")
+    names = ["role", "iter", "try", "host", *(["agent"] if agents else []), "start", "secs", "exit", "outcome",
+             "cost", "turns", "commit"]
+    keep = [n for n in names if wide or n not in ("try", "host", "exit", "turns")]
+    t = Table(*keep, title=f"history of run {s.run} ({len(rows)} shown)")
     for h in rows:
         secs = float(h.get("end") or 0) - float(h.get("start") or 0)
         outcome = h.get("outcome", "") + (f" (paused: {h['paused']})" if h.get("paused") else "")
-        cells = (h.get("role", ""), h.get("iteration", ""), h.get("attempt", ""), h.get("host", ""),
-                 *([h.get("profile", "")] if agents else []), _ago(h.get("start")), f"{secs:.1f}", h.get("exit", ""),
-                 outcome, f"${float(h.get('cost') or 0):.4f}", h.get("turns", ""), (h.get("commit") or "")[:10])
-        t.add_row(*(Text(printable(str(c))) for c in cells))
-    Console().print(t)
+        start = _ago(h.get("start")) if wide else _ago(h.get("start"))[5:16]
+        cells = dict(zip(names, (h.get("role", ""), h.get("iteration", ""), h.get("attempt", ""), h.get("host", ""),
+                                 *([h.get("profile", "")] if agents else []), start, f"{secs:.1f}",
+                                 h.get("exit", ""), outcome, f"${float(h.get('cost') or 0):.4f}", h.get("turns", ""),
+                                 (h.get("commit") or "")[:10 if wide else 7]), strict=True))
+        t.add_row(*(Text(printable(str(cells[n]))) for n in keep))
+    console.print(t)
 
 
 @click.command("logs")
