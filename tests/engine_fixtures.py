@@ -91,7 +91,7 @@ class Bed:
 
     def close(self) -> None:
         for p in reversed(self.procs):
-            p.kill()
+            p.end()
 
 
 def overlap(events: list[dict], role: str, ends: dict[int, float] | None = None) -> list[tuple]:
