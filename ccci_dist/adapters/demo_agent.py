@@ -332,9 +332,6 @@ def _act(ctx: dict, prompt: str, role: str, fault: str, session: str, started: f
     if name == "limit_text":
         _emit(_result(session, started, arg, prompt, error=True))
         return 1
-    if name == "idle":  # an agent with nothing to do: no commit, no change to the machine docs
-        _emit(_result(session, started, "nothing to do", prompt))
-        return 0
     if name in ("secrets", "secrets_force"):
         for path in SECRET_FILES:
             _append(path, "not for the repo\n")
@@ -360,6 +357,9 @@ def _act(ctx: dict, prompt: str, role: str, fault: str, session: str, started: f
         {"type": "tool_use", "id": "t1", "name": "Bash", "input": {"command": "git status --short && git log -1"}}]}})
     recent = _safe_git("log", "-3", "--format=%h %s") or "(empty)"
     _emit({"type": "user", "message": {"content": [{"type": "tool_result", "tool_use_id": "t1", "content": recent}]}})
+    if name == "idle":  # an agent with nothing to do (after its look): no commit, no change to the machine docs
+        _emit(_result(session, started, "nothing to do", prompt))
+        return 0
     _work(float(arg) if name == "slow" else float(os.environ.get("CCCI_DEMO_SLEEP", "0")))
     if role == "supervisor":
         text = supervisor(ctx, prompt, fault)
