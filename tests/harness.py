@@ -177,20 +177,6 @@ class RedisServer:
     def stop(self) -> None:
         self.kill(signal.SIGTERM)
 
-    def end(self) -> None:
-        """Kill at the end of a test. Under coverage (tests/run.sh with CCCI_COVERAGE=1) the
-        process leader gets SIGQUIT (Celery's cold shutdown, which does not wait for tasks) or
-        SIGTERM (coverage's own handler) first, so it saves its coverage data, which SIGKILL loses."""
-        if os.environ.get("COVERAGE_FILE") and self.alive():
-            assert self.proc is not None
-            celery = any("celery" in part for part in self.cmd)
-            try:
-                self.proc.send_signal(signal.SIGQUIT if celery else signal.SIGTERM)
-                self.proc.wait(5)
-            except (ProcessLookupError, subprocess.TimeoutExpired):
-                pass
-        self.kill()
-
     def restart(self) -> None:
         self.kill()
         self.start()
