@@ -98,6 +98,9 @@ def test_status_tells_the_truth_when_worker_and_beat_die(bed):
     """Kill the worker and beat: at the kill plus 3 watchdog intervals (issue 14's deadline), one
     `status` says no worker serves the queue, the watchdog is not running, and nothing is `active`."""
     bed.env["CCCI_DEMO_SLEEP"] = "0.3"
+    # the reviewer idles while the builder works: on a loaded machine the no-progress breaker paused it
+    # before the kill (a loop state this test is not about)
+    bed.env["CCCI_NO_PROGRESS_LIMIT"] = "0"
     bed.faults(builder=["slow:30"])
     worker = bed.worker("w1")
     beat = bed.beat()
@@ -127,7 +130,8 @@ def test_status_tells_the_truth_when_worker_and_beat_die(bed):
     assert not st["liveness"]["watchdog"]["running"]
     assert "watchdog not running (last tick" in st["header"], st["header"]
     assert st["state"] == "stuck"
-    assert all(lp["state"].startswith("waiting for") for lp in st["loops"].values()), st["loops"]
+    assert all(lp["state"].startswith("waiting for") for lp in st["loops"].values()), \
+        {role: (lp["state"], lp.get("reason")) for role, lp in st["loops"].items()}
     queued = [lp for lp in st["loops"].values() if lp["state"].startswith("waiting for a worker")]
     assert all(lp["state"] == f"waiting for a worker on {lp['queue']}" for lp in queued)
     text = bed.cli("status", env={"COLUMNS": "80"}).stdout
