@@ -136,7 +136,7 @@ def tick_loop(store: Store, s: Settings, view: RunView, spec: RoleSpec, now: dat
     lv = view.loops.get(role) or _read_loop(store, run, role)
     loop = lv.state
     if loop.state == PAUSED:
-        commit = json.loads(rh.docs or "{}").get("commit", "")
+        commit = _docs(rh.docs).commit
         why = wake_reason(loop.pause_reason, loop.paused_commit, commit, store.inbox_pending(run, role))
         if not why:
             return (PAUSED, loop.pause_reason) if loop.pause_reason else NOT_STILL
