@@ -225,3 +225,17 @@ def test_tick_view_sees_a_change_between_ticks(store):
     store.r.hset("ccci:run:r", "status", "paused")
     view = store.tick_view()[0]
     assert view.loops["builder"].state.iteration == 7 and view.state.status == "paused"
+
+
+def test_a_retried_charge_bills_the_iteration_once(store):
+    """The iteration retries ``charge`` through a Redis blip; when the first call's write landed and
+    only its reply was lost, the retry must not bill the iteration a second time."""
+    day = "2026-12-02"
+    assert store.charge("r", "builder", day, 0.25, "builder:7:1") == pytest.approx(0.25)
+    assert store.charge("r", "builder", day, 0.25, "builder:7:1") == pytest.approx(0.25)  # the retry
+    assert store.charge("r", "builder", day, 0.5, "builder:7:2") == pytest.approx(0.75)  # a re-run is billed
+    assert store.charge("r", "reviewer", day, 1e-05, "reviewer:7:1") == pytest.approx(0.75001)
+    assert store.cost_of_day("r", day) == pytest.approx({"builder": 0.75, "reviewer": 1e-05})
+    assert 0 < store.r.ttl(f"ccci:cost:r:{day}:charged") <= 40 * 86400
+    assert store.forget_run("r") == 3  # the loop, the day's costs and its charge ids
+    assert store.r.keys("ccci:cost:*") == []

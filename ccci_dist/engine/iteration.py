@@ -607,7 +607,8 @@ class Iteration:
 
     def _charge(self, cost: float, now: datetime) -> None:
         day = now.strftime("%Y-%m-%d")
-        total = self._patient(lambda: self.store.charge(self.run, self.role, day, cost))
+        charge_id = f"{self.role}:{self.number}:{self.attempt}"  # a re-run after a lost lease ran, and is billed, again
+        total = self._patient(lambda: self.store.charge(self.run, self.role, day, cost, charge_id))
         budget = self.s.daily_budget_usd
         if budget and total >= budget:
             until = next_midnight(now)

@@ -16,6 +16,7 @@
     log:{run}:{role}          STREAM live agent log lines (capped)
     itlog:{run}:{role}:{n}    STRING iteration n's agent log, zlib-compressed, capped, EX 30 days
     cost:{run}:{day}          HASH   role -> cost of that UTC day
+    cost:{run}:{day}:charged  SET    ids of the iterations charged that day (a retried charge counts once)
     worker:{node}             STRING JSON heartbeat of a worker (queues, host), PX
     watchdog:lock|ticks|last|follow_up   the watchdog's tick lock, tick durations, last tick, follow-up flag
     vm:due|health|health_detail          VM health-check schedule and last result
@@ -91,6 +92,10 @@ def k_itlog(run: str, role: str, n: int) -> str:
 
 def k_cost(run: str, day: str) -> str:
     return f"{P}cost:{run}:{day}"
+
+
+def k_charged(run: str, day: str) -> str:
+    return f"{P}cost:{run}:{day}:charged"
 
 
 def k_agent_window(profile: str) -> str:

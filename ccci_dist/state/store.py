@@ -28,6 +28,7 @@ from ccci_dist.state.keys import (
     WATCHDOG_TICKS,
     P,
     k_agent_window,
+    k_charged,
     k_cost,
     k_events,
     k_fence,
@@ -66,8 +67,8 @@ def lua(name: str) -> str:
 
 
 (CLAIM, PENDING_INBOX, RENEW, FENCE_OK, FINISH, ENQUEUE, REQUEUE, RELEASE, SET_PHASE, INBOX_ADD_ONCE, UNCLAIM,
- TICK_VIEW) = (lua(n) for n in ("claim", "pending_inbox", "renew", "fence_ok", "finish", "enqueue", "requeue",
-                                "release", "set_phase", "inbox_add_once", "unclaim", "tick_view"))
+ TICK_VIEW, CHARGE) = (lua(n) for n in ("claim", "pending_inbox", "renew", "fence_ok", "finish", "enqueue", "requeue",
+                                       "release", "set_phase", "inbox_add_once", "unclaim", "tick_view", "charge"))
 NOT_REPLICATED = "not_replicated"
 
 
@@ -145,6 +146,7 @@ class Store:
         self._set_phase = r.register_script(SET_PHASE)
         self._inbox_add_once = r.register_script(INBOX_ADD_ONCE)
         self._tick_view = r.register_script(TICK_VIEW)
+        self._charge = r.register_script(CHARGE)
         # The typed hashes of the last tick (runs, loops), by their raw content: most hashes are unchanged
         # from one tick to the next (a loop's changes at claim and finish), and the models are frozen.
         self._tick_models: tuple[dict[tuple, RunState], dict[tuple, LoopState]] = ({}, {})
@@ -608,13 +610,11 @@ class Store:
         return len(keys)
 
     # -- cost -------------------------------------------------------------------------
-    def charge(self, run: str, role: str, day: str, cost: float, keep_s: int = 40 * 86400) -> float:
-        """Add an iteration's cost to the run's day (kept 40 days); returns the day's total."""
-        pipe = self.r.pipeline()
-        pipe.hincrbyfloat(k_cost(run, day), role, cost)
-        pipe.expire(k_cost(run, day), keep_s)
-        pipe.hvals(k_cost(run, day))
-        return sum(float(v) for v in pipe.execute()[2])
+    def charge(self, run: str, role: str, day: str, cost: float, charge_id: str, keep_s: int = 40 * 86400) -> float:
+        """Add an iteration's cost to the run's day (kept 40 days) once per ``charge_id``, so a retried
+        call after a lost reply bills nothing more; returns the day's total."""
+        vals = self._charge(keys=[k_cost(run, day), k_charged(run, day)], args=[role, repr(cost), keep_s, charge_id])
+        return sum(float(v) for v in vals)
 
     def cost_of_day(self, run: str, day: str) -> dict[str, float]:
         return {role: float(v) for role, v in self.r.hgetall(k_cost(run, day)).items()}
