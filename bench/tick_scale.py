@@ -17,7 +17,9 @@ for a core, so it holds on a loaded machine where the wall time does not.
 Writes bench/results/tick-scale.png (tick time per loop against loops, every gathering) when
 matplotlib is installed (``pip install 'ccci-dist[bench]'``; not a runtime dependency).
 
-Usage: tick_scale.py [--ticks 100] [--sizes 10,100,1000] [--plan examples/tiny-plan]
+``--live-hashes`` seeds each loop hash as a busy loop holds it (28 fields) rather than a fresh one's 4.
+
+Usage: tick_scale.py [--ticks 100] [--sizes 10,100,1000] [--plan examples/tiny-plan] [--live-hashes]
 """
 
 from __future__ import annotations
@@ -54,8 +56,24 @@ class RoundTrips:
         cls.send_packed_command = counted
 
 
-def seed(store, loops: int, plan: Path = TINY) -> int:
-    """Runs of the plan's roles, every loop holding a live lease, about ``loops`` loops: how many."""
+def live_loop(role: str, i: int) -> dict[str, object]:
+    """A loop hash as a busy deployment holds it after many iterations (28 fields, as the runner and
+    the watchdog write them), instead of the 4 fields of a fresh loop."""
+    sha = f"{i:08x}" * 5
+    return {"state": "active", "role": role, "iteration": 1234, "running": 1235, "attempt": 1, "host": "w1",
+            "owner": f"w1/{4000 + i}/{sha[:36]}", "token": 5678 + i, "started_at": 1764650042.5,
+            "task_id": sha[:36], "next_at": 1764650040.1, "ended_at": 1764650041.9, "fail_streak": 0,
+            "nudges": "[]", "session_id": sha[:36], "agent_profile": "claude", "inbox_acked": "1764650042500-0",
+            "inbox_carried": "1764650042500-0", "last_outcome": "success",
+            "last_detail": "iteration 1234 finished: 3 commits pushed, tests green, review requested (x" * 2,
+            "last_commit": sha, "last_commit_subject": "phase 2b: the recipe's deploy check reports each app",
+            "last_commit_at": 1764650041.2, "next_reason": "interval", "cost_total": 123.4567, "restarts": 2,
+            "builder_seen": 1200, "docs_seen": sha}
+
+
+def seed(store, loops: int, plan: Path = TINY, live: bool = False) -> int:
+    """Runs of the plan's roles, every loop holding a live lease, about ``loops`` loops: how many.
+    ``live``: each loop hash as after many iterations (``live_loop``), not a fresh one's 4 fields."""
     from ccci_dist.core.plan import load_package, snapshot
     from ccci_dist.state.store import with_plan_digest
 
@@ -72,8 +90,8 @@ def seed(store, loops: int, plan: Path = TINY) -> int:
             "status": "active", "phase": pkg.phase_order[0], "plan": snap, "roles": json.dumps(pkg.roles),
             "repo": "/nonexistent"}))
         for role in pkg.roles:
-            pipe.hset(f"ccci:loop:{run}:{role}", mapping={"state": "active", "role": role, "iteration": 3,
-                                                          "running": 4})
+            pipe.hset(f"ccci:loop:{run}:{role}", mapping=live_loop(role, i) if live else {
+                "state": "active", "role": role, "iteration": 3, "running": 4})
             pipe.set(f"ccci:lease:{run}:{role}", "host/1/task", px=3_600_000)
     pipe.execute()
     return runs * len(pkg.roles)
@@ -148,6 +166,8 @@ def main() -> int:
     ap.add_argument("--sizes", default="10,100,1000")
     ap.add_argument("--plan", type=Path, default=TINY, help="the plan package every run carries (its snapshot's "
                     "size is what crosses the wire when plans are sent every tick)")
+    ap.add_argument("--live-hashes", action="store_true", help="loop hashes as after many iterations "
+                    "(28 fields) instead of a fresh loop's 4")
     a = ap.parse_args()
     if not (a.plan / "package.toml").is_file():
         print(f"error: {a.plan} is not a plan package (no package.toml); pass --plan examples/tiny-plan",
@@ -167,11 +187,12 @@ def main() -> int:
         use_settings(s)
         store = Store(redis.Redis.from_url(server.url, decode_responses=True))
         trips = RoundTrips()
-        print(f"machine: {machine()} · load {loadavg()} · {a.ticks} ticks per size · plan {a.plan.name}")
+        print(f"machine: {machine()} · load {loadavg()} · {a.ticks} ticks per size · plan {a.plan.name}"
+              f" · loop hashes: {'live (28 fields)' if a.live_hashes else 'fresh (4 fields)'}")
         print(row("loops", "wall p50 ms", "wall max ms", "CPU p50 ms", "round trips", "µs per loop", width=40))
         results: dict[str, dict[int, float]] = {g: {} for g in GATHERINGS}
         for n in sizes:
-            seeded = seed(store, n, a.plan)
+            seeded = seed(store, n, a.plan, a.live_hashes)
             if seeded != n:
                 print(f"  ({seeded} loops: whole runs of {a.plan.name}'s roles)")
             fast = store.tick_view
@@ -210,7 +231,7 @@ def main() -> int:
     ax.set_ylabel("tick wall time per loop, µs (p50)")
     ax.set_title(f"watchdog tick cost per loop (load {loadavg().split()[0]})")
     ax.legend(fontsize="small")
-    out = HERE / "results" / "tick-scale.png"
+    out = HERE / "results" / ("tick-scale-live-hashes.png" if a.live_hashes else "tick-scale.png")
     fig.tight_layout()
     fig.savefig(out, dpi=100)
     print(f"plot: {out}")
