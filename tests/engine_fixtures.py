@@ -116,3 +116,32 @@ def bed(tmp_path, redis_url, remote_repo):
     yield b
     b.close()
 
+
+
+@pytest.fixture
+def celery_on(redis_url):
+    """Point this process's Celery app at the session's redis-server, for in-process CLI and engine
+    tests that publish (``start``, ``enqueue``, the dashboard's actions): the app is configured once
+    per process, and an earlier test may have pointed it at a Redis that is gone. Yields a function
+    that makes settings ``s`` this process's settings; the earlier ones are restored afterwards."""
+    import kombu.pools
+
+    import ccci_dist.engine.app as cc
+    from ccci_dist.adapters.broker import broker_url
+
+    saved = list(cc._override)
+
+    def use(s):
+        cc.use_settings(s)
+        broker = broker_url(s, start=False)
+        if cc.app.conf.broker_url != broker:
+            cc.app.conf.update(cc.celery_config(s, broker))
+            if cc.app._pool is not None:
+                cc.app._pool.force_close_all()
+            cc.app._pool = None
+            cc.app.amqp._producer_pool = None
+            kombu.pools.reset()  # the process-wide producer pools still hold the closed connection pool
+        return s
+
+    yield use
+    cc._override[:] = saved

@@ -111,6 +111,9 @@ def notify_cmd(obj: Ctx, title: str, message: str) -> None:
     from ccci_dist.cli.loops import open_store
 
     s, _ = open_store(obj)
+    if not any(u.get_secret_value() for u in s.notify_urls):  # send_now accepts an empty list as "all sent"
+        fail("no notifier configured, so nothing was sent; set notify_urls (or CCCI_NOTIFY_URLS) to apprise URLs",
+             code=1)
     if not notify_sync(s, "role_report", f"{s.run}: {title}", text):
         fail("no notifier accepted the notification; check notify_urls with `ccci-dist config show`", code=1)
     click.echo("notification sent")

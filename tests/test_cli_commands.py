@@ -1,0 +1,358 @@
+"""The loop, INBOX, config, plan and web --check commands in process (click's CliRunner through the
+console script's own handler) against a real redis-server and a real git remote: what each prints,
+its `--json` output, and each bad input as one `error:` line with a non-zero exit and no traceback.
+The console script itself is tested by the subprocess tests (test_runs, test_operator, test_status)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+
+import pytest
+import redis
+from harness import ROOT, free_port
+
+TINY = ROOT / "examples" / "tiny-plan"
+
+
+@pytest.fixture
+def cli(redis_url, remote_repo, tmp_path, celery_on):
+    from click.testing import CliRunner
+
+    from ccci_dist.cli import main
+    from ccci_dist.config import load_config
+
+    celery_on(load_config(None, broker_url=redis_url))  # `start` publishes the first iterations there
+
+    env = {"CCCI_CONFIG": None, "CCCI_RUN": None, "CCCI_BROKER_URL": redis_url,
+           "CCCI_PROJECT_REPO": str(remote_repo), "CCCI_PLAN_DIR": str(TINY),
+           "CCCI_STATE_DIR": str(tmp_path / "state"), "CCCI_WORKSPACE_DIR": str(tmp_path / "ws"),
+           "CCCI_NOTIFY_URLS": "[]", "COLUMNS": "200"}
+
+    def run(*args: str, input: str | bytes | None = None, **more: str | None):
+        res = CliRunner().invoke(main, list(args), env={**env, **more}, input=input, prog_name="ccci-dist")
+        assert "Traceback" not in res.stdout + res.stderr, res.stderr
+        return res
+
+    run.url = redis_url
+    return run
+
+
+def ok(res) -> str:
+    assert res.exit_code == 0, (res.exit_code, res.stdout, res.stderr, res.exception)
+    return res.stdout
+
+
+def one_error(res, code: int = 2) -> str:
+    assert res.exit_code == code, (res.exit_code, res.stdout, res.stderr, res.exception)
+    [line] = res.stderr.splitlines()
+    assert line.startswith("error: "), line
+    return line.removeprefix("error: ")
+
+
+def r_of(cli) -> redis.Redis:
+    return redis.Redis.from_url(cli.url, decode_responses=True)
+
+
+def test_start_status_enqueue_stop_and_their_refusals(cli, tmp_path):
+    assert "no runs yet; `ccci-dist start` creates one" in ok(cli("status"))
+    assert json.loads(ok(cli("status", "--json"))) == []
+    assert ok(cli("start")) == "run default started at phase 1 with roles builder, reviewer\n"
+    [st] = json.loads(ok(cli("status", "--json")))
+    assert (st["run"], st["phase"], sorted(st["loops"])) == ("default", "1", ["builder", "reviewer"])
+    text = ok(cli("status"))
+    assert "run default: " in text and "builder " in text and "blocks DONE: " in text
+    assert "workers: none alive" in text
+    schema = json.loads(ok(cli("status", "--schema")))
+    assert schema["type"] == "array" and "run" in json.dumps(schema)
+    assert one_error(cli("status", "--run", "nosuch")) == "no run 'nosuch'; runs: default"
+
+    assert ok(cli("enqueue", "phase", "2")) == "run default set to phase 2\n"
+    assert r_of(cli).hget("ccci:run:default", "phase") == "2"
+    assert one_error(cli("enqueue", "phase", "9")).startswith("unknown phase '9'; the plan's phases are 1, 2")
+    err = one_error(cli("--run", "elsewhere", "enqueue", "phase", "1"))
+    assert err.startswith("no run 'elsewhere' (runs: default)")
+    assert one_error(cli("enqueue", "phase")) == "Missing argument 'PHASE_ID'; see `ccci-dist enqueue phase --help`"
+
+    assert one_error(cli("stop", "--role", "nosuch")) == "unknown role 'nosuch'; this run's roles are builder, reviewer"
+    assert ok(cli("stop", "--role", "builder")) == "stopped builder of run default\n"
+    assert ok(cli("stop")) == "stopped reviewer of run default\n"
+    assert ok(cli("stop")) == "run default: nothing to stop (already stopped)\n"
+    assert one_error(cli("--run", "elsewhere", "stop")) == "no run 'elsewhere'; see `ccci-dist status` for the runs"
+
+
+    # a changed repo is kept (and said so), then changed only when confirmed
+    old = r_of(cli).hget("ccci:run:default", "repo")
+    other = tmp_path / "other.git"
+    subprocess.run(["git", "clone", "-q", "--bare", old, str(other)], check=True)
+    out = ok(cli("start", CCCI_PROJECT_REPO=str(other)))
+    assert out.startswith(f"note: run default keeps its repo {old} (the config says {other}; "), out
+    res = cli("start", "--reconfigure", input="n\n", CCCI_PROJECT_REPO=str(other))
+    assert res.exit_code == 1 and f"run default: repo {old} -> {other}\n" in res.stdout
+    assert res.stderr == "error: run default not reconfigured; nothing changed (pass --yes to skip the question)\n"
+    assert r_of(cli).hget("ccci:run:default", "repo") == old
+    out = ok(cli("start", "--reconfigure", "--yes", CCCI_PROJECT_REPO=str(other)))
+    assert f"run default: repo {old} -> {other}\n" in out and "run default started at phase" in out
+    assert r_of(cli).hget("ccci:run:default", "repo") == str(other)
+    out = ok(cli("start", "--reconfigure", CCCI_PROJECT_REPO=str(other)))
+    assert out.startswith("run default: the config matches the run; nothing to reconfigure\n")
+
+
+def test_start_without_a_plan_or_a_repo_and_with_a_broken_package(cli, tmp_path):
+    assert one_error(cli("start", CCCI_PLAN_DIR=None)).startswith("no plan package configured; set plan_dir")
+    assert one_error(cli("start", CCCI_PROJECT_REPO=None)).startswith("no project repo configured; set project_repo")
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    err = one_error(cli("start", CCCI_PLAN_DIR=str(broken)))
+    assert err.startswith("plan package is invalid: ") and err.endswith("(run `ccci-dist plan check`)"), err
+    bad = one_error(cli("--broker", f"redis://:wrong@127.0.0.1:{r_of(cli).connection_pool.connection_kwargs['port']}/0",
+                        "start"))
+    assert bad == "the broker refused the password; check broker_url (or CCCI_BROKER_URL)"
+    away = one_error(cli("--broker", f"redis://127.0.0.1:{free_port()}/0", "start"))
+    assert away == "cannot reach the broker (ConnectionError); start Redis or fix broker_url"
+
+
+def test_read_only_commands_start_no_broker(cli, tmp_path):
+    for args in (["status"], ["history"], ["logs", "builder"], ["inbox", "list"], ["state", "export", "x.json"]):
+        err = one_error(cli(*args, CCCI_BROKER_URL=None), code=1)
+        assert err == "no broker running; `ccci-dist up` starts the embedded one", args
+    assert not (tmp_path / "state" / "redis" / "port").exists()
+
+
+def _history(r: redis.Redis, **fields: str) -> None:
+    row = {"role": "builder", "iteration": "1", "attempt": "1", "host": "hostA", "start": "1800000000",
+           "end": "1800000012.5", "exit": "0", "outcome": "success", "cost": "0.25", "turns": "7",
+           "commit": "0123456789abcdef"}
+    r.xadd("ccci:history:default", {**row, **fields})
+
+
+def test_history_table_wide_narrow_json_and_limit(cli):
+    ok(cli("start"))
+    r = r_of(cli)
+    _history(r)
+    _history(r, role="reviewer", iteration="2", host="hostB", outcome="auth", paused="limit", cost="")
+    rows = [json.loads(line) for line in ok(cli("history", "--json")).splitlines()]
+    assert [(h["role"], h["iteration"]) for h in rows] == [("builder", "1"), ("reviewer", "2")]
+    [newest] = [json.loads(line) for line in ok(cli("history", "--json", "--limit", "1")).splitlines()]
+    assert newest["iteration"] == "2" and newest["host"] == "hostB"
+
+    wide = ok(cli("history"))
+    assert "history of run default (2 shown)" in wide
+    for word in ("hostA", "hostB", "2027-01-15 08:00:00", "12.5", "auth (paused: limit)", "$0.2500", "$0.0000",
+                 "0123456789"):
+        assert word in wide, (word, wide)
+    header = next(line for line in wide.splitlines() if " role " in line)
+    assert "host" in header and "agent" not in header  # only the default profile: no agent column
+    narrow = ok(cli("history", COLUMNS="80"))
+    assert "hostA" not in narrow and "01-15 08:00" in narrow and "0123456" in narrow and "0123456789" not in narrow
+    assert all(len(line) <= 80 for line in narrow.splitlines()), narrow
+
+    _history(r, iteration="3", profile="codex-b")
+    assert "codex-b" in ok(cli("history")) and " agent " in ok(cli("history"))
+    err = one_error(cli("history", "--limit", "0"))
+    assert err.startswith("Invalid value for '--limit': 0 is not in the range x>=1")
+
+
+def test_logs_backlog_raw_and_archived_iterations(cli):
+    from ccci_dist.state.store import Store
+
+    err = one_error(cli("logs", "builder"))
+    assert err == "unknown role 'builder'; this run's roles are none (start the run first)"
+    ok(cli("start"))
+    r = r_of(cli)
+    line = json.dumps({"type": "assistant", "message": {"content": [{"type": "text", "text": "Looking at D1."}]}})
+    r.xadd("ccci:log:default:builder", {"event": "start", "n": "1", "attempt": "1", "host": "hostA",
+                                         "at": "1800000000"})
+    r.xadd("ccci:log:default:builder", {"line": line})
+    r.xadd("ccci:log:default:builder", {"line": "plain text"})
+    out = ok(cli("logs", "builder"))
+    assert out.splitlines()[0].startswith("── iteration 1 (attempt 1) on hostA at 2027-01-15")
+    assert out.splitlines()[1:] == ["Looking at D1.", "plain text"]
+    assert ok(cli("logs", "builder", "-n", "1")) == "plain text\n"
+    assert ok(cli("logs", "builder", "--raw")) == f"{line}\nplain text\n"
+    assert ok(cli("logs", "reviewer")) == ""
+    assert one_error(cli("logs", "nosuch")) == "unknown role 'nosuch'; this run's roles are builder, reviewer"
+
+    err = one_error(cli("logs", "builder", "--iteration", "1"))
+    assert err == "no log of builder iteration 1 (kept 30 days); `ccci-dist history` lists the iterations"
+    Store(r).save_iteration_log("default", "builder", 1, f"{line}\nplain text\n".encode())
+    assert ok(cli("logs", "builder", "--iteration", "1", "--raw")) == f"{line}\nplain text\n"
+    assert ok(cli("logs", "builder", "--iteration", "1")) == "Looking at D1.\nplain text\n"  # no history entry yet
+    _history(r, outcome="success", cost="0.5", turns="3")
+    got = ok(cli("logs", "builder", "--iteration", "1")).splitlines()
+    assert got[0].startswith("── iteration 1 (attempt 1) on hostA at 2027-01-15") and got[1:3] == [
+        "Looking at D1.", "plain text"]
+    assert got[3] == "◆ iteration 1: success after 12.5s · turns 3 · $0.5000 · commit 01234567"
+
+
+def test_forget_asks_then_removes_every_key(cli):
+    assert one_error(cli("forget", "default", "--yes")) == "no run 'default'; see `ccci-dist status` for the runs"
+    ok(cli("start"))
+    r = r_of(cli)
+    res = cli("forget", "default", input="n\n")
+    assert res.exit_code == 1 and res.stderr.endswith(
+        "error: run default not forgotten; nothing changed (pass --yes to skip the question)\n")
+    assert r.exists("ccci:run:default")
+    r.set("ccci:lease:default:builder", "host/1/t", px=60_000)
+    assert one_error(cli("forget", "default", "--yes")).startswith("run 'default' has a live iteration (builder)")
+    r.delete("ccci:lease:default:builder")
+    out = ok(cli("forget", "default", input="y\n"))
+    assert out.rstrip().endswith("keys)") and "forgot run default (" in out
+    assert not [k for k in r.scan_iter("ccci:*") if ":default" in k]
+
+
+def test_inbox_send_list_and_notify(cli, receiver):
+    assert one_error(cli("inbox", "send", "hello")) == (
+        "no run 'default' yet; start it with `ccci-dist start` (or pass --run)")
+    ok(cli("start"))
+    out = ok(cli("inbox", "send", "look at D2 first"))
+    assert out.startswith("queued for builder, reviewer: ")
+    assert ok(cli("inbox", "send", "--to", "reviewer", "-", input="from stdin\n")).startswith("queued for reviewer: ")
+    assert one_error(cli("inbox", "send", "--to", "nosuch", "x")) == (
+        "unknown role 'nosuch'; use one of builder, reviewer, all")
+    assert one_error(cli("inbox", "send", "  ")).startswith("message is empty; ")
+    msgs = [json.loads(line) for line in ok(cli("inbox", "list", "--json")).splitlines()]
+    assert [(m["text"], m["state"]) for m in msgs] == [
+        ("look at D2 first", "pending"), ("look at D2 first", "pending"), ("from stdin\n", "pending")]
+    assert len(ok(cli("inbox", "list", "--json", "--role", "builder")).splitlines()) == 1
+    table = ok(cli("inbox", "list"))
+    assert "INBOX of default" in table and table.count("look at D2 first") == 2 and "from stdin" in table
+    assert one_error(cli("inbox", "list", "--role", "nosuch")) == "unknown role 'nosuch'; use one of builder, reviewer"
+
+    # no notifier: it said "notification sent" (exit 0) and sent nothing
+    assert one_error(cli("notify", "done"), code=1) == (
+        "no notifier configured, so nothing was sent; set notify_urls (or CCCI_NOTIFY_URLS) to apprise URLs")
+    refused = json.dumps([f"json://127.0.0.1:{free_port()}/nobody"])
+    assert one_error(cli("notify", "done", CCCI_NOTIFY_URLS=refused), code=1) == (
+        "no notifier accepted the notification; check notify_urls with `ccci-dist config show`")
+    assert one_error(cli("notify", "")).startswith("notification is empty; ")
+    urls = json.dumps([receiver.url("/report")])
+    assert ok(cli("notify", "--title", "phase 1", "all green", CCCI_NOTIFY_URLS=urls)) == "notification sent\n"
+    [msg] = receiver.messages
+    assert msg["path"] == "/report" and msg["json"]["title"] == "[role_report] default: phase 1"
+    assert msg["json"]["message"] == "all green"
+
+
+def test_config_show_masks_the_broker_password(cli):
+    url = cli.url
+    password = url.split(":")[2].split("@")[0]
+    data = json.loads(ok(cli("config", "show", "--json")))
+    assert data["run"] == "default" and data["plan_dir"] == str(TINY)
+    assert password not in json.dumps(data), [kv for kv in data.items() if password in json.dumps(kv)]
+    assert data["broker_url"] == "**********"
+    table = ok(cli("config", "show"))
+    assert "ccci-dist config" in table and password not in table and "plan_dir" in table
+    assert one_error(cli("--config", "/nonexistent/ccci.toml", "config", "show")).startswith(
+        "config file /nonexistent/ccci.toml not found")
+
+
+def test_plan_check_and_init(cli, tmp_path):
+    out = ok(cli("plan", "check", str(TINY)))
+    assert "plan package tiny" in out and "ok: 2 phases, 3 DoD items, 2 roles" in out
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    res = cli("plan", "check", str(empty))
+    assert res.exit_code == 2 and res.stderr and all(line.startswith("error: ") for line in res.stderr.splitlines())
+
+    assert one_error(cli("init", str(tmp_path / "p"), "--phases", "1,x-y")).startswith("bad --phases '1,x-y'")
+    assert one_error(cli("init", str(tmp_path / "p"), "--phases", "1,1")).startswith("duplicate phase id")
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "f").write_text("x")
+    err = one_error(cli("init", str(tmp_path / "full")))
+    assert err.endswith("exists and is not an empty folder; choose a new path")
+    out = ok(cli("init", str(tmp_path / "new"), "--phases", "1,2b", "--name", "mine"))
+    assert out.startswith(f"created plan package {tmp_path / 'new'} (2 phases)")
+    assert "ok: 2 phases" in ok(cli("plan", "check", str(tmp_path / "new")))
+    assert not list(tmp_path.glob(".new.*.tmp.init"))
+
+
+def test_version_help_and_unknown_commands(cli):
+    from ccci_dist.data import commit
+
+    sha = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short=12", "HEAD"], capture_output=True,
+                         text=True, check=True).stdout.strip()
+    assert commit() == sha
+    out = ok(cli("--version"))
+    assert out.startswith("ccci-dist ") and out.endswith(f" (commit {sha})\n")
+    top = ok(cli("--help"))
+    for name in ("start", "status", "history", "logs", "inbox", "demo", "web", "doctor"):
+        assert f"  {name} " in top, name
+    assert ok(cli()) == top  # no arguments: the help, exit 0
+    assert "--json" in ok(cli("status", "--help")) and "Below 120 columns" in ok(cli("history", "--help"))
+    assert one_error(cli("nosuch")) == "No such command 'nosuch'; see `ccci-dist --help`"
+    assert one_error(cli("status", "--bogus")) == "No such option '--bogus'; see `ccci-dist status --help`"
+
+
+def test_web_check_and_its_refusals(cli, tmp_path):
+    assert ok(cli("web", "--check")) == "ok: would serve http://127.0.0.1:8088/ (no login, loopback only)\n"
+    assert one_error(cli("web", "--address", "0.0.0.0", "--check")).startswith(
+        "refusing to serve the dashboard on 0.0.0.0 without a login")
+    token = tmp_path / "token"
+    token.write_text("tok-" + "9" * 32 + "\n")
+    token.chmod(0o600)
+    out = ok(cli("web", "--address", "::", "--token-file", str(token), "--check"))
+    assert out == "ok: would serve http://[::]:8088/ (login required)\n"
+    auth = tmp_path / "auth"
+    auth.write_text("operator:web-pass-canary\n")
+    auth.chmod(0o600)
+    out = ok(cli("web", "--address", "0.0.0.0", "--basic-auth-file", str(auth), "--check"))
+    assert "login required" in out and "web-pass-canary" not in out
+    assert one_error(cli("web", "--token-file", str(tmp_path / "missing"), "--check"))
+    assert one_error(cli("web", "--check", CCCI_BROKER_URL=f"redis://127.0.0.1:{free_port()}/0")) == (
+        "cannot reach the broker (ConnectionError); start Redis or fix broker_url")
+
+
+def test_shipped_data_folders_and_an_install_that_lost_one(cli, monkeypatch):
+    from ccci_dist import data
+
+    assert (data.data_dir("tiny_plan") / "package.toml").is_file()
+    assert (data.data_dir("systemd") / "ccci-dist-beat.service").is_file()
+    assert (data.data_dir("scaffold") / "phase.md").is_file()
+    assert (data.data_dir("workers") / "pi.toml").is_file()
+    assert (data.data_dir("prompts")).is_dir()
+    monkeypatch.setitem(data.SOURCES, "tiny_plan", "examples/no-such-plan")
+    with pytest.raises(FileNotFoundError, match=r"^ccci-dist's tiny_plan files are missing from .*; reinstall"):
+        data.data_dir("tiny_plan")
+    # the demo says so before it starts anything
+    assert one_error(cli("demo")).startswith("ccci-dist's tiny_plan files are missing from ")
+
+
+def test_demo_refuses_a_broken_plan_and_a_second_demo(cli, tmp_path):
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    assert one_error(cli("demo", "--plan", str(broken))).startswith("demo plan package is invalid: ")
+    assert not (tmp_path / "state" / "demo").exists()  # nothing started
+    # a demo whose iteration is live, in the demo's own embedded Redis
+    demo_state = tmp_path / "state" / "demo"
+    up = ok(cli("--state-dir", str(demo_state), "up", CCCI_BROKER_URL=None))
+    try:
+        port = int(up.split("127.0.0.1:")[1].split()[0])
+        password = (demo_state / "redis" / "password").read_text().strip()
+        r = redis.Redis(port=port, password=password, decode_responses=True)
+        r.set("ccci:lease:demo:builder", "host/1/t", px=60_000)
+        assert one_error(cli("demo")) == ("a demo is already running (run demo has a live iteration); "
+                                         "wait for it or `ccci-dist --run demo stop`")
+        assert r.get("ccci:lease:demo:builder")  # untouched, and the configured broker was never used
+        assert not r_of(cli).keys("ccci:*demo*")
+    finally:
+        assert ok(cli("--state-dir", str(demo_state), "down", CCCI_BROKER_URL=None)) == "embedded redis stopped\n"
+
+
+def test_doctor_says_each_check_and_the_fix_of_each_failure(cli, remote_repo):
+    res = cli("doctor", "--json")
+    checks = {c["name"]: c for c in json.loads(res.stdout)}
+    assert res.exit_code == 1  # no beat and no worker here
+    assert checks["broker"]["ok"] and checks["broker"]["detail"] == "reachable, password set, loopback"
+    assert checks["beat"] == {"name": "beat", "ok": False, "detail": "the watchdog never ticked",
+                              "fix": checks["beat"]["fix"]} and checks["beat"]["fix"]
+    assert not checks["workers"]["ok"]
+    assert checks["git"] == {"name": "git", "ok": True, "detail": f"{remote_repo} main readable", "fix": ""}
+    text = cli("doctor")
+    assert text.exit_code == 1 and "PASS  broker: reachable, password set, loopback\n" in text.stdout
+    assert "FAIL  beat: the watchdog never ticked\n      fix: " in text.stdout
+
+    away = cli("doctor", "--json", CCCI_BROKER_URL=f"redis://127.0.0.1:{free_port()}/0")
+    checks = {c["name"]: c for c in json.loads(away.stdout)}
+    assert away.exit_code == 1 and "beat" not in checks and "workers" not in checks
+    assert checks["broker"] == {"name": "broker", "ok": False, "detail": "not reachable (ConnectionError)",
+                                "fix": "start Redis or fix broker_url / broker_password_file"}
