@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import subprocess
@@ -117,7 +118,6 @@ def bed(tmp_path, redis_url, remote_repo):
     b.close()
 
 
-
 @pytest.fixture
 def celery_on(redis_url):
     """Point this process's Celery app at the session's redis-server, for in-process CLI and engine
@@ -145,3 +145,58 @@ def celery_on(redis_url):
 
     yield use
     cc._override[:] = saved
+
+
+# -- in-process engine tests: a real redis-server and git remote, an injected clock, no Celery worker ----------
+
+RUN = "default"
+
+
+@pytest.fixture
+def engine(redis_server, redis_url, remote_repo, tmp_path, monkeypatch, celery_on):
+    """(settings, store) of a configured run on this test's Redis; Celery publishes there, nothing consumes."""
+    import ccci_dist.engine.iteration as iteration
+    from ccci_dist.config import load_config
+    from ccci_dist.state.store import Store
+
+    for key in [k for k in os.environ if k.startswith("CCCI_")]:
+        monkeypatch.delenv(key)
+    env = {"CCCI_BROKER_URL": redis_url, "CCCI_PROJECT_REPO": str(remote_repo), "CCCI_PLAN_DIR": str(TINY),
+           "CCCI_STATE_DIR": str(tmp_path / "state"), "CCCI_WORKSPACE_DIR": str(tmp_path / "ws"),
+           "CCCI_WATCHDOG_INTERVAL": "1", "CCCI_LEASE_TTL": "3", "CCCI_CONFIG": ""}
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    s = celery_on(load_config())
+    monkeypatch.setattr(iteration, "_stores", {})  # get_store's process-wide stores: on this Redis
+    store = Store(redis_server.client())
+    store.r.flushdb()
+    return s, store
+
+
+def messages(store, role: str) -> list[str]:
+    """Task ids of the iteration messages waiting in the role's broker queue."""
+    return [json.loads(m)["headers"]["id"] for m in store.r.lrange(f"ccci.{role}", 0, -1)]
+
+
+def control_tasks(store, task: str) -> list[list]:
+    """The args of each ``task`` message waiting on the control queue, oldest first (kombu LPUSHes)."""
+    out = []
+    for raw in reversed(store.r.lrange("ccci.control", 0, -1)):
+        msg = json.loads(raw)
+        if msg["headers"]["task"] == task:
+            out.append(json.loads(base64.b64decode(msg["body"]))[0])
+    return out
+
+
+def notifications(store) -> list[tuple[str, str, str]]:
+    """(kind, title, body) of each notification queued for a worker, oldest first."""
+    return [tuple(args) for args in control_tasks(store, "ccci.notify")]
+
+
+def started(engine):
+    from ccci_dist.engine.runs import start_run
+
+    s, store = engine
+    out = start_run(store, s)
+    assert (out["run"], out["phase"], out["roles"]) == (RUN, "1", ["builder", "reviewer"])
+    return s, store

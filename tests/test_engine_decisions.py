@@ -11,71 +11,19 @@ import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import kombu.pools
 import pytest
+from engine_fixtures import RUN, messages, started
 
 from ccci_dist.core.phases import parse_docs
 from ccci_dist.state import inbox_store, state_io
-from ccci_dist.state.store import Store
 
 ROOT = Path(__file__).resolve().parent.parent
-TINY = ROOT / "examples" / "tiny-plan"
-RUN = "default"
-
-
-@pytest.fixture
-def engine(redis_server, redis_url, remote_repo, tmp_path, monkeypatch):
-    """(settings, store) of a configured run on this test's Redis; Celery publishes there, nothing consumes."""
-    import ccci_dist.engine.app as cc
-    from ccci_dist.adapters.broker import broker_url
-    from ccci_dist.config import load_config
-
-    for key in [k for k in __import__("os").environ if k.startswith("CCCI_")]:
-        monkeypatch.delenv(key)
-    env = {"CCCI_BROKER_URL": redis_url, "CCCI_PROJECT_REPO": str(remote_repo), "CCCI_PLAN_DIR": str(TINY),
-           "CCCI_STATE_DIR": str(tmp_path / "state"), "CCCI_WORKSPACE_DIR": str(tmp_path / "ws"),
-           "CCCI_WATCHDOG_INTERVAL": "1", "CCCI_LEASE_TTL": "3", "CCCI_CONFIG": ""}
-    for k, v in env.items():
-        monkeypatch.setenv(k, v)
-    s = load_config()
-    saved = list(cc._override)
-    cc.use_settings(s)
-    broker = broker_url(s, start=False)
-    if cc.app.conf.broker_url != broker:  # another test pointed the app elsewhere
-        cc.app.conf.update(cc.celery_config(s, broker))
-        _reset_pools(cc.app)
-    store = Store(redis_server.client())
-    store.r.flushdb()
-    yield s, store
-    cc._override[:] = saved
-
-
-def _reset_pools(app) -> None:
-    if app._pool is not None:
-        app._pool.force_close_all()
-    app._pool = None
-    app.amqp._producer_pool = None
-    kombu.pools.reset()  # the process-wide producer pools still hold the closed connection pool
-
-
-def messages(store: Store, role: str) -> list[str]:
-    """Task ids of the iteration messages waiting in the role's broker queue."""
-    return [json.loads(m)["headers"]["id"] for m in store.r.lrange(f"ccci.{role}", 0, -1)]
 
 
 def tick(store, s, now):
     from ccci_dist.engine.watchdog import tick as watchdog_tick
 
     return watchdog_tick(store, s, now)
-
-
-def started(engine):
-    from ccci_dist.engine.runs import start_run
-
-    s, store = engine
-    out = start_run(store, s)
-    assert (out["run"], out["phase"], out["roles"]) == (RUN, "1", ["builder", "reviewer"])
-    return s, store
 
 
 NOW = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)

@@ -64,6 +64,8 @@ def apply_outbox(store: Store, run: str, role: str, folder: Path, roles: list[st
     for line in path.read_text(encoding="utf-8", errors="replace").splitlines()[:MAX_REQUESTS]:
         try:
             req: dict[str, Any] = json.loads(line)
+            if not isinstance(req, dict):  # an agent may write the file itself: one bad line costs only itself
+                raise ValueError(f"not a JSON object: {line[:60]}")
             text = validate(str(req.get("text", "")).encode())
             if req.get("kind") == "inbox":
                 to = targets([r for r in roles if r != role], str(req.get("to") or "all"))

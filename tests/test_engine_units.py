@@ -1,0 +1,598 @@
+"""The engine's decisions that the end-to-end beds reach only inside worker subprocesses, in-process:
+a real redis-server and git remote, an injected clock, no Celery worker (a queued task is a message
+in the broker list, read back here).
+
+Supervisor (wake, outbox, digest), watchdog (breaker wake, standstill, a broken run, INBOX.md polling,
+DONE with undelivered messages), runs (refusals, first commit, identity, reopen, start/forget a loop),
+status (unknown and unreadable runs, header), the lease watcher and the runner's crash records.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import shutil
+import subprocess
+import time
+import tomllib
+from datetime import UTC, datetime, timedelta
+
+import pytest
+import redis
+from engine_fixtures import RUN, TINY, control_tasks, messages, notifications, started
+from harness import wait_for
+
+from ccci_dist.core.phases import REVIEW_FILE, STATUS_FILE, MachineDocs, docs_fingerprint, parse_docs
+from ccci_dist.state import inbox_store
+
+NOW = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
+ALL = ["1.1", "1.2", "2.1", "D1", "D2", "D3"]
+
+
+def tick(store, s, now):
+    from ccci_dist.engine.watchdog import tick as watchdog_tick
+
+    return watchdog_tick(store, s, now)
+
+
+def _verified(now: datetime, phases: list[str], items: list[str]) -> str:
+    at = now.strftime("%Y-%m-%dT%H:%M:%SZ")
+    return parse_docs("".join(f"## DONE {p}\n" for p in phases),
+                      "".join(f"VERIFIED {i} {at} abc1234 ok\n" for i in items)).model_dump_json()
+
+
+def _idle(store, *roles: str) -> None:
+    """The roles' queued iterations are gone (as if claimed and finished): the next tick decides afresh."""
+    for role in roles:
+        store.r.delete(f"ccci:next:{RUN}:{role}", f"ccci.{role}")
+
+
+def _push(remote, tmp_path, files: dict[str, str]) -> str:
+    """Commit ``files`` on the remote's main (a real clone and push); returns the commit."""
+    work = tmp_path / f"push-{len(list(tmp_path.glob('push-*')))}"
+    subprocess.run(["git", "clone", "-q", str(remote), str(work)], check=True)
+    for name, text in files.items():
+        (work / name).write_text(text)
+    git = ["git", "-C", str(work), "-c", "user.name=op", "-c", "user.email=op@example.org"]
+    subprocess.run([*git, "add", "-A"], check=True)
+    subprocess.run([*git, "commit", "-q", "-m", "operator"], check=True)
+    subprocess.run([*git, "push", "-q", "origin", "main"], check=True)
+    return subprocess.run([*git, "rev-parse", "HEAD"], check=True, capture_output=True, text=True).stdout.strip()
+
+
+# -- supervisor ------------------------------------------------------------------------------------
+
+@pytest.fixture
+def supervised(engine, tmp_path):
+    """The tiny plan with a supervisor role (defaults: wakes on every event, pushes nothing, digest)."""
+    from ccci_dist.engine.runs import start_run
+
+    s, store = engine
+    plan = tmp_path / "plan3"
+    shutil.copytree(TINY, plan)
+    (plan / "package.toml").write_text('name = "tiny3"\nphases = ["1", "2"]\n'
+                                       "[roles.builder]\n[roles.reviewer]\n[roles.supervisor]\n")
+    (plan / "prompts" / "supervisor.md").write_text("# Supervisor\n")
+    s = s.model_copy(update={"plan_dir": plan})
+    assert start_run(store, s)["roles"] == ["builder", "reviewer", "supervisor"]
+    return s, store
+
+
+def test_wake_nudges_only_the_roles_that_watch_the_event(supervised):
+    from ccci_dist.core.plan import from_snapshot
+    from ccci_dist.engine.supervisor import wake
+
+    _, store = supervised
+    specs = from_snapshot(json.loads(store.run(RUN).plan)).specs
+    assert wake(store, RUN, specs, "stalled", "the builder loop stalled", exclude="builder") == ["supervisor"]
+    assert store.loop(RUN, "supervisor").nudges == [
+        "Woken: a loop stalled or was stopped (stalled): the builder loop stalled"]
+    assert store.loop(RUN, "builder").nudges == [] and store.loop(RUN, "reviewer").nudges == []
+    [ev] = store.events(RUN, "woken")
+    assert (ev["event"], ev["roles"]) == ("stalled", "supervisor")
+    # the role that stalled is not woken by its own stall: nobody is, and nothing is recorded
+    assert wake(store, RUN, specs, "stalled", "the supervisor loop stalled", exclude="supervisor") == []
+    assert len(store.events(RUN, "woken")) == 1
+
+
+def test_the_outbox_is_carried_out_request_by_request(supervised, tmp_path, monkeypatch):
+    """What an agent asked for in its iteration: messages to other roles (never to itself), a
+    notification; a bad request is refused with an event and does not cost the others."""
+    from ccci_dist.engine.supervisor import MAX_REQUESTS, OUTBOX_ENV, OUTBOX_FILE, apply_outbox, outbox_request
+
+    _, store = supervised
+    roles = ["builder", "reviewer", "supervisor"]
+    folder = tmp_path / "outbox"
+    folder.mkdir()
+    assert apply_outbox(store, RUN, "supervisor", folder, roles) == 0  # no file: nothing asked
+    monkeypatch.setenv(OUTBOX_ENV, str(folder))
+    outbox_request("inbox", to="builder", text="fix the build")
+    with (folder / OUTBOX_FILE).open("a") as f:
+        f.write("not json\n")
+        f.write('["a", "list"]\n')  # JSON, but not a request
+    outbox_request("inbox", text="everyone: read the brief")  # to every other role
+    outbox_request("inbox", to="nobody", text="lost")
+    outbox_request("inbox", to="builder", text="   ")
+    outbox_request("shout", text="not a kind")
+    outbox_request("notify", title="weekly", text="all fine")
+    assert apply_outbox(store, RUN, "supervisor", folder, roles) == 3
+    assert [m["text"] for m in inbox_store.listing(store, RUN, "builder")] == ["fix the build",
+                                                                               "everyone: read the brief"]
+    assert [m["text"] for m in inbox_store.listing(store, RUN, "reviewer")] == ["everyone: read the brief"]
+    assert inbox_store.listing(store, RUN, "supervisor") == []
+    assert {m["from"] for m in inbox_store.listing(store, RUN, "builder")} == {"supervisor"}
+    assert [e["to"] for e in store.events(RUN, "inbox_from_role")] == ["builder", "builder,reviewer"]
+    refused = [e["detail"] for e in store.events(RUN, "outbox_refused")]
+    assert len(refused) == 4, refused
+    assert "Expecting value" in refused[0] and "not a JSON object" in refused[1]
+    assert "unknown role 'nobody'" in refused[2] and "message is empty" in refused[3]
+    assert ("role_report", "default/supervisor: weekly", "all fine") in notifications(store)
+    # a flood is cut at MAX_REQUESTS per iteration
+    (folder / OUTBOX_FILE).write_text("".join(json.dumps({"kind": "inbox", "to": "reviewer", "text": f"m{i}"}) + "\n"
+                                              for i in range(MAX_REQUESTS + 5)))
+    assert apply_outbox(store, RUN, "supervisor", folder, roles) == MAX_REQUESTS
+    assert len(inbox_store.listing(store, RUN, "reviewer")) == 1 + MAX_REQUESTS
+
+
+def test_the_digest_is_the_run_status_with_history_and_reboots(supervised):
+    from ccci_dist.engine.supervisor import digest
+
+    s, store = supervised
+    assert digest(store, s, "nosuchrun") == ""
+    task = store.queued_task(RUN, "builder")
+    claim = store.claim(RUN, "builder", task, "w1/1/t", 60, "w1")
+    assert store.finish(RUN, "builder", claim.token, "w1/1/t", {"iteration": "1", "last_outcome": "success"},
+                        {"role": "builder", "iteration": "1", "outcome": "success", "cost": "0.1234",
+                         "detail": "built the service"})
+    store.event(RUN, "reboot_recorded", host="pi4")
+    text = digest(store, s, RUN)
+    lines = text.splitlines()
+    assert lines[0].startswith("Run default: run default:") and "phase 1 (1 of 2)" in lines[0]
+    assert "Phases: 1 working, 2 pending" in lines
+    assert "D-items: D1 unverified, D2 unverified, D3 unverified" in lines
+    assert any(line.startswith("Blocks DONE: ") and "D1" in line for line in lines)
+    assert sum(line.startswith(("- builder:", "- reviewer:", "- supervisor:")) for line in lines) == 3
+    assert "- builder #1: success ($0.1234) built the service" in lines
+    assert re.search(r"^Reboots: \d{4}-\d\d-\d\d \d\d:\d\d UTC on pi4$", text, re.M), text
+
+
+# -- watchdog --------------------------------------------------------------------------------------
+
+def test_a_queued_message_still_in_the_broker_is_not_requeued(engine):
+    s, store = started(engine)
+    old = store.queued_task(RUN, "builder")
+    sent_at = datetime.fromtimestamp(store.loop(RUN, "builder").next_at, UTC)
+    tick(store, s, sent_at + timedelta(seconds=s.pickup_timeout + 1))  # late, but waiting in the queue: no worker yet
+    assert store.queued_task(RUN, "builder") == old and messages(store, "builder") == [old]
+    assert not store.events(RUN, "requeued")
+
+
+def test_breaker_paused_and_held_loops_are_a_standstill_until_a_message_wakes_one(engine):
+    """The builder paused by the breaker and the reviewer held for the builder's work: nothing moves
+    on its own. One stuck event and notification per stretch; an INBOX message wakes the builder."""
+    s, store = started(engine)
+    _idle(store, "builder", "reviewer")
+    rh = store.run(RUN)
+    commit = MachineDocs.model_validate_json(rh.docs).commit
+    assert commit
+    store.set_loop_fields(RUN, "builder", state="paused", pause_reason="no_progress", paused_commit=commit)
+    store.set_loop_fields(RUN, "reviewer", waiting="the builder's next push",
+                          waiting_docs=docs_fingerprint(MachineDocs.model_validate_json(rh.docs)))
+    tick(store, s, NOW)
+    tick(store, s, NOW + timedelta(minutes=1))
+    [ev] = store.events(RUN, "stuck")
+    assert "breaker paused builder (no_progress)" in ev["detail"] and "reviewer is held" in ev["detail"]
+    assert store.run(RUN).stuck_since == NOW.timestamp()
+    assert [n[:2] for n in notifications(store) if n[0] == "run_stuck"] == [("run_stuck", "default: stuck")]
+    assert messages(store, "builder") == messages(store, "reviewer") == []
+    inbox_store.send(store, RUN, ["builder"], "try the other approach")
+    tick(store, s, NOW + timedelta(minutes=2))
+    [resumed] = store.events(RUN, "resumed")
+    assert (resumed["role"], resumed["reason"], resumed["after"]) == ("builder", "1 INBOX message(s) arrived",
+                                                                      "no_progress")
+    assert store.loop(RUN, "builder").state == "active" and len(messages(store, "builder")) == 1
+    assert store.run(RUN).stuck_since is None
+    assert messages(store, "reviewer") == []  # still held: the docs did not change
+
+
+def test_a_breaker_paused_loop_wakes_when_the_repo_moves_on(engine):
+    s, store = started(engine)
+    _idle(store, "builder")
+    commit = MachineDocs.model_validate_json(store.run(RUN).docs).commit
+    store.set_loop_fields(RUN, "builder", state="paused", pause_reason="repeated_error", paused_commit=commit)
+    tick(store, s, NOW)
+    assert store.loop(RUN, "builder").state == "paused" and messages(store, "builder") == []
+    moved = parse_docs("", "").model_copy(update={"commit": "f" * 40})
+    store.update_run(RUN, docs=moved.model_dump_json())
+    tick(store, s, NOW)
+    [ev] = store.events(RUN, "resumed")
+    assert ev["reason"] == "the repo moved on to ffffffffff"
+    assert store.loop(RUN, "builder").state == "active" and len(messages(store, "builder")) == 1
+    assert ("loop_resumed", "default/builder: resumed") in [n[:2] for n in notifications(store)]
+
+
+def test_a_held_loop_is_woken_when_the_machine_docs_change(engine):
+    s, store = started(engine)
+    _idle(store, "reviewer")
+    docs = MachineDocs.model_validate_json(store.run(RUN).docs)
+    store.set_loop_fields(RUN, "reviewer", waiting="the builder's DONE", waiting_docs=docs_fingerprint(docs))
+    tick(store, s, NOW)
+    assert messages(store, "reviewer") == [] and not store.events(RUN, "woke")
+    store.update_run(RUN, docs=_verified(NOW, ["1"], []))
+    tick(store, s, NOW)
+    [ev] = store.events(RUN, "woke")
+    assert (ev["role"], ev["reason"], ev["waited_for"]) == ("reviewer", "the machine docs changed",
+                                                            "the builder's DONE")
+    assert len(messages(store, "reviewer")) == 1 and store.loop(RUN, "reviewer").waiting == ""
+
+
+def test_one_broken_run_does_not_stop_the_others_ticks(engine, caplog):
+    from ccci_dist.engine.runs import start_run
+
+    s, store = started(engine)
+    start_run(store, s.model_copy(update={"run": "other"}))
+    store.update_run("other", plan="{not json")
+    _idle(store, "builder")
+    with caplog.at_level(logging.ERROR, logger="ccci_dist.engine.watchdog"):
+        assert tick(store, s, NOW) == "ticked"
+    assert "watchdog failed on run other" in caplog.text
+    assert messages(store, "builder") == [store.queued_task(RUN, "builder")]
+
+
+def test_inbox_md_entries_become_messages_once(engine, remote_repo, tmp_path, caplog, monkeypatch):
+    from ccci_dist.engine.watchdog import inbox_poll_task, poll_inbox_file
+
+    s, store = started(engine)
+    tick(store, s, NOW)
+    tick(store, s, NOW)
+    assert control_tasks(store, "ccci.inbox_poll") == [[RUN]]  # one poll per interval, off the tick
+    roles = ["builder", "reviewer"]
+    assert poll_inbox_file(store, s, RUN, store.run(RUN), roles) == 0  # the repo has no INBOX.md
+    _push(remote_repo, tmp_path, {"INBOX.md": "# Inbox\n\n- @reviewer: check the logs\n- all: rebase\n"})
+    assert inbox_poll_task(RUN) == 2
+    assert inbox_poll_task(RUN) == 0
+    assert [e["added"] for e in store.events(RUN, "inbox_file")] == ["2"]
+    assert [m["text"] for m in inbox_store.listing(store, RUN, "reviewer")] == ["check the logs", "all: rebase"]
+    # the repo host is down: no messages, no exception, a warning
+    gone = store.run(RUN).model_copy(update={"repo": str(tmp_path / "gone.git")})
+    with caplog.at_level(logging.WARNING, logger="ccci_dist.engine.watchdog"):
+        assert poll_inbox_file(store, s, RUN, gone, roles) == 0
+    assert "cannot read INBOX.md of run default" in caplog.text
+    from ccci_dist.engine.runs import stop_run
+
+    stop_run(store, RUN)
+    _push(remote_repo, tmp_path, {"INBOX.md": "# Inbox\n\n- later\n"})
+    assert inbox_poll_task(RUN) == 0  # a stopped run is not polled
+
+
+def test_done_names_the_messages_never_delivered(engine):
+    s, store = started(engine)
+    [mid] = inbox_store.send(store, RUN, ["builder"], "one more thing")
+    store.update_run(RUN, docs=_verified(NOW, ["1", "2"], ALL))
+    tick(store, s, NOW)
+    assert store.run(RUN).status == "done"
+    [ev] = store.events(RUN, "done")
+    assert ev["undelivered"] == "1"
+    [(kind, title, body)] = [n for n in notifications(store) if n[0] == "done"]
+    assert title == "default: DONE"
+    assert body.endswith(f"; 1 INBOX message(s) were never delivered: [{mid}] to builder: one more thing")
+
+
+def test_a_follow_up_tick_is_scheduled_once_while_one_is_pending(engine):
+    from ccci_dist.engine.watchdog import follow_up
+
+    s, store = engine
+    follow_up(store, s, 2.0)
+    follow_up(store, s, 2.0)
+    assert len(control_tasks(store, "ccci.watchdog")) == 1
+
+
+# -- runs ------------------------------------------------------------------------------------------
+
+def test_start_refusals_name_the_fix(engine):
+    from ccci_dist.engine.runs import RunError, start_run
+
+    s, store = engine
+    with pytest.raises(RunError, match=r"no run .default. \(runs: none yet\)"):
+        start_run(store, s, must_exist=True)
+    with pytest.raises(RunError, match="no plan package configured; set plan_dir"):
+        start_run(store, s.model_copy(update={"plan_dir": None}))
+    with pytest.raises(RunError, match="no project repo configured; set project_repo"):
+        start_run(store, s.model_copy(update={"project_repo": ""}))
+    with pytest.raises(RunError, match=r"unknown phase .9.; the plan's phases are 1, 2"):
+        start_run(store, s, phase="9")
+    with pytest.raises(RunError, match=r"the repo has no branch 'trunk' \(its branches: main\)"):
+        start_run(store, s.model_copy(update={"branch": "trunk"}))
+    assert not store.run(RUN).exists and store.runs() == []
+
+
+def test_a_repo_without_commits_gets_the_machine_doc_skeletons(engine, tmp_path):
+    from ccci_dist.engine.runs import start_run
+
+    s, store = engine
+    bare = tmp_path / "empty.git"
+    subprocess.run(["git", "init", "-q", "--bare", str(bare)], check=True)
+    out = start_run(store, s.model_copy(update={"project_repo": str(bare)}))
+    assert out["said"] == [f"the repo had no commits: made the first one on main ({STATUS_FILE}, {REVIEW_FILE}, "
+                           ".gitignore)"]
+    files = subprocess.run(["git", "-C", str(bare), "ls-tree", "--name-only", "main"], check=True,
+                           capture_output=True, text=True).stdout.split()
+    assert sorted(files) == sorted([STATUS_FILE, REVIEW_FILE, ".gitignore"])
+    assert out["phase"] == "1" and store.run(RUN).status == "active"
+
+
+def test_an_existing_run_keeps_its_identity_unless_reconfigured(engine, tmp_path):
+    from ccci_dist.engine.runs import start_run
+
+    s, store = started(engine)
+    other = tmp_path / "plan-copy"
+    shutil.copytree(TINY, other)
+    moved = s.model_copy(update={"plan_dir": other})
+    old, new = str(TINY.resolve()), str(other.resolve())
+    out = start_run(store, moved)
+    assert out["kept"] == [("plan_dir", old, new)] and out["changed"] == []
+    assert store.run(RUN).plan_dir == old and not store.events(RUN, "reconfigured")
+    out = start_run(store, moved, reconfigure=True)
+    assert out["changed"] == [("plan_dir", old, new)] and out["kept"] == []
+    assert store.run(RUN).plan_dir == new
+    [ev] = store.events(RUN, "reconfigured")
+    assert ev["plan_dir"] == f"{old} -> {new}"
+
+
+def test_a_restart_keeps_a_budget_pause_and_a_done_run_needs_reopen(engine):
+    from ccci_dist.engine.runs import RunError, start_run
+
+    s, store = started(engine)
+    until = time.time() + 3600
+    assert store.pause_run(RUN, until, "daily budget $5.00 reached")
+    out = start_run(store, s)
+    rh = store.run(RUN)
+    assert out["paused"] and rh.status == "paused" and rh.pause_reason == "daily budget $5.00 reached"
+    assert rh.paused_until == pytest.approx(until, abs=0.01)
+    store.mark_done(RUN, ["builder", "reviewer"])
+    with pytest.raises(RunError, match=r"run .default. is DONE; pass --reopen to work on phase .2. again"):
+        start_run(store, s, phase="2")
+    start_run(store, s, phase="2", reopen=True)
+    rh = store.run(RUN)
+    assert (rh.status, rh.phase, rh.target_phase) == ("active", "2", "2")
+
+
+def test_start_loop_restarts_one_stopped_loop(engine):
+    from ccci_dist.engine.runs import RunError, start_loop, stop_note, stop_run
+
+    s, store = started(engine)
+    with pytest.raises(RunError, match="no run 'other'"):
+        start_loop(store, s, "other", "builder")
+    with pytest.raises(RunError, match="unknown role 'tester'; this run's roles are builder, reviewer"):
+        start_loop(store, s, RUN, "tester")
+    assert stop_run(store, RUN) == ["builder", "reviewer"]
+    assert store.run(RUN).status == "stopped"
+    _idle(store, "builder", "reviewer")
+    start_loop(store, s, RUN, "reviewer")
+    assert store.run(RUN).status == "active"
+    assert store.loop(RUN, "reviewer").state == "active" and store.loop(RUN, "builder").state == "stopped"
+    assert messages(store, "reviewer") == [store.queued_task(RUN, "reviewer")] and messages(store, "builder") == []
+    assert store.events(RUN, "started")[-1]["role"] == "reviewer"
+    store.mark_done(RUN, ["builder", "reviewer"])
+    with pytest.raises(RunError, match="is DONE; `ccci-dist start` starts it again"):
+        start_loop(store, s, RUN, "builder")
+    assert stop_run(store, RUN) == [] and stop_note(store, RUN, []) == "run default is DONE; nothing was running"
+
+
+def test_forget_is_refused_while_an_iteration_is_live(engine):
+    from ccci_dist.engine.runs import RunError, forget_run
+
+    s, store = started(engine)
+    with pytest.raises(RunError, match="no run 'other'"):
+        forget_run(store, "other")
+    task = store.queued_task(RUN, "builder")
+    assert store.claim(RUN, "builder", task, "w1/1/t", 60, "w1").ok
+    with pytest.raises(RunError, match=r"has a live iteration \(builder\); `ccci-dist --run default stop` first"):
+        forget_run(store, RUN)
+    assert store.run(RUN).exists
+    assert store.drop_lease(RUN, "builder", "w1/1/t")
+    assert forget_run(store, RUN) > 0
+    assert store.runs() == [] and not store.run(RUN).exists and not list(store.r.scan_iter(f"ccci:*:{RUN}:*"))
+
+
+# -- status ----------------------------------------------------------------------------------------
+
+def test_status_of_an_unknown_run_is_none_and_an_unreadable_run_is_left_out(engine, caplog):
+    from ccci_dist.engine.runs import start_run
+    from ccci_dist.engine.status import all_status, run_status
+
+    s, store = started(engine)
+    assert run_status(store, s, "nosuchrun") is None
+    start_run(store, s.model_copy(update={"run": "other"}))
+    store.update_run("other", docs="{broken")
+    with caplog.at_level(logging.WARNING, logger="ccci_dist.engine.status"):
+        assert [st.run for st in all_status(store, s)] == [RUN]
+    assert "run other has unreadable state" in caplog.text and "`ccci-dist forget other`" in caplog.text
+
+
+def test_status_header_says_target_watchdog_and_undelivered_messages(engine):
+    from ccci_dist.engine.status import run_status
+
+    s, store = started(engine)
+    s = s.model_copy(update={"daily_budget_usd": 5.0})
+    store.update_run(RUN, target_phase="2")
+    task = store.queued_task(RUN, "builder")
+    assert store.claim(RUN, "builder", task, "w1/1/t", 60, "w1").ok
+    store.live_ping("w1/1", 60_000)  # its worker process is alive
+    st = run_status(store, s, RUN, time.time())
+    assert "· target 2" in st.header
+    assert not st.liveness.watchdog.running and st.header.endswith(" · watchdog never ran")
+    assert st.cost.daily_budget == 5.0 and st.cost.budget_left_today == 5.0
+    assert st.loops["builder"].running_since is not None and st.loops["builder"].lease_age is not None
+    assert st.loops["reviewer"].running_since is None and st.loops["reviewer"].lease_age is None
+    store.record_tick(1.0)
+    st = run_status(store, s, RUN, time.time())
+    assert st.liveness.watchdog.running and "watchdog" not in st.header
+    [mid] = inbox_store.send(store, RUN, ["reviewer"], "never read")
+    store.mark_done(RUN, ["builder", "reviewer"])
+    st = run_status(store, s, RUN, time.time())
+    assert "· 1 INBOX message(s) never delivered" in st.header
+    assert st.undelivered == [{"id": mid, "role": "reviewer", "text": "never read"}]
+
+
+def test_status_lists_each_agent_profiles_window(engine):
+    from ccci_dist.engine.status import agent_windows
+
+    _, store = engine
+    now = time.time()
+    store.record_agent_window("claude-main", {"limited_until": f"{now + 3600:.3f}", "limit_kind": "five_hour"})
+    store.record_agent_window("codex-spare", {"limited_until": f"{now - 60:.3f}"})
+    got = agent_windows(store, now)
+    assert [(w.profile, w.state, w.limit_kind) for w in got] == [("claude-main", "limited", "five_hour"),
+                                                                 ("codex-spare", "available", "")]
+    assert got[0].limited_until.timestamp() == pytest.approx(now + 3600, abs=0.01)
+
+
+# -- the lease watcher -------------------------------------------------------------------------------
+
+def test_the_lease_watcher_reruns_the_loop_of_a_gone_holder_after_its_grace(engine, redis_server):
+    """A worker process holds the builder's lease and its named liveness connection; the process dies
+    (the connection closes). Two reads more than the grace apart without it: the lease is dropped
+    and the loop re-run at once (a restart). A holder never seen alive is left to its TTL."""
+    from ccci_dist.core.liveness import LIVE_PREFIX, live_name
+    from ccci_dist.engine.liveness import LeaseWatcher
+
+    s, store = started(engine)
+    task = store.queued_task(RUN, "builder")
+    owner = f"hostx/4242/{task}"
+    conn = redis.Redis.from_url(redis_server.url, client_name=live_name("hostx", 4242))
+    conn.ping()
+    assert store.claim(RUN, "builder", task, owner, 60, "hostx").ok
+    stranger = store.queued_task(RUN, "reviewer")
+    assert store.claim(RUN, "reviewer", stranger, f"hosty/7/{stranger}", 60, "hosty").ok  # never seen alive
+    _idle(store, "builder")
+    w = LeaseWatcher(s, store, grace=1.0)
+    w.gone.settle = 0  # the session's redis-server may be younger than the settle time
+    assert w.step(100.0) == []  # hostx/4242 is seen alive
+    conn.connection_pool.disconnect()  # the process died
+    wait_for(lambda: live_name("hostx", 4242) not in store.liveness_read(LIVE_PREFIX)[2], 10, 0.05,
+             "the dead process's connection to leave the client list")
+    assert w.step(100.5) == []  # first read without it
+    assert w.step(101.5) == []  # second, but only 1.0 s after the first miss: within the grace
+    assert w.step(101.6) == [(RUN, "builder")]
+    assert store.lease_owner(RUN, "builder") is None
+    [gone] = store.events(RUN, "lease_holder_gone")
+    assert (gone["role"], gone["owner"]) == ("builder", owner)
+    [restart] = store.events(RUN, "restart")
+    assert (restart["role"], restart["host"]) == ("builder", "hostx")
+    assert messages(store, "builder") == [store.queued_task(RUN, "builder")]
+    assert store.lease_owner(RUN, "reviewer") == f"hosty/7/{stranger}"  # never seen alive: left alone
+
+
+# -- the runner ----------------------------------------------------------------------------------------
+
+def _claimed(store, s, role="builder"):
+    task = store.queued_task(RUN, role)
+    owner = f"w1/1/{task}"
+    claimed = store.claim_and_read(RUN, role, task, owner, s.lease_ttl, "w1")
+    assert claimed.claim.ok
+    return task, owner, claimed
+
+
+def test_a_runner_crash_is_recorded_as_the_iterations_outcome(engine):
+    from ccci_dist.engine.iteration import Iteration
+
+    s, store = started(engine)
+    store.update_run(RUN, plan="{not json")  # the runner cannot read the run's plan
+    task, owner, claimed = _claimed(store, s)
+    c = claimed.claim
+    it = Iteration(s, store, RUN, "builder", c.token, owner, c.iteration, c.attempt, task)
+    assert it.execute(claimed) == "crash" and it.failed
+    row = store.history(RUN)[-1]
+    assert (row["role"], row["iteration"], row["outcome"]) == ("builder", "1", "crash")
+    assert row["detail"].startswith("runner: JSONDecodeError")
+    loop = store.loop(RUN, "builder")
+    assert loop.last_outcome == "crash" and loop.fail_streak == 1
+    assert store.lease_owner(RUN, "builder") is None  # the fenced finish ended the iteration
+
+
+def test_a_crash_in_the_finishing_itself_is_recorded_plainly(engine):
+    """The finishing rules fail too (here on unreadable mirrored docs): the smallest fenced record,
+    a history row naming both errors and a back-off, so the loop neither spins nor goes silent."""
+    from ccci_dist.core.limits import backoff_seconds
+    from ccci_dist.engine.iteration import Iteration
+
+    s, store = started(engine)
+    store.update_run(RUN, plan="{not json", docs="{not json either")
+    task, owner, claimed = _claimed(store, s)
+    c = claimed.claim
+    it = Iteration(s, store, RUN, "builder", c.token, owner, c.iteration, c.attempt, task)
+    before = time.time()
+    assert it.execute(claimed) == "crash" and it.failed
+    row = store.history(RUN)[-1]
+    assert row["outcome"] == "crash" and row["detail"].startswith("runner: JSONDecodeError")
+    assert "; finishing: JSONDecodeError" in row["detail"]
+    loop = store.loop(RUN, "builder")
+    assert (loop.last_outcome, loop.fail_streak, loop.next_reason) == ("crash", 1, "back-off after 1 failure(s)")
+    wait = backoff_seconds(1, base=s.backoff_base, cap=s.backoff_max)
+    assert before + wait <= loop.not_before <= time.time() + wait
+    assert store.lease_owner(RUN, "builder") is None
+
+
+def test_the_agents_env_and_config_carry_no_secret(engine, tmp_path, monkeypatch):
+    from pydantic import SecretStr
+
+    from ccci_dist.engine.iteration import agent_env
+
+    s, store = engine
+    pw_file = tmp_path / "broker-pw"
+    pw_file.write_text("s3cret-broker-pw\n")
+    sudo_file = tmp_path / "sudo-pw"
+    sudo_file.write_text("sudo-pw-1234\n")
+    vm = s.vm.model_copy(update={"host": "vm.example.org", "port": 2222, "sudo_password_file": sudo_file})
+    s = s.model_copy(update={"notify_urls": [SecretStr("json://hooktoken123@hooks.example.org/x")],
+                             "broker_password_file": pw_file, "vm": vm})
+    monkeypatch.setenv("CCCI_NOTIFY_URLS", "whatever")
+    monkeypatch.setenv("MY_BROKER_COPY", s.broker_url.get_secret_value())
+    monkeypatch.setenv("MY_REDIS_PW", "test-redis-pw")  # the broker URL's password on its own
+    monkeypatch.setenv("MY_PW_COPY", "s3cret-broker-pw")
+    monkeypatch.setenv("MY_SUDO", "sudo-pw-1234")
+    monkeypatch.setenv("HARMLESS", "kept")
+    env = agent_env(s, RUN, "builder")
+    for name in ("CCCI_BROKER_URL", "CCCI_NOTIFY_URLS", "MY_BROKER_COPY", "MY_REDIS_PW", "MY_PW_COPY", "MY_SUDO"):
+        assert name not in env, name
+    assert env["HARMLESS"] == "kept" and (env["CCCI_RUN"], env["CCCI_ROLE"]) == (RUN, "builder")
+    import sysconfig
+
+    assert env["PATH"].split(":")[0] == sysconfig.get_path("scripts")
+    config = tomllib.loads(open(env["CCCI_CONFIG"]).read())
+    assert set(config) == {"vm"}
+    assert config["vm"]["host"] == "vm.example.org" and config["vm"]["port"] == 2222
+    assert config["vm"]["sudo_password_file"] == str(sudo_file.resolve())  # the path, never the password
+    text = open(env["CCCI_CONFIG"]).read()
+    assert "sudo-pw-1234" not in text and "s3cret" not in text and "hooktoken" not in text
+
+
+
+# -- boot ------------------------------------------------------------------------------------------------
+
+def test_a_new_boot_id_is_recorded_once_in_the_repo(engine, remote_repo, tmp_path):
+    from ccci_dist.config import ConfigError
+    from ccci_dist.engine.boot import REBOOTS_FILE, record_reboot
+
+    s, _ = engine
+    s = s.model_copy(update={"boot_id_path": tmp_path / "boot_id"})
+    with pytest.raises(ConfigError, match=f"cannot read boot id from {tmp_path / 'boot_id'}"):
+        record_reboot(s, str(remote_repo), "main", RUN)
+    with pytest.raises(ConfigError, match="boot id 'not-a-uuid' is not a UUID"):
+        record_reboot(s, str(remote_repo), "main", RUN, boot_id="not-a-uuid")
+    (tmp_path / "boot_id").write_text("11111111-aaaa-4bbb-8ccc-000000000001\n")
+    assert record_reboot(s, str(remote_repo), "main", RUN, now=NOW) == (True, "11111111-aaaa-4bbb-8ccc-000000000001")
+    assert record_reboot(s, str(remote_repo), "main", RUN, now=NOW)[0] is False  # same boot: a service restart
+    # systemd's %b: the same kind of id without dashes
+    second = "22222222bbbb4ccc8ddd000000000002"
+    assert record_reboot(s, str(remote_repo), "main", RUN, now=NOW + timedelta(hours=1), boot_id=second) == (
+        True, "22222222-bbbb-4ccc-8ddd-000000000002")
+    text = subprocess.run(["git", "-C", str(remote_repo), "show", f"main:{REBOOTS_FILE}"], check=True,
+                          capture_output=True, text=True).stdout
+    rows = [line for line in text.splitlines() if line.startswith("| 2026")]
+    assert [r.split("|")[2:4] for r in rows] == [[" 11111111-aaaa-4bbb-8ccc-000000000001 ", " - "],
+                                                 [" 22222222-bbbb-4ccc-8ddd-000000000002 ",
+                                                  " 11111111-aaaa-4bbb-8ccc-000000000001 "]]
+    assert rows[0].startswith("| 2026-12-01 12:00:00 |")
