@@ -196,12 +196,13 @@ def test_patiently_retries_through_a_blip_and_gives_up_at_the_deadline(redis_ser
     live = redis_server.client()
     calls = iter([dead.ping, dead.ping, live.ping])
     out = OutageLog(logging.getLogger("test.patient"), "runner")
-    assert patiently(lambda: next(calls)(), lambda: time.monotonic() + 30, out) is True
+    later = time.monotonic() + 30  # the caller's deadline (an iteration: its lease's expiry)
+    assert patiently(lambda: next(calls)(), lambda: later, out) is True
     assert out.since is None  # the outage ended with the good call
     with pytest.raises(Unreachable, match=r"Redis unreachable \(ConnectionError\)"):
         patiently(dead.ping, lambda: 0.0, out)
     with pytest.raises(redis.ResponseError):  # not an outage: raised at once
-        patiently(lambda: live.execute_command("NOSUCHCOMMAND"), lambda: time.monotonic() + 30, out)
+        patiently(lambda: live.execute_command("NOSUCHCOMMAND"), lambda: later, out)
 
 
 # -- INBOX -------------------------------------------------------------------------------------------
