@@ -46,9 +46,9 @@ class Bed:
         return p
 
     def cli(self, *args: str, check: bool = True, input: str | None = None,
-            env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+            env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess:
         p = subprocess.run([sys.executable, "-m", "ccci_dist", *args], capture_output=True, text=True,
-                           env={**os.environ, **self.env, **(env or {})}, cwd=self.tmp, input=input, timeout=60)
+                           env={**os.environ, **self.env, **(env or {})}, cwd=self.tmp, input=input, timeout=timeout)
         if check and p.returncode != 0:
             raise AssertionError(f"ccci-dist {' '.join(args)} failed ({p.returncode}): {p.stderr}")
         return p

@@ -31,7 +31,7 @@ def cli(redis_url, remote_repo, tmp_path, celery_on):
 
     def run(*args: str, input: str | bytes | None = None, **more: str | None):
         res = CliRunner().invoke(main, list(args), env={**env, **more}, input=input, prog_name="ccci-dist")
-        assert "Traceback" not in res.stdout + res.stderr, res.stderr
+        assert "--debug" in args or "Traceback" not in res.stdout + res.stderr, res.stderr
         return res
 
     run.url = redis_url
@@ -356,3 +356,48 @@ def test_doctor_says_each_check_and_the_fix_of_each_failure(cli, remote_repo):
     assert away.exit_code == 1 and "beat" not in checks and "workers" not in checks
     assert checks["broker"] == {"name": "broker", "ok": False, "detail": "not reachable (ConnectionError)",
                                 "fix": "start Redis or fix broker_url / broker_password_file"}
+
+
+def test_an_unexpected_error_is_one_line_and_its_traceback_goes_to_a_private_log(cli, tmp_path):
+    target = tmp_path / "a-dir"
+    target.mkdir()
+    log = tmp_path / "state" / "logs" / "cli-errors.log"
+    err = one_error(cli("state", "export", str(target)), code=1)  # IsADirectoryError: not the input's fault
+    assert err.startswith("IsADirectoryError: ") and err.endswith(f" (traceback in {log}; or rerun with --debug)")
+    assert "Traceback (most recent call last)" in log.read_text() and log.stat().st_mode & 0o777 == 0o600
+    assert cli.url.split(":")[2].split("@")[0] not in log.read_text()  # the broker password is masked
+    res = cli("--debug", "state", "export", str(target))
+    assert res.exit_code == 1 and res.stderr.startswith("Traceback (most recent call last)")
+    assert res.stderr.splitlines()[-1].startswith("error: IsADirectoryError: ") and "traceback in" not in res.stderr
+    # a file name over the file system's limit is the operator's input: exit 2, no log entry
+    before = log.read_text()
+    err = one_error(cli("state", "export", str(tmp_path / ("x" * 300))))
+    assert "File name too long" in err and log.read_text() == before
+
+
+def test_a_command_whose_extra_is_missing_is_listed_and_says_what_to_install(cli, monkeypatch):
+    from ccci_dist import cli as cli_module
+
+    monkeypatch.setitem(cli_module.NEEDS_EXTRA, "vm", ("vm", "ccci_no_such_module"))
+    assert "ccci_no_such_module is not installed; install ccci-dist[vm]" in ok(cli("--help"))
+    for args in (["vm"], ["vm", "check", "--any", "thing"]):
+        err = one_error(cli(*args))
+        assert err == "ccci_no_such_module is not installed; install ccci-dist[vm] for the vm commands"
+
+
+def test_a_repo_without_commits_gets_the_first_one_and_eof_at_a_question_changes_nothing(cli, tmp_path):
+    empty = tmp_path / "empty.git"
+    subprocess.run(["git", "init", "-q", "--bare", "-b", "main", str(empty)], check=True)
+    out = ok(cli("start", CCCI_PROJECT_REPO=str(empty)))
+    assert out.splitlines()[0].startswith("the repo had no commits: made the first one on main ("), out
+    log = subprocess.run(["git", "--git-dir", str(empty), "log", "--format=%s", "main"], capture_output=True,
+                         text=True, check=True).stdout
+    assert len(log.splitlines()) == 1
+    # no answer (stdin at its end): nothing changes, one error line
+    res = cli("forget", "default", input="")
+    assert res.exit_code == 1 and res.stderr.endswith("error: run default not forgotten; nothing changed "
+                                                      "(pass --yes to skip the question)\n")
+    res = cli("start", "--reconfigure", input="")
+    assert res.exit_code == 1 and res.stderr.endswith("error: run default not reconfigured; nothing changed "
+                                                      "(pass --yes to skip the question)\n")
+    assert r_of(cli).hget("ccci:run:default", "repo") == str(empty)

@@ -159,7 +159,9 @@ def test_demo_touches_only_its_own_run_and_forget_removes_a_run(bed):
     assert "run half: " in st and "run demo-keep: " in st
     assert {"half", "demo-keep"} <= {s["run"] for s in json.loads(bed.cli("status", "--json").stdout)}
 
-    out = bed.cli("demo", "--timeout", "150").stdout
+    # beyond the demo's own limit: a slow demo says so itself (and saves its coverage) instead of being killed
+    # by the 60 s default here, which also left its worker and its redis-server running (own sessions)
+    out = bed.cli("demo", "--timeout", "150", timeout=240).stdout
     assert "DONE" in out
     # the demo ran on a redis-server of its own and says how to stop it
     down = out.split("`ccci-dist ", 1)[1].split("`", 1)[0].split()
