@@ -401,3 +401,38 @@ def test_a_repo_without_commits_gets_the_first_one_and_eof_at_a_question_changes
     assert res.exit_code == 1 and res.stderr.endswith("error: run default not reconfigured; nothing changed "
                                                       "(pass --yes to skip the question)\n")
     assert r_of(cli).hget("ccci:run:default", "repo") == str(empty)
+
+
+def test_boot_records_a_new_boot_id_once_and_resumes_the_run(cli, tmp_path, remote_repo):
+    from harness import git
+
+    boot = "0d3f9a64-2b7c-4f4e-9a51-7d2c4b1e8f00"
+    assert one_error(cli("boot", "--boot-id", "not-a-uuid")).startswith("boot id 'not-a-uuid' is not a UUID;")
+    assert one_error(cli("boot", "--boot-id", boot, CCCI_PROJECT_REPO=None)).startswith(
+        "no project repo configured; set project_repo")
+    ok(cli("start"))
+    r = r_of(cli)
+    out = ok(cli("boot", "--boot-id", boot.replace("-", ""), CCCI_HOSTNAME="host-a"))  # systemd's %b form
+    assert out == (f"reboot recorded in REBOOTS.md (boot id {boot})\nrun default resumed at phase 1\n")
+    rows = git("show", "main:REBOOTS.md", cwd=remote_repo).splitlines()
+    assert rows[-1].endswith(f"| {boot} | - | host-a |") and len(rows) == 5
+    assert [e["kind"] for e in _events(r) if e["kind"] == "reboot_recorded"] == ["reboot_recorded"]
+    assert "reboot" in json.loads(r.hget("ccci:loop:default:builder", "nudges") or "[]")  # the resume says why
+    # the same boot again (a restarted unit): nothing recorded, the run resumed
+    out = ok(cli("boot", "--boot-id", boot, CCCI_HOSTNAME="host-a"))
+    assert out == f"boot id {boot} already recorded; nothing to record\nrun default resumed at phase 1\n"
+    assert len(git("show", "main:REBOOTS.md", cwd=remote_repo).splitlines()) == 5
+    # a stopped run stays stopped
+    ok(cli("stop"))
+    second = "1e4f0b75-3c8d-4a5f-8b62-8e3d5c2f9a11"
+    out = ok(cli("boot", "--boot-id", second, CCCI_HOSTNAME="host-a"))
+    assert out == (f"reboot recorded in REBOOTS.md (boot id {second})\n"
+                   "run default is stopped; not resuming it (use `ccci-dist start` to)\n")
+    assert git("show", "main:REBOOTS.md", cwd=remote_repo).splitlines()[-1].endswith(f"| {second} | {boot} | host-a |")
+    assert r.hget("ccci:run:default", "status") == "stopped"
+
+
+def _events(r: redis.Redis) -> list[dict]:
+    from ccci_dist.state.store import Store
+
+    return Store(r).events("default")
