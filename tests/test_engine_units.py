@@ -186,6 +186,13 @@ def test_breaker_paused_and_held_loops_are_a_standstill_until_a_message_wakes_on
     assert store.run(RUN).stuck_since == NOW.timestamp()
     assert [n[:2] for n in notifications(store) if n[0] == "run_stuck"] == [("run_stuck", "default: stuck")]
     assert messages(store, "builder") == messages(store, "reviewer") == []
+    from ccci_dist.engine.status import run_status
+
+    st = run_status(store, s, RUN, NOW.timestamp())  # the cockpit says the same, and what to do
+    assert st.breaker == ev["detail"] and f"· {ev['detail']}" in st.header
+    assert st.loops["builder"].next_action.startswith("wake it: send an INBOX message (`ccci-dist inbox send --to "
+                                                      "builder ...`)")
+    assert st.loops["reviewer"].next_action.startswith("wake builder (paused, so it will not write what this loop")
     inbox_store.send(store, RUN, ["builder"], "try the other approach")
     tick(store, s, NOW + timedelta(minutes=2))
     [resumed] = store.events(RUN, "resumed")
@@ -597,3 +604,135 @@ def test_a_new_boot_id_is_recorded_once_in_the_repo(engine, remote_repo, tmp_pat
                                                  [" 22222222-bbbb-4ccc-8ddd-000000000002 ",
                                                   " 11111111-aaaa-4bbb-8ccc-000000000001 "]]
     assert rows[0].startswith("| 2026-12-01 12:00:00 |")
+
+
+# -- the runner's bookkeeping ---------------------------------------------------------------------------------
+
+def _iteration(s, store, number: int = 1, attempt: int = 1, role: str = "builder"):
+    from ccci_dist.engine.iteration import Iteration
+
+    return Iteration(s, store, RUN, role, 1, f"w1/1/t{number}", number, attempt, f"t{number}-{attempt}")
+
+
+def test_codex_tokens_count_what_a_resumed_thread_added(engine):
+    """Codex reports its thread's running total: a run that resumed the thread the loop saw last is
+    charged the difference; a new thread, or a run that did not resume, its whole count."""
+    from ccci_dist.adapters.agent import IterationResult
+    from ccci_dist.state.models import LoopState
+
+    s, store = engine
+    codex = s.model_copy(update={"agent_command": "codex exec --json"})
+    res = IterationResult(session_id="th1", usage={"input_tokens": 1500, "output_tokens": 300})
+    seen = LoopState(thread_tokens="th1 1000 200")
+    it = _iteration(codex, store)
+    assert it.kind == "codex"
+    it.resumed = "th1"
+    fields: dict = {}
+    assert it._tokens(res, seen, fields) == (500, 100) and fields["thread_tokens"] == "th1 1500 300"
+    assert it._tokens(res, LoopState(thread_tokens="th0 1000 200"), {}) == (1500, 300)  # another thread
+    it.resumed = ""
+    assert it._tokens(res, seen, {}) == (1500, 300)  # a fresh session of the same id: not resumed
+    it.resumed = "th1"
+    assert it._tokens(res, LoopState(thread_tokens="th1 9000 900"), {}) == (0, 0)  # never negative
+    claude, fields = _iteration(s, store), {}
+    assert claude._tokens(res, seen, fields) == (1500, 300) and "thread_tokens" not in fields
+
+
+def test_the_daily_budget_pauses_the_run_once_until_midnight(engine):
+    s, store = started(engine)
+    s = s.model_copy(update={"daily_budget_usd": 1.0})
+    now = datetime.now(UTC)
+    _iteration(s, store, 1)._charge(0.6, now)
+    assert store.run(RUN).status == "active"
+    _iteration(s, store, 2)._charge(0.6, now)
+    rh = store.run(RUN)
+    midnight = (now + timedelta(days=1)).replace(hour=0, minute=0, second=0, microsecond=0)
+    assert (rh.status, rh.pause_reason) == ("paused", "daily budget $1.00 reached")
+    assert rh.paused_until == midnight.timestamp()
+    _iteration(s, store, 3)._charge(0.2, now)  # another iteration that was under way: no second report
+    [ev] = store.events(RUN, "budget_reached")
+    assert ev["total"] == "1.2000"
+    assert [n[1] for n in notifications(store) if n[0] == "budget_reached"] == ["default: daily budget reached"]
+
+
+def test_lost_work_is_kept_on_the_remote_and_the_next_attempt_is_told(engine, remote_repo, caplog):
+    from ccci_dist.adapters.workspace import Workspace, abandoned_ref
+    from ccci_dist.state.models import LoopState
+
+    s, store = engine
+    ws = Workspace(s.workspace_dir / RUN / "builder", str(remote_repo), "main")
+    ws.sync("builder-1")
+    (ws.path / "work.txt").write_text("done\n")
+    git = ["git", "-C", str(ws.path), "-c", "user.name=agent", "-c", "user.email=agent@example.org"]
+    subprocess.run([*git, "add", "work.txt"], check=True)
+    subprocess.run([*git, "commit", "-q", "-m", "work"], check=True)
+    ref = _iteration(s, store, 7, 1)._abandon(ws, "its lease was lost")
+    assert ref == abandoned_ref(RUN, "builder", 7, 1)
+    remote = subprocess.run(["git", "-C", str(remote_repo), "log", "--format=%s", "-1", ref], check=True,
+                            capture_output=True, text=True).stdout.strip()
+    assert remote == "work"
+    again = _iteration(s, store, 7, 2)
+    assert ref in again._salvage(ws) and "salvage what is still needed" in again._salvage(ws)
+    first = _iteration(s, store, 7, 1)
+    assert first._salvage(ws) == ""  # the common case: a first attempt after a normal finish
+    first.loop = LoopState(last_outcome="lease_lost")  # the lost attempt's record, same attempt number
+    assert ref in first._salvage(ws)
+    assert _iteration(s, store, 8, 2)._salvage(ws) == ""  # nothing kept for that iteration
+    shutil.rmtree(remote_repo)  # the repo host is gone: the clone's own ref still holds the work
+    with caplog.at_level(logging.WARNING, logger="ccci_dist.engine.iteration"):
+        assert _iteration(s, store, 9, 1)._abandon(ws, "push refused") == abandoned_ref(RUN, "builder", 9, 1)
+    assert "its commits are kept in the clone only" in caplog.text
+    assert _iteration(s, store, 7, 2)._salvage(ws) == ""  # cannot list the remote: no note, no crash
+
+
+def test_the_archived_iteration_log_keeps_the_tail(engine, tmp_path):
+    s, store = engine
+    it = _iteration(s, store, 4)
+    it._archive_log()  # no log yet: nothing archived, no error
+    assert store.iteration_log(RUN, "builder", 4) is None
+    log_file = tmp_path / "000004-1.jsonl"
+    lines = [json.dumps({"n": i, "line": "x" * 100}) for i in range(3 * store.ITERATION_LOG_MAX // 100)]
+    log_file.write_text("\n".join(lines) + "\n")
+    it.log_path = str(log_file)
+    it._archive_log()
+    kept = store.iteration_log(RUN, "builder", 4)
+    assert kept.startswith("[earlier output cut]\n") and kept.endswith(lines[-1] + "\n")
+    assert len(kept.encode()) <= store.ITERATION_LOG_MAX + len("[earlier output cut]\n")
+    assert all(json.loads(line) for line in kept.splitlines()[1:])  # cut at a line boundary
+
+
+def test_an_unreadable_secret_source_does_not_stop_the_agent_env(engine, tmp_path, monkeypatch):
+    from pydantic import SecretStr
+
+    from ccci_dist.engine.iteration import agent_env
+
+    s, _ = engine
+    bad_url = "json://[not-an-address/hook"
+    s = s.model_copy(update={"broker_password_file": tmp_path / "missing-pw", "notify_urls": [SecretStr(bad_url)]})
+    monkeypatch.setenv("MY_HOOK_URL", bad_url)
+    env = agent_env(s, RUN, "builder")
+    assert "MY_HOOK_URL" not in env and env["CCCI_ROLE"] == "builder"
+
+
+# -- the VM health check -----------------------------------------------------------------------------------
+
+def test_vm_health_is_checked_once_per_interval_and_a_drop_is_notified(engine, celery_on, tmp_path):
+    from harness import free_port
+
+    from ccci_dist.engine.watchdog import vm_health_task
+
+    s, store = started(engine)
+    known = tmp_path / "known_hosts"
+    known.write_text("")
+    vm = s.vm.model_copy(update={"host": "127.0.0.1", "port": free_port(), "known_hosts": known,
+                                 "connect_timeout": 2.0, "health_interval": 300.0})
+    s = celery_on(s.model_copy(update={"vm": vm}))
+    tick(store, s, NOW)
+    tick(store, s, NOW)
+    assert control_tasks(store, "ccci.vm_health") == [[]]  # one check per interval, off the tick
+    store.set_vm_health(True, "ok")  # the last check found it up
+    assert vm_health_task() is False
+    [(kind, title, _)] = [n for n in notifications(store) if n[0].startswith("vm_")]
+    assert (kind, title) == ("vm_down", "VM 127.0.0.1 is unreachable")
+    assert vm_health_task() is False  # still down: no second notification
+    assert len([n for n in notifications(store) if n[0].startswith("vm_")]) == 1

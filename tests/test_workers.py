@@ -36,6 +36,9 @@ BAD = [
     ("pool", GOOD + 'pool = "gevent"\n', "unknown pool 'gevent'"),
     ("name", 'name = "a b"\nqueues = ["ccci.control"]\n', "bad name"),
     ("envkey", GOOD + '[env]\n"BAD-KEY" = "x"\n', "bad env"),
+    ("queuename", 'name = "t"\nqueues = ["ccci builder"]\n', "bad queue name 'ccci builder'"),
+    ("queuetwice", 'name = "t"\nqueues = ["ccci.builder", "ccci.builder"]\n', "lists a queue twice"),
+    ("loglevel", GOOD + 'loglevel = "chatty"\n', "bad loglevel in worker profile"),
 ]
 
 
