@@ -251,6 +251,7 @@ def test_actions_need_the_xsrf_token_and_say_what_they_did(web, run):
     assert cls == "bad" and text.startswith("error: PackageError: "), text
     assert note("/run/default/stop") == ("good", "stopped builder, reviewer of run default")
     assert web.post("/run/nosuch/stop", {})[0] == 404
+    assert web.post("/run/default/restart", {})[0] == 404  # the route admits stop, start, inbox and phase
 
 
 def test_inbox_messages_on_the_run_page_say_delivered_or_pending(web, run):

@@ -190,11 +190,9 @@ class Action(Base):
                 text = validate(self.get_body_argument("text", "").encode("utf-8", "surrogateescape"))
                 ids = send(self.store, run, targets(self.store.roles(run), role or "all"), text, sender="web")
                 note = f"INBOX message queued: {', '.join(ids)}"
-            elif action == "phase":
+            else:  # "phase": make_app's route admits these four actions only (another path is a 404)
                 info = start_run(self.store, self.settings_for(run), phase=self.get_body_argument("phase", ""))
                 note = f"run set to phase {info['phase']}"
-            else:
-                raise tornado.web.HTTPError(404)
         except (RunError, InboxError) as exc:
             note = f"error: {exc}"
         except Exception as exc:  # e.g. the plan package is not readable here: say so, no traceback
