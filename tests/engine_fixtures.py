@@ -200,3 +200,30 @@ def started(engine):
     out = start_run(store, s)
     assert (out["run"], out["phase"], out["roles"]) == (RUN, "1", ["builder", "reviewer"])
     return s, store
+
+
+@pytest.fixture
+def cli_runner(redis_url, remote_repo, tmp_path, celery_on):
+    """``ccci-dist ARGS`` in this process (click's CliRunner through the console script's own error
+    handler), configured for a run of the tiny plan on the session's Redis and a fresh bare remote: no
+    interpreter start per call. ``cli_runner(*args, input=..., CCCI_X=value or None)`` returns click's
+    Result; no call may print a traceback (unless --debug). The console script itself stays tested by
+    the subprocess tests (Bed.cli)."""
+    from click.testing import CliRunner
+
+    from ccci_dist.cli import main
+    from ccci_dist.config import load_config
+
+    celery_on(load_config(None, broker_url=redis_url))  # `start` publishes the first iterations there
+    env = {"CCCI_CONFIG": None, "CCCI_RUN": None, "CCCI_BROKER_URL": redis_url,
+           "CCCI_PROJECT_REPO": str(remote_repo), "CCCI_PLAN_DIR": str(TINY),
+           "CCCI_STATE_DIR": str(tmp_path / "state"), "CCCI_WORKSPACE_DIR": str(tmp_path / "ws"),
+           "CCCI_NOTIFY_URLS": "[]", "COLUMNS": "200"}
+
+    def run(*args: str, input: str | bytes | None = None, **more: str | None):
+        res = CliRunner().invoke(main, list(args), env={**env, **more}, input=input, prog_name="ccci-dist")
+        assert "--debug" in args or "Traceback" not in res.stdout + res.stderr, res.stderr
+        return res
+
+    run.url = redis_url
+    return run

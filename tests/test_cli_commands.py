@@ -16,26 +16,8 @@ TINY = ROOT / "examples" / "tiny-plan"
 
 
 @pytest.fixture
-def cli(redis_url, remote_repo, tmp_path, celery_on):
-    from click.testing import CliRunner
-
-    from ccci_dist.cli import main
-    from ccci_dist.config import load_config
-
-    celery_on(load_config(None, broker_url=redis_url))  # `start` publishes the first iterations there
-
-    env = {"CCCI_CONFIG": None, "CCCI_RUN": None, "CCCI_BROKER_URL": redis_url,
-           "CCCI_PROJECT_REPO": str(remote_repo), "CCCI_PLAN_DIR": str(TINY),
-           "CCCI_STATE_DIR": str(tmp_path / "state"), "CCCI_WORKSPACE_DIR": str(tmp_path / "ws"),
-           "CCCI_NOTIFY_URLS": "[]", "COLUMNS": "200"}
-
-    def run(*args: str, input: str | bytes | None = None, **more: str | None):
-        res = CliRunner().invoke(main, list(args), env={**env, **more}, input=input, prog_name="ccci-dist")
-        assert "--debug" in args or "Traceback" not in res.stdout + res.stderr, res.stderr
-        return res
-
-    run.url = redis_url
-    return run
+def cli(cli_runner):
+    return cli_runner
 
 
 def ok(res) -> str:

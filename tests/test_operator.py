@@ -107,13 +107,14 @@ def test_inbox_md_entries_are_picked_up_once(bed):
     (["inbox", "send", "--to", "tester", "hi"], None, "unknown role 'tester'"),
     (["inbox", "list", "--role", "tester"], None, "unknown role 'tester'"),
 ])
-def test_inbox_bad_input(bed, args, stdin, error):
-    bed.cli("start")  # no worker: nothing runs, the run exists
-    r = _r(bed)
+def test_inbox_bad_input(cli_runner, args, stdin, error):
+    """In process (the console script's inbox commands: the subprocess tests above and below)."""
+    assert cli_runner("start").exit_code == 0  # no worker: nothing runs, the run exists
+    r = redis.Redis.from_url(cli_runner.url, decode_responses=True)
     before = {k: r.xlen(k) for k in ("ccci:inbox:default:builder", "ccci:inbox:default:reviewer")}
-    p = subprocess.run([*bed_cmd(), *args], input=stdin, capture_output=True, env=bed_env(bed), timeout=30)
-    assert p.returncode == 2, p
-    err = p.stderr.decode()
+    res = cli_runner(*args, input=stdin)
+    assert res.exit_code == 2, (res.stdout, res.stderr)
+    err = res.stderr
     assert err.startswith("error: ") and error in err and err.count("\n") == 1, err
     assert {k: r.xlen(k) for k in before} == before
 
@@ -121,15 +122,15 @@ def test_inbox_bad_input(bed, args, stdin, error):
 LONG = "x" * 300
 
 
-def test_long_bad_names_are_cut_in_error_lines(bed):
+def test_long_bad_names_are_cut_in_error_lines(cli_runner):
     """Outside test: a 300-character bad role name was echoed in full (`unknown role 'xxxx…'`).
     Every error line naming a run, role or phase shows at most its first 60 characters and "…"."""
-    bed.cli("start")
+    assert cli_runner("start").exit_code == 0
     for args in (["stop", "--role", LONG], ["inbox", "send", "--to", LONG, "hi"], ["inbox", "list", "--role", LONG],
                  ["enqueue", "phase", LONG], ["logs", LONG]):
-        p = subprocess.run([*bed_cmd(), *args], capture_output=True, env=bed_env(bed), timeout=60)
-        err = p.stderr.decode()
-        assert p.returncode == 2 and err.startswith("error: ") and err.count("\n") == 1, (args, err)
+        res = cli_runner(*args)
+        err = res.stderr
+        assert res.exit_code == 2 and err.startswith("error: ") and err.count("\n") == 1, (args, err)
         assert "x" * 61 not in err and f"{'x' * 57}'…" in err, (args, err)
 
 
