@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import shutil
 import subprocess
@@ -736,3 +737,26 @@ def test_vm_health_is_checked_once_per_interval_and_a_drop_is_notified(engine, c
     assert (kind, title) == ("vm_down", "VM 127.0.0.1 is unreachable")
     assert vm_health_task() is False  # still down: no second notification
     assert len([n for n in notifications(store) if n[0].startswith("vm_")]) == 1
+
+
+def test_agent_config_values_are_valid_toml():
+    from ccci_dist.engine.iteration import _toml_value
+
+    values = {"on": True, "off": False, "n": 22, "t": 2.5, "s": 'say "hi"\\ \u00e9'}
+    text = "\n".join(f"{k} = {_toml_value(v)}" for k, v in values.items())
+    assert tomllib.loads(text) == values  # Python's True would not be TOML
+
+
+def test_a_worker_refuses_an_agent_user_that_does_not_exist(engine):
+    import pwd
+
+    from ccci_dist.engine.profiles import ProfileError, check_agent_user
+
+    env = {"CCCI_AGENT_USER": "ccci-no-such-user-z", "CCCI_CONFIG": ""}
+    with pytest.raises(ProfileError, match=r"agent_user 'ccci-no-such-user-z' does not exist on this host; create it "
+                                           r"\(useradd --system --create-home ccci-no-such-user-z\) or set "
+                                           "CCCI_AGENT_USER="):
+        check_agent_user(env)
+    assert check_agent_user({"CCCI_CONFIG": ""}) is None  # no agent user: the worker warns at start instead
+    me = pwd.getpwuid(os.geteuid()).pw_name
+    assert check_agent_user({"CCCI_AGENT_USER": me, "CCCI_CONFIG": ""}) is None  # itself: nothing to switch to

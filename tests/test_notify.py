@@ -190,3 +190,23 @@ def test_notify_through_real_worker(redis_url, receiver, tmp_path, app_env):
     for leak in ("json://", TOKEN, f"127.0.0.1:{receiver.port}"):
         assert leak not in wire
     assert TOKEN not in worker.output()
+
+
+def test_an_unknown_kind_is_sent_and_url_tokens_are_masked_in_logs(receiver, caplog):
+    """A kind outside KINDS still reaches the notifier (with a warning); a token in a notifier URL's
+    host or path (tgram://BOTTOKEN/..., .../hooks/<id>) is masked wherever a log line repeats it,
+    while DNS names and short path words stay readable."""
+    from ccci_dist.engine.notify import _register_url_secrets
+    from ccci_dist.logsetup import mask
+
+    caplog.set_level(logging.INFO)
+    assert send_now([receiver.url()], "new_kind", "t", "b") is True
+    assert receiver.messages[0]["json"]["title"] == "[new_kind] t"
+    assert "unknown notification kind 'new_kind'; sending it anyway" in caplog.text
+    _register_url_secrets("tgram://123456789:AAbbCCddEEff0011/987654321")
+    _register_url_secrets("json://hooks.example.org/api/hooks/Zq8x7Wv6Ut5S?channel=ops")
+    line = mask("posting via tgram://123456789:AAbbCCddEEff0011/987654321 and "
+                "json://hooks.example.org/api/hooks/Zq8x7Wv6Ut5S?channel=ops")
+    for secret in ("AAbbCCddEEff0011", "987654321", "Zq8x7Wv6Ut5S"):
+        assert secret not in line, line
+    assert mask("hooks.example.org api hooks channel ops") == "hooks.example.org api hooks channel ops"

@@ -462,9 +462,6 @@ class Store:
         pipe.set(WATCHDOG_LAST, f"{time.time():.3f}")
         pipe.execute()
 
-    def tick_durations(self, n: int = 10_000) -> list[float]:
-        return [float(x) for x in self.r.lrange(WATCHDOG_TICKS, 0, n - 1)]
-
     def _due(self, key: str, ttl_ms: int) -> bool:
         # NX with expiry: True for the one caller per period that should do the periodic thing
         return bool(self.r.set(key, "1", nx=True, px=max(int(ttl_ms), 1)))
