@@ -418,3 +418,34 @@ def _events(r: redis.Redis) -> list[dict]:
     from ccci_dist.state.store import Store
 
     return Store(r).events("default")
+
+
+def _reading_stdin(pid: int) -> bool:
+    """The process is blocked in read(2) on fd 0 (/proc/PID/syscall: number 0, first argument 0)."""
+    try:
+        with open(f"/proc/{pid}/syscall") as f:
+            return f.read().split()[:2] == ["0", "0x0"]
+    except OSError:
+        return False
+
+
+def test_ctrl_c_is_one_line_and_exit_130(tmp_path):
+    """A real process and a real SIGINT: click turns the KeyboardInterrupt into Abort, which said
+    `error: aborted` with exit 1, as if the operator had declined a question."""
+    import os
+    import signal
+    import sys
+
+    from harness import wait_for
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CCCI_")}
+    p = subprocess.Popen([sys.executable, "-m", "ccci_dist", "inbox", "send", "-"], stdin=subprocess.PIPE,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path,
+                         env={**env, "CCCI_STATE_DIR": str(tmp_path / "state")})
+    try:
+        wait_for(lambda: _reading_stdin(p.pid), 60, 0.05, "the CLI reading the message from its stdin")
+        p.send_signal(signal.SIGINT)
+        out, err = p.communicate(timeout=60)
+    finally:
+        p.kill()
+    assert (p.returncode, out, err.strip()) == (130, "", "error: interrupted"), (p.returncode, out, err)

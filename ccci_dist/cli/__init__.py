@@ -171,14 +171,12 @@ class LazyGroup(click.Group):
             text = " ".join(exc.format_message().split())
             click.echo(_clean(f"error: {text.rstrip('.') if hint else text}{hint}"), err=True)
             sys.exit(exc.exit_code if exc.exit_code else 2)
-        except click.Abort:
+        except click.Abort as exc:
+            if isinstance(exc.__context__, KeyboardInterrupt):  # click turns Ctrl-C into Abort
+                click.echo("error: interrupted", err=True)
+                sys.exit(130)
             click.echo("error: aborted", err=True)
             sys.exit(1)
-        except SystemExit:
-            raise
-        except KeyboardInterrupt:
-            click.echo("error: interrupted", err=True)
-            sys.exit(130)
         except Exception as exc:  # the one place every other failure becomes one line
             sys.exit(_report(exc, debug))
         sys.exit(rv if isinstance(rv, int) else 0)
