@@ -449,3 +449,20 @@ def test_ctrl_c_is_one_line_and_exit_130(tmp_path):
     finally:
         p.kill()
     assert (p.returncode, out, err.strip()) == (130, "", "error: interrupted"), (p.returncode, out, err)
+
+
+def test_worker_and_beat_refusals_before_they_exec_celery(cli):
+    """What runs before `worker` and `beat` replace themselves with celery (an exec'd process never saves
+    its coverage data, so the subprocess tests cannot show these lines ran)."""
+    pi = str(ROOT / "workers" / "pi.toml")
+    err = one_error(cli("worker", "--profile", pi, CCCI_AGENT_USER="ccci-covcli-nobody"))
+    assert err.startswith("agent_user 'ccci-covcli-nobody' does not exist on this host; create it (useradd ")
+    assert err.endswith("or set CCCI_AGENT_USER= to run agents as the worker's own user (they can then read "
+                        "its secrets)")
+    out = ok(cli("worker", "--profile", pi, "--dry-run"))
+    assert out.startswith("command: ") and "-Q ccci.reviewer,ccci.control" in out and cli.url not in out
+    assert one_error(cli("beat", "--dry-run", CCCI_LEASE_TTL="soon")) == (
+        "invalid config value for lease_ttl in the environment variable CCCI_LEASE_TTL: Input should be a valid "
+        "number, unable to parse string as a number; fix or unset CCCI_LEASE_TTL")
+    assert cli("beat", "--check").exit_code == 1  # no beat holds the RedBeat lock
+    assert cli("beat", "--check", CCCI_BROKER_URL=f"redis://127.0.0.1:{free_port()}/0").exit_code == 1
