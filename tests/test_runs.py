@@ -333,9 +333,16 @@ def test_a_held_builder_and_a_reviewer_the_breaker_paused_are_stuck_and_status_s
     bed.faults(reviewer=["idle"] * 12)
     bed.worker("w1", beat=True)
     bed.cli("start")
-    st = bed.wait_status(lambda st: st["loops"]["builder"]["state"] == "held"
-                         and st["loops"]["reviewer"]["state"] == "paused", 120, "builder held, reviewer paused")
     r = _r(bed)
+
+    def settled(st) -> bool:
+        """Builder held, reviewer paused on the repo's last commit: a pause that came before the builder's
+        last push ends at the next tick (the push wakes it: not a standstill), so the test waits past it."""
+        docs = json.loads(r.hget("ccci:run:default", "docs") or "{}")
+        return (st["loops"]["builder"]["state"] == "held" and st["loops"]["reviewer"]["state"] == "paused"
+                and r.hget("ccci:loop:default:reviewer", "paused_commit") == docs.get("commit"))
+
+    st = bed.wait_status(settled, 180, "builder held, reviewer paused on the last commit")
     assert st["state"] == "stuck", st["header"]
     words = st["breaker"]
     assert words in st["header"], st["header"]
