@@ -65,6 +65,10 @@ CASES = [
      ("paused", "repeated_error: the same error again and again — boom", f"nothing needed: {BREAKER_NEXT}")),
     (facts(stored_state="paused", breaker="odd"), ("paused", "odd: odd", f"nothing needed: {BREAKER_NEXT}")),
     (facts(stored_state="paused"), ("paused", ": paused", f"nothing needed: {BREAKER_NEXT}")),
+    # its pause ends at the next tick (the repo moved on since it paused, or an INBOX message waits)
+    (facts(stored_state="paused", breaker="no_progress", wake="the repo moved on to 9dedb80d12"),
+     ("paused", "no_progress: no progress (no new commit, no change to the machine docs)",
+      "nothing: it resumes on the watchdog's next tick (the repo moved on to 9dedb80d12)")),
     # a lease: running (no expiry counts too); -2 and 0 are no lease
     (facts(lease_ms=1), ("running", "an iteration holds the lease", "nothing: it is working")),
     (facts(lease_ms=-1), ("running", "an iteration holds the lease", "nothing: it is working")),

@@ -204,6 +204,34 @@ def test_breaker_paused_and_held_loops_are_a_standstill_until_a_message_wakes_on
     assert messages(store, "reviewer") == []  # still held: the docs did not change
 
 
+def test_status_calls_no_standstill_while_a_paused_loop_wakes_on_the_next_tick(engine):
+    """A builder the breaker paused on an older commit (the repo moved on since) or with an INBOX
+    message waiting resumes on the watchdog's next tick: until then status must not say the run is
+    stuck, as it does for a pause on the last commit beside a held reviewer."""
+    from ccci_dist.engine.status import run_status
+
+    s, store = started(engine)
+    _idle(store, "builder", "reviewer")
+    rh = store.run(RUN)
+    commit = MachineDocs.model_validate_json(rh.docs).commit
+    store.set_loop_fields(RUN, "builder", state="paused", pause_reason="no_progress", paused_commit=commit)
+    store.set_loop_fields(RUN, "reviewer", waiting="the builder's next push",
+                          waiting_docs=docs_fingerprint(MachineDocs.model_validate_json(rh.docs)))
+    tick(store, s, NOW)
+    st = run_status(store, s, RUN, NOW.timestamp())  # paused on the last commit: a standstill
+    assert st.state == "stuck" and "nothing moves on its own" in st.breaker and st.breaker in st.header, st.header
+    store.set_loop_fields(RUN, "builder", paused_commit="0" * 40)  # it paused before the last push
+    st = run_status(store, s, RUN, NOW.timestamp())
+    assert st.state == "active" and "stuck" not in st.header and "nothing moves" not in st.breaker, st.header
+    assert st.loops["builder"].next_action == ("nothing: it resumes on the watchdog's next tick "
+                                               f"(the repo moved on to {commit[:10]})")
+    store.set_loop_fields(RUN, "builder", paused_commit=commit)
+    inbox_store.send(store, RUN, ["builder"], "try the other approach")  # a message waits: it wakes next tick
+    st = run_status(store, s, RUN, NOW.timestamp())
+    assert st.state == "active" and "nothing moves" not in st.header, st.header
+    assert "1 INBOX message(s) arrived" in st.loops["builder"].next_action
+
+
 def test_a_breaker_paused_loop_wakes_when_the_repo_moves_on(engine):
     s, store = started(engine)
     _idle(store, "builder")

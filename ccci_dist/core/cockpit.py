@@ -48,6 +48,7 @@ class LoopFacts:
     breaker: str = ""  # no_progress | repeated_error: the loop's own pause (stored_state paused)
     waiting: str = ""  # its work is done for now: what it waits for
     holder_gone: bool = False  # a lease is held, but the process holding it no longer names itself alive
+    wake: str = ""  # why the breaker's pause ends at the next watchdog tick (core.tick.wake_reason), if it does
 
 
 @dataclass(frozen=True)
@@ -123,6 +124,8 @@ def describe_loop(f: LoopFacts) -> LoopWords:
         why = {"no_progress": "no progress (no new commit, no change to the machine docs)",
                "repeated_error": "the same error again and again"}.get(f.breaker, f.breaker or "paused")
         reason = f"{f.breaker}: {why}" + (f" — {f.last_detail}" if f.breaker == "repeated_error" else "")
+        if f.wake:
+            return LoopWords(PAUSED, reason, f"nothing: it resumes on the watchdog's next tick ({f.wake})")
         return LoopWords(PAUSED, reason, f"nothing needed: {BREAKER_NEXT}")
     if f.lease_ms == -1 or f.lease_ms > 0 and not f.holder_gone:
         return LoopWords(RUNNING, "an iteration holds the lease", "nothing: it is working")

@@ -20,6 +20,7 @@ from ccci_dist.core import agents, cockpit
 from ccci_dist.core.liveness import holder
 from ccci_dist.core.phases import MachineDocs, missing_for_done, phase_complete
 from ccci_dist.core.plan import PlanPackage, from_snapshot
+from ccci_dist.core.tick import wake_reason
 from ccci_dist.state.inbox_store import undelivered
 from ccci_dist.state.store import Store
 
@@ -196,6 +197,7 @@ def run_status(store: Store, s: Settings, run: str, now: float | None = None,
     loops: dict[str, Loop] = {}
     tripped: dict[str, str] = {}
     held: dict[str, str] = {}
+    waking: set[str] = set()  # paused by the breaker, but what wakes it has happened: the next tick does
     for role in store.roles(run):
         lp = store.loop(run, role)
         queue = lp.next_queue or rh.queues.get(role) or s.queue_for(role)
@@ -211,10 +213,15 @@ def run_status(store: Store, s: Settings, run: str, now: float | None = None,
             fail_streak=lp.fail_streak, paused_until=rh.paused_until or 0.0,
             pause_reason=rh.pause_reason, waiting=lp.waiting if lp.state == "active" else "",
             holder_gone=bool(owner) and not store.holder_alive(holder(owner)),
+            wake=wake_reason(lp.pause_reason, lp.paused_commit, docs.commit, store.inbox_pending(run, role))
+            if lp.state == cockpit.PAUSED else "",
         )
         words = cockpit.describe_loop(facts)
         if words.state == cockpit.PAUSED and lp.pause_reason:
-            tripped[role] = lp.pause_reason
+            if facts.wake:  # no standstill: the next tick enqueues it, as it does a due loop
+                waking.add(role)
+            else:
+                tripped[role] = lp.pause_reason
         if words.state == cockpit.HELD:
             held[role] = lp.waiting
         running = words.state == cockpit.RUNNING
@@ -242,7 +249,8 @@ def run_status(store: Store, s: Settings, run: str, now: float | None = None,
                 total=round(sum(lp.cost_total for lp in loops.values()), 6), daily_budget=budget,
                 budget_left_today=None if budget is None else round(max(0.0, budget - spent), 6),
                 per_day=[{"day": d, **{r: round(v, 6) for r, v in per_day.get(d, {}).items()}} for d in reversed(days)])
-    state = cockpit.run_state(rh.status or "?", [lp.state for lp in loops.values()], live.watchdog.running)
+    state = cockpit.run_state(rh.status or "?", [cockpit.DUE if lp.role in waking else lp.state
+                                                 for lp in loops.values()], live.watchdog.running)
     k = order.index(phase) + 1 if phase in order else 0
     header = f"run {run}: {state}" + (f" ({rh.pause_reason})" if rh.pause_reason else "")
     header += f" · phase {phase} ({k} of {len(order)})"
