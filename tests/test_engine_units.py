@@ -788,3 +788,38 @@ def test_a_worker_refuses_an_agent_user_that_does_not_exist(engine):
     assert check_agent_user({"CCCI_CONFIG": ""}) is None  # no agent user: the worker warns at start instead
     me = pwd.getpwuid(os.geteuid()).pw_name
     assert check_agent_user({"CCCI_AGENT_USER": me, "CCCI_CONFIG": ""}) is None  # itself: nothing to switch to
+
+
+def test_a_duplicate_or_stale_message_runs_nothing(engine):
+    """The broker may deliver a message twice or late: the task finds its id superseded, or the loop
+    stopped, and returns without claiming, running or recording anything."""
+    from ccci_dist.engine.iteration import run_iteration
+    from ccci_dist.engine.runs import stop_run
+
+    s, store = started(engine)
+    assert run_iteration.apply(args=[RUN, "builder"], task_id="an-old-message").get() == "skipped:superseded"
+    task = store.queued_task(RUN, "reviewer")
+    stop_run(store, RUN, "reviewer")  # its message is already in the broker
+    assert run_iteration.apply(args=[RUN, "reviewer"], task_id=task).get() == "skipped:inactive:stopped/active"
+    for role in ("builder", "reviewer"):
+        assert store.loop(RUN, role).iteration == 0 and store.lease_owner(RUN, role) is None
+    assert store.history(RUN) == []
+
+
+def test_a_stale_iterations_record_is_refused(engine):
+    """An iteration whose lease lapsed while it ran, its number re-run under a new token: whatever
+    it records at its end (here a runner crash) is refused by the fenced finish."""
+    s, store = started(engine)
+    store.update_run(RUN, plan="{not json")
+    task, owner, claimed = _claimed(store, s)
+    store.r.delete(f"ccci:lease:{RUN}:builder")  # lapsed
+    assert store.try_enqueue(RUN, "builder", "t-new", "ccci.builder")  # the watchdog re-runs the number
+    again = store.claim(RUN, "builder", "t-new", "w2/2/t-new", 60, "w2")
+    assert again.ok and again.iteration == claimed.claim.iteration and again.token > claimed.claim.token
+    c = claimed.claim
+    from ccci_dist.engine.iteration import Iteration
+
+    it = Iteration(s, store, RUN, "builder", c.token, owner, c.iteration, c.attempt, task)
+    assert it.execute(claimed) == "crash" and it.failed
+    assert store.history(RUN) == [] and store.loop(RUN, "builder").last_outcome == ""
+    assert store.lease_owner(RUN, "builder") == "w2/2/t-new"

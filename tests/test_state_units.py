@@ -241,3 +241,20 @@ def test_listing_says_which_iteration_delivered_a_message(store):
     assert [(r["id"], r["state"], r["iteration"], r["delivered_at"]) for r in rows] == [
         (m1, "delivered", "1", "123.5"), (m2, "pending", "", "")]
     assert inbox_store.undelivered(store, "r", ["builder"]) == [{"id": m2, "role": "builder", "text": "two"}]
+
+
+# -- the live log mirror -----------------------------------------------------------------------------
+
+def test_the_live_log_mirrors_in_order_and_drops_what_redis_cannot_take(store):
+    from ccci_dist.state.live_log import LiveLog
+
+    mirror = LiveLog(store.r)
+    for i in range(3):
+        mirror.put("ccci:log:r:builder", {"n": 1, "line": f"line {i}"})
+    assert mirror.flush()
+    assert [f["line"] for _, f in store.r.xrange("ccci:log:r:builder")] == ["line 0", "line 1", "line 2"]
+    dead = LiveLog(redis.Redis(port=free_port(), socket_connect_timeout=0.2))
+    for i in range(5):
+        dead.put("ccci:log:r:builder", {"n": 1, "line": f"lost {i}"})  # never blocks the agent's reader
+    assert dead.flush()
+    assert dead.dropped == 5
