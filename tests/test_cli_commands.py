@@ -466,3 +466,42 @@ def test_worker_and_beat_refusals_before_they_exec_celery(cli):
         "number, unable to parse string as a number; fix or unset CCCI_LEASE_TTL")
     assert cli("beat", "--check").exit_code == 1  # no beat holds the RedBeat lock
     assert cli("beat", "--check", CCCI_BROKER_URL=f"redis://127.0.0.1:{free_port()}/0").exit_code == 1
+
+
+def test_status_text_shows_workers_leases_commits_agents_windows_and_budget(cli):
+    """`status` (80 columns) from the state a worker, a lease, a finished iteration and an agent's quota window
+    leave in Redis."""
+    import time
+    from datetime import UTC, datetime, timedelta
+
+    from ccci_dist.core import agents
+    from ccci_dist.state.store import Store
+
+    ok(cli("start"))
+    r = r_of(cli)
+    store = Store(r)
+    now = time.time()
+    store.announce_worker("w9@hostZ", json.dumps({"node": "w9@hostZ", "host": "hostZ", "pool": "threads", "at": now,
+                                                  "queues": ["ccci.builder", "ccci.control"], "beat": 1.0}), 60_000)
+    r.set("ccci:lease:default:builder", "hostZ/7/tok", px=60_000)
+    store.set_loop_fields("default", "builder", host="hostZ", last_outcome="success", last_commit="abcdef0123456789",
+                          last_commit_subject="add hello.sh", last_commit_at=f"{now:.3f}", agent_profile="sub-a")
+    store.set_loop_fields("default", "reviewer", not_before=f"{now + 3600:.3f}", next_reason="review cadence")
+    until = datetime.now(UTC).replace(microsecond=0) + timedelta(hours=1)
+    warn = {"type": "rate_limit_event", "rate_limit_info": {"status": "allowed_warning", "rateLimitType":
+                                                             "five_hour", "utilization": 0.91}}
+    store.record_agent_window("sub-a", agents.window_fields([warn], until, "five_hour", datetime.now(UTC)))
+    out = ok(cli("status", COLUMNS="80", TZ="UTC", CCCI_DAILY_BUDGET_USD="5"))
+    lines = out.splitlines()
+    assert all(len(line) <= 80 for line in lines), out
+    [worker] = [line for line in lines if line.startswith("worker ")]
+    assert worker.startswith("worker w9@hostZ on hostZ (threads, beat ") and worker.endswith(
+        "): ccci.builder, ccci.control"), worker
+    [builder] = [line for line in lines if line.startswith("builder ")]
+    assert " · hostZ · lease renewed " in builder, builder
+    assert "  last: success · abcdef01 add hello.sh" in lines and "  agent: sub-a" in lines, out
+    assert any(line.startswith("  starts ") and line.endswith(" UTC (review cadence)") for line in lines), out
+    assert f"agent sub-a: limited (five_hour) until {until:%Y-%m-%d %H:%M:%S} UTC" in lines, out
+    assert any(line.startswith("  last warning ") and line.endswith("(five_hour, 91% used)") for line in lines), out
+    # the budget was on the cost line, 81 columns: its last word wrapped onto a line of its own
+    assert lines[-2:] == ["cost: today $0.00 · 7 days $0.00 · total $0.00", "budget left today $5.00 of $5.00"], out

@@ -80,10 +80,9 @@ def render_run(st: RunStatus) -> RenderableType:
         parts.append(Text(printable(f"undelivered INBOX message [{m['id']}] to {m['role']}: {m['text'][:100]}"),
                           style="yellow"))
     c = st.cost
-    money = f"cost: today ${c.today:.2f} · 7 days ${c.last_7_days:.2f} · total ${c.total:.2f}"
-    if c.daily_budget is not None:
-        money += f" · budget left today ${c.budget_left_today:.2f} of ${c.daily_budget:.2f}"
-    parts.append(Text(money))
+    parts.append(Text(f"cost: today ${c.today:.2f} · 7 days ${c.last_7_days:.2f} · total ${c.total:.2f}"))
+    if c.daily_budget is not None:  # a line of its own: on the cost line it went past 80 columns and wrapped
+        parts.append(Text(f"budget left today ${c.budget_left_today:.2f} of ${c.daily_budget:.2f}"))
     return Group(*parts)
 
 
