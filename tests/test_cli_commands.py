@@ -147,9 +147,13 @@ def test_logs_backlog_raw_and_archived_iterations(cli):
                                          "at": "1800000000"})
     r.xadd("ccci:log:default:builder", {"line": line})
     r.xadd("ccci:log:default:builder", {"line": "plain text"})
+    result = json.dumps({"type": "user", "message": {"content": [{"type": "tool_result", "content": "a\nb"}]}})
     out = ok(cli("logs", "builder"))
     assert out.splitlines()[0].startswith("── iteration 1 (attempt 1) on hostA at 2027-01-15")
     assert out.splitlines()[1:] == ["Looking at D1.", "plain text"]
+    r.xadd("ccci:log:default:reviewer", {"line": result})
+    assert ok(cli("logs", "reviewer")) == "    a\n    b\n"  # a tool's output, indented under its call
+    r.delete("ccci:log:default:reviewer")
     assert ok(cli("logs", "builder", "-n", "1")) == "plain text\n"
     assert ok(cli("logs", "builder", "--raw")) == f"{line}\nplain text\n"
     assert ok(cli("logs", "reviewer")) == ""
