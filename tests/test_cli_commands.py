@@ -509,3 +509,9 @@ def test_status_text_shows_workers_leases_commits_agents_windows_and_budget(cli)
     assert any(line.startswith("  last warning ") and line.endswith("(five_hour, 91% used)") for line in lines), out
     # the budget was on the cost line, 81 columns: its last word wrapped onto a line of its own
     assert lines[-2:] == ["cost: today $0.00 · 7 days $0.00 · total $0.00", "budget left today $5.00 of $5.00"], out
+
+
+def test_up_and_down_with_a_configured_broker_or_nothing_running(cli, tmp_path):
+    assert ok(cli("up")) == "broker_url is configured; no embedded redis needed\n"
+    assert ok(cli("down", CCCI_BROKER_URL=None)) == "embedded redis was not running\n"
+    assert not (tmp_path / "state" / "redis" / "port").exists()
