@@ -143,6 +143,7 @@ def _keys(r: redis.Redis, run: str) -> set[str]:
     return {k for k in r.scan_iter(match="ccci:*") if f":{run}:" in k or k.endswith(f":{run}")}
 
 
+@pytest.mark.timeout(480)  # the demo's own 150 s limit, not pytest's 300 s for the whole test, must be what ends it
 def test_demo_touches_only_its_own_run_and_forget_removes_a_run(bed):
     r = _r(bed)
     keep = {"CCCI_RUN": "demo-keep"}
