@@ -515,3 +515,19 @@ def test_up_and_down_with_a_configured_broker_or_nothing_running(cli, tmp_path):
     assert ok(cli("up")) == "broker_url is configured; no embedded redis needed\n"
     assert ok(cli("down", CCCI_BROKER_URL=None)) == "embedded redis was not running\n"
     assert not (tmp_path / "state" / "redis" / "port").exists()
+
+
+def test_vm_commands_without_a_vm_or_with_one_that_refuses(cli, tmp_path):
+    from ccci_dist.adapters.vm import NOT_CONFIGURED
+
+    for args in (["vm", "check"], ["vm", "run", "true"], ["vm", "jobs"], ["vm", "poll", "j1"], ["vm", "cancel", "j1"]):
+        assert one_error(cli(*args)) == NOT_CONFIGURED, args
+    port = free_port()
+    refused = {"CCCI_VM__HOST": "127.0.0.1", "CCCI_VM__PORT": str(port), "CCCI_VM__USER": "nobody",
+               "CCCI_VM__KNOWN_HOSTS": str(tmp_path / "known_hosts")}
+    assert one_error(cli("vm", "run", "true", **refused)) == (
+        f"known_hosts file {tmp_path / 'known_hosts'} not found; set vm.known_hosts to a file holding the VM's host "
+        f"key (ssh-keyscan -p {port} 127.0.0.1, after checking its fingerprint)")
+    (tmp_path / "known_hosts").write_text("")
+    assert one_error(cli("vm", "run", "true", **refused), code=255) == (  # like ssh
+        f"connection refused by 127.0.0.1:{port}; is sshd running and vm.port right?")
