@@ -531,3 +531,35 @@ def test_vm_commands_without_a_vm_or_with_one_that_refuses(cli, tmp_path):
     (tmp_path / "known_hosts").write_text("")
     assert one_error(cli("vm", "run", "true", **refused), code=255) == (  # like ssh
         f"connection refused by 127.0.0.1:{port}; is sshd running and vm.port right?")
+
+
+def test_riding_out_a_redis_restart_says_so_once_and_returns_the_read(fresh_redis, capfd):
+    """What `status --watch` and `logs -f` do while Redis restarts: one line when it goes, one when it is back."""
+    import threading
+
+    from harness import wait_for
+
+    from ccci_dist.cli import riding_out
+
+    r = fresh_redis.client(socket_connect_timeout=0.5, socket_timeout=0.5)
+    r.set("ccci:probe", "kept")
+    fresh_redis.kill()
+    got: list[str] = []
+    reader = threading.Thread(target=lambda: got.append(riding_out(lambda: r.get("ccci:probe"))), daemon=True)
+    reader.start()
+    seen: list[str] = []
+
+    def said(text: str) -> bool:
+        seen.append(capfd.readouterr().err)
+        return text in "".join(seen)
+
+    wait_for(lambda: said("redis unreachable; retrying… ("), 30, 0.05, "the unreachable line")
+    fresh_redis.start()
+    reader.join(60)
+    assert got == ["kept"]
+    said("")
+    err = "".join(seen)
+    assert err.count("redis unreachable; retrying…") == 1 and err.endswith("redis reachable again\n"), err
+    assert len(err.splitlines()) == 2, err
+    with pytest.raises(ZeroDivisionError):  # anything but Redis being away is not ridden out
+        riding_out(lambda: 1 / 0)
