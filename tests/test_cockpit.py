@@ -127,6 +127,13 @@ CASES = [
       "the worker holding its lease is gone (the lease runs out in 5s), and no live worker consumes ccci.builder",
       "start a worker whose profile includes the queue ccci.builder")),
     (facts(lease_ms=-1, holder_gone=True), ("running", "an iteration holds the lease", "nothing: it is working")),
+    (facts(lease_ms=1, holder_gone=True),  # its last millisecond: still a lease whose holder is gone
+     ("due", "the worker holding its lease is gone (the lease runs out in 0s)",
+      "nothing: the watchdog re-runs it then")),
+    # its work is done for now: held until the machine docs change
+    (facts(waiting="the verdicts of reviewer in REVIEW.md on phase 1"),
+     ("held", "its work is done for now; waits for the verdicts of reviewer in REVIEW.md on phase 1",
+      "nothing: it resumes when the machine docs change, an INBOX message arrives or on `ccci-dist start`")),
 ]
 
 
@@ -232,6 +239,38 @@ HELD_FOR = "the verdicts of reviewer in REVIEW.md on phase 1"
 ])
 def test_standstill_words(roles, tripped, held, words):
     assert cockpit.standstill(roles, tripped, held) == words
+
+
+def test_standstill_names_every_held_loop_and_every_paused_one_once():
+    words = cockpit.standstill(["a", "b", "c"], {"a": "no_progress"}, {"b": "x", "c": "y"})
+    assert words.startswith("breaker paused a (no_progress); b is held (waits for x); c is held (waits for y): ")
+
+
+def test_standstill_actions_with_two_paused_loops():
+    actions = cockpit.standstill_actions({"b": "no_progress", "a": "repeated_error"}, {"c": "x"})
+    assert actions["c"].startswith("wake a, b (paused, so it will not write what this loop waits for): send an "
+                                   "INBOX message (`ccci-dist inbox send --to all ...`)")
+
+
+@pytest.mark.parametrize(("paused", "words"), [
+    ({}, ""),
+    ({"reviewer": "no_progress"}, f"breaker paused reviewer (no_progress): {BREAKER_NEXT}"),
+    ({"reviewer": "no_progress", "builder": "repeated_error"},
+     f"breaker paused builder (repeated_error), reviewer (no_progress): {BREAKER_NEXT}"),
+])
+def test_breaker_words(paused, words):
+    assert cockpit.breaker_words(paused) == words
+
+
+@pytest.mark.parametrize(("interval", "timing"), [
+    (1.0, (1.0, 3000)),  # three missed ticks: a dead worker leaves status with the dead watchdog
+    (2.0, (2.0, 6000)),
+    (5.0, (7.0 / 3, 7000)),  # at most 7 s, three beats per expiry
+    (0.5, (0.5, 1500)),
+])
+def test_presence_timing(interval, timing):
+    every, expiry_ms = cockpit.presence_timing(interval)
+    assert (every, expiry_ms) == (pytest.approx(timing[0]), timing[1])
 
 
 def test_standstill_actions_name_the_command_for_each_loop():
