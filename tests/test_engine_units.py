@@ -583,8 +583,12 @@ def test_the_agents_env_and_config_carry_no_secret(engine, tmp_path, monkeypatch
     sudo_file = tmp_path / "sudo-pw"
     sudo_file.write_text("sudo-pw-1234\n")
     vm = s.vm.model_copy(update={"host": "vm.example.org", "port": 2222, "sudo_password_file": sudo_file})
-    s = s.model_copy(update={"notify_urls": [SecretStr("json://hooktoken123@hooks.example.org/x")],
+    s = s.model_copy(update={"notify_urls": [SecretStr("json://hooktoken123@hooks.example.org/x"),
+                                             SecretStr("https://hooks.example.org/services/T01234567/pathtoken987")],
                              "broker_password_file": pw_file, "vm": vm})
+    # a notifier's token on its own (no notification sent yet, so the log masker has not seen it)
+    monkeypatch.setenv("MY_HOOK_TOKEN", "hooktoken123")
+    monkeypatch.setenv("MY_PATH_TOKEN", "pathtoken987")
     monkeypatch.setenv("CCCI_NOTIFY_URLS", "whatever")
     monkeypatch.setenv("MY_BROKER_COPY", s.broker_url.get_secret_value())
     monkeypatch.setenv("MY_REDIS_PW", "test-redis-pw")  # the broker URL's password on its own
@@ -592,7 +596,8 @@ def test_the_agents_env_and_config_carry_no_secret(engine, tmp_path, monkeypatch
     monkeypatch.setenv("MY_SUDO", "sudo-pw-1234")
     monkeypatch.setenv("HARMLESS", "kept")
     env = agent_env(s, RUN, "builder")
-    for name in ("CCCI_BROKER_URL", "CCCI_NOTIFY_URLS", "MY_BROKER_COPY", "MY_REDIS_PW", "MY_PW_COPY", "MY_SUDO"):
+    for name in ("CCCI_BROKER_URL", "CCCI_NOTIFY_URLS", "MY_BROKER_COPY", "MY_REDIS_PW", "MY_PW_COPY", "MY_SUDO",
+                 "MY_HOOK_TOKEN", "MY_PATH_TOKEN"):
         assert name not in env, name
     assert env["HARMLESS"] == "kept" and (env["CCCI_RUN"], env["CCCI_ROLE"]) == (RUN, "builder")
     import sysconfig

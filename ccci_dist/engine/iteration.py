@@ -36,7 +36,7 @@ from ccci_dist.core.roles import RoleSpec, allowed_paths, role_spec, verb_violat
 from ccci_dist.core.schedule import next_midnight
 from ccci_dist.core.tick import waits_for_verdicts
 from ccci_dist.engine.app import app, settings
-from ccci_dist.engine.notify import notify
+from ccci_dist.engine.notify import notify, url_secret_parts
 from ccci_dist.engine.supervisor import OUTBOX_ENV, apply_outbox, digest, wake
 from ccci_dist.logsetup import log_context, prune_logs
 from ccci_dist.state.inbox_store import stream_order as _sid
@@ -81,10 +81,10 @@ def _secret_values(s: Settings) -> list[str]:
     from ccci_dist.logsetup import registered_secrets
 
     found = set(registered_secrets())
-    urls = [u.get_secret_value() for u in s.notify_urls]
+    for url in (u.get_secret_value() for u in s.notify_urls):  # tokens sit in several places of these
+        found.update(url_secret_parts(url))
     if s.broker_url is not None:
-        urls.append(s.broker_url.get_secret_value())
-    for url in urls:
+        url = s.broker_url.get_secret_value()
         found.add(url)
         try:
             found.add(urlsplit(url).password or "")

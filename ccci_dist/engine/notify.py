@@ -58,24 +58,30 @@ def describe_url(url: str) -> str:
     return f"{scheme.lower()}://{host}" if _HOSTNAME.match(host) else f"{scheme.lower()}://…"
 
 
-def _register_url_secrets(url: str) -> None:
-    """Have the log handler mask this URL and its credential-looking parts wherever they appear."""
-    register_secret(url)
+def url_secret_parts(url: str) -> list[str]:
+    """The URL and its credential-looking parts: password, a lone or long user part (often the token:
+    ``json://TOKEN@host``), a host that is not a DNS name or address, and long path/query segments."""
+    parts = [url]
     _, _, rest = url.partition("://")
     netloc, _, path = rest.partition("/")
     userinfo, at, hostport = netloc.rpartition("@")
     if at:
         user, colon, password = userinfo.partition(":")
-        register_secret(unquote(password))
+        parts.append(unquote(password))
         # A lone user part is often the token (json://TOKEN@host); a short user name is just a word.
         if not colon or len(user) >= 8:
-            register_secret(unquote(user))
+            parts.append(unquote(user))
     host = hostport.split(":", 1)[0]
     if host and not _HOSTNAME.match(host):
-        register_secret(hostport)
-    for segment in re.split(r"[/?&=]", path):
-        if len(segment) >= 8:  # ids and tokens; short segments would mask ordinary words
-            register_secret(unquote(segment))
+        parts.append(hostport)
+    parts += [unquote(seg) for seg in re.split(r"[/?&=]", path) if len(seg) >= 8]  # ids, tokens; not words
+    return [p for p in parts if p]
+
+
+def _register_url_secrets(url: str) -> None:
+    """Have the log handler mask this URL and its credential-looking parts wherever they appear."""
+    for part in url_secret_parts(url):
+        register_secret(part)
 
 
 def send_now(urls: Sequence[str], kind: str, title: str, body: str, timeout: float = SEND_TIMEOUT) -> bool:
