@@ -31,6 +31,26 @@ def _doc(keys: dict) -> dict:
 
 # -- state export / import ---------------------------------------------------------------------------
 
+def test_export_leaves_out_what_describes_processes_of_one_host(redis_url):
+    """Leases, queued-task markers, worker presence and liveness keys name processes of the old host:
+    the new host's watchdog and workers write their own."""
+    from ccci_dist.state.keys import k_live
+    from ccci_dist.state.state_io import dump, load
+
+    r = redis.Redis.from_url(redis_url, decode_responses=True)
+    r.set("ccci:lease:r:builder", "w1/1/t", px=60_000)
+    r.set("ccci:next:r:builder", "t")
+    r.set("ccci:worker:w1", "{}", px=60_000)
+    r.set(k_live("w1/4242"), "1", px=60_000)
+    r.hset("ccci:loop:r:builder", mapping={"state": "active"})
+    doc = dump(r)
+    assert set(doc["keys"]) == {"ccci:loop:r:builder"}
+    # an export from before liveness keys were left out still imports: they are dropped
+    doc["keys"][k_live("w9/1")] = {"type": "string", "value": "1", "pttl": 1000}
+    r.flushdb()
+    assert load(r, doc) == 1 and r.keys("ccci:*") == ["ccci:loop:r:builder"]
+
+
 BAD = [
     ({"format": state_io.FORMAT, "version": 1, "keys": []}, "keys must be an object"),
     (_doc({"other:key": {"type": "string", "value": "x"}}), r"1 key\(s\) that `state export` never writes"),

@@ -109,7 +109,7 @@ def k_worker(node: str) -> str:
 
 # Keys that describe processes of one host (leases, queued-task markers, presence, locks and
 # schedules): a state export leaves them out and the new host's watchdog recreates them.
-EPHEMERAL_PREFIXES = (f"{P}lease:", f"{P}next:", f"{P}worker:", WATCHDOG_LOCK, f"{REDBEAT_PREFIX}::lock",
+EPHEMERAL_PREFIXES = (f"{P}lease:", f"{P}next:", f"{P}worker:", f"{P}live:", WATCHDOG_LOCK, f"{REDBEAT_PREFIX}::lock",
                       REDBEAT_LOCK, VM_DUE, f"{P}inbox_poll:", WATCHDOG_FOLLOW_UP)
 
 

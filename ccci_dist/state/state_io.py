@@ -23,6 +23,7 @@ import redis
 
 from ccci_dist.state.keys import EPHEMERAL_PREFIXES as EPHEMERAL
 from ccci_dist.state.keys import P as PREFIX
+from ccci_dist.state.keys import k_live
 
 FORMAT = "ccci-dist-state"
 VERSION = 1
@@ -31,6 +32,7 @@ STAGING = f"{PREFIX}import-staging:"
 TYPES = ("string", "hash", "set", "list", "zset", "stream")
 _STREAM_ID = re.compile(r"^(\d{1,20})-(\d{1,20})$")
 MAX_KEY_LEN = 1024
+LIVE_PREFIX = k_live("")  # worker liveness keys: left out of exports, dropped from older exports on import
 
 
 class StateError(Exception):
@@ -172,6 +174,8 @@ def validate(doc: Any) -> dict[str, tuple[str, Any, int | None]]:
     keys = doc.get("keys")
     if not isinstance(keys, dict):
         raise StateError("state file: keys must be an object of key -> entry; pass a file from `state export`")
+    # exports before liveness keys were left out carry them: they name the old host's processes, so drop them
+    keys = {k: v for k, v in keys.items() if not (isinstance(k, str) and k.startswith(LIVE_PREFIX))}
     foreign = sorted(k for k in keys if not _keep(k) or len(k) > MAX_KEY_LEN)
     if foreign:
         shown = ", ".join(repr(k[:60]) for k in foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5
