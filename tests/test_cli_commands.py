@@ -563,3 +563,14 @@ def test_riding_out_a_redis_restart_says_so_once_and_returns_the_read(fresh_redi
     assert len(err.splitlines()) == 2, err
     with pytest.raises(ZeroDivisionError):  # anything but Redis being away is not ridden out
         riding_out(lambda: 1 / 0)
+
+
+def test_version_without_git_on_the_path_has_no_commit_part(cli, monkeypatch):
+    """A source checkout on a host without git: the version line, without a commit, instead of a crash."""
+    from importlib import metadata
+
+    from ccci_dist.data import commit
+
+    monkeypatch.setenv("PATH", "/nonexistent")
+    assert commit() == ""
+    assert ok(cli("--version", PATH="/nonexistent")) == f"ccci-dist {metadata.version('ccci-dist')}\n"
