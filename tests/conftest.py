@@ -5,11 +5,13 @@ from __future__ import annotations
 import fnmatch
 import os
 import shutil
+import time
 import tomllib
 from pathlib import Path
 
 import pytest
 from harness import HttpReceiver, RedisServer, project_repo
+from wheelhouse import SESSION, session_dir
 
 pytest_plugins = ["engine_fixtures"]
 
@@ -59,28 +61,50 @@ def pytest_make_collect_report(collector):
         rep.longrepr = f"skipped under CI=true ({reason}); list {rep.nodeid} in {ALLOWLIST.name} with a reason"
 
 
-# pytest-xdist (tests/run.sh runs `-n N --dist loadgroup`): a test file runs on one xdist worker, so
-# its module fixtures start once; files sharing a machine-wide cache (the wheelhouse, the rootfs, the
-# Docker engine) run one after another in the same worker, so do the CPU-heavy multi-host beds.
+# pytest-xdist (tests/run.sh runs `-n N --dist loadgroup --no-loadscope-reorder`): a test file runs on one
+# xdist worker, so its module fixtures start once. The beds sharing a machine-wide cache (the wheelhouse,
+# the rootfs, the Docker engine and its base image, builds in the checkout) fill it under a lock
+# (tests/wheelhouse.py cache_lock), so they run on any worker; the CPU-heavy multi-host beds (netns)
+# still run one after another.
 XDIST_GROUPS = {
-    "system": ("test_wheel", "test_compose", "test_setup_script", "test_systemd_bed", "test_rootfs"),
     "netns": ("test_chaos", "test_migration", "test_sentinel_netns"),
     # tests/sshd.py gives its one machine user (ccci-vmtest) a new sudo password at each start
     "sshd": ("test_vm", "test_lifecycle"),
 }
 _GROUP_OF = {mod: group for group, mods in XDIST_GROUPS.items() for mod in mods}
+# The longest groups, longest first (seconds alone on an idle 2-core machine, `pytest --durations`): xdist
+# hands out groups in collection order, so these start at once instead of being the tail of the run.
+LONG_FIRST = ("test_systemd_bed", "netns", "test_compose", "test_runs", "test_setup_script", "test_wheel")
+
+
+def _group(item) -> str:
+    return _GROUP_OF.get(item.path.stem, item.path.stem)
+
+
+def pytest_configure(config):
+    """Name the session for the builds its xdist workers share (tests/wheelhouse.py): the controller names
+    it before it starts the workers, which inherit it."""
+    if not os.environ.get(SESSION):
+        os.environ[SESSION] = f"{os.getpid()}-{time.time_ns()}"
+        config._ccci_session_owner = True
+
+
+def pytest_unconfigure(config):
+    if getattr(config, "_ccci_session_owner", False) and (shared := session_dir()) is not None:
+        shutil.rmtree(shared, ignore_errors=True)
 
 
 def pytest_itemcollected(item):
     """Every test's xdist group, set at collection: xdist reads it in its own collection hook, which
     runs before a conftest's pytest_collection_modifyitems."""
-    item.add_marker(pytest.mark.xdist_group(_GROUP_OF.get(item.path.stem, item.path.stem)))
+    item.add_marker(pytest.mark.xdist_group(_group(item)))
 
 
 @pytest.hookimpl(trylast=True)  # after pytest-randomly's shuffle
 def pytest_collection_modifyitems(config, items):
-    """Put the long serial groups first so they start at once instead of being the tail of the run."""
-    items.sort(key=lambda item: _GROUP_OF.get(item.path.stem) not in ("system", "netns"))  # stable sort
+    """Put the long groups first, longest first, so they start at once instead of being the tail of the run."""
+    rank = {group: i for i, group in enumerate(LONG_FIRST)}
+    items.sort(key=lambda item: rank.get(_group(item), len(rank)))  # stable sort
 
 
 @pytest.fixture(scope="session")

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from harness import ROOT, wait_for
 from rootfs import BASE_PACKAGES, CACHE_DIR, ensure_rootfs, rootfs_key
-from wheelhouse import WHEELHOUSE, build, fill_wheelhouse, into_wheelhouse, publish
+from wheelhouse import WHEELHOUSE, build, cache_lock, fill_wheelhouse, into_wheelhouse, publish
 
 COMPOSE = shutil.which("docker-compose") or str(Path(sys.executable).parent / "docker-compose")
 
@@ -37,22 +37,28 @@ def ensure_engine(timeout: float = 60) -> None:
     if docker("info", check=False, timeout=30).returncode == 0:
         return
     assert shutil.which("dockerd"), "dockerd not installed (apt-get install docker.io; tests/run.sh does)"
-    CACHE_DIR.mkdir(parents=True, exist_ok=True)
-    with open(CACHE_DIR / "dockerd.log", "ab") as log:
-        subprocess.Popen(["dockerd"], stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                         start_new_session=True)
-    wait_for(lambda: docker("info", check=False, timeout=30).returncode == 0, timeout, 0.5,
-             f"dockerd to answer; see {CACHE_DIR / 'dockerd.log'}")
+    with cache_lock("dockerd"):  # test_compose and test_setup_script may ask at once: one dockerd
+        if docker("info", check=False, timeout=30).returncode == 0:
+            return
+        CACHE_DIR.mkdir(parents=True, exist_ok=True)
+        with open(CACHE_DIR / "dockerd.log", "ab") as log:
+            subprocess.Popen(["dockerd"], stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                             start_new_session=True)
+        wait_for(lambda: docker("info", check=False, timeout=30).returncode == 0, timeout, 0.5,
+                 f"dockerd to answer; see {CACHE_DIR / 'dockerd.log'}")
 
 
 def base_image() -> str:
     """The locally made Debian base image's tag (imported from the cached rootfs on first use)."""
     tag = f"ccci-dist-base:{rootfs_key(BASE_PACKAGES)}"
-    if docker("image", "inspect", tag, check=False).returncode != 0:
-        root = ensure_rootfs(BASE_PACKAGES)
-        tar = subprocess.Popen(["tar", "-C", str(root), "-c", "."], stdout=subprocess.PIPE)
-        docker("import", "-", tag, stdin=tar.stdout)
-        assert tar.wait() == 0
+    if docker("image", "inspect", tag, check=False).returncode == 0:
+        return tag
+    root = ensure_rootfs(BASE_PACKAGES)
+    with cache_lock(f"image-{rootfs_key(BASE_PACKAGES)}"):  # one import, whoever asks first
+        if docker("image", "inspect", tag, check=False).returncode != 0:
+            tar = subprocess.Popen(["tar", "-C", str(root), "-c", "."], stdout=subprocess.PIPE)
+            docker("import", "-", tag, stdin=tar.stdout)
+            assert tar.wait() == 0
     return tag
 
 

@@ -67,10 +67,11 @@ if [ "${CCCI_COVERAGE:-1}" != 0 ]; then
 fi
 set +e
 # Many tests wait on agents, workers and containers rather than compute: three xdist workers on two
-# cores halve the wall time (CCCI_TEST_WORKERS=0 runs in one process). Groups: tests/conftest.py.
+# cores halve the wall time (CCCI_TEST_WORKERS=0 runs in one process). Groups and their order (the
+# longest first; xdist's default reorder by test count would start them late): tests/conftest.py.
 workers=${CCCI_TEST_WORKERS:-3}
 par=()
-[ "$workers" = 0 ] || par=(-n "$workers" --dist loadgroup)
+[ "$workers" = 0 ] || par=(-n "$workers" --dist loadgroup --no-loadscope-reorder)
 "${run[@]}" -q -p no:cacheprovider --durations=25 "${par[@]}" --junitxml="$out/junit.xml" "$@"
 rc=$?
 set -e
