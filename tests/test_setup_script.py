@@ -11,10 +11,15 @@ from __future__ import annotations
 import re
 import subprocess
 
+import pytest
 from docker_stack import base_image, copy_checkout, docker, ensure_engine, wheels_for
 from harness import ROOT
 
 README = (ROOT / "README.md").read_text()
+
+# the container's own limit (900 s below), not pytest's default 300 s: beside the compose bed (now on another
+# xdist worker, not before it) at load 15-22 it took over 300 s once; alone at load 7 it takes 60 s
+pytestmark = pytest.mark.timeout(1000)
 
 
 def _first_command() -> str:
