@@ -7,6 +7,7 @@ import json
 import os
 import sysconfig
 import time
+from pathlib import Path
 
 import pytest
 import redis
@@ -189,6 +190,44 @@ def test_demo_touches_only_its_own_run_and_forget_removes_a_run(bed):
         bed.cli("forget", gone, "--yes")
     assert bed.cli("forget", "nosuch", "--yes", check=False).returncode == 2
     bed.cli("status")
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        return [int(c) for c in open(f"/proc/{pid}/task/{pid}/children").read().split()]
+    except OSError:
+        return []
+
+
+def _gone(pid: int) -> bool:
+    try:
+        return open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0] in ("Z", "X")
+    except OSError:
+        return True
+
+
+def test_a_killed_demo_leaves_no_worker_behind(bed):
+    """kill -9 of `ccci-dist demo` in the middle of its run: its Celery worker goes with it (it ran on
+    in its own session before), and `down` stops the demo's own redis-server as the demo says."""
+    import signal
+    import subprocess
+    import sys
+
+    bed.faults(builder=["hang"])  # the demo stays busy until it is killed
+    demo = subprocess.Popen([sys.executable, "-m", "ccci_dist", "demo", "--timeout", "600"], cwd=bed.tmp,
+                            env={**os.environ, **bed.env}, stdout=subprocess.DEVNULL,
+                            stderr=open(bed.tmp / "demo.err", "w"))
+    try:
+        workers = wait_for(lambda: demo.poll() is None and [c for c in _children(demo.pid)
+                                    if b"celery" in open(f"/proc/{c}/cmdline", "rb").read()], 120, 0.2,
+                           "the demo's worker")
+        wait_for(lambda: any(e["event"] == "start" for e in bed.agent_events()), 120, 0.2, "the demo's agent")
+        demo.send_signal(signal.SIGKILL)
+        demo.wait(30)
+        wait_for(lambda: all(_gone(w) for w in workers), 60, 0.2, "the worker to exit with the demo")
+    finally:
+        demo.kill()
+        bed.cli("--state-dir", str(Path(bed.env["CCCI_STATE_DIR"]) / "demo"), "down", check=False)
 
 
 def test_read_only_commands_never_start_a_broker(tmp_path):

@@ -58,6 +58,7 @@ def _seed_repo(root: Path) -> Path:
 @pass_ctx
 def demo_cmd(obj: Ctx, plan_dir: Path | None, timeout: float) -> None:
     """Run examples/tiny-plan with the demo agent on the embedded Redis, live, to DONE."""
+    from ccci_dist.adapters.agent import with_pdeathsig
     from ccci_dist.adapters.broker import client
     from ccci_dist.cli.status_view import render_run
     from ccci_dist.engine.app import use_settings
@@ -99,10 +100,12 @@ def demo_cmd(obj: Ctx, plan_dir: Path | None, timeout: float) -> None:
     console = Console()
     console.print(f"[bold]ccci-dist demo[/]: plan {plan_dir}, project {repo}, worker log {worker_log}")
     with open(worker_log, "ab") as out:
-        worker = subprocess.Popen(
+        # the kernel kills the worker (and so its agents) if the demo dies, even by kill -9: a killed demo
+        # left a worker running on in its own session
+        worker = subprocess.Popen(with_pdeathsig(
             [sys.executable, "-m", "celery", "-A", "ccci_dist", "worker", "-P", "threads", "-c", "4", "--beat-thread",
              "-Q", "ccci.control,ccci.builder,ccci.reviewer",
-             "-n", "demo@%h", "--loglevel", "INFO", "--without-mingle", "--without-gossip"],
+             "-n", "demo@%h", "--loglevel", "INFO", "--without-mingle", "--without-gossip"]),
             env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         start_run(store, s)
