@@ -134,6 +134,13 @@ CASES = [
     (facts(waiting="the verdicts of reviewer in REVIEW.md on phase 1"),
      ("held", "its work is done for now; waits for the verdicts of reviewer in REVIEW.md on phase 1",
       "nothing: it resumes when the machine docs change, an INBOX message arrives or on `ccci-dist start`")),
+    # what it waited for happened (the docs changed, a message came): due at the next tick, or no worker
+    (facts(waiting="the verdicts of reviewer", held_wake="the machine docs changed"),
+     ("due", "its wait for the verdicts of reviewer is over (the machine docs changed)",
+      "nothing: the watchdog enqueues it on its next tick")),
+    (facts(waiting="the verdicts of reviewer", held_wake="the machine docs changed", worker_on_queue=False),
+     ("waiting for a worker on ccci.builder", "due, and no live worker consumes ccci.builder",
+      "start a worker whose profile includes the queue ccci.builder")),
 ]
 
 

@@ -232,6 +232,42 @@ def test_status_calls_no_standstill_while_a_paused_loop_wakes_on_the_next_tick(e
     assert "1 INBOX message(s) arrived" in st.loops["builder"].next_action
 
 
+def test_status_calls_no_standstill_while_a_held_loop_wakes_on_the_next_tick(engine):
+    """Found by an outside tester with the demo agent: the reviewer pushed the verdicts a held
+    builder waited for (phase 1 complete), then idled into a no_progress pause, all before the
+    next tick. Status said `stuck · breaker paused reviewer ...; builder is held (waits for the
+    verdicts ... on phase 1)` though the tick woke the builder a second later (the docs changed
+    since it began to wait). A held loop whose wait is over is due, not held."""
+    from ccci_dist.engine.status import run_status
+
+    s, store = started(engine)
+    _idle(store, "builder", "reviewer")
+    store.announce_worker("w@x", json.dumps({"node": "w@x", "host": "x", "queues": ["ccci.builder", "ccci.reviewer"],
+                                            "at": NOW.timestamp()}), px=600_000)
+    rh = store.run(RUN)
+    docs = MachineDocs.model_validate_json(rh.docs)
+    store.set_loop_fields(RUN, "reviewer", state="paused", pause_reason="no_progress", paused_commit=docs.commit)
+    store.set_loop_fields(RUN, "builder", waiting="the verdicts of reviewer", waiting_docs=docs_fingerprint(docs))
+    tick(store, s, NOW)
+    st = run_status(store, s, RUN, NOW.timestamp())  # held on today's docs beside a paused reviewer: a standstill
+    assert st.state == "stuck" and "builder is held" in st.breaker, st.header
+    store.set_loop_fields(RUN, "builder", waiting_docs="0" * 16)  # the docs changed since it began to wait
+    st = run_status(store, s, RUN, NOW.timestamp())
+    b = st.loops["builder"]
+    assert st.state == "active" and "stuck" not in st.header and "held" not in st.breaker, st.header
+    assert (b.state, b.reason, b.next_action) == (
+        "due", "its wait for the verdicts of reviewer is over (the machine docs changed)",
+        "nothing: the watchdog enqueues it on its next tick")
+    tick(store, s, NOW)  # and the tick agrees: it enqueues the builder
+    assert store.queued_task(RUN, "builder")
+    _idle(store, "builder")
+    store.set_loop_fields(RUN, "builder", waiting="the verdicts of reviewer", waiting_docs=docs_fingerprint(docs))
+    store.set_loop_fields(RUN, "reviewer", state="active", pause_reason="")
+    inbox_store.send(store, RUN, ["builder"], "look again")  # a message for the held builder: it runs next tick
+    st = run_status(store, s, RUN, NOW.timestamp())
+    assert st.loops["builder"].reason.endswith("(1 INBOX message(s) arrived)"), st.loops["builder"]
+
+
 def test_a_breaker_paused_loop_wakes_when_the_repo_moves_on(engine):
     s, store = started(engine)
     _idle(store, "builder")

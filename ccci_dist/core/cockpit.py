@@ -49,6 +49,7 @@ class LoopFacts:
     waiting: str = ""  # its work is done for now: what it waits for
     holder_gone: bool = False  # a lease is held, but the process holding it no longer names itself alive
     wake: str = ""  # why the breaker's pause ends at the next watchdog tick (core.tick.wake_reason), if it does
+    held_wake: str = ""  # why a held loop's wait ends at the next watchdog tick (core.tick.held_wake), if it does
 
 
 @dataclass(frozen=True)
@@ -157,12 +158,15 @@ def describe_loop(f: LoopFacts) -> LoopWords:
     if not f.watchdog_alive:
         return LoopWords(WAITING_WATCHDOG, f"nothing queued and the watchdog is not running "
                                            f"(last tick {ago(f.watchdog_age)} ago)", BEAT_HINT)
-    if f.waiting:
+    if f.waiting and not f.held_wake:
         return LoopWords(HELD, f"its work is done for now; waits for {f.waiting}",
                          "nothing: it resumes when the machine docs change, an INBOX message arrives "
                          "or on `ccci-dist start`")
     if not f.worker_on_queue:
         return _no_worker(f, "due")
+    if f.waiting:  # what it waited for happened: no standstill, the next tick enqueues it
+        return LoopWords(DUE, f"its wait for {f.waiting} is over ({f.held_wake})",
+                         "nothing: the watchdog enqueues it on its next tick")
     if f.gated:
         return LoopWords(DUE, "waiting for the builder's iterations (reviewer_every)", "nothing")
     return LoopWords(DUE, "due now", "nothing: the watchdog enqueues it on its next tick")

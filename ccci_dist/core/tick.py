@@ -121,7 +121,7 @@ def decide_loop(loop: LoopSeen, role: RoleSpec, settings: Settings, now: datetim
         return LoopTick(why="queued")
     if t < (loop.not_before or 0):
         return LoopTick(why="not before")
-    if loop.waiting and loop.docs_now == loop.waiting_docs and not loop.woken and not loop.inbox_pending:
+    if loop.waiting and not held_wake(loop.waiting_docs, loop.docs_now, loop.woken, loop.inbox_pending):
         return LoopTick(why=f"waits for {loop.waiting}")
     if role.woken:  # a cadence and/or events, not back to back
         if loop.woken or (role.every and t >= (loop.ended_at or 0) + role.every):
@@ -133,6 +133,16 @@ def decide_loop(loop: LoopSeen, role: RoleSpec, settings: Settings, now: datetim
             return LoopTick(why=f"waits for {role.waits_for}")
         mark_seen = loop.waited_done
     return LoopTick(action="enqueue", restart=loop.running is not None, mark_seen=mark_seen)
+
+
+def held_wake(waiting_docs: str, docs_now: str, woken: bool, pending_inbox: int) -> str:
+    """Why a held loop (its work done for now) runs again at the next tick ("" = it stays held):
+    the machine docs changed since it started to wait, an INBOX message waits, or a wake is pending."""
+    if docs_now != waiting_docs:
+        return "the machine docs changed"
+    if pending_inbox:
+        return f"{pending_inbox} INBOX message(s) arrived"
+    return "woken by the runner or the operator" if woken else ""
 
 
 def wake_reason(pause_reason: str, paused_commit: str, repo_commit: str, pending_inbox: int) -> str:

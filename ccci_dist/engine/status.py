@@ -18,9 +18,9 @@ from pydantic import BaseModel, Field, TypeAdapter
 from ccci_dist.config import Settings
 from ccci_dist.core import agents, cockpit
 from ccci_dist.core.liveness import holder
-from ccci_dist.core.phases import MachineDocs, missing_for_done, phase_complete
+from ccci_dist.core.phases import MachineDocs, docs_fingerprint, missing_for_done, phase_complete
 from ccci_dist.core.plan import PlanPackage, from_snapshot
-from ccci_dist.core.tick import wake_reason
+from ccci_dist.core.tick import held_wake, wake_reason
 from ccci_dist.state.inbox_store import undelivered
 from ccci_dist.state.store import Store
 
@@ -194,6 +194,7 @@ def run_status(store: Store, s: Settings, run: str, now: float | None = None,
     per_day = store.cost_days(run, days)
     today = per_day.get(days[0], {})
     consumed = {q for w in live.workers for q in w.queues}
+    docs_now = docs_fingerprint(docs) if rh.docs else ""  # as the watchdog compares it with a held loop's
     loops: dict[str, Loop] = {}
     tripped: dict[str, str] = {}
     held: dict[str, str] = {}
@@ -215,6 +216,8 @@ def run_status(store: Store, s: Settings, run: str, now: float | None = None,
             holder_gone=bool(owner) and not store.holder_alive(holder(owner)),
             wake=wake_reason(lp.pause_reason, lp.paused_commit, docs.commit, store.inbox_pending(run, role))
             if lp.state == cockpit.PAUSED else "",
+            held_wake=held_wake(lp.waiting_docs, docs_now, bool(lp.nudges), store.inbox_pending(run, role))
+            if lp.state == "active" and lp.waiting else "",
         )
         words = cockpit.describe_loop(facts)
         if words.state == cockpit.PAUSED and lp.pause_reason:
