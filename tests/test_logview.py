@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from ccci_dist.core.logview import OUTPUT_LINES, WIDTH, printable, render_entry, render_line
+from ccci_dist.core.logview import OUTPUT_LINES, WIDTH, printable, render_entry, render_line, shown
 
 
 def _j(ev: object) -> str:
@@ -205,3 +205,15 @@ def test_printable_leaves_no_terminal_code_and_keeps_the_rest(text):
 def test_printable_table():
     assert printable("\x1b[2J\x1b[31mred\x07") == "\\x1b[2J\\x1b[31mred\\x07"
     assert printable("a\r\nb\x00c\x9bd\u202eé 名\tz") == "a\\x0d\nb\\x00c\\x9bd\\u202eé 名\tz"
+
+
+@pytest.mark.parametrize(("value", "text"), [
+    ("builder", "'builder'"),
+    ("", "''"),
+    ("x" * 60, repr("x" * 60)),  # exactly the limit: whole, no ellipsis
+    ("x" * 61, repr("x" * 60) + "…"),
+    ("a\nb", "'a\\nb'"),  # repr: a newline cannot break the error line
+    (12, "'12'"),
+])
+def test_shown_echoes_an_outside_name_cut_and_quoted(value, text):
+    assert shown(value) == text

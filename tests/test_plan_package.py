@@ -83,6 +83,21 @@ def test_cc_ci_plan_checks_ok():
     assert str(ROOT / "prompts" / "adversary.md") in res.stdout
 
 
+@pytest.mark.parametrize(("ids", "order", "parked"), [
+    ([], CC_CI_PHASES, ["SSO", "ORCH", "E2E"]),
+    (["E2E", "SSO"], [*CC_CI_PHASES, "E2E", "SSO"], ["ORCH"]),  # appended in the order asked, not the file's
+    (["NOSUCH", "ORCH"], [*CC_CI_PHASES, "ORCH"], ["SSO", "E2E"]),  # an unknown id takes nothing
+    (["ORCH", "ORCH"], [*CC_CI_PHASES, "ORCH"], ["SSO", "E2E"]),  # once only
+])
+def test_with_parked_takes_parked_plans_into_the_sequence(ids, order, parked):
+    pkg = load_package(EXAMPLES / "cc-ci-plan")
+    got = pkg.with_parked(ids)
+    assert got.phase_order == order and [p.id for p in got.parked] == parked
+    assert pkg.phase_order == CC_CI_PHASES and len(pkg.parked) == 3  # the package itself is unchanged
+    taken = got.with_parked(["E2E"]) if "E2E" in order else got
+    assert taken.phase_order.count("E2E") <= 1  # a phase already in the sequence is not taken again
+
+
 def test_cc_ci_plan_structure():
     pkg = load_package(EXAMPLES / "cc-ci-plan")
     assert pkg.name == "cc-ci"

@@ -75,7 +75,7 @@ class PlanPackage(BaseModel):
 
     def with_parked(self, ids: list[str]) -> PlanPackage:
         """The package with the parked plans ``ids`` taken into the sequence (appended, in that order)."""
-        taken = [p for i in ids for p in self.parked if p.id == i and i not in self.phase_order]
+        taken = [p for i in dict.fromkeys(ids) for p in self.parked if p.id == i and i not in self.phase_order]
         return self.model_copy(update={"phases": [*self.phases, *taken],
                                        "parked": [p for p in self.parked if p not in taken]})
 
