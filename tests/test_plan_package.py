@@ -98,6 +98,17 @@ def test_with_parked_takes_parked_plans_into_the_sequence(ids, order, parked):
     assert taken.phase_order.count("E2E") <= 1  # a phase already in the sequence is not taken again
 
 
+def test_parked_plans_are_loaded_with_their_titles_and_items_and_travel_in_the_snapshot():
+    pkg = load_package(EXAMPLES / "cc-ci-plan")
+    assert pkg.parked_ids == ["SSO", "ORCH", "E2E"] and not set(pkg.parked_ids) & set(pkg.phase_order)
+    for ph in pkg.parked:
+        text = ph.file.read_text(encoding="utf-8")
+        assert ph.file.name.startswith(f"plan-phase{ph.id}-") and ph.title and f"# {ph.title}" in text
+        assert [i.id for i in ph.items] == [i.id for i in parse_phase_items(ph.id, text)] and ph.items
+    snap = snapshot(pkg)
+    assert snap["parked"] == ["SSO", "ORCH", "E2E"]
+
+
 def test_cc_ci_plan_structure():
     pkg = load_package(EXAMPLES / "cc-ci-plan")
     assert pkg.name == "cc-ci"
@@ -540,6 +551,15 @@ PACKAGE_DEFECTS = [
     ("parked-without-items", lambda p: ((p / "plan-phaseX-later.md").write_text("# Later\n\nsome day\n"),
                                         _toml('phases = ["1", "2"]\nparked = ["plan-phaseX-later.md"]\n')(p)),
      ["no items in parked plan plan-phaseX-later.md; list them as '- **X.1**: ...' under '## Items'"]),
+    # every bad parked entry is named, not only the first: each kind is followed by another bad one
+    ("parked-all-defects", lambda p: ((p / "plan-phaseX-later.md").write_text("# Later\n\nsome day\n"),
+                                      _toml('phases = ["1", "2"]\nparked = ["later.md", "plan-phase2-again.md", '
+                                            '"plan-phaseY-gone.md", "plan-phaseX-later.md", "other.md"]\n')(p)),
+     ["parked plan 'later.md' is not named plan-phase<ID>-<slug>.md; rename it",
+      "parked plan plan-phase2-again.md has phase id 2, which is already a phase; give it its own id",
+      "missing file: plan-phaseY-gone.md; create it",
+      "no items in parked plan plan-phaseX-later.md; list them as '- **X.1**: ...' under '## Items'",
+      "parked plan 'other.md' is not named plan-phase<ID>-<slug>.md; rename it"]),
 ]
 
 
