@@ -725,6 +725,29 @@ def test_the_daily_budget_pauses_the_run_once_until_midnight(engine):
     assert [n[1] for n in notifications(store) if n[0] == "budget_reached"] == ["default: daily budget reached"]
 
 
+def test_a_budget_below_a_cent_is_named_as_it_is(engine):
+    """Found by an outside tester (CCCI_DAILY_BUDGET_USD=0.005, demo agent at $0.0012 an iteration):
+    status said 'paused (daily budget $0.01 reached)' and 'budget left today $0.00 of $0.01' with
+    $0.0072 spent: cents rounded the budget up to a figure never reached."""
+    from rich.console import Console
+
+    from ccci_dist.cli.status_view import render_run
+    from ccci_dist.engine.status import run_status
+
+    s, store = started(engine)
+    s = s.model_copy(update={"daily_budget_usd": 0.005})
+    now = datetime.now(UTC)
+    _iteration(s, store, 1)._charge(0.0024, now)
+    st = run_status(store, s, RUN, now.timestamp())
+    con = Console(width=80, record=True)
+    con.print(render_run(st))
+    assert "budget left today $0.0026 of $0.005" in con.export_text()
+    _iteration(s, store, 2)._charge(0.0048, now)
+    assert store.run(RUN).pause_reason == "daily budget $0.005 reached"
+    [note] = [n for n in notifications(store) if n[0] == "budget_reached"]
+    assert "$0.0072 of $0.005 today" in note[2]
+
+
 def test_lost_work_is_kept_on_the_remote_and_the_next_attempt_is_told(engine, remote_repo, caplog):
     from ccci_dist.adapters.workspace import Workspace, abandoned_ref
     from ccci_dist.state.models import LoopState

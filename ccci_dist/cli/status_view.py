@@ -6,7 +6,7 @@ from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
-from ccci_dist.core.cockpit import ago, when
+from ccci_dist.core.cockpit import ago, usd, when
 from ccci_dist.core.logview import printable
 from ccci_dist.engine.status import AgentWindow, RunStatus
 
@@ -82,7 +82,7 @@ def render_run(st: RunStatus) -> RenderableType:
     c = st.cost
     parts.append(Text(f"cost: today ${c.today:.2f} · 7 days ${c.last_7_days:.2f} · total ${c.total:.2f}"))
     if c.daily_budget is not None:  # a line of its own: on the cost line it went past 80 columns and wrapped
-        parts.append(Text(f"budget left today ${c.budget_left_today:.2f} of ${c.daily_budget:.2f}"))
+        parts.append(Text(f"budget left today {usd(c.budget_left_today)} of {usd(c.daily_budget)}"))
     return Group(*parts)
 
 

@@ -109,6 +109,15 @@ STOP_ADVICE = {
 }
 
 
+def usd(x: float) -> str:
+    """Dollars for people: cents, or up to 4 decimals where cents would round a small figure
+    (a daily budget of $0.005 is '$0.005', not '$0.01')."""
+    for digits in (2, 3):
+        if abs(x - round(x, digits)) < 1e-9:
+            return f"${x:.{digits}f}"
+    return f"${x:.4f}"
+
+
 def describe_loop(f: LoopFacts) -> LoopWords:
     """State, reason and next action of one loop, in words."""
     if f.stored_state == DONE or f.run_status == DONE:

@@ -26,6 +26,7 @@ from ccci_dist.adapters.broker import client
 from ccci_dist.adapters.workspace import ABANDONED, GitError, Probe, PushRefused, Workspace, abandoned_ref
 from ccci_dist.config import Settings, hostname
 from ccci_dist.core import agents
+from ccci_dist.core.cockpit import usd
 from ccci_dist.core.limits import backoff_seconds, clock
 from ccci_dist.core.outcome import Outcome, classify
 from ccci_dist.core.phases import REVIEW_FILE, STATUS_FILE, MachineDocs, blockers, docs_fingerprint, working_phase
@@ -612,8 +613,8 @@ class Iteration:
         budget = self.s.daily_budget_usd
         if budget and total >= budget:
             until = next_midnight(now)
-            changed = self.store.pause_run(self.run, until.timestamp(), f"daily budget ${budget:.2f} reached")
+            changed = self.store.pause_run(self.run, until.timestamp(), f"daily budget {usd(budget)} reached")
             if changed:
                 self.store.event(self.run, "budget_reached", total=f"{total:.4f}")
                 notify("budget_reached", f"{self.run}: daily budget reached",
-                       f"${total:.2f} of ${budget:.2f} today; loops resume at {until:%Y-%m-%d %H:%M} UTC")
+                       f"{usd(total)} of {usd(budget)} today; loops resume at {until:%Y-%m-%d %H:%M} UTC")
