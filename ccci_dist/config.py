@@ -291,6 +291,14 @@ class Settings(BaseSettings):
             if scheme not in ("redis", "rediss", "unix", "sentinel"):
                 raise ValueError("the broker URL must start with redis://, rediss://, unix:// or sentinel:// "
                                  f"(not {scheme[:20]}://)")
+            from urllib.parse import urlsplit
+
+            try:  # what the Redis client would raise on first use, as a traceback (the URL is a secret: not shown)
+                for part in v.get_secret_value().split(";"):
+                    _ = urlsplit(part.strip()).port
+            except ValueError:
+                raise ValueError("the broker URL cannot be parsed (check the host, the port number and any "
+                                 "[IPv6] brackets): write it as redis://[:PASSWORD@]HOST:PORT/DB") from None
         return v
 
     @field_validator("min_interval", "queues")

@@ -350,6 +350,7 @@ def test_an_unexpected_error_is_one_line_and_its_traceback_goes_to_a_private_log
     log = tmp_path / "state" / "logs" / "cli-errors.log"
     err = one_error(cli("state", "export", str(target)), code=1)  # IsADirectoryError: not the input's fault
     assert err.startswith("IsADirectoryError: ") and err.endswith(f" (traceback in {log}; or rerun with --debug)")
+    assert list(tmp_path.glob(".a-dir.tmp.*")) == []  # the state written so far is not left beside it
     assert "Traceback (most recent call last)" in log.read_text() and log.stat().st_mode & 0o777 == 0o600
     assert cli.url.split(":")[2].split("@")[0] not in log.read_text()  # the broker password is masked
     res = cli("--debug", "state", "export", str(target))
@@ -359,6 +360,17 @@ def test_an_unexpected_error_is_one_line_and_its_traceback_goes_to_a_private_log
     before = log.read_text()
     err = one_error(cli("state", "export", str(tmp_path / ("x" * 300))))
     assert "File name too long" in err and log.read_text() == before
+
+
+def test_a_broker_url_that_cannot_be_parsed_is_one_error_line(cli):
+    """Found by an outside tester: `--broker 'redis://[bad' status` was an unexpected ValueError
+    (exit 1, a traceback in the log) instead of the operator's input error; the URL is not echoed."""
+    for url in ("redis://[bad", "redis://:s3cret@127.0.0.1:99999/0", "redis://h:port/0",
+                "sentinel://h:1;sentinel://[x/0"):
+        err = one_error(cli("--broker", url, "status"))
+        assert "cannot be parsed" in err and "s3cret" not in err, err
+        err = one_error(cli("status", CCCI_BROKER_URL=url))
+        assert "cannot be parsed" in err and "s3cret" not in err, err
 
 
 def test_a_command_whose_extra_is_missing_is_listed_and_says_what_to_install(cli, monkeypatch):

@@ -38,9 +38,13 @@ def _write_private(file: Path, doc: dict) -> None:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     except OSError as exc:
         fail(f"cannot write {file}: {exc.strerror}; choose a writable path")
-    with os.fdopen(fd, "w") as f:
-        json.dump(doc, f)
-    tmp.replace(file)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(doc, f)
+        tmp.replace(file)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # a failed export leaves no copy of the state behind (a full disk, FILE a folder)
+        raise
 
 
 @state_group.command("import")
