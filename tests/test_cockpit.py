@@ -65,6 +65,12 @@ CASES = [
      ("paused", "repeated_error: the same error again and again — boom", f"nothing needed: {BREAKER_NEXT}")),
     (facts(stored_state="paused", breaker="odd"), ("paused", "odd: odd", f"nothing needed: {BREAKER_NEXT}")),
     (facts(stored_state="paused"), ("paused", ": paused", f"nothing needed: {BREAKER_NEXT}")),
+    # it wakes at the next tick, but no live worker consumes its queue: nothing would run it
+    (facts(stored_state="paused", breaker="no_progress", wake="1 INBOX message(s) arrived", worker_on_queue=False),
+     ("waiting for a worker on ccci.builder",
+      "no_progress: no progress (no new commit, no change to the machine docs); it wakes on the watchdog's next "
+      "tick (1 INBOX message(s) arrived), and no live worker consumes ccci.builder",
+      "start a worker whose profile includes the queue ccci.builder")),
     # its pause ends at the next tick (the repo moved on since it paused, or an INBOX message waits)
     (facts(stored_state="paused", breaker="no_progress", wake="the repo moved on to 9dedb80d12"),
      ("paused", "no_progress: no progress (no new commit, no change to the machine docs)",

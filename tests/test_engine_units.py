@@ -212,6 +212,8 @@ def test_status_calls_no_standstill_while_a_paused_loop_wakes_on_the_next_tick(e
 
     s, store = started(engine)
     _idle(store, "builder", "reviewer")
+    store.announce_worker("w@x", json.dumps({"node": "w@x", "host": "x", "queues": ["ccci.builder", "ccci.reviewer"],
+                                            "at": NOW.timestamp()}), px=600_000)
     rh = store.run(RUN)
     commit = MachineDocs.model_validate_json(rh.docs).commit
     store.set_loop_fields(RUN, "builder", state="paused", pause_reason="no_progress", paused_commit=commit)
@@ -230,6 +232,10 @@ def test_status_calls_no_standstill_while_a_paused_loop_wakes_on_the_next_tick(e
     st = run_status(store, s, RUN, NOW.timestamp())
     assert st.state == "active" and "nothing moves" not in st.header, st.header
     assert "1 INBOX message(s) arrived" in st.loops["builder"].next_action
+    store.withdraw_worker("w@x")  # it would wake, but no worker consumes its queue: nothing moves, no standstill
+    st = run_status(store, s, RUN, NOW.timestamp())
+    assert st.state == "stuck" and st.loops["builder"].state == "waiting for a worker on ccci.builder", st.header
+    assert "nothing moves on its own" not in st.header, st.header
 
 
 def test_status_calls_no_standstill_while_a_held_loop_wakes_on_the_next_tick(engine):

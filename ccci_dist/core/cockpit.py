@@ -134,6 +134,8 @@ def describe_loop(f: LoopFacts) -> LoopWords:
         why = {"no_progress": "no progress (no new commit, no change to the machine docs)",
                "repeated_error": "the same error again and again"}.get(f.breaker, f.breaker or "paused")
         reason = f"{f.breaker}: {why}" + (f" — {f.last_detail}" if f.breaker == "repeated_error" else "")
+        if f.wake and not f.worker_on_queue:  # it wakes, but nothing would run it
+            return _no_worker(f, f"{reason}; it wakes on the watchdog's next tick ({f.wake})")
         if f.wake:
             return LoopWords(PAUSED, reason, f"nothing: it resumes on the watchdog's next tick ({f.wake})")
         return LoopWords(PAUSED, reason, f"nothing needed: {BREAKER_NEXT}")
