@@ -205,6 +205,9 @@ def test_printable_leaves_no_terminal_code_and_keeps_the_rest(text):
 def test_printable_table():
     assert printable("\x1b[2J\x1b[31mred\x07") == "\\x1b[2J\\x1b[31mred\\x07"
     assert printable("a\r\nb\x00c\x9bd\u202eé 名\tz") == "a\\x0d\nb\\x00c\\x9bd\\u202eé 名\tz"
+    # the edges of the C0/C1 ranges: NO-BREAK SPACE (U+00A0, not printable to Python) and space are
+    # text, U+007F and U+009F are controls
+    assert printable("a\xa0b c") == "a\xa0b c" and printable("\x7f\x9f\x1f") == "\\x7f\\x9f\\x1f"
 
 
 @pytest.mark.parametrize(("value", "text"), [

@@ -551,6 +551,15 @@ PACKAGE_DEFECTS = [
     ("parked-without-items", lambda p: ((p / "plan-phaseX-later.md").write_text("# Later\n\nsome day\n"),
                                         _toml('phases = ["1", "2"]\nparked = ["plan-phaseX-later.md"]\n')(p)),
      ["no items in parked plan plan-phaseX-later.md; list them as '- **X.1**: ...' under '## Items'"]),
+    # a missing or unreadable phase file does not stop the check of the phases after it
+    ("missing-then-empty", lambda p: (_toml('phases = ["1", "X", "2"]\n')(p),
+                                      (p / "plan-phase2-finish.md").write_text(" \n")),
+     ["phase X is named in the order but plan-phaseX-<slug>.md is absent; add the file",
+      "empty phase file: plan-phase2-finish.md; write the phase plan"]),
+    ("unreadable-then-empty", lambda p: ((p / "plan-phase1-setup.md").write_bytes(b"\xff\xfe"),
+                                         (p / "plan-phase2-finish.md").write_text(" \n")),
+     ["not UTF-8: plan-phase1-setup.md; re-save it as UTF-8",
+      "empty phase file: plan-phase2-finish.md; write the phase plan"]),
     # every bad parked entry is named, not only the first: each kind is followed by another bad one
     ("parked-all-defects", lambda p: ((p / "plan-phaseX-later.md").write_text("# Later\n\nsome day\n"),
                                       _toml('phases = ["1", "2"]\nparked = ["later.md", "plan-phase2-again.md", '
