@@ -461,7 +461,8 @@ def test_ctrl_c_is_one_line_and_exit_130(tmp_path):
     try:
         wait_for(lambda: _reading_stdin(p.pid), 60, 0.05, "the CLI reading the message from its stdin")
         p.send_signal(signal.SIGINT)
-        out, err = p.communicate(timeout=60)
+        p.wait(60)  # stdin stays open: closing it at once raced the signal (EOF first: "message is empty")
+        out, err = p.stdout.read(), p.stderr.read()
     finally:
         p.kill()
     assert (p.returncode, out, err.strip()) == (130, "", "error: interrupted"), (p.returncode, out, err)
