@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import redis
-from harness import ROOT, project_repo, wait_for
+from harness import ROOT, project_repo, wait_for, wait_ticks
 
 pytestmark = pytest.mark.slow
 
@@ -329,7 +329,7 @@ def test_breaker_pauses_idle_loops_then_an_inbox_message_wakes_them(bed, receive
     assert st["breaker"] in st["header"] and "INBOX" in st["breaker"] and "ccci-dist start" in st["breaker"]
     plain = bed.cli("status", env={"COLUMNS": "400"}).stdout
     assert "breaker paused builder (no_progress)" in plain.splitlines()[0], plain
-    time.sleep(3)  # several watchdog ticks: nothing runs while paused
+    wait_ticks(r, 3)  # three watchdog ticks: nothing runs while paused
     assert len([f for _, f in r.xrange("ccci:history:default")]) == len(hist)
 
     mid = bed.cli("inbox", "send", "wake up").stdout.strip().rsplit(" ", 1)[1]
