@@ -455,9 +455,12 @@ def test_ctrl_c_is_one_line_and_exit_130(tmp_path):
     from harness import wait_for
 
     env = {k: v for k, v in os.environ.items() if not k.startswith("CCCI_")}
+    # an operator's terminal delivers SIGINT; a test run started in the background (`cmd &` without job
+    # control) ignores it, and the CLI would inherit that: give it the default disposition
     p = subprocess.Popen([sys.executable, "-m", "ccci_dist", "inbox", "send", "-"], stdin=subprocess.PIPE,
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path,
-                         env={**env, "CCCI_STATE_DIR": str(tmp_path / "state")})
+                         env={**env, "CCCI_STATE_DIR": str(tmp_path / "state")},
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         wait_for(lambda: _reading_stdin(p.pid), 60, 0.05, "the CLI reading the message from its stdin")
         p.send_signal(signal.SIGINT)

@@ -7,7 +7,8 @@ STATUS.md; the reviewer re-verifies each finished phase's items, then the DoD it
 REVIEW.md. It commits and never pushes.
 
 Test switches:
-  CCCI_DEMO_LOG=FILE      append {"event": "start"|"stop", role, iteration, pid, host, t}
+  CCCI_DEMO_LOG=FILE      append {"event": "start"|"stop", role, iteration, pid, host, t} ("stop" has
+                          ended: done | interrupted)
   CCCI_DEMO_SLEEP=SECS    work this long (an event every 0.2 s, so no stall)
   CCCI_DEMO_FAULT=F       a fault on every run
   CCCI_DEMO_CONTROL=FILE  JSON {role: [fault, ...]}: each run pops its role's first fault
@@ -63,13 +64,14 @@ def _section(prompt: str, heading: str) -> str:
     return prompt.rsplit(head, 1)[1].split("\n## ", 1)[0].strip() if head in prompt else ""
 
 
-def _record(event: str, ctx: dict, prompt: str = "") -> None:
+def _record(event: str, ctx: dict, prompt: str = "", **extra: str) -> None:
     path = os.environ.get("CCCI_DEMO_LOG")
     if not path:
         return
     rec = {"event": event, "role": ctx.get("role"), "run": ctx.get("run"), "iteration": ctx.get("iteration"),
            "phase": ctx.get("phase"), "pid": os.getpid(),
            "host": os.environ.get("CCCI_HOSTNAME") or socket.gethostname(), "t": time.time()}
+    rec.update(extra)
     if event == "start":
         rec["note"] = _section(prompt, "Note from the runner")
         rec["inbox"] = _section(prompt, INBOX_HEADING)
@@ -292,10 +294,12 @@ def main(argv: list[str] | None = None) -> int:
     _record("start", ctx, prompt)
     started = time.monotonic()
     _emit({"type": "system", "subtype": "init", "session_id": session, "cwd": os.getcwd()})
+    ended = "interrupted"  # an exception, e.g. raised by a signal handler while the runner kills it
     try:
         rc = _act(ctx, prompt, role, fault, session, started)
+        ended = "done"
     finally:
-        _record("stop", ctx)
+        _record("stop", ctx, ended=ended)
     return rc
 
 
