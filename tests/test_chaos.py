@@ -142,13 +142,16 @@ def test_kill9_builder_host_ten_times(netbed: Testbed):
 
     events = tb.agent_events()
     assert not overlap(events, "builder", ends), "two builder agents alive at once"
+    # every iteration an agent started (killed ones included) gets a finished record; the stopped one's
+    # is written by its runner after its agent is gone, so wait for it rather than read at once
+    started = {int(e["iteration"]) for e in events if e["event"] == "start" and e["role"] == "builder"}
+    wait_for(lambda: started <= {int(h["iteration"]) for h in tb.history() if h["role"] == "builder"}, 30, 0.1,
+             "a finished record of every started builder iteration")
     hist = [h for h in tb.history() if h["role"] == "builder"]
     nums = _builder_numbers_contiguous(hist)
     outcomes = {int(h["iteration"]): h["outcome"] for h in hist}
     assert all(o == "success" for i, o in outcomes.items() if i != nums[-1]), outcomes
     assert outcomes[nums[-1]] in ("success", "stopped")
-    # every iteration an agent started (killed ones included) has a finished record
-    started = {int(e["iteration"]) for e in events if e["event"] == "start" and e["role"] == "builder"}
     assert started <= set(nums), (started, nums)
     rerun = [k for k in kills if k["running"]]
     assert rerun, "no kill hit a running agent"
